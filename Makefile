@@ -1,0 +1,46 @@
+# The two set-up commands of the README are `make demo` and `make test`. Both install any
+# missing build dependency first (scripts/install-build-deps reads packaging/deb/control).
+PRESET ?= dev
+JOBS ?= $(shell nproc)
+BUILD := build/$(PRESET)
+
+.PHONY: all deps configure build demo test test-asan schema fuzz clean
+
+all: build
+
+deps:
+	@./scripts/install-build-deps
+
+configure: deps
+	@test -f $(BUILD)/build.ninja || cmake --preset $(PRESET)
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	./scripts/demo $(BUILD)
+
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+# Unit tests under AddressSanitizer and UndefinedBehaviorSanitizer.
+test-asan: deps
+	@test -f build/asan/build.ninja || cmake --preset asan
+	cmake --build build/asan -j $(JOBS)
+	ctest --test-dir build/asan --output-on-failure -j $(JOBS) -L unit
+
+# Regenerates the JSON Schema and the site file reference from the plugins' declarations.
+schema: build
+	$(BUILD)/bin/pilectl config schema -o configs/schema/site.schema.json
+	$(BUILD)/bin/pilectl config reference -o docs/config-reference.md
+
+# Builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@test -f build/fuzz/build.ninja || cmake --preset fuzz
+	cmake --build build/fuzz -j $(JOBS) --target fuzz_site_config
+	mkdir -p build/fuzz/corpus
+	build/fuzz/tests/fuzz/fuzz_site_config -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus tests/corpus/site
+
+clean:
+	rm -rf build

@@ -1,0 +1,78 @@
+// pilecored: the charging pile controller daemon.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <fmt/std.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "build_config.hpp"
+#include "clocks.hpp"
+#include "logging.hpp"
+#include "paths.hpp"
+#include "plugin_loader.hpp"
+#include "runtime.hpp"
+#include "site_config.hpp"
+
+using namespace pilecore;
+using namespace pilecore::core;
+
+int main(int argc, char** argv) {
+  CLI::App app{"pilecored " PILECORE_VERSION ": the pilecore charging pile controller.\n"
+               "Validates the site file, loads its plugins and runs the pile until SIGTERM."};
+  app.set_version_flag("--version", PILECORE_VERSION);
+  std::string config;
+  std::string state_dir;
+  std::vector<std::string> plugin_dirs;
+  std::string log_level;
+  double clock_speed = 1.0;
+  std::string clock_start;
+  double status_interval_s = 300;
+  app.add_option("-c,--config", config, "Site file (YAML)")->required()->check(CLI::ExistingFile);
+  app.add_option("--state-dir", state_dir, "State directory (database); default $STATE_DIRECTORY, <build>/state or /var/lib/pilecore");
+  app.add_option("--plugin-dir", plugin_dirs, "Plugin directory (repeatable); default $PILECORE_PLUGIN_PATH or the installed directory");
+  app.add_option("--log-level", log_level, "Override the site file's log level")->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  app.add_option("--clock-speed", clock_speed, "Run a simulated clock this many times faster than real time (tests, demo)")->check(CLI::Range(0.001, 1e6));
+  app.add_option("--clock-start", clock_start, "Start the simulated clock at this UTC time, e.g. 2026-01-01T00:00:00Z");
+  app.add_option("--status-interval", status_interval_s, "Seconds of clock time between idle status lines (0 = none)")->check(CLI::Range(0.0, 1e9));
+  CLI11_PARSE(app, argc, argv);
+
+  init_logging(log_level.empty() ? "info" : log_level);
+  std::vector<std::filesystem::path> dirs(plugin_dirs.begin(), plugin_dirs.end());
+  if (dirs.empty()) dirs = default_plugin_dirs();
+  PluginRegistry registry(dirs);
+
+  auto outcome = load_site(config, registry);
+  const auto& diags = outcome.diagnostics;
+  if (!diags.items().empty()) std::fputs(diags.format().c_str(), stderr);
+  if (!outcome.site) {
+    std::fprintf(stderr, "pilecored: %s: %zu error(s); not starting. Check it with: pilectl config validate %s\n", config.c_str(),
+                 diags.error_count(), config.c_str());
+    return 2;
+  }
+  if (log_level.empty()) spdlog::set_level(spdlog::level::from_str(outcome.site->log_level));
+
+  RuntimeOptions options;
+  options.state_dir = state_dir.empty() ? default_state_dir() : std::filesystem::path(state_dir);
+  options.status_interval = Duration(static_cast<std::int64_t>(status_interval_s * 1000));
+  if (clock_speed != 1.0 || !clock_start.empty()) {
+    TimePoint start = SystemClock().now();
+    if (!clock_start.empty() && !parse_utc(clock_start, start)) {
+      std::fprintf(stderr, "pilecored: --clock-start '%s' is not a UTC time like 2026-01-01T00:00:00Z\n", clock_start.c_str());
+      return 2;
+    }
+    options.clock = std::make_shared<ScaledClock>(start, clock_speed);
+  }
+  spdlog::info("pilecored {} starting: site file {}, state {}, plugins from {}", PILECORE_VERSION, config, options.state_dir.string(),
+               [&] { std::string s; for (const auto& d : dirs) s += (s.empty() ? "" : ":") + d.string(); return s; }());
+  Runtime runtime(std::move(*outcome.site), std::move(options));
+  const int rc = runtime.run();
+  if (rc != 0) {
+    std::fprintf(stderr, "pilecored: start-up failed: %s\n", runtime.start_error().empty() ? "see the messages above" : runtime.start_error().c_str());
+  } else {
+    spdlog::info("stopped");
+  }
+  return rc;
+}

@@ -1,0 +1,160 @@
+// pilectl: validate site files, inspect plugins, generate the schema and reference.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <fmt/std.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "build_config.hpp"
+#include "paths.hpp"
+#include "plugin_loader.hpp"
+#include "reference.hpp"
+#include "site_config.hpp"
+
+using namespace pilecore;
+using namespace pilecore::core;
+
+namespace {
+
+std::vector<std::shared_ptr<const LoadedPlugin>> load_all(PluginRegistry& registry, std::vector<std::string>* refused = nullptr) {
+  std::vector<std::shared_ptr<const LoadedPlugin>> out;
+  for (const auto& name : registry.installed()) {
+    auto r = registry.load(name);
+    if (r.plugin) {
+      out.push_back(r.plugin);
+    } else if (refused) {
+      refused->push_back(r.error);
+    }
+  }
+  return out;
+}
+
+int write_output(const std::string& text, const std::string& output) {
+  if (output.empty() || output == "-") {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    return 0;
+  }
+  std::ofstream out(output, std::ios::binary | std::ios::trunc);
+  out << text;
+  if (!out) {
+    std::fprintf(stderr, "pilectl: cannot write %s\n", output.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"pilectl " PILECORE_VERSION ": the pilecore command-line tool."};
+  app.set_version_flag("--version", PILECORE_VERSION);
+  app.require_subcommand(1);
+  std::vector<std::string> plugin_dirs;
+  app.add_option("--plugin-dir", plugin_dirs, "Plugin directory (repeatable); default $PILECORE_PLUGIN_PATH or the installed directory");
+
+  auto registry = [&] {
+    std::vector<std::filesystem::path> dirs(plugin_dirs.begin(), plugin_dirs.end());
+    if (dirs.empty()) dirs = default_plugin_dirs();
+    return PluginRegistry(dirs);
+  };
+
+  // config
+  auto* config = app.add_subcommand("config", "Site files: validate them, generate their schema and reference");
+  config->require_subcommand(1);
+  std::string validate_file;
+  bool quiet = false;
+  auto* validate = config->add_subcommand("validate", "Check a site file; exit 0 when valid, 1 with every error as file:line:column");
+  validate->add_option("FILE", validate_file, "Site file")->required();
+  validate->add_flag("-q,--quiet", quiet, "Print nothing when the file is valid");
+  std::string schema_out;
+  auto* schema = config->add_subcommand("schema", "Print the JSON Schema of site files for the installed plugins");
+  schema->add_option("-o,--output", schema_out, "Write to this file instead of standard output");
+  std::string reference_out;
+  auto* reference = config->add_subcommand("reference", "Print the site file reference (Markdown) for the installed plugins");
+  reference->add_option("-o,--output", reference_out, "Write to this file instead of standard output");
+
+  // plugins
+  auto* plugins = app.add_subcommand("plugins", "Installed plugins");
+  plugins->require_subcommand(1);
+  bool list_json = false;
+  auto* list = plugins->add_subcommand("list", "Name, kind, version, API version and file of every installed plugin");
+  list->add_flag("--json", list_json, "Machine-readable output");
+  std::string show_name;
+  auto* show = plugins->add_subcommand("show", "A plugin's description and configuration keys, with types, defaults and ranges");
+  show->add_option("NAME", show_name, "Plugin name (see `pilectl plugins list`)")->required();
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (*validate) {
+    auto reg = registry();
+    auto outcome = load_site(validate_file, reg);
+    const auto& diags = outcome.diagnostics;
+    if (!diags.items().empty()) std::fputs(diags.format().c_str(), stderr);
+    if (!outcome.site) {
+      std::fprintf(stderr, "%s: invalid: %zu error(s)\n", validate_file.c_str(), diags.error_count());
+      return 1;
+    }
+    if (!quiet) {
+      std::printf("%s: valid: site %s, %zu connector(s), %zu plugin instance(s)\n", validate_file.c_str(), outcome.site->id.c_str(),
+                  outcome.site->connectors.size(), outcome.site->instances.size());
+    }
+    return 0;
+  }
+  if (*schema) {
+    auto reg = registry();
+    return write_output(site_json_schema(load_all(reg)).dump(2) + "\n", schema_out);
+  }
+  if (*reference) {
+    auto reg = registry();
+    return write_output(site_reference_markdown(load_all(reg)), reference_out);
+  }
+  if (*list) {
+    auto reg = registry();
+    nlohmann::json j = nlohmann::json::array();
+    int refused = 0;
+    if (!list_json) std::printf("%-18s %-10s %-9s %-5s %s\n", "NAME", "KIND", "VERSION", "API", "FILE");
+    for (const auto& name : reg.installed()) {
+      auto r = reg.load(name);
+      if (r.plugin) {
+        const auto* d = r.plugin->descriptor;
+        if (list_json) {
+          j.push_back({{"name", d->name}, {"kind", std::string(to_string(d->kind))}, {"version", d->version},
+                       {"api", fmt::format("{}.{}", d->api_major, d->api_minor)}, {"file", r.plugin->file.string()}});
+        } else {
+          std::printf("%-18s %-10s %-9s %-5s %s\n", d->name, std::string(to_string(d->kind)).c_str(), d->version,
+                      fmt::format("{}.{}", d->api_major, d->api_minor).c_str(), r.plugin->file.c_str());
+        }
+      } else {
+        ++refused;
+        if (list_json) {
+          j.push_back({{"name", name}, {"refused", r.error}});
+        } else {
+          std::printf("%-18s %-10s %s\n", name.c_str(), "REFUSED", r.error.c_str());
+        }
+      }
+    }
+    if (list_json) std::printf("%s\n", j.dump(2).c_str());
+    if (!list_json && reg.installed().empty()) std::printf("(no plugins in %s)\n", fmt::format("{}", fmt::join(reg.dirs(), ", ")).c_str());
+    return refused ? 1 : 0;
+  }
+  if (*show) {
+    auto reg = registry();
+    auto r = reg.load(show_name);
+    if (!r.plugin) {
+      if (!reg.find(show_name)) {
+        std::fprintf(stderr, "pilectl: no plugin named '%s'; installed plugins: %s\n", show_name.c_str(),
+                     fmt::format("{}", fmt::join(reg.installed(), ", ")).c_str());
+      } else {
+        std::fprintf(stderr, "pilectl: %s\n", r.error.c_str());
+      }
+      return 1;
+    }
+    std::fputs(plugin_description_text(*r.plugin).c_str(), stdout);
+    return 0;
+  }
+  return 0;
+}

@@ -1,0 +1,411 @@
+#include "runtime.hpp"
+
+#include <fmt/format.h>
+#include <systemd/sd-daemon.h>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <csignal>
+
+#include "build_config.hpp"
+#include "clocks.hpp"
+#include "logging.hpp"
+#include "pilecore/pilecore.hpp"
+#include "storage.hpp"
+
+namespace pilecore::core {
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+
+std::string_view to_string(InstanceState s) {
+  switch (s) {
+    case InstanceState::created: return "created";
+    case InstanceState::running: return "running";
+    case InstanceState::failed: return "failed";
+    case InstanceState::stopped: return "stopped";
+  }
+  return "unknown";
+}
+
+/// One plugin instance and the host services it sees.
+class Instance final : public Host {
+ public:
+  Instance(Runtime& rt, const InstanceSpec& spec)
+      : rt_(rt),
+        spec_(spec),
+        logger_(make_logger(fmt::format("{}:{}:{}", to_string(spec.loaded->descriptor->kind), spec.plugin, spec.name))),
+        plugin_logger_(logger_),
+        alive_(std::make_shared<std::atomic<bool>>(true)) {}
+
+  ~Instance() override { destroy(); }
+
+  // --- Host ---
+  [[nodiscard]] std::string_view instance_name() const noexcept override { return spec_.name; }
+  [[nodiscard]] std::optional<std::uint32_t> connector() const noexcept override { return spec_.connector; }
+  [[nodiscard]] Logger& log() noexcept override { return plugin_logger_; }
+  [[nodiscard]] const Clock& clock() const noexcept override { return rt_.clock(); }
+  [[nodiscard]] const ConfigValues& config() const noexcept override { return *spec_.config; }
+  [[nodiscard]] std::string_view state_dir() noexcept override {
+    if (state_dir_.empty()) {
+      std::error_code ec;
+      const fs::path p = rt_.state_dir() / "plugins" / spec_.name;
+      fs::create_directories(p, ec);
+      state_dir_ = p.string();
+    }
+    return state_dir_;
+  }
+  [[nodiscard]] asio::any_io_executor executor() const noexcept override { return rt_.strand(); }
+
+  void post(std::function<void()> fn) noexcept override {
+    try {
+      asio::post(rt_.strand(), [this, alive = alive_, fn = std::move(fn)]() {
+        if (alive->load()) guarded(fn);
+      });
+    } catch (...) {
+    }
+  }
+
+  TimerId schedule(Duration delay, std::function<void()> fn) noexcept override {
+    if (!alive_->load()) return 0;
+    try {
+      const TimerId id = ++next_timer_;
+      auto timer = std::make_unique<asio::steady_timer>(rt_.strand());
+      timer->expires_after(real_duration(rt_.clock(), delay));
+      timer->async_wait([this, alive = alive_, id, fn = std::move(fn)](const boost::system::error_code& ec) {
+        if (ec || !alive->load()) return;
+        timers_.erase(id);
+        guarded(fn);
+      });
+      timers_.emplace(id, std::move(timer));
+      return id;
+    } catch (...) {
+      return 0;
+    }
+  }
+
+  void cancel(TimerId id) noexcept override {
+    if (auto it = timers_.find(id); it != timers_.end()) {
+      it->second->cancel();
+      timers_.erase(it);
+    }
+  }
+
+  void publish(const Sample& sample) noexcept override {
+    if (alive_->load()) rt_.on_sample(*this, sample);
+  }
+  void raise(const Alarm& alarm) noexcept override {
+    if (alive_->load()) rt_.on_alarm(*this, alarm);
+  }
+  void report_state(std::string_view state, std::string_view detail) noexcept override {
+    if (alive_->load()) rt_.on_state(*this, state, detail);
+  }
+
+  // --- lifecycle, on the strand ---
+  /// Returns an empty string on success, else the reason.
+  std::string create() {
+    const auto* d = spec_.loaded->descriptor;
+    std::string error;
+    plugin_ = d->create(*this, &error);
+    if (plugin_ == nullptr) {
+      if (error.empty()) {
+        return fmt::format("instance '{}': plugin '{}' ({}) returned no instance and gave no reason; report this to its vendor ({})",
+                           spec_.name, spec_.plugin, spec_.loaded->file.string(), d->vendor ? d->vendor : "unknown");
+      }
+      return fmt::format("instance '{}': plugin '{}' ({}) could not create an instance: {}", spec_.name, spec_.plugin,
+                         spec_.loaded->file.string(), error);
+    }
+    return {};
+  }
+
+  std::string start() {
+    Status s = plugin_->start();
+    if (!s.ok()) {
+      return fmt::format("instance '{}': plugin '{}' failed to start ({}): {}", spec_.name, spec_.plugin, pilecore::to_string(s.code()), s.message());
+    }
+    state_ = InstanceState::running;
+    return {};
+  }
+
+  void stop() {
+    if (state_ != InstanceState::running) return;
+    alive_->store(false);
+    cancel_all_timers();
+    plugin_->stop();
+    state_ = InstanceState::stopped;
+  }
+
+  void fail(const std::string& reason) {
+    if (state_ != InstanceState::running) return;
+    alive_->store(false);
+    cancel_all_timers();
+    plugin_->stop();
+    state_ = InstanceState::failed;
+    detail_ = reason;
+    rt_.on_instance_failed(*this, reason);
+  }
+
+  void destroy() {
+    if (plugin_ != nullptr) {
+      alive_->store(false);
+      cancel_all_timers();
+      spec_.loaded->descriptor->destroy(plugin_);
+      plugin_ = nullptr;
+    }
+  }
+
+  template <class T>
+  T* as() {
+    return static_cast<T*>(plugin_);
+  }
+
+  [[nodiscard]] const InstanceSpec& spec() const { return spec_; }
+  [[nodiscard]] Kind kind() const { return spec_.loaded->descriptor->kind; }
+  [[nodiscard]] InstanceState state() const { return state_; }
+  [[nodiscard]] spdlog::logger& logger() { return *logger_; }
+  std::string health;
+  std::string detail_;
+
+ private:
+  void guarded(const std::function<void()>& fn) noexcept {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      fail(fmt::format("a callback threw: {}", e.what()));
+    } catch (...) {
+      fail("a callback threw an unknown exception");
+    }
+  }
+
+  void cancel_all_timers() {
+    for (auto& [id, t] : timers_) t->cancel();
+    timers_.clear();
+  }
+
+  Runtime& rt_;
+  InstanceSpec spec_;
+  std::shared_ptr<spdlog::logger> logger_;
+  PluginLogger plugin_logger_;
+  std::shared_ptr<std::atomic<bool>> alive_;
+  Plugin* plugin_ = nullptr;
+  InstanceState state_ = InstanceState::created;
+  std::map<TimerId, std::unique_ptr<asio::steady_timer>> timers_;
+  TimerId next_timer_ = 0;
+  std::string state_dir_;
+};
+
+Runtime::Runtime(SiteConfig site, RuntimeOptions options)
+    : site_(std::move(site)),
+      options_(std::move(options)),
+      clock_(options_.clock ? options_.clock : std::make_shared<SystemClock>()),
+      strand_(asio::make_strand(io_)) {
+  for (const auto& c : site_.connectors) connector_status_[c.id] = ConnectorStatus::available;
+  connector_snapshot_ = connector_status_;
+}
+
+Runtime::~Runtime() {
+  // Destroy in reverse creation order; each instance destroys its plugin object.
+  while (!instances_.empty()) instances_.pop_back();
+}
+
+std::string Runtime::start_error() const {
+  std::lock_guard lock(snapshot_mutex_);
+  return start_error_;
+}
+
+bool Runtime::create_instances() {
+  for (const auto& spec : site_.instances) {
+    auto inst = std::make_unique<Instance>(*this, spec);
+    if (auto err = inst->create(); !err.empty()) {
+      spdlog::error("{}", err);
+      std::lock_guard lock(snapshot_mutex_);
+      start_error_ = err;
+      return false;
+    }
+    instances_.push_back(std::move(inst));
+    update_snapshot(*instances_.back());
+  }
+  return true;
+}
+
+void Runtime::start_instances() {
+  for (auto& inst : instances_) {
+    if (auto err = inst->start(); !err.empty()) {
+      spdlog::error("{}", err);
+      {
+        std::lock_guard lock(snapshot_mutex_);
+        start_error_ = err;
+      }
+      exit_code_ = 3;
+      shutdown();
+      return;
+    }
+    update_snapshot(*inst);
+  }
+  ready_ = true;
+  std::string summary;
+  for (const auto& inst : instances_) {
+    const auto& s = inst->spec();
+    spdlog::info("instance {:<14} {:<9} {} {}{}", s.name, to_string(inst->kind()), s.plugin, s.loaded->descriptor->version,
+                 s.connector ? fmt::format(" (connector {})", *s.connector) : "");
+  }
+  for (const auto& inst : instances_) {
+    if (inst->kind() != Kind::indicator) continue;
+    for (const auto& [id, st] : connector_status_) inst->as<indicator::Indicator>()->show(id, st);
+  }
+  spdlog::info("ready: site {} ({}), {} connector(s), {} plugin instance(s), clock {} at {}x", site_.id, site_.name, site_.connectors.size(),
+               instances_.size(), format_utc(clock_->now()), clock_->speed());
+  if (options_.notify_systemd) {
+    sd_notifyf(0, "READY=1\nSTATUS=ready: %zu connector(s), %zu instance(s)", site_.connectors.size(), instances_.size());
+  }
+  schedule_status();
+}
+
+void Runtime::schedule_status() {
+  if (options_.status_interval.count() <= 0) return;
+  status_timer_ = std::make_unique<asio::steady_timer>(strand_);
+  status_timer_->expires_after(real_duration(*clock_, options_.status_interval));
+  status_timer_->async_wait([this](const boost::system::error_code& ec) {
+    if (ec || stopping_) return;
+    std::string conns;
+    for (const auto& [id, st] : connector_status_) conns += fmt::format("{}{} {}", conns.empty() ? "" : ", ", id, pilecore::to_string(st));
+    std::size_t running = 0;
+    for (const auto& inst : instances_) running += inst->state() == InstanceState::running ? 1 : 0;
+    spdlog::info("status at {}: connectors {}; {}/{} instance(s) running; {} sample(s) received", format_utc(clock_->now()), conns, running,
+                 instances_.size(), samples_.load());
+    schedule_status();
+  });
+}
+
+void Runtime::shutdown() {
+  if (stopping_.exchange(true)) return;
+  if (options_.notify_systemd) sd_notify(0, "STOPPING=1");
+  spdlog::info("stopping {} instance(s)", instances_.size());
+  if (status_timer_) status_timer_->cancel();
+  for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) {
+    (*it)->stop();
+    update_snapshot(**it);
+  }
+  for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) (*it)->destroy();
+  io_.stop();
+}
+
+int Runtime::run() {
+  std::error_code ec;
+  fs::create_directories(options_.state_dir, ec);
+  if (ec) {
+    spdlog::error("cannot create the state directory {}: {}", options_.state_dir.string(), ec.message());
+    return 3;
+  }
+  try {
+    fs::path db = site_.database;
+    if (db.is_relative()) db = options_.state_dir / db;
+    db_ = std::make_unique<Database>(db);
+    db_->record_boot(format_utc(clock_->now()), PILECORE_VERSION, site_.id);
+    spdlog::info("database {} (schema {})", db.string(), db_->schema_version());
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 3;
+  }
+  if (!create_instances()) return 3;
+
+  asio::signal_set signals(io_, SIGINT, SIGTERM);
+  signals.async_wait(asio::bind_executor(strand_, [this](const boost::system::error_code& e, int signo) {
+    if (e) return;
+    spdlog::info("received {}", signo == SIGTERM ? "SIGTERM" : "SIGINT");
+    shutdown();
+  }));
+  auto work = asio::make_work_guard(io_);
+  asio::post(strand_, [this] { start_instances(); });
+  for (;;) {
+    try {
+      io_.run();
+      break;
+    } catch (const std::exception& e) {
+      spdlog::error("an exception escaped a handler on the event loop (not attributable to one plugin): {}", e.what());
+    } catch (...) {
+      spdlog::error("an unknown exception escaped a handler on the event loop");
+    }
+  }
+  return exit_code_;
+}
+
+void Runtime::request_stop() {
+  asio::post(strand_, [this] { shutdown(); });
+}
+
+void Runtime::update_snapshot(const Instance& inst) {
+  std::lock_guard lock(snapshot_mutex_);
+  const auto& s = inst.spec();
+  auto it = std::find_if(snapshot_.begin(), snapshot_.end(), [&](const InstanceInfo& i) { return i.name == s.name; });
+  if (it == snapshot_.end()) {
+    snapshot_.push_back({});
+    it = std::prev(snapshot_.end());
+  }
+  *it = InstanceInfo{s.name, s.plugin, std::string(to_string(inst.kind())), s.loaded->descriptor->version, s.connector, inst.state(),
+                     inst.health, inst.detail_};
+}
+
+std::vector<InstanceInfo> Runtime::instances() const {
+  std::lock_guard lock(snapshot_mutex_);
+  return snapshot_;
+}
+
+std::map<std::uint32_t, ConnectorStatus> Runtime::connectors() const {
+  std::lock_guard lock(snapshot_mutex_);
+  return connector_snapshot_;
+}
+
+void Runtime::set_connector(std::uint32_t id, ConnectorStatus status, const std::string& why) {
+  auto it = connector_status_.find(id);
+  if (it == connector_status_.end() || it->second == status) return;
+  spdlog::warn("connector {}: {} -> {} ({})", id, pilecore::to_string(it->second), pilecore::to_string(status), why);
+  it->second = status;
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    connector_snapshot_ = connector_status_;
+  }
+  for (auto& inst : instances_) {
+    if (inst->kind() == Kind::indicator && inst->state() == InstanceState::running) inst->as<indicator::Indicator>()->show(id, status);
+  }
+}
+
+void Runtime::on_instance_failed(Instance& inst, const std::string& reason) {
+  inst.logger().error("failed and stopped: {}", reason);
+  update_snapshot(inst);
+  const auto& s = inst.spec();
+  if (s.connector) {
+    // A connector whose plugin failed cannot be trusted to charge or bill: open the contactor
+    // through its power stage when that still runs, and take the connector out of service.
+    for (auto& other : instances_) {
+      if (other->kind() == Kind::power && other->spec().connector == s.connector && other->state() == InstanceState::running) {
+        if (Status st = other->as<power::PowerStage>()->open_contactor(); !st.ok()) {
+          other->logger().error("could not open the contactor: {}", st.message());
+        }
+      }
+    }
+    set_connector(*s.connector, ConnectorStatus::faulted, fmt::format("instance '{}' failed", s.name));
+  }
+  if (inst.kind() == Kind::link) spdlog::warn("link '{}' is down; uplink traffic stays queued for the other links", s.name);
+}
+
+void Runtime::on_sample(Instance& inst, const Sample& sample) {
+  samples_.fetch_add(1, std::memory_order_relaxed);
+  inst.logger().trace("{} = {} {}", sample.channel, sample.value, sample.unit);
+}
+
+void Runtime::on_alarm(Instance& inst, const Alarm& alarm) {
+  const auto lvl = alarm.active ? (alarm.severity == AlarmSeverity::critical ? spdlog::level::err : spdlog::level::warn) : spdlog::level::info;
+  inst.logger().log(lvl, "alarm {} {}: {}", alarm.code, alarm.active ? "raised" : "cleared", alarm.message);
+}
+
+void Runtime::on_state(Instance& inst, std::string_view state, std::string_view detail) {
+  if (inst.health != state) inst.logger().info("{}{}{}", state, detail.empty() ? "" : ": ", detail);
+  inst.health = std::string(state);
+  inst.detail_ = std::string(detail);
+  update_snapshot(inst);
+}
+
+}  // namespace pilecore::core

@@ -1,0 +1,105 @@
+// The daemon's runtime: one io_context, one strand holding the core's state, the plugin
+// instances and their host services, start-up and orderly shutdown.
+#pragma once
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pilecore/clock.hpp"
+#include "pilecore/connector_status.hpp"
+#include "site_config.hpp"
+
+namespace pilecore::core {
+
+class Instance;
+class Database;
+
+struct RuntimeOptions {
+  std::filesystem::path state_dir;
+  std::shared_ptr<Clock> clock;               // SystemClock when null
+  Duration status_interval = std::chrono::minutes(5);  // host-clock time between idle status lines
+  bool notify_systemd = true;
+};
+
+enum class InstanceState { created, running, failed, stopped };
+std::string_view to_string(InstanceState s);
+
+struct InstanceInfo {
+  std::string name;
+  std::string plugin;
+  std::string kind;
+  std::string version;
+  std::optional<std::uint32_t> connector;
+  InstanceState state = InstanceState::created;
+  std::string health;  // last report_state()
+  std::string detail;  // failure reason or health detail
+};
+
+class Runtime {
+ public:
+  Runtime(SiteConfig site, RuntimeOptions options);
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  /// Creates and starts every instance, tells systemd it is ready and runs the event loop until
+  /// request_stop() or SIGTERM/SIGINT. Returns 0 after a clean stop, 3 when start-up failed.
+  int run();
+  /// Thread-safe; the instances are stopped in reverse order.
+  void request_stop();
+  /// Thread-safe; true once every instance has started.
+  [[nodiscard]] bool ready() const { return ready_.load(); }
+
+  /// Thread-safe snapshots, for pilectl and tests.
+  [[nodiscard]] std::vector<InstanceInfo> instances() const;
+  [[nodiscard]] std::map<std::uint32_t, ConnectorStatus> connectors() const;
+  [[nodiscard]] std::uint64_t samples_received() const { return samples_.load(); }
+  [[nodiscard]] std::string start_error() const;
+
+  // Used by the host services of the instances (on the strand).
+  void on_instance_failed(Instance& instance, const std::string& reason);
+  void on_sample(Instance& instance, const Sample& sample);
+  void on_alarm(Instance& instance, const Alarm& alarm);
+  void on_state(Instance& instance, std::string_view state, std::string_view detail);
+  [[nodiscard]] const Clock& clock() const { return *clock_; }
+  [[nodiscard]] boost::asio::strand<boost::asio::io_context::executor_type>& strand() { return strand_; }
+  [[nodiscard]] const std::filesystem::path& state_dir() const { return options_.state_dir; }
+
+ private:
+  bool create_instances();
+  void start_instances();
+  void shutdown();
+  void set_connector(std::uint32_t id, ConnectorStatus status, const std::string& why);
+  void schedule_status();
+  void update_snapshot(const Instance& instance);
+
+  SiteConfig site_;
+  RuntimeOptions options_;
+  std::shared_ptr<Clock> clock_;
+  boost::asio::io_context io_;
+  boost::asio::strand<boost::asio::io_context::executor_type> strand_;
+  std::unique_ptr<Database> db_;
+  std::vector<std::unique_ptr<Instance>> instances_;
+  std::map<std::uint32_t, ConnectorStatus> connector_status_;
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::uint64_t> samples_{0};
+  int exit_code_ = 0;
+  std::unique_ptr<boost::asio::steady_timer> status_timer_;
+
+  mutable std::mutex snapshot_mutex_;
+  std::vector<InstanceInfo> snapshot_;
+  std::map<std::uint32_t, ConnectorStatus> connector_snapshot_;
+  std::string start_error_;
+};
+
+}  // namespace pilecore::core

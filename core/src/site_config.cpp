@@ -1,0 +1,351 @@
+#include "site_config.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <fmt/std.h>
+
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+namespace pilecore::core {
+namespace fs = std::filesystem;
+
+namespace {
+
+Field scalar(std::string key, FieldType type, std::string description, bool required = false) {
+  Field f;
+  f.key = std::move(key);
+  f.type = type;
+  f.description = std::move(description);
+  f.required = required;
+  return f;
+}
+
+Field with_range(Field f, double min, double max, std::string unit = {}) {
+  f.min = min;
+  f.max = max;
+  f.unit = std::move(unit);
+  return f;
+}
+
+Field with_default(Field f, std::string value) {
+  f.default_value = std::move(value);
+  return f;
+}
+
+Field group(std::string key, FieldType type, std::string description, std::vector<Field> fields, bool required = false) {
+  Field f = scalar(std::move(key), type, std::move(description), required);
+  f.fields = std::move(fields);
+  return f;
+}
+
+Field reserved(std::string key, std::string filled_by) {
+  Field f = scalar(std::move(key), FieldType::any_map, "Reserved for " + filled_by + "; not read by this version.");
+  f.reserved_note = "this section is reserved for " + filled_by + " and is ignored by this version of pilecore";
+  return f;
+}
+
+Field build_site_schema() {
+  Field id = scalar("id", FieldType::string, "Site identifier, unique within the operator", true);
+  id.pattern = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}";
+  id.pattern_hint = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit";
+  Field tz = scalar("timezone", FieldType::string, "IANA time zone for tariff periods and the settlement day, e.g. Asia/Shanghai", true);
+  Field site = group("site", FieldType::object, "Where this pile is",
+                     {id, scalar("name", FieldType::string, "Human-readable site name", true),
+                      group("location", FieldType::object, "Geographic position (WGS 84)",
+                            {with_range(scalar("lat", FieldType::number, "Latitude in degrees", true), -90, 90, "deg"),
+                             with_range(scalar("lon", FieldType::number, "Longitude in degrees", true), -180, 180, "deg")},
+                            true),
+                      tz},
+                     true);
+  Field ctype = scalar("type", FieldType::enumeration, "Connector standard", true);
+  ctype.allowed = {"gbt-dc", "gbt-ac", "ccs1", "ccs2", "type1", "type2", "chademo"};
+  Field connectors = group("connectors", FieldType::list, "The pile's connectors (plugs)",
+                           {with_range(scalar("id", FieldType::integer, "Connector number, as printed on the pile (OCPP connectorId)", true), 1, 255),
+                            ctype,
+                            with_range(scalar("max_power_w", FieldType::integer, "Most power this connector may deliver", true), 1000, 1000000, "W")},
+                           true);
+  connectors.min_items = 1;
+  Field instance_connector = with_range(scalar("connector", FieldType::integer, "The connector this instance serves (power, sensor, indicator)"), 1, 255);
+  Field plugins = group("plugins", FieldType::map, "Plugin instances by name",
+                        {scalar("plugin", FieldType::string, "Which installed plugin this instance runs (see `pilectl plugins list`)", true),
+                         instance_connector,
+                         scalar("config", FieldType::any_map, "The plugin's own keys (see `pilectl plugins show PLUGIN`)")},
+                        true);
+  plugins.key_pattern = "[a-z0-9][a-z0-9_-]{0,31}";
+  plugins.pattern_hint = "use 1 to 32 lower case letters, digits, '_' or '-', starting with a letter or digit";
+  plugins.min_items = 1;
+  Field storage = group("storage", FieldType::object, "Where pilecore keeps its state",
+                        {with_default(scalar("database", FieldType::string, "SQLite database; a relative path is under the state directory"), "pilecore.db")});
+  Field level = with_default(scalar("level", FieldType::enumeration, "Least severe log level written"), "info");
+  level.allowed = {"trace", "debug", "info", "warn", "error"};
+  Field log = group("log", FieldType::object, "Logging", {level});
+  Field root = group("", FieldType::object, "pilecore site file",
+                     {site, connectors, plugins, storage, log, reserved("tariffs", "time-of-use billing"),
+                      reserved("payment", "payment routing"), reserved("risk", "the risk engine"), reserved("links", "uplink routing"),
+                      reserved("identity", "device identity and keys")});
+  return root;
+}
+
+std::string read_file(const fs::path& file, std::string& error) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    error = fmt::format("cannot read the file: {}", std::strerror(errno));
+    return {};
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string join_paths(const std::vector<fs::path>& paths) {
+  std::string out;
+  for (const auto& p : paths) out += (out.empty() ? "" : ", ") + p.string();
+  return out;
+}
+
+std::string value_text(const Value& v) {
+  struct {
+    std::string operator()(std::monostate) const { return "(none)"; }
+    std::string operator()(const std::string& s) const { return s; }
+    std::string operator()(std::int64_t i) const { return std::to_string(i); }
+    std::string operator()(double d) const { return fmt::format("{}", d); }
+    std::string operator()(bool b) const { return b ? "true" : "false"; }
+    std::string operator()(const std::vector<std::string>& l) const { return fmt::format("[{}]", fmt::join(l, ", ")); }
+  } visitor;
+  return std::visit(visitor, v);
+}
+
+}  // namespace
+
+const Field& site_schema() {
+  static const Field schema = build_site_schema();
+  return schema;
+}
+
+bool is_known_time_zone(std::string_view name) {
+  static const std::regex re("[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*");
+  if (name.empty() || name.size() > 64 || !std::regex_match(name.begin(), name.end(), re)) return false;
+  const fs::path p = fs::path("/usr/share/zoneinfo") / std::string(name);
+  std::ifstream in(p, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::string_view(magic, 4) == "TZif";
+}
+
+InstanceConfig::InstanceConfig(const std::vector<Field>& fields, const YAML::Node& block) {
+  for (const auto& f : fields) {
+    const YAML::Node node = member(block, f.key);
+    Value v;
+    if (node.IsDefined() && !node.IsNull()) {
+      if (parse_value(f, node, v)) v = std::monostate{};
+    } else {
+      v = default_value(f);
+    }
+    if (!std::holds_alternative<std::monostate>(v)) values_.emplace(f.key, std::move(v));
+  }
+}
+
+bool InstanceConfig::has(std::string_view key) const noexcept { return values_.find(key) != values_.end(); }
+
+template <class T>
+static std::optional<T> get_as(const std::map<std::string, Value, std::less<>>& values, std::string_view key) {
+  auto it = values.find(key);
+  if (it == values.end()) return std::nullopt;
+  if (const auto* p = std::get_if<T>(&it->second)) return *p;
+  return std::nullopt;
+}
+
+std::optional<std::string_view> InstanceConfig::get_string(std::string_view key) const noexcept {
+  auto it = values_.find(key);
+  if (it == values_.end()) return std::nullopt;
+  if (const auto* p = std::get_if<std::string>(&it->second)) return std::string_view(*p);
+  return std::nullopt;
+}
+std::optional<std::int64_t> InstanceConfig::get_integer(std::string_view key) const noexcept { return get_as<std::int64_t>(values_, key); }
+std::optional<double> InstanceConfig::get_number(std::string_view key) const noexcept {
+  if (auto i = get_as<std::int64_t>(values_, key)) return static_cast<double>(*i);
+  return get_as<double>(values_, key);
+}
+std::optional<bool> InstanceConfig::get_boolean(std::string_view key) const noexcept { return get_as<bool>(values_, key); }
+std::optional<std::vector<std::string>> InstanceConfig::get_string_list(std::string_view key) const {
+  return get_as<std::vector<std::string>>(values_, key);
+}
+
+std::map<std::string, std::string> InstanceConfig::describe(const std::vector<Field>& fields) const {
+  std::map<std::string, std::string> out;
+  for (const auto& f : fields) {
+    auto it = values_.find(f.key);
+    if (it == values_.end()) continue;
+    out[f.key] = f.secret ? "***" : value_text(it->second);
+  }
+  return out;
+}
+
+nlohmann::json site_json_schema(const std::vector<std::shared_ptr<const LoadedPlugin>>& plugins) {
+  nlohmann::json j = to_json_schema(site_schema());
+  j["$schema"] = "http://json-schema.org/draft-07/schema#";
+  j["$id"] = "https://pilecore.example/schema/site.schema.json";
+  j["title"] = "pilecore site file";
+  auto& instance = j["properties"]["plugins"]["additionalProperties"];
+  std::vector<std::string> names;
+  nlohmann::json all_of = nlohmann::json::array();
+  for (const auto& p : plugins) {
+    names.push_back(p->name);
+    Field config = group("config", FieldType::object, fmt::format("Configuration of {} {}", p->name, p->descriptor->version), p->config_fields);
+    nlohmann::json branch;
+    branch["if"] = {{"properties", {{"plugin", {{"const", p->name}}}}}, {"required", {"plugin"}}};
+    branch["then"] = {{"properties", {{"config", to_json_schema(config)}}}};
+    bool any_required = false;
+    for (const auto& f : p->config_fields) any_required = any_required || f.required;
+    if (any_required) branch["then"]["required"] = {"config"};
+    all_of.push_back(branch);
+  }
+  if (!names.empty()) {
+    instance["properties"]["plugin"]["enum"] = names;
+    instance["properties"]["plugin"].erase("type");
+    instance["allOf"] = all_of;
+  }
+  return j;
+}
+
+LoadOutcome load_site(const fs::path& file, PluginRegistry& registry) {
+  std::string error;
+  std::string text = read_file(file, error);
+  if (!error.empty()) {
+    LoadOutcome out{std::nullopt, Diagnostics(file.string())};
+    out.diagnostics.error({}, error);
+    return out;
+  }
+  auto out = load_site_text(text, file.string(), registry);
+  if (out.site) out.site->file = file;
+  return out;
+}
+
+LoadOutcome load_site_text(const std::string& text, const std::string& display_name, PluginRegistry& registry) {
+  LoadOutcome out{std::nullopt, Diagnostics(display_name)};
+  Diagnostics& diags = out.diagnostics;
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    diags.error({static_cast<std::size_t>(e.mark.line) + 1, static_cast<std::size_t>(e.mark.column) + 1},
+                fmt::format("YAML syntax error: {}", e.msg));
+    return out;
+  } catch (const YAML::Exception& e) {
+    diags.error({}, fmt::format("YAML error: {}", e.what()));
+    return out;
+  }
+  if (root.IsNull() || !root.IsDefined()) {
+    diags.error({1, 1}, "the file is empty; a site file needs at least 'site', 'connectors' and 'plugins' (see configs/sim-site.yaml)");
+    return out;
+  }
+  if (!root.IsMap()) {
+    diags.error(position_of(root), "a site file is a mapping with the keys site, connectors, plugins, storage, log, tariffs, payment, risk, links, identity");
+    return out;
+  }
+  Validator validator(diags);
+  validator.validate(site_schema(), root, "");
+
+  // Semantic checks the schema cannot express.
+  const YAML::Node site = member(root, "site");
+  const YAML::Node tz = member(site, "timezone");
+  if (tz.IsScalar() && !is_known_time_zone(tz.Scalar())) {
+    diags.error(position_of(tz), fmt::format("'site.timezone' is '{}', which is not a time zone in /usr/share/zoneinfo; use an IANA name such as "
+                                             "Asia/Shanghai or Europe/Berlin", tz.Scalar()));
+  }
+  std::set<std::int64_t> connector_ids;
+  const YAML::Node connectors = member(root, "connectors");
+  if (connectors.IsSequence()) {
+    std::map<std::int64_t, std::size_t> first_line;
+    for (const auto& c : connectors) {
+      const YAML::Node idn = member(c, "id");
+      Value v;
+      if (!idn.IsScalar() || parse_value(site_schema().fields[1].fields[0], idn, v)) continue;
+      const auto id = std::get<std::int64_t>(v);
+      if (auto [it, fresh] = first_line.emplace(id, position_of(idn).line); !fresh) {
+        diags.error(position_of(idn), fmt::format("duplicate connector id {} (first given at line {})", id, it->second));
+      }
+      connector_ids.insert(id);
+    }
+  }
+
+  // Each plugin instance: is the plugin installed and acceptable, and is its config valid?
+  std::vector<InstanceSpec> instances;
+  const YAML::Node plugins = member(root, "plugins");
+  std::set<std::string> seen_instances;
+  for (const auto& m : members_of(plugins)) {
+    if (!m.key_node.IsScalar() || !m.value.IsMap() || !seen_instances.insert(m.key).second) continue;
+    InstanceSpec spec;
+    spec.name = m.key;
+    const YAML::Node plugin_node = member(m.value, "plugin");
+    const YAML::Node connector_node = member(m.value, "connector");
+    const YAML::Node config_node = member(m.value, "config");
+    if (connector_node.IsScalar()) {
+      std::int64_t c = 0;
+      try {
+        c = connector_node.as<std::int64_t>();
+      } catch (const YAML::Exception&) {
+        c = -1;
+      }
+      if (c >= 1 && c <= 255) {
+        if (!connectors.IsSequence() || connector_ids.count(c)) {
+          spec.connector = static_cast<std::uint32_t>(c);
+        } else {
+          std::vector<std::string> ids;
+          for (auto id : connector_ids) ids.push_back(std::to_string(id));
+          diags.error(position_of(connector_node), fmt::format("'plugins.{}.connector' is {}, but there is no such connector; connectors: {}",
+                                                               m.key, c, ids.empty() ? "none" : fmt::format("{}", fmt::join(ids, ", "))));
+        }
+      }
+    }
+    if (!plugin_node.IsScalar()) continue;  // reported by the schema
+    spec.plugin = plugin_node.Scalar();
+    LoadResult loaded = registry.load(spec.plugin);
+    if (!loaded.plugin) {
+      if (!registry.find(spec.plugin)) {
+        const auto installed = registry.installed();
+        diags.error(position_of(plugin_node),
+                    fmt::format("'plugins.{}.plugin': unknown plugin '{}'; {}installed plugins: {} (searched {})", m.key, spec.plugin,
+                                suggestion(spec.plugin, installed), installed.empty() ? "none" : fmt::format("{}", fmt::join(installed, ", ")),
+                                join_paths(registry.dirs())));
+      } else {
+        diags.error(position_of(plugin_node), fmt::format("'plugins.{}.plugin': plugin '{}' is refused: {}", m.key, spec.plugin, loaded.error));
+      }
+      continue;
+    }
+    Field config_field = group("config", FieldType::object, "", loaded.plugin->config_fields);
+    const std::string path = fmt::format("plugins.{}.config", m.key);
+    if (config_node.IsDefined()) {
+      validator.validate(config_field, config_node, path);
+    } else {
+      // No config block: required keys are reported at the instance itself.
+      validator.validate_members(config_field.fields, YAML::Node(YAML::NodeType::Map), path, position_of(m.value));
+    }
+    spec.loaded = loaded.plugin;
+    spec.config = std::make_shared<InstanceConfig>(loaded.plugin->config_fields, config_node);
+    instances.push_back(std::move(spec));
+  }
+
+  if (diags.has_errors()) return out;
+
+  SiteConfig cfg;
+  cfg.id = member(site, "id").Scalar();
+  cfg.name = member(site, "name").Scalar();
+  cfg.latitude = member(member(site, "location"), "lat").as<double>();
+  cfg.longitude = member(member(site, "location"), "lon").as<double>();
+  cfg.timezone = tz.Scalar();
+  for (const auto& c : connectors) {
+    cfg.connectors.push_back(ConnectorConfig{member(c, "id").as<std::uint32_t>(), member(c, "type").Scalar(), member(c, "max_power_w").as<std::int64_t>()});
+  }
+  cfg.instances = std::move(instances);
+  const YAML::Node db = member(member(root, "storage"), "database");
+  cfg.database = db.IsScalar() ? db.Scalar() : "pilecore.db";
+  const YAML::Node lvl = member(member(root, "log"), "level");
+  cfg.log_level = lvl.IsScalar() ? lvl.Scalar() : "info";
+  out.site = std::move(cfg);
+  return out;
+}
+
+}  // namespace pilecore::core

@@ -1,0 +1,84 @@
+// The site file: one YAML file per deployment site, validated before any plugin starts.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "diagnostics.hpp"
+#include "plugin_loader.hpp"
+#include "schema.hpp"
+
+namespace pilecore::core {
+
+struct ConnectorConfig {
+  std::uint32_t id = 0;
+  std::string type;
+  std::int64_t max_power_w = 0;
+};
+
+/// The validated values of one plugin instance; implements the SDK's ConfigValues.
+class InstanceConfig final : public ConfigValues {
+ public:
+  InstanceConfig() = default;
+  InstanceConfig(const std::vector<Field>& fields, const YAML::Node& block);
+
+  [[nodiscard]] bool has(std::string_view key) const noexcept override;
+  [[nodiscard]] std::optional<std::string_view> get_string(std::string_view key) const noexcept override;
+  [[nodiscard]] std::optional<std::int64_t> get_integer(std::string_view key) const noexcept override;
+  [[nodiscard]] std::optional<double> get_number(std::string_view key) const noexcept override;
+  [[nodiscard]] std::optional<bool> get_boolean(std::string_view key) const noexcept override;
+  [[nodiscard]] std::optional<std::vector<std::string>> get_string_list(std::string_view key) const override;
+  /// key -> value as text, secrets masked (for logs and pilectl).
+  [[nodiscard]] std::map<std::string, std::string> describe(const std::vector<Field>& fields) const;
+
+ private:
+  std::map<std::string, Value, std::less<>> values_;
+};
+
+struct InstanceSpec {
+  std::string name;
+  std::string plugin;
+  std::optional<std::uint32_t> connector;
+  std::shared_ptr<const LoadedPlugin> loaded;
+  std::shared_ptr<const InstanceConfig> config;
+};
+
+struct SiteConfig {
+  std::filesystem::path file;
+  std::string id;
+  std::string name;
+  double latitude = 0;
+  double longitude = 0;
+  std::string timezone;
+  std::vector<ConnectorConfig> connectors;
+  std::vector<InstanceSpec> instances;  // in file order
+  std::string database;                 // as written; relative paths are under the state dir
+  std::string log_level;
+};
+
+/// The schema of the core's own sections (plugins' config blocks are checked separately).
+const Field& site_schema();
+
+/// The full JSON Schema for site files, with every plugin in `plugins` described.
+nlohmann::json site_json_schema(const std::vector<std::shared_ptr<const LoadedPlugin>>& plugins);
+
+/// Whether `name` is a time zone in the system's tz database (/usr/share/zoneinfo).
+bool is_known_time_zone(std::string_view name);
+
+struct LoadOutcome {
+  std::optional<SiteConfig> site;  // set only when there are no errors
+  Diagnostics diagnostics;
+};
+
+/// Reads, parses and validates a site file completely, loading the plugins it names from
+/// `registry` to validate their configuration. Every problem is reported, not just the first.
+LoadOutcome load_site(const std::filesystem::path& file, PluginRegistry& registry);
+/// Same, from text already in memory; `display_name` is used in diagnostics.
+LoadOutcome load_site_text(const std::string& text, const std::string& display_name, PluginRegistry& registry);
+
+}  // namespace pilecore::core

@@ -1,0 +1,83 @@
+#include "storage.hpp"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+namespace pilecore::core {
+
+namespace {
+// Each entry migrates from version i to i+1; append only.
+const char* const migrations[] = {
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE boots(id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, version TEXT NOT NULL, site_id TEXT NOT NULL);",
+};
+}  // namespace
+
+Database::Database(const std::filesystem::path& path) : path_(path) {
+  std::error_code ec;
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
+  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    db_ = nullptr;
+    throw std::runtime_error(fmt::format("{}: cannot open the database: {}", path.string(), msg));
+  }
+  sqlite3_busy_timeout(db_, 5000);
+  try {
+    exec("PRAGMA journal_mode=WAL");
+    exec("PRAGMA synchronous=FULL");
+    exec("PRAGMA foreign_keys=ON");
+    const int have = schema_version();
+    const int want = static_cast<int>(std::size(migrations));
+    if (have > want) {
+      throw std::runtime_error(fmt::format("{}: database schema version {} is newer than this pilecore understands ({}); "
+                                           "install the newer pilecore again or restore a backup", path.string(), have, want));
+    }
+    for (int v = have; v < want; ++v) {
+      exec("BEGIN IMMEDIATE");
+      exec(migrations[v]);
+      exec(fmt::format("PRAGMA user_version={}", v + 1));
+      exec("COMMIT");
+    }
+  } catch (...) {
+    sqlite3_close(db_);
+    db_ = nullptr;
+    throw;
+  }
+}
+
+Database::~Database() { sqlite3_close(db_); }
+
+void Database::exec(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : sqlite3_errmsg(db_);
+    sqlite3_free(err);
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw std::runtime_error(fmt::format("{}: {}", path_.string(), msg));
+  }
+}
+
+int Database::schema_version() const {
+  sqlite3_stmt* st = nullptr;
+  int v = 0;
+  if (sqlite3_prepare_v2(db_, "PRAGMA user_version", -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+void Database::record_boot(const std::string& started_at, const std::string& version, const std::string& site_id) {
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, "INSERT INTO boots(started_at, version, site_id) VALUES(?,?,?)", -1, &st, nullptr) != SQLITE_OK) {
+    throw std::runtime_error(fmt::format("{}: {}", path_.string(), sqlite3_errmsg(db_)));
+  }
+  sqlite3_bind_text(st, 1, started_at.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 2, version.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 3, site_id.c_str(), -1, SQLITE_TRANSIENT);
+  const int rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) throw std::runtime_error(fmt::format("{}: {}", path_.string(), sqlite3_errmsg(db_)));
+}
+
+}  // namespace pilecore::core

@@ -1,0 +1,34 @@
+// The SQLite database under the state directory: WAL mode, synchronous=FULL, so a row that
+// records money or energy is on disk before the action it records takes effect.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <filesystem>
+#include <string>
+
+namespace pilecore::core {
+
+class Database {
+ public:
+  /// Opens (creating when missing) and migrates the database; throws std::runtime_error with
+  /// the path and SQLite's message on failure.
+  explicit Database(const std::filesystem::path& path);
+  ~Database();
+  Database(const Database&) = delete;
+  Database& operator=(const Database&) = delete;
+
+  void exec(const std::string& sql);
+  [[nodiscard]] int schema_version() const;
+  [[nodiscard]] sqlite3* handle() const { return db_; }
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+
+  /// Records a daemon start (device management wants the boot history).
+  void record_boot(const std::string& started_at, const std::string& version, const std::string& site_id);
+
+ private:
+  std::filesystem::path path_;
+  sqlite3* db_ = nullptr;
+};
+
+}  // namespace pilecore::core

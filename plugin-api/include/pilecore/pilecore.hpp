@@ -1,0 +1,20 @@
+// pilecore plugin SDK: everything a plugin needs, in one include.
+#pragma once
+
+#include "pilecore/build_key.hpp"
+#include "pilecore/clock.hpp"
+#include "pilecore/config.hpp"
+#include "pilecore/connector_status.hpp"
+#include "pilecore/events.hpp"
+#include "pilecore/host.hpp"
+#include "pilecore/indicator.hpp"
+#include "pilecore/link.hpp"
+#include "pilecore/log.hpp"
+#include "pilecore/payment.hpp"
+#include "pilecore/plugin.hpp"
+#include "pilecore/power.hpp"
+#include "pilecore/risk.hpp"
+#include "pilecore/sensor.hpp"
+#include "pilecore/status.hpp"
+#include "pilecore/strategy.hpp"
+#include "pilecore/version.hpp"

@@ -1,0 +1,171 @@
+// pilecore plugin SDK: the plugin base class, the descriptor and the entry point.
+//
+// A plugin is a shared object exporting exactly one symbol, pilecore_plugin_v1 (Boost.DLL
+// alias), that points at a const PluginDescriptor. Write it with PILECORE_PLUGIN:
+//
+//   class HelloSensor final : public pilecore::sensor::Sensor {
+//    public:
+//     explicit HelloSensor(pilecore::Host& host);   // read host.config() here
+//     ...
+//   };
+//   PILECORE_PLUGIN(HelloSensor, {.name = "hello-sensor", .version = "1.0.0", ...,
+//                                 .config = hello_keys})
+#pragma once
+
+#include <boost/dll/alias.hpp>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "pilecore/build_key.hpp"
+#include "pilecore/config.hpp"
+#include "pilecore/host.hpp"
+#include "pilecore/status.hpp"
+#include "pilecore/version.hpp"
+
+namespace pilecore {
+inline namespace v1 {
+
+enum class Kind : std::uint32_t {
+  payment = 1,
+  link = 2,
+  sensor = 3,
+  risk = 4,
+  power = 5,
+  indicator = 6,
+  strategy = 7,
+};
+
+constexpr std::string_view to_string(Kind k) noexcept {
+  switch (k) {
+    case Kind::payment: return "payment";
+    case Kind::link: return "link";
+    case Kind::sensor: return "sensor";
+    case Kind::risk: return "risk";
+    case Kind::power: return "power";
+    case Kind::indicator: return "indicator";
+    case Kind::strategy: return "strategy";
+  }
+  return "unknown";
+}
+
+/// Base of every plugin instance. The core calls start() once after all instances are created,
+/// and stop() once, in reverse order, before destroying them. Both run on the core's strand.
+class Plugin {
+ public:
+  virtual ~Plugin() = default;
+  /// Begin work (open devices, set timers). A non-ok status stops the daemon's start-up when the
+  /// instance is required, or marks it failed otherwise.
+  virtual Status start() noexcept = 0;
+  /// Cancel timers, close devices, join threads. Must not throw and must return promptly.
+  virtual void stop() noexcept = 0;
+};
+
+using CreateFn = Plugin* (*)(Host& host, std::string* error) noexcept;
+using DestroyFn = void (*)(Plugin* instance) noexcept;
+
+/// What the entry symbol points at. The first three members are frozen for every API major, so
+/// a core can always read the version of a plugin built for another one. After them the layout
+/// only grows at the end (the reserved slots come first).
+struct PluginDescriptor {
+  std::uint32_t struct_size;  ///< sizeof(PluginDescriptor) in the plugin's SDK
+  std::uint16_t api_major;
+  std::uint16_t api_minor;
+  // --- API 1.0 ---
+  Kind kind;
+  const char* name;         ///< [a-z][a-z0-9-]*; the file is <name>.so
+  const char* version;      ///< the plugin's own version, e.g. "1.2.0"
+  const char* vendor;
+  const char* license;      ///< SPDX identifier
+  const char* description;  ///< one line
+  const char* build_key;    ///< PILECORE_BUILD_KEY of the plugin's build
+  const char* compiler;     ///< informational
+  const ConfigKey* config;
+  std::uint32_t config_count;
+  std::uint32_t config_key_size;  ///< sizeof(ConfigKey) in the plugin's SDK
+  CreateFn create;
+  DestroyFn destroy;
+  const void* reserved[8];
+};
+
+/// Size of a descriptor with every API 1.0 member; the core refuses anything shorter.
+inline constexpr std::size_t descriptor_size_v1_0 = offsetof(PluginDescriptor, reserved) + sizeof(const void* [8]);
+
+/// What a plugin author fills in; PILECORE_PLUGIN turns it into the descriptor.
+struct PluginInfo {
+  const char* name = nullptr;
+  const char* version = nullptr;
+  const char* vendor = nullptr;
+  const char* license = nullptr;
+  const char* description = nullptr;
+  std::span<const ConfigKey> config{};
+};
+
+namespace detail {
+
+template <class T>
+Plugin* create_instance(Host& host, std::string* error) noexcept {
+  try {
+    return new T(host);
+  } catch (const std::exception& e) {
+    try {
+      if (error) *error = e.what();
+    } catch (...) {
+    }
+  } catch (...) {
+    try {
+      if (error) *error = "unknown exception";
+    } catch (...) {
+    }
+  }
+  return nullptr;
+}
+
+template <class T>
+void destroy_instance(Plugin* instance) noexcept {
+  delete static_cast<T*>(instance);
+}
+
+template <class T>
+constexpr PluginDescriptor make_descriptor(const PluginInfo& info) {
+  static_assert(std::is_base_of_v<Plugin, T>, "a plugin class derives from one kind interface");
+  static_assert(std::is_constructible_v<T, Host&>, "a plugin class is constructible from pilecore::Host&");
+  return PluginDescriptor{
+      .struct_size = sizeof(PluginDescriptor),
+      .api_major = PILECORE_API_MAJOR,
+      .api_minor = PILECORE_API_MINOR,
+      .kind = T::kind,
+      .name = info.name,
+      .version = info.version,
+      .vendor = info.vendor,
+      .license = info.license,
+      .description = info.description,
+      .build_key = PILECORE_BUILD_KEY,
+      .compiler = PILECORE_BUILD_COMPILER,
+      .config = info.config.data(),
+      .config_count = static_cast<std::uint32_t>(info.config.size()),
+      .config_key_size = sizeof(ConfigKey),
+      .create = &create_instance<T>,
+      .destroy = &destroy_instance<T>,
+      .reserved = {},
+  };
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace pilecore
+
+/// Declares the plugin class `ClassName` (derived from one kind interface) with the given
+/// pilecore::PluginInfo, and exports the entry symbol. Use once per shared object, at namespace
+/// scope, outside any namespace.
+#define PILECORE_PLUGIN(ClassName, ...)                                                      \
+  namespace pilecore_plugin_entry {                                                          \
+  extern const ::pilecore::PluginDescriptor descriptor;                                      \
+  const ::pilecore::PluginDescriptor descriptor =                                            \
+      ::pilecore::detail::make_descriptor<ClassName>(::pilecore::PluginInfo __VA_ARGS__);    \
+  }                                                                                          \
+  BOOST_DLL_ALIAS(pilecore_plugin_entry::descriptor, PILECORE_ENTRY_SYMBOL)

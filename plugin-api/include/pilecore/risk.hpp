@@ -1,0 +1,65 @@
+// pilecore plugin SDK: risk rules.
+//
+// The core runs every configured risk rule before a payment is authorised and combines their
+// verdicts (any deny denies, else any step_up steps up). A rule answers through the callback
+// before the deadline; a late or missing answer counts as step_up.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "pilecore/clock.hpp"
+#include "pilecore/plugin.hpp"
+
+namespace pilecore {
+inline namespace v1 {
+namespace risk {
+
+enum class Verdict : std::uint8_t { allow, step_up, deny };
+
+constexpr std::string_view to_string(Verdict v) noexcept {
+  switch (v) {
+    case Verdict::allow: return "allow";
+    case Verdict::step_up: return "step_up";
+    case Verdict::deny: return "deny";
+  }
+  return "unknown";
+}
+
+struct Context {
+  std::string_view transaction_id;
+  std::uint32_t connector = 0;
+  std::string_view method;      ///< payment plugin instance name
+  std::string_view user_token;
+  std::int64_t amount_fen = 0;  ///< estimated amount
+  TimePoint time{};
+};
+
+/// Read-only view of past transactions, kept by the core. Valid until the rule has answered
+/// or the deadline has passed.
+class History {
+ public:
+  virtual ~History() = default;
+  [[nodiscard]] virtual std::uint32_t sessions_since(std::string_view user_token, TimePoint since) const noexcept = 0;
+  [[nodiscard]] virtual std::int64_t amount_since_fen(std::string_view user_token, TimePoint since) const noexcept = 0;
+};
+
+struct Result {
+  Verdict verdict = Verdict::allow;
+  std::string reason;  ///< required for step_up and deny; kept with the transaction
+};
+
+using Callback = std::function<void(Result)>;
+
+class Rule : public Plugin {
+ public:
+  static constexpr Kind kind = Kind::risk;
+
+  virtual void evaluate(const Context& context, const History& history, TimePoint deadline, Callback done) noexcept = 0;
+};
+
+}  // namespace risk
+}  // namespace v1
+}  // namespace pilecore

@@ -1,0 +1,32 @@
+// pilecore plugin SDK: sensors (meters, temperature and humidity, current transformers).
+//
+// A sensor declares its channels and publishes samples with Host::publish, at most at each
+// channel's declared rate.
+#pragma once
+
+#include <span>
+#include <string>
+
+#include "pilecore/plugin.hpp"
+
+namespace pilecore {
+inline namespace v1 {
+namespace sensor {
+
+struct ChannelInfo {
+  std::string name;  ///< e.g. "energy_import", "temperature"
+  std::string unit;  ///< e.g. "Wh", "degC"
+  double rate_hz = 1;  ///< how often it is published, up to 100
+};
+
+class Sensor : public Plugin {
+ public:
+  static constexpr Kind kind = Kind::sensor;
+
+  /// Valid for the life of the instance.
+  [[nodiscard]] virtual std::span<const ChannelInfo> channels() const noexcept = 0;
+};
+
+}  // namespace sensor
+}  // namespace v1
+}  // namespace pilecore
