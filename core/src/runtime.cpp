@@ -160,6 +160,7 @@ class Instance final : public Host {
   T* as() {
     return static_cast<T*>(plugin_);
   }
+  [[nodiscard]] Plugin* plugin() const { return plugin_; }
 
   [[nodiscard]] const InstanceSpec& spec() const { return spec_; }
   [[nodiscard]] Kind kind() const { return spec_.loaded->descriptor->kind; }
@@ -334,6 +335,22 @@ int Runtime::run() {
 
 void Runtime::request_stop() {
   asio::post(strand_, [this] { shutdown(); });
+}
+
+void Runtime::dispatch(std::function<void()> fn) { asio::post(strand_, std::move(fn)); }
+
+Plugin* Runtime::find_plugin(std::string_view instance) const {
+  for (const auto& inst : instances_) {
+    if (inst->spec().name == instance && inst->state() == InstanceState::running) return inst->plugin();
+  }
+  return nullptr;
+}
+
+std::optional<Kind> Runtime::kind_of(std::string_view instance) const {
+  for (const auto& inst : instances_) {
+    if (inst->spec().name == instance) return inst->kind();
+  }
+  return std::nullopt;
 }
 
 void Runtime::update_snapshot(const Instance& inst) {

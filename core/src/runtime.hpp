@@ -16,6 +16,7 @@
 
 #include "pilecore/clock.hpp"
 #include "pilecore/connector_status.hpp"
+#include "pilecore/plugin.hpp"
 #include "site_config.hpp"
 
 namespace pilecore::core {
@@ -64,6 +65,14 @@ class Runtime {
   [[nodiscard]] std::map<std::uint32_t, ConnectorStatus> connectors() const;
   [[nodiscard]] std::uint64_t samples_received() const { return samples_.load(); }
   [[nodiscard]] std::string start_error() const;
+
+  /// Runs `fn` on the core's strand (thread-safe). Tests and the local control socket use it
+  /// to reach plugin objects without racing the event loop.
+  void dispatch(std::function<void()> fn);
+  /// The plugin object of a running instance, or nullptr. Call on the strand only; cast it to
+  /// the kind's interface (e.g. static_cast<payment::Method*>) after checking kind_of().
+  [[nodiscard]] Plugin* find_plugin(std::string_view instance) const;
+  [[nodiscard]] std::optional<Kind> kind_of(std::string_view instance) const;
 
   // Used by the host services of the instances (on the strand).
   void on_instance_failed(Instance& instance, const std::string& reason);
