@@ -91,17 +91,20 @@ std::optional<std::string> check_pattern(const Field& f, const std::string& s) {
                      f.pattern_hint.empty() ? "it must match " + f.pattern : f.pattern_hint);
 }
 
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// neighbouring letters (the commonest typo) each cost 1.
 std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+  for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
   for (std::size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
     for (std::size_t j = 1; j <= b.size(); ++j) {
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
-    std::swap(prev, cur);
   }
-  return prev[b.size()];
+  return d[a.size()][b.size()];
 }
 
 std::vector<std::string> keys_of(const std::vector<Field>& fields) {
@@ -213,6 +216,8 @@ std::optional<std::string> parse_value(const Field& f, const YAML::Node& node, V
     case FieldType::integer: {
       std::int64_t v = 0;
       if (!parse_int(s, v)) {
+        static const std::regex digits("[-+]?[0-9]+");
+        if (plain && std::regex_match(s, digits)) return fmt::format("is {}, too large for an integer: allowed {}", s, range_text(f));
         double d = 0;
         if (plain && parse_number(s, d)) return fmt::format("must be a whole number, got {}", s);
         return fmt::format("must be an integer, got {}{}", kind_of(node), plain ? "" : " (remove the quotes)");
