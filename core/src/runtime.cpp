@@ -297,7 +297,9 @@ int Runtime::run() {
   std::error_code ec;
   fs::create_directories(options_.state_dir, ec);
   if (ec) {
-    spdlog::error("cannot create the state directory {}: {}", options_.state_dir.string(), ec.message());
+    std::lock_guard lock(snapshot_mutex_);
+    start_error_ = fmt::format("cannot create the state directory {}: {}", options_.state_dir.string(), ec.message());
+    spdlog::error("{}", start_error_);
     return 3;
   }
   try {
@@ -308,6 +310,8 @@ int Runtime::run() {
     spdlog::info("database {} (schema {})", db.string(), db_->schema_version());
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
+    std::lock_guard lock(snapshot_mutex_);
+    start_error_ = e.what();
     return 3;
   }
   if (!create_instances()) return 3;

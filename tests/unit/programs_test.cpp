@@ -1,0 +1,140 @@
+// The real programs, as an integrator and systemd use them: pilecored's readiness and shutdown
+// through the notify socket, its refusal of a bad site file, and pilectl's commands.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "test_support.hpp"
+
+using namespace pilecore::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string pilecored = std::string(PILECORE_BIN_DIR) + "/pilecored";
+const std::string pilectl = std::string(PILECORE_BIN_DIR) + "/pilectl";
+
+const char* const small_site = R"(site:
+  id: PROG-1
+  name: Programs test
+  location: {lat: 31.2, lon: 121.5}
+  timezone: Asia/Shanghai
+connectors:
+  - {id: 1, type: gbt-dc, max_power_w: 60000}
+plugins:
+  cabinet:
+    plugin: sim-sensor
+    config: {interval_ms: 50}
+)";
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void ready_then_stop(int signo) {
+  TempDir dir;
+  NotifyListener notify(dir.path() / "notify.sock");
+  Child daemon({pilecored, "--config", dir.write("site.yaml", small_site).string(), "--state-dir", (dir.path() / "state").string()},
+               {notify.env()});
+  ASSERT_TRUE(notify.wait_for("READY=1", std::chrono::seconds(10))) << daemon.stderr_text();
+  daemon.signal(signo);
+  EXPECT_TRUE(notify.wait_for("STOPPING=1", std::chrono::seconds(10)));
+  EXPECT_EQ(daemon.wait(), 0) << daemon.stderr_text();
+  const auto log = daemon.stderr_text();
+  EXPECT_NE(log.find("ready: site PROG-1"), std::string::npos) << log;
+  EXPECT_NE(log.find("[core] stopped"), std::string::npos) << log;
+  EXPECT_TRUE(fs::exists(dir.path() / "state" / "pilecore.db"));
+}
+
+}  // namespace
+
+TEST(Pilecored, TellsSystemdItIsReadyAndStopsCleanlyOnSigterm) { ready_then_stop(SIGTERM); }
+
+TEST(Pilecored, StopsCleanlyOnSigint) { ready_then_stop(SIGINT); }
+
+TEST(Pilecored, RefusesAnInvalidSiteFileWithEveryError) {
+  TempDir dir;
+  std::string bad = small_site;
+  bad.replace(bad.find("Asia/Shanghai"), 13, "Asia/Shangai");
+  bad.replace(bad.find("interval_ms: 50"), 15, "interval_ms: 5");
+  const auto file = dir.write("site.yaml", bad).string();
+  const auto r = run_process({pilecored, "--config", file, "--state-dir", (dir.path() / "state").string()});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find(file + ":5:13: error: 'site.timezone' is 'Asia/Shangai'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(file + ":11:27: error: 'plugins.cabinet.config.interval_ms' is 5, out of range: allowed 10 to 3600000 ms"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("2 error(s); not starting"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir.path() / "state" / "pilecore.db")) << "nothing starts before the file is valid";
+}
+
+TEST(Pilectl, ValidateExitsZeroForValidAndOneForInvalid) {
+  TempDir dir;
+  auto ok = run_process({pilectl, "config", "validate", dir.write("ok.yaml", small_site).string()});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("valid: site PROG-1, 1 connector(s), 1 plugin instance(s)"), std::string::npos) << ok.out;
+  auto quiet = run_process({pilectl, "config", "validate", "--quiet", dir.write("ok.yaml", small_site).string()});
+  EXPECT_EQ(quiet.exit_code, 0);
+  EXPECT_EQ(quiet.out, "");
+  auto bad = run_process({pilectl, "config", "validate", dir.write("bad.yaml", "site: [\n").string()});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("bad.yaml:2:1: error: YAML syntax error"), std::string::npos) << bad.err;
+  auto missing = run_process({pilectl, "config", "validate", (dir.path() / "nope.yaml").string()});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("nope.yaml: error: cannot read the file: No such file or directory"), std::string::npos) << missing.err;
+}
+
+TEST(Pilectl, ValidatesTheShippedSimulatedSite) {
+  auto r = run_process({pilectl, "config", "validate", std::string(PILECORE_TEST_SOURCE_DIR) + "/configs/sim-site.yaml"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+TEST(Pilectl, HelpAtEveryLevel) {
+  for (const auto& args : std::vector<std::vector<std::string>>{{pilectl, "--help"},
+                                                                {pilectl, "config", "--help"},
+                                                                {pilectl, "config", "validate", "--help"},
+                                                                {pilectl, "config", "schema", "--help"},
+                                                                {pilectl, "config", "reference", "--help"},
+                                                                {pilectl, "plugins", "--help"},
+                                                                {pilectl, "plugins", "list", "--help"},
+                                                                {pilectl, "plugins", "show", "--help"},
+                                                                {pilecored, "--help"}}) {
+    auto r = run_process(args);
+    EXPECT_EQ(r.exit_code, 0) << args.back() << ": " << r.err;
+    EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
+  }
+}
+
+TEST(Pilectl, PluginsListAndShow) {
+  auto list = run_process({pilectl, "plugins", "list"});
+  EXPECT_EQ(list.exit_code, 0) << list.out << list.err;
+  EXPECT_NE(list.out.find("sim-sensor         sensor     0.1.0     1.0   "), std::string::npos) << list.out;
+  auto json = run_process({pilectl, "plugins", "list", "--json"});
+  EXPECT_EQ(json.exit_code, 0);
+  EXPECT_NE(json.out.find("\"name\": \"sim-sensor\""), std::string::npos) << json.out;
+  auto show = run_process({pilectl, "plugins", "show", "sim-sensor"});
+  EXPECT_EQ(show.exit_code, 0);
+  EXPECT_NE(show.out.find("Plugin sim-sensor 0.1.0\n  Kind:         sensor\n"), std::string::npos) << show.out;
+  EXPECT_NE(show.out.find("  interval_ms            integer      `1000`\n                         10 to 3600000; ms\n"), std::string::npos) << show.out;
+  auto unknown = run_process({pilectl, "plugins", "show", "sim-sensr"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.err.find("no plugin named 'sim-sensr'; installed plugins: "), std::string::npos) << unknown.err;
+}
+
+TEST(Pilectl, CommittedSchemaAndReferenceAreCurrent) {
+  // configs/schema/site.schema.json and docs/config-reference.md are generated from the same
+  // declarations the validator uses; `make schema` regenerates them.
+  auto schema = run_process({pilectl, "config", "schema"});
+  ASSERT_EQ(schema.exit_code, 0) << schema.err;
+  EXPECT_EQ(schema.out, slurp(fs::path(PILECORE_TEST_SOURCE_DIR) / "configs/schema/site.schema.json"))
+      << "configs/schema/site.schema.json is stale: run `make schema` and commit it";
+  auto reference = run_process({pilectl, "config", "reference"});
+  ASSERT_EQ(reference.exit_code, 0) << reference.err;
+  EXPECT_EQ(reference.out, slurp(fs::path(PILECORE_TEST_SOURCE_DIR) / "docs/config-reference.md"))
+      << "docs/config-reference.md is stale: run `make schema` and commit it";
+}
