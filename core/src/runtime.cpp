@@ -245,8 +245,6 @@ void Runtime::start_instances() {
     }
     update_snapshot(*inst);
   }
-  ready_ = true;
-  std::string summary;
   for (const auto& inst : instances_) {
     const auto& s = inst->spec();
     spdlog::info("instance {:<14} {:<9} {} {}{}", s.name, to_string(inst->kind()), s.plugin, s.loaded->descriptor->version,
@@ -258,6 +256,7 @@ void Runtime::start_instances() {
   }
   spdlog::info("ready: site {} ({}), {} connector(s), {} plugin instance(s), clock {} at {}x", site_.id, site_.name, site_.connectors.size(),
                instances_.size(), format_utc(clock_->now()), clock_->speed());
+  ready_ = true;
   if (options_.notify_systemd) {
     sd_notifyf(0, "READY=1\nSTATUS=ready: %zu connector(s), %zu instance(s)", site_.connectors.size(), instances_.size());
   }

@@ -1,0 +1,301 @@
+// sim-payment: a simulated payment method (an acquirer in a box).
+//
+// authorize approves when the amount is within limit_fen and the user token is not declined;
+// tokens in step_up_tokens need more proof. Every answer comes after latency_ms of host-clock
+// time; when that would pass the request's deadline the answer is "declined, timeout", given at
+// the deadline. capture, cancel and refund are idempotent on the transaction id: a repeat of the
+// same operation returns ok without a second effect, a conflicting one is invalid_argument.
+// The plugin keeps a ledger of its own operations in memory and logs each one.
+//
+// One refund per transaction: the SDK's refund() carries no refund id, so a second refund of
+// the same amount cannot be told from a retry; it is treated as the retry.
+#include <pilecore/pilecore.hpp>
+
+#include <algorithm>
+#include <exception>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace pilecore;
+
+constexpr ConfigKey keys[] = {
+    {.key = "limit_fen", .type = ConfigType::integer, .default_value = "50000", .min = 0, .max = 1e10,
+     .description = "Largest amount approved in one authorisation; above it the answer is declined", .unit = "fen"},
+    {.key = "declined_tokens", .type = ConfigType::string_list, .default_value = "[]",
+     .description = "User tokens whose authorisations are always declined (a blocked card, an empty wallet)"},
+    {.key = "step_up_tokens", .type = ConfigType::string_list, .default_value = "[]",
+     .description = "User tokens whose authorisations need more proof (answer step_up)"},
+    {.key = "latency_ms", .type = ConfigType::integer, .default_value = "300", .min = 0, .max = 600000,
+     .description = "Host-clock time the simulated acquirer takes to answer each operation", .unit = "ms"},
+    {.key = "reference_prefix", .type = ConfigType::string, .default_value = "SIM",
+     .description = "Prefix of the acquirer references handed out (kept in the ledger)"},
+};
+
+std::string yuan(std::int64_t fen) {
+  const char* sign = fen < 0 ? "-" : "";
+  const std::int64_t a = fen < 0 ? -fen : fen;
+  return fmt::format("{}{}.{:02} yuan", sign, a / 100, a % 100);
+}
+
+/// Tokens identify people: log only the last four characters of a long one.
+std::string mask(std::string_view token) {
+  if (token.size() <= 8) return "***";
+  return std::string(token.size() - 4, '*') + std::string(token.substr(token.size() - 4));
+}
+
+std::string_view to_string(payment::Decision d) {
+  switch (d) {
+    case payment::Decision::approved: return "approved";
+    case payment::Decision::declined: return "declined";
+    case payment::Decision::step_up: return "step_up";
+  }
+  return "unknown";
+}
+
+struct Transaction {
+  std::string user_token;
+  std::int64_t requested_fen = 0;
+  payment::AuthorizationResult result;
+  bool captured = false;
+  std::int64_t captured_fen = 0;
+  bool cancelled = false;
+  bool refunded = false;
+  std::int64_t refunded_fen = 0;
+};
+
+class SimPayment final : public payment::Method {
+ public:
+  explicit SimPayment(Host& host)
+      : host_(host),
+        limit_fen_(host.config().integer("limit_fen")),
+        declined_(host.config().string_list("declined_tokens")),
+        step_up_(host.config().string_list("step_up_tokens")),
+        latency_(host.config().integer("latency_ms")),
+        prefix_(host.config().string("reference_prefix")) {}
+
+  Status start() noexcept override {
+    try {
+      host_.report_state("up", fmt::format("simulated acquirer, limit {}, latency {} ms", yuan(limit_fen_), latency_.count()));
+      return Status::success();
+    } catch (const std::exception& e) {
+      return Status::error(StatusCode::failed, e.what());
+    }
+  }
+
+  void stop() noexcept override {
+    // Every callback is called exactly once, also when the method stops before answering.
+    auto pending = std::move(pending_);
+    pending_.clear();
+    for (auto& [key, p] : pending) {
+      host_.cancel(p.timer);
+      try {
+        p.abort();
+      } catch (...) {
+      }
+    }
+  }
+
+  void authorize(const payment::AuthorizationRequest& request, payment::AuthorizationCallback done) noexcept override {
+    auto fail_now = [&](std::string reason) {
+      try {
+        done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = std::move(reason)});
+      } catch (...) {
+      }
+    };
+    try {
+      const TimePoint now = host_.clock().now();
+      const std::string id(request.transaction_id);
+      payment::AuthorizationResult result;
+      if (id.empty()) {
+        result = declined("the transaction has no id");
+      } else if (auto it = ledger_.find(id); it != ledger_.end()) {
+        // A repeat: the same answer, no new hold. A different request under the same id is refused.
+        const Transaction& t = it->second;
+        if (t.user_token == request.user_token && t.requested_fen == request.amount_fen) {
+          result = t.result;
+          host_.log().info("ledger: authorize {} repeated -> {} (no new hold)", id, to_string(result.decision));
+        } else {
+          result = declined("the transaction id was already used for another authorisation");
+          host_.log().warn("ledger: authorize {} refused: id reused with {} for token {}", id, yuan(request.amount_fen), mask(request.user_token));
+        }
+      } else {
+        const bool late = request.deadline != TimePoint{} && now + latency_ > request.deadline;
+        result = late ? declined("timeout") : decide(request);
+        if (result.decision == payment::Decision::approved) result.reference = fmt::format("{}{:08}", prefix_, ++reference_seq_);
+        Transaction t;
+        t.user_token = std::string(request.user_token);
+        t.requested_fen = request.amount_fen;
+        t.result = result;
+        ledger_.emplace(id, std::move(t));
+        host_.log().info("ledger: authorize {} connector {} token {} {} -> {}{}{}", id, request.connector, mask(request.user_token),
+                         yuan(request.amount_fen), to_string(result.decision), result.reason.empty() ? "" : ": ", result.reason);
+      }
+      // Answer after the latency, but never after the deadline: a late answer is a timeout.
+      Duration delay = latency_;
+      if (request.deadline != TimePoint{} && now + delay > request.deadline) {
+        delay = std::max(Duration{0}, std::chrono::duration_cast<Duration>(request.deadline - now));
+      }
+      auto shared = std::make_shared<payment::AuthorizationCallback>(std::move(done));
+      later(
+          delay, [shared, result] { (*shared)(result); },
+          [shared] { (*shared)({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = "payment method stopped"}); });
+    } catch (const std::exception& e) {
+      host_.log().error("authorize failed: {}", e.what());
+      if (done) fail_now(std::string("payment method error: ") + e.what());
+    }
+  }
+
+  void capture(std::string_view transaction_id, std::int64_t amount_fen, payment::OperationCallback done) noexcept override {
+    operation(done, [&]() -> Status {
+      Transaction* t = find(transaction_id);
+      if (t == nullptr) return unknown(transaction_id);
+      if (t->result.decision != payment::Decision::approved) return Status::error(StatusCode::invalid_argument, "the authorisation was not approved");
+      if (amount_fen < 0) return Status::error(StatusCode::invalid_argument, fmt::format("capture amount {} fen is negative", amount_fen));
+      if (t->cancelled) return Status::error(StatusCode::invalid_argument, "the authorisation was cancelled; nothing to capture");
+      if (t->captured) {
+        if (t->captured_fen == amount_fen) return repeat("capture", transaction_id);
+        return Status::error(StatusCode::invalid_argument,
+                             fmt::format("already captured {}; a capture of {} conflicts with it", yuan(t->captured_fen), yuan(amount_fen)));
+      }
+      if (amount_fen > t->result.authorized_fen) {
+        return Status::error(StatusCode::invalid_argument,
+                             fmt::format("capture of {} is above the authorised {}", yuan(amount_fen), yuan(t->result.authorized_fen)));
+      }
+      t->captured = true;
+      t->captured_fen = amount_fen;
+      captured_total_fen_ += amount_fen;
+      host_.log().info("ledger: capture {} {} of {} authorised (ref {}); captured total {}", transaction_id, yuan(amount_fen),
+                       yuan(t->result.authorized_fen), t->result.reference, yuan(captured_total_fen_));
+      return Status::success();
+    });
+  }
+
+  void cancel(std::string_view transaction_id, payment::OperationCallback done) noexcept override {
+    operation(done, [&]() -> Status {
+      Transaction* t = find(transaction_id);
+      if (t == nullptr) return unknown(transaction_id);
+      if (t->captured) return Status::error(StatusCode::invalid_argument, "already captured; refund it instead");
+      if (t->cancelled) return repeat("cancel", transaction_id);
+      t->cancelled = true;
+      host_.log().info("ledger: cancel {} releases {} ({})", transaction_id, yuan(t->result.authorized_fen), to_string(t->result.decision));
+      return Status::success();
+    });
+  }
+
+  void refund(std::string_view transaction_id, std::int64_t amount_fen, payment::OperationCallback done) noexcept override {
+    operation(done, [&]() -> Status {
+      Transaction* t = find(transaction_id);
+      if (t == nullptr) return unknown(transaction_id);
+      if (!t->captured) return Status::error(StatusCode::invalid_argument, "nothing was captured; cancel the authorisation instead");
+      if (amount_fen <= 0) return Status::error(StatusCode::invalid_argument, fmt::format("refund amount {} fen is not positive", amount_fen));
+      if (t->refunded) {
+        if (t->refunded_fen == amount_fen) return repeat("refund", transaction_id);
+        return Status::error(StatusCode::invalid_argument,
+                             fmt::format("already refunded {}; one refund per transaction", yuan(t->refunded_fen)));
+      }
+      if (amount_fen > t->captured_fen) {
+        return Status::error(StatusCode::invalid_argument,
+                             fmt::format("refund of {} is above the captured {}", yuan(amount_fen), yuan(t->captured_fen)));
+      }
+      t->refunded = true;
+      t->refunded_fen = amount_fen;
+      refunded_total_fen_ += amount_fen;
+      host_.log().info("ledger: refund {} {} of {} captured; refunded total {}", transaction_id, yuan(amount_fen), yuan(t->captured_fen),
+                       yuan(refunded_total_fen_));
+      return Status::success();
+    });
+  }
+
+ private:
+  struct Pending {
+    TimerId timer = 0;
+    std::function<void()> abort;
+  };
+
+  static payment::AuthorizationResult declined(std::string reason) {
+    return {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = std::move(reason)};
+  }
+
+  [[nodiscard]] payment::AuthorizationResult decide(const payment::AuthorizationRequest& r) const {
+    auto listed = [](const std::vector<std::string>& list, std::string_view token) {
+      return std::find(list.begin(), list.end(), token) != list.end();
+    };
+    if (r.amount_fen <= 0) return declined(fmt::format("the amount {} fen is not positive", r.amount_fen));
+    if (listed(declined_, r.user_token)) return declined("declined by the issuer");
+    if (r.amount_fen > limit_fen_) return declined(fmt::format("{} is above the limit of {}", yuan(r.amount_fen), yuan(limit_fen_)));
+    if (listed(step_up_, r.user_token)) {
+      return {.decision = payment::Decision::step_up, .authorized_fen = 0, .reference = {}, .reason = "the issuer asks for more proof"};
+    }
+    return {.decision = payment::Decision::approved, .authorized_fen = r.amount_fen, .reference = {}, .reason = {}};
+  }
+
+  Transaction* find(std::string_view id) {
+    auto it = ledger_.find(std::string(id));
+    return it == ledger_.end() ? nullptr : &it->second;
+  }
+  Status unknown(std::string_view id) {
+    host_.log().warn("ledger: unknown transaction {}", id);
+    return Status::error(StatusCode::invalid_argument, fmt::format("unknown transaction '{}'", id));
+  }
+  Status repeat(std::string_view op, std::string_view id) {
+    host_.log().info("ledger: {} {} repeated; already done, no second effect", op, id);
+    return Status::success();
+  }
+
+  /// Decides now (so a repeat issued before the answer already sees the effect), answers after
+  /// the latency.
+  template <class Decide>
+  void operation(payment::OperationCallback& done, Decide&& decide_op) noexcept {
+    try {
+      Status s = decide_op();
+      if (!s.ok()) host_.log().warn("ledger: refused ({}): {}", pilecore::to_string(s.code()), s.message());
+      auto shared = std::make_shared<payment::OperationCallback>(std::move(done));
+      later(
+          latency_, [shared, s] { (*shared)(s); }, [shared] { (*shared)(Status::error(StatusCode::unavailable, "payment method stopped")); });
+    } catch (const std::exception& e) {
+      host_.log().error("payment operation failed: {}", e.what());
+      try {
+        if (done) done(Status::error(StatusCode::failed, e.what()));
+      } catch (...) {
+      }
+    }
+  }
+
+  void later(Duration delay, std::function<void()> deliver, std::function<void()> abort) {
+    const std::uint64_t key = ++pending_seq_;
+    pending_[key].abort = std::move(abort);
+    const TimerId timer = host_.schedule(delay, [this, key, deliver = std::move(deliver)] {
+      pending_.erase(key);
+      deliver();
+    });
+    if (timer == 0) {  // stopping: answer now rather than never
+      auto p = std::move(pending_[key]);
+      pending_.erase(key);
+      p.abort();
+      return;
+    }
+    pending_[key].timer = timer;
+  }
+
+  Host& host_;
+  std::int64_t limit_fen_;
+  std::vector<std::string> declined_;
+  std::vector<std::string> step_up_;
+  Duration latency_;
+  std::string prefix_;
+  std::map<std::string, Transaction, std::less<>> ledger_;
+  std::map<std::uint64_t, Pending> pending_;
+  std::uint64_t pending_seq_ = 0;
+  std::uint64_t reference_seq_ = 0;
+  std::int64_t captured_total_fen_ = 0;
+  std::int64_t refunded_total_fen_ = 0;
+};
+
+}  // namespace
+
+PILECORE_PLUGIN(SimPayment, {.name = "sim-payment", .version = "0.1.0", .vendor = "pilecore", .license = "Apache-2.0",
+                             .description = "Simulated payment method: limits, declines, step-up, latency, idempotent ledger",
+                             .config = keys})

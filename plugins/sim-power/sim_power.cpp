@@ -1,0 +1,414 @@
+// sim-power: a simulated power stage and the vehicle plugged into it, driven by the host clock.
+//
+// The vehicle arrives (arrive_after_s), completes its handshake (ev_ready_delay_ms) and asks for
+// energy. While the contactor is closed and the vehicle asks, the power is
+//   min(the limit set by the core, the stage's rating, the vehicle's acceptance after its taper)
+// and is integrated over host-clock time into an integer Wh meter register. The remainder below
+// 1 Wh is kept (in W*ms), so rounding never loses energy. The battery's SoC rises with the energy,
+// its temperature rises with the power and relaxes towards the ambient otherwise; at the target
+// SoC the vehicle reports ev_full and stops asking. A fault can be injected at a set time.
+//
+// Samples published every tick: power (W), energy_import (Wh, monotonic meter register) and,
+// while a vehicle is plugged, soc (%) and battery_temperature (degC).
+#include <pilecore/pilecore.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <string>
+
+namespace {
+
+using namespace pilecore;
+using namespace std::chrono_literals;
+
+constexpr double kNever = -1;
+constexpr double kYear = 31536000;
+
+constexpr ConfigKey keys[] = {
+    {.key = "tick_ms", .type = ConfigType::integer, .default_value = "1000", .min = 10, .max = 60000,
+     .description = "Host-clock time between two simulation steps (energy integration, samples)", .unit = "ms"},
+    {.key = "stage_max_power_w", .type = ConfigType::integer, .default_value = "60000", .min = 1000, .max = 1000000,
+     .description = "Rating of the simulated power module; also the power limit until the core sets one", .unit = "W"},
+    {.key = "battery_capacity_wh", .type = ConfigType::integer, .default_value = "60000", .min = 1000, .max = 300000,
+     .description = "Usable capacity of the simulated vehicle's battery", .unit = "Wh"},
+    {.key = "initial_soc_pct", .type = ConfigType::number, .default_value = "20", .min = 0, .max = 100,
+     .description = "State of charge of the vehicle when it arrives", .unit = "%"},
+    {.key = "target_soc_pct", .type = ConfigType::number, .default_value = "95", .min = 1, .max = 100,
+     .description = "State of charge at which the vehicle reports ev_full and stops asking for energy", .unit = "%"},
+    {.key = "max_power_w", .type = ConfigType::integer, .default_value = "60000", .min = 0, .max = 1000000,
+     .description = "Most power the vehicle accepts (before its taper)", .unit = "W"},
+    {.key = "taper_start_pct", .type = ConfigType::number, .default_value = "80", .min = 0, .max = 100,
+     .description = "State of charge above which the vehicle's acceptance falls linearly towards taper_min_pct at 100 %", .unit = "%"},
+    {.key = "taper_min_pct", .type = ConfigType::number, .default_value = "10", .min = 1, .max = 100,
+     .description = "Share of max_power_w the vehicle still accepts at the end of the taper", .unit = "%"},
+    {.key = "battery_temperature_c", .type = ConfigType::number, .default_value = "25", .min = -30, .max = 60,
+     .description = "Battery temperature on arrival; also the ambient it cools towards", .unit = "degC"},
+    {.key = "heating_c_per_kwh", .type = ConfigType::number, .default_value = "0.5", .min = 0, .max = 10,
+     .description = "Battery temperature rise per kWh delivered (before cooling)", .unit = "degC/kWh"},
+    {.key = "cooling_time_constant_s", .type = ConfigType::integer, .default_value = "1800", .min = 10, .max = 86400,
+     .description = "Time constant of the battery's exponential cooling towards the ambient", .unit = "s"},
+    {.key = "max_battery_temperature_c", .type = ConfigType::number, .default_value = "55", .min = 0, .max = 100,
+     .description = "Battery temperature above which the vehicle reports a fault", .unit = "degC"},
+    {.key = "arrive_after_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
+     .description = "Host-clock seconds after start until a vehicle plugs in; -1 = never (the connector idles)", .unit = "s"},
+    {.key = "ev_ready_delay_ms", .type = ConfigType::integer, .default_value = "2000", .min = 0, .max = 600000,
+     .description = "Time from plugged to ev_ready (the vehicle's handshake)", .unit = "ms"},
+    {.key = "depart_after_full_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
+     .description = "Seconds after ev_full until the driver unplugs; -1 = the vehicle stays", .unit = "s"},
+    {.key = "fault_after_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
+     .description = "Host-clock seconds after start at which a fault is injected (contactor opens, fault event); -1 = never",
+     .unit = "s"},
+    {.key = "fault_detail", .type = ConfigType::string, .default_value = "simulated insulation fault",
+     .description = "Detail text of the injected fault event"},
+    {.key = "fault_clear_after_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
+     .description = "Seconds after a fault until it clears (fault_cleared event); -1 = it stays", .unit = "s"},
+    {.key = "meter_start_wh", .type = ConfigType::integer, .default_value = "0", .min = 0, .max = 1e12,
+     .description = "Reading of the energy_import meter register at start", .unit = "Wh"},
+};
+
+constexpr std::int64_t kWmsPerWh = 3600 * 1000;
+
+enum class VehicleState { absent, connected, ready, full };
+
+std::string_view to_string(VehicleState s) {
+  switch (s) {
+    case VehicleState::absent: return "no vehicle";
+    case VehicleState::connected: return "vehicle connected";
+    case VehicleState::ready: return "vehicle ready";
+    case VehicleState::full: return "vehicle full";
+  }
+  return "unknown";
+}
+
+class SimPower final : public power::PowerStage {
+ public:
+  explicit SimPower(Host& host)
+      : host_(host),
+        tick_(host.config().integer("tick_ms")),
+        stage_max_w_(host.config().integer("stage_max_power_w")),
+        capacity_wh_(host.config().integer("battery_capacity_wh")),
+        initial_soc_(host.config().number("initial_soc_pct")),
+        target_soc_(host.config().number("target_soc_pct")),
+        target_wh_(static_cast<std::int64_t>(std::ceil(target_soc_ * static_cast<double>(capacity_wh_) / 100.0 - 1e-6))),
+        vehicle_max_w_(host.config().integer("max_power_w")),
+        taper_start_(host.config().number("taper_start_pct")),
+        taper_min_(host.config().number("taper_min_pct")),
+        ambient_c_(host.config().number("battery_temperature_c")),
+        heating_(host.config().number("heating_c_per_kwh")),
+        cooling_tau_s_(static_cast<double>(host.config().integer("cooling_time_constant_s"))),
+        max_temp_c_(host.config().number("max_battery_temperature_c")),
+        arrive_after_s_(host.config().integer("arrive_after_s")),
+        ready_delay_(host.config().integer("ev_ready_delay_ms")),
+        depart_after_s_(host.config().integer("depart_after_full_s")),
+        fault_after_s_(host.config().integer("fault_after_s")),
+        fault_detail_(host.config().string("fault_detail")),
+        fault_clear_after_s_(host.config().integer("fault_clear_after_s")),
+        meter_wh_(host.config().integer("meter_start_wh")),
+        limit_w_(stage_max_w_),
+        battery_c_(ambient_c_) {}
+
+  Status start() noexcept override {
+    try {
+      last_ = host_.clock().now();
+      host_.report_state("up", describe());
+      if (arrive_after_s_ >= 0) arrive_timer_ = at(std::chrono::seconds(arrive_after_s_), [this] { arrive(); });
+      if (fault_after_s_ >= 0) fault_timer_ = at(std::chrono::seconds(fault_after_s_), [this] { inject_fault(); });
+      arm_tick();
+      host_.log().info("simulated power stage ({} W), vehicle {} Wh at {}% -> {}%, accepts {} W; arrival {}", stage_max_w_, capacity_wh_,
+                       initial_soc_, target_soc_, vehicle_max_w_, arrive_after_s_ < 0 ? std::string("never") : fmt::format("after {} s", arrive_after_s_));
+      return Status::success();
+    } catch (const std::exception& e) {
+      return Status::error(StatusCode::failed, e.what());
+    }
+  }
+
+  void stop() noexcept override {
+    for (TimerId* t : {&tick_timer_, &arrive_timer_, &ready_timer_, &fault_timer_, &clear_timer_, &depart_timer_}) {
+      if (*t != 0) host_.cancel(*t);
+      *t = 0;
+    }
+    contactor_closed_ = false;
+    power_w_ = 0;
+  }
+
+  void set_event_sink(power::EventSink sink) noexcept override {
+    try {
+      sink_ = std::move(sink);
+      // A sink attached late still learns the present state: replay it.
+      if (vehicle_ != VehicleState::absent) emit(power::Event::plugged, "vehicle already plugged in");
+      if (vehicle_ == VehicleState::ready) emit(power::Event::ev_ready, "vehicle already asking for energy");
+      if (vehicle_ == VehicleState::full) emit(power::Event::ev_full, fmt::format("vehicle already full at {:.1f}%", soc()));
+      if (faulted_) emit(power::Event::fault, fault_detail_);
+    } catch (const std::exception& e) {
+      host_.log().error("set_event_sink: {}", e.what());
+    }
+  }
+
+  Status close_contactor() noexcept override {
+    try {
+      if (faulted_) return Status::error(StatusCode::unavailable, "the power stage is faulted (" + fault_detail_ + "); the contactor stays open");
+      if (vehicle_ == VehicleState::absent) return Status::error(StatusCode::unavailable, "no vehicle is plugged in; the contactor stays open");
+      if (contactor_closed_) return Status::success();
+      accrue(host_.clock().now());
+      contactor_closed_ = true;
+      update_power();
+      host_.log().info("contactor closed ({}, {} W)", to_string(vehicle_), power_w_);
+      return Status::success();
+    } catch (const std::exception& e) {
+      return Status::error(StatusCode::failed, e.what());
+    }
+  }
+
+  Status open_contactor() noexcept override {
+    try {
+      accrue(host_.clock().now());  // the energy delivered up to this instant is metered
+      const bool was_closed = contactor_closed_;
+      contactor_closed_ = false;
+      power_w_ = 0;
+      if (was_closed) host_.log().info("contactor opened, meter {} Wh", meter_wh_);
+      publish(host_.clock().now());
+      return Status::success();
+    } catch (const std::exception& e) {
+      contactor_closed_ = false;
+      power_w_ = 0;
+      return Status::error(StatusCode::failed, e.what());
+    }
+  }
+
+  Status set_power_limit(std::int64_t watts) noexcept override {
+    try {
+      if (watts < 0) return Status::error(StatusCode::invalid_argument, fmt::format("power limit {} W is negative", watts));
+      accrue(host_.clock().now());
+      limit_w_ = watts;
+      update_power();
+      host_.log().debug("power limit {} W -> delivering {} W", watts, power_w_);
+      return Status::success();
+    } catch (const std::exception& e) {
+      return Status::error(StatusCode::failed, e.what());
+    }
+  }
+
+  [[nodiscard]] power::VehicleStatus vehicle() const noexcept override {
+    power::VehicleStatus v;
+    v.power_w = power_w_;
+    if (vehicle_ != VehicleState::absent) {
+      v.soc_percent = soc();
+      v.battery_temperature_c = battery_c_;
+    }
+    return v;
+  }
+
+ private:
+  TimerId at(Duration delay, std::function<void()> fn) { return host_.schedule(delay, std::move(fn)); }
+
+  void arm_tick() {
+    // The next step comes at the tick, or sooner when the battery reaches its target before it.
+    Duration delay = tick_;
+    if (power_w_ > 0) {
+      const std::int64_t ms = (room_wms() + power_w_ - 1) / power_w_;
+      delay = std::clamp(Duration{ms}, Duration{1}, tick_);
+    }
+    tick_timer_ = host_.schedule(delay, [this] {
+      tick_timer_ = 0;
+      tick();
+    });
+  }
+
+  void tick() {
+    const TimePoint now = host_.clock().now();
+    accrue(now);
+    if (vehicle_ == VehicleState::ready && battery_wh_ >= target_wh_) become_full("target reached");
+    if (!faulted_ && vehicle_ != VehicleState::absent && battery_c_ > max_temp_c_) {
+      fault(fmt::format("battery over-temperature: {:.1f} degC above {:.1f} degC", battery_c_, max_temp_c_));
+    }
+    update_power();
+    publish(now);
+    arm_tick();
+  }
+
+  /// Integrates the power in effect since the last step into the meter, the battery and its
+  /// temperature. Power is constant between steps: every change calls accrue() first.
+  void accrue(TimePoint now) {
+    const std::int64_t dt_ms = std::max<std::int64_t>(0, (now - last_).count());
+    last_ = now;
+    if (dt_ms == 0) return;
+    // The vehicle stops drawing at its target even when this step comes late.
+    const std::int64_t wms = std::min(power_w_ * dt_ms, room_wms());
+    remainder_wms_ += wms;
+    const std::int64_t wh = remainder_wms_ / kWmsPerWh;
+    remainder_wms_ %= kWmsPerWh;
+    meter_wh_ += wh;
+    if (vehicle_ != VehicleState::absent) {
+      battery_wh_ += wh;
+      const double kwh = static_cast<double>(wms) / 3.6e9;
+      battery_c_ += heating_ * kwh;
+    }
+    battery_c_ = ambient_c_ + (battery_c_ - ambient_c_) * std::exp(-static_cast<double>(dt_ms) / 1000.0 / cooling_tau_s_);
+  }
+
+  /// Energy (W*ms) the vehicle still takes before its target; 0 when it takes none.
+  [[nodiscard]] std::int64_t room_wms() const noexcept {
+    if (vehicle_ != VehicleState::ready) return 0;
+    return std::max<std::int64_t>(0, (target_wh_ - battery_wh_) * kWmsPerWh - remainder_wms_);
+  }
+
+  [[nodiscard]] double soc() const noexcept {
+    return 100.0 * static_cast<double>(battery_wh_) / static_cast<double>(capacity_wh_);
+  }
+
+  /// What the vehicle accepts now: its maximum, falling linearly above taper_start_pct.
+  [[nodiscard]] double acceptance_w() const {
+    double w = static_cast<double>(vehicle_max_w_);
+    const double s = soc();
+    if (taper_start_ < 100 && s > taper_start_) {
+      const double share = std::max(taper_min_ / 100.0, (100.0 - s) / (100.0 - taper_start_));
+      w *= share;
+    }
+    return w;
+  }
+
+  void update_power() {
+    std::int64_t w = 0;
+    if (contactor_closed_ && !faulted_ && vehicle_ == VehicleState::ready) {
+      w = std::min({limit_w_, stage_max_w_, static_cast<std::int64_t>(std::llround(acceptance_w()))});
+      w = std::max<std::int64_t>(w, 0);
+    }
+    power_w_ = w;
+  }
+
+  void publish(TimePoint now) {
+    host_.publish({.channel = "power", .unit = "W", .value = static_cast<double>(power_w_), .time = now});
+    host_.publish({.channel = "energy_import", .unit = "Wh", .value = static_cast<double>(meter_wh_), .time = now});
+    if (vehicle_ != VehicleState::absent) {
+      host_.publish({.channel = "soc", .unit = "%", .value = soc(), .time = now});
+      host_.publish({.channel = "battery_temperature", .unit = "degC", .value = battery_c_, .time = now});
+    }
+  }
+
+  void arrive() {
+    arrive_timer_ = 0;
+    if (vehicle_ != VehicleState::absent) return;
+    accrue(host_.clock().now());
+    vehicle_ = VehicleState::connected;
+    battery_wh_ = std::llround(initial_soc_ / 100.0 * static_cast<double>(capacity_wh_));
+    battery_c_ = ambient_c_;
+    host_.report_state("up", describe());
+    emit(power::Event::plugged, fmt::format("vehicle plugged in at {:.1f}% SoC", soc()));
+    ready_timer_ = at(ready_delay_, [this] {
+      ready_timer_ = 0;
+      if (vehicle_ != VehicleState::connected) return;
+      accrue(host_.clock().now());
+      if (battery_wh_ >= target_wh_) {
+        become_full("arrived at or above the target");
+        return;
+      }
+      vehicle_ = VehicleState::ready;
+      update_power();
+      host_.report_state("up", describe());
+      emit(power::Event::ev_ready, fmt::format("vehicle asks for up to {} W", vehicle_max_w_));
+    });
+  }
+
+  void become_full(std::string_view why) {
+    vehicle_ = VehicleState::full;
+    update_power();
+    host_.report_state("up", describe());
+    emit(power::Event::ev_full, fmt::format("{:.1f}% SoC ({}), meter {} Wh", soc(), why, meter_wh_));
+    if (depart_after_s_ >= 0) depart_timer_ = at(std::chrono::seconds(depart_after_s_), [this] { depart(); });
+  }
+
+  void depart() {
+    depart_timer_ = 0;
+    if (vehicle_ == VehicleState::absent) return;
+    accrue(host_.clock().now());
+    if (contactor_closed_) host_.log().warn("the vehicle was unplugged with the contactor closed; the stage's interlock opens it");
+    contactor_closed_ = false;
+    vehicle_ = VehicleState::absent;
+    update_power();
+    host_.report_state("up", describe());
+    emit(power::Event::unplugged, "driver unplugged the vehicle");
+  }
+
+  void inject_fault() {
+    fault_timer_ = 0;
+    fault(fault_detail_);
+  }
+
+  void fault(const std::string& detail) {
+    if (faulted_) return;
+    accrue(host_.clock().now());
+    faulted_ = true;
+    fault_detail_ = detail;
+    contactor_closed_ = false;  // the stage's own protection opens the contactor
+    update_power();
+    host_.raise({.severity = AlarmSeverity::critical, .code = "power.fault", .message = detail, .active = true});
+    host_.report_state("degraded", "fault: " + detail);
+    emit(power::Event::fault, detail);
+    publish(host_.clock().now());
+    if (fault_clear_after_s_ >= 0) {
+      clear_timer_ = at(std::chrono::seconds(fault_clear_after_s_), [this] {
+        clear_timer_ = 0;
+        faulted_ = false;
+        host_.raise({.severity = AlarmSeverity::critical, .code = "power.fault", .message = "fault cleared", .active = false});
+        host_.report_state("up", describe());
+        emit(power::Event::fault_cleared, "simulated fault cleared");
+      });
+    }
+  }
+
+  void emit(power::Event event, const std::string& detail) {
+    host_.log().info("{}: {}", power::to_string(event), detail);
+    if (sink_) sink_(event, detail);
+  }
+
+  [[nodiscard]] std::string describe() const {
+    if (vehicle_ == VehicleState::absent) return "simulated, no vehicle";
+    return fmt::format("simulated, {} at {:.1f}%", to_string(vehicle_), soc());
+  }
+
+  Host& host_;
+  // configuration
+  Duration tick_;
+  std::int64_t stage_max_w_;
+  std::int64_t capacity_wh_;
+  double initial_soc_;
+  double target_soc_;
+  std::int64_t target_wh_;  ///< battery energy at the target SoC
+  std::int64_t vehicle_max_w_;
+  double taper_start_;
+  double taper_min_;
+  double ambient_c_;
+  double heating_;
+  double cooling_tau_s_;
+  double max_temp_c_;
+  std::int64_t arrive_after_s_;
+  Duration ready_delay_;
+  std::int64_t depart_after_s_;
+  std::int64_t fault_after_s_;
+  std::string fault_detail_;
+  std::int64_t fault_clear_after_s_;
+  // state
+  std::int64_t meter_wh_;
+  std::int64_t remainder_wms_ = 0;  ///< energy below 1 Wh not yet on the register, in W*ms
+  std::int64_t limit_w_;
+  std::int64_t power_w_ = 0;
+  std::int64_t battery_wh_ = 0;
+  double battery_c_;
+  TimePoint last_{};
+  VehicleState vehicle_ = VehicleState::absent;
+  bool contactor_closed_ = false;
+  bool faulted_ = false;
+  power::EventSink sink_;
+  TimerId tick_timer_ = 0;
+  TimerId arrive_timer_ = 0;
+  TimerId ready_timer_ = 0;
+  TimerId fault_timer_ = 0;
+  TimerId clear_timer_ = 0;
+  TimerId depart_timer_ = 0;
+};
+
+}  // namespace
+
+PILECORE_PLUGIN(SimPower, {.name = "sim-power", .version = "0.1.0", .vendor = "pilecore", .license = "Apache-2.0",
+                           .description = "Simulated power stage and vehicle (SoC, taper, battery temperature, faults)", .config = keys})
