@@ -114,10 +114,13 @@ int main(int argc, char** argv) {
   }
   if (*list) {
     auto reg = registry();
+    const auto names = reg.installed();
+    int width = 18;  // wide enough for every name, so the columns stay aligned
+    for (const auto& n : names) width = std::max(width, static_cast<int>(n.size()));
     nlohmann::json j = nlohmann::json::array();
     int refused = 0;
-    if (!list_json) std::printf("%-18s %-10s %-9s %-5s %s\n", "NAME", "KIND", "VERSION", "API", "FILE");
-    for (const auto& name : reg.installed()) {
+    if (!list_json) std::printf("%-*s %-10s %-9s %-5s %s\n", width, "NAME", "KIND", "VERSION", "API", "FILE");
+    for (const auto& name : names) {
       auto r = reg.load(name);
       if (r.plugin) {
         const auto* d = r.plugin->descriptor;
@@ -125,7 +128,7 @@ int main(int argc, char** argv) {
           j.push_back({{"name", d->name}, {"kind", std::string(to_string(d->kind))}, {"version", d->version},
                        {"api", fmt::format("{}.{}", d->api_major, d->api_minor)}, {"file", r.plugin->file.string()}});
         } else {
-          std::printf("%-18s %-10s %-9s %-5s %s\n", d->name, std::string(to_string(d->kind)).c_str(), d->version,
+          std::printf("%-*s %-10s %-9s %-5s %s\n", width, d->name, std::string(to_string(d->kind)).c_str(), d->version,
                       fmt::format("{}.{}", d->api_major, d->api_minor).c_str(), r.plugin->file.c_str());
         }
       } else {
@@ -133,12 +136,12 @@ int main(int argc, char** argv) {
         if (list_json) {
           j.push_back({{"name", name}, {"refused", r.error}});
         } else {
-          std::printf("%-18s %-10s %s\n", name.c_str(), "REFUSED", r.error.c_str());
+          std::printf("%-*s %-10s %s\n", width, name.c_str(), "REFUSED", r.error.c_str());
         }
       }
     }
     if (list_json) std::printf("%s\n", j.dump(2).c_str());
-    if (!list_json && reg.installed().empty()) std::printf("(no plugins in %s)\n", fmt::format("{}", fmt::join(reg.dirs(), ", ")).c_str());
+    if (!list_json && names.empty()) std::printf("(no plugins in %s)\n", fmt::format("{}", fmt::join(reg.dirs(), ", ")).c_str());
     return refused ? 1 : 0;
   }
   if (*show) {

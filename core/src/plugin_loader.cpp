@@ -44,14 +44,20 @@ std::string trust_problem(const fs::path& p) {
   return {};
 }
 
-std::string load_error_text(const std::exception& e) {
-  // Boost.DLL puts dlerror() in its message; keep just that part when we can find it.
+std::string load_error_text(const std::exception& e, const std::string& file) {
+  // Boost.DLL's message is "... failed (dlerror system message: <dlerror>): <errno text>"; keep
+  // the dlerror part, without the file name it repeats.
   std::string what = e.what();
-  if (auto pos = what.find("dlerror system message: "); pos != std::string::npos) {
-    what = what.substr(pos + std::strlen("dlerror system message: "));
-    if (!what.empty() && what.back() == ')') what.pop_back();
+  const std::string marker = "dlerror system message: ";
+  if (auto pos = what.find(marker); pos != std::string::npos) {
+    what = what.substr(pos + marker.size());
+    if (auto end = what.rfind("): "); end != std::string::npos) {
+      what = what.substr(0, end);
+    } else if (!what.empty() && what.back() == ')') {
+      what.pop_back();
+    }
   }
-  if (const char* dl = ::dlerror(); dl != nullptr) what = dl;
+  if (what.rfind(file + ": ", 0) == 0) what = what.substr(file.size() + 2);
   return what;
 }
 
@@ -145,7 +151,7 @@ LoadResult load_plugin_file(const fs::path& given) {
     lib->load(file, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
   } catch (const std::exception& e) {
     result.error = fmt::format("{}: cannot be loaded: {}. Install the libraries it needs, or rebuild it against this pilecore-dev.",
-                               f, load_error_text(e));
+                               f, load_error_text(e, f));
     return result;
   }
   pinned().push_back(lib);
@@ -208,11 +214,14 @@ std::optional<fs::path> PluginRegistry::find(std::string_view name) const {
 LoadResult PluginRegistry::load(std::string_view name) {
   if (auto it = cache_.find(name); it != cache_.end()) return it->second;
   LoadResult r;
-  if (auto file = find(name)) {
-    r = load_plugin_file(*file);
-  } else {
+  auto file = find(name);
+  if (!file) {
+    // Not cached: a name that is not installed costs only a stat, and caching every name ever
+    // asked for would let a hostile site file grow the cache without bound.
     r.error = fmt::format("plugin '{}' is not installed", name);
+    return r;
   }
+  r = load_plugin_file(*file);
   cache_.emplace(std::string(name), r);
   return r;
 }

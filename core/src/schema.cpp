@@ -70,9 +70,45 @@ bool parse_int(std::string_view s, std::int64_t& out) {
   return true;
 }
 
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/// Skips ASCII digits from `i`; returns how many.
+std::size_t skip_digits(std::string_view s, std::size_t& i) {
+  const std::size_t start = i;
+  while (i < s.size() && is_digit(s[i])) ++i;
+  return i - start;
+}
+
+/// [-+]?[0-9]+, scanned by hand: std::regex recurses once per character and overflows the
+/// stack on a long scalar (found by fuzz_site_config).
+bool is_decimal_integer(std::string_view s) {
+  std::size_t i = 0;
+  if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+  return skip_digits(s, i) > 0 && i == s.size();
+}
+
+/// [-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?, scanned by hand (see above).
+bool is_decimal_number(std::string_view s) {
+  std::size_t i = 0;
+  if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+  if (skip_digits(s, i) == 0) {
+    if (i >= s.size() || s[i] != '.') return false;
+    ++i;
+    if (skip_digits(s, i) == 0) return false;
+  } else if (i < s.size() && s[i] == '.') {
+    ++i;
+    skip_digits(s, i);
+  }
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+    if (skip_digits(s, i) == 0) return false;
+  }
+  return i == s.size();
+}
+
 bool parse_number(std::string_view s, double& out) {
-  static const std::regex re(R"([-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?)");
-  if (!std::regex_match(s.begin(), s.end(), re)) return false;
+  if (!is_decimal_number(s)) return false;
   std::string copy(s.front() == '+' ? s.substr(1) : s);
   auto [ptr, ec] = std::from_chars(copy.data(), copy.data() + copy.size(), out);
   return ec == std::errc() && ptr == copy.data() + copy.size() && std::isfinite(out);
@@ -155,7 +191,9 @@ std::vector<Member> members_of(const YAML::Node& map) {
   std::vector<Member> out;
   if (!map.IsMap()) return out;
   for (auto it = map.begin(); it != map.end(); ++it) {
-    const YAML::Node& k = it->first;
+    // A copy: it->first lives in a proxy that dies at the end of the expression, so a reference
+    // to it dangles (ASan stack-use-after-scope, found by fuzz_site_config).
+    const YAML::Node k = it->first;
     out.push_back(Member{k.IsScalar() ? k.Scalar() : std::string{}, k, it->second});
   }
   return out;
@@ -173,14 +211,18 @@ YAML::Node member(const YAML::Node& map, std::string_view key) {
 std::string suggestion(std::string_view word, const std::vector<std::string>& candidates) {
   std::string best;
   std::size_t best_d = std::numeric_limits<std::size_t>::max();
+  const std::size_t limit = std::max<std::size_t>(1, word.size() / 3);
   for (const auto& c : candidates) {
+    // Words whose lengths differ by more than the limit cannot be within it: skip them, which
+    // also keeps a huge value from costing a huge distance table.
+    const std::size_t gap = c.size() > word.size() ? c.size() - word.size() : word.size() - c.size();
+    if (gap > limit) continue;
     const auto d = edit_distance(word, c);
     if (d < best_d) {
       best_d = d;
       best = c;
     }
   }
-  const std::size_t limit = std::max<std::size_t>(1, word.size() / 3);
   if (best.empty() || best_d > limit) return {};
   return fmt::format("did you mean '{}'? ", best);
 }
@@ -216,8 +258,7 @@ std::optional<std::string> parse_value(const Field& f, const YAML::Node& node, V
     case FieldType::integer: {
       std::int64_t v = 0;
       if (!parse_int(s, v)) {
-        static const std::regex digits("[-+]?[0-9]+");
-        if (plain && std::regex_match(s, digits)) return fmt::format("is {}, too large for an integer: allowed {}", s, range_text(f));
+        if (plain && is_decimal_integer(s)) return fmt::format("is {}, too large for an integer: allowed {}", s, range_text(f));
         double d = 0;
         if (plain && parse_number(s, d)) return fmt::format("must be a whole number, got {}", s);
         return fmt::format("must be an integer, got {}{}", kind_of(node), plain ? "" : " (remove the quotes)");
@@ -274,7 +315,8 @@ void Validator::validate(const Field& field, const YAML::Node& node, const std::
   switch (field.type) {
     case FieldType::object:
       if (node.IsNull()) {
-        validate_members(field.fields, YAML::Node(YAML::NodeType::Map), path, position_of(node));
+        const YAML::Node empty(YAML::NodeType::Map);  // named: GCC 12 -O2 misreads a temporary here as dangling
+        validate_members(field.fields, empty, path, position_of(node));
         return;
       }
       if (!node.IsMap()) {

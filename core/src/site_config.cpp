@@ -1,5 +1,7 @@
 #include "site_config.hpp"
 
+#include <yaml-cpp/depthguard.h>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <fmt/std.h>
@@ -229,6 +231,10 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
   YAML::Node root;
   try {
     root = YAML::Load(text);
+  } catch (const YAML::DeepRecursion& e) {
+    diags.error({static_cast<std::size_t>(e.mark.line) + 1, static_cast<std::size_t>(e.mark.column) + 1},
+                "YAML nested too deeply: a site file needs only a few levels; is a bracket or an indentation wrong?");
+    return out;
   } catch (const YAML::ParserException& e) {
     diags.error({static_cast<std::size_t>(e.mark.line) + 1, static_cast<std::size_t>(e.mark.column) + 1},
                 fmt::format("YAML syntax error: {}", e.msg));
@@ -283,12 +289,10 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
     const YAML::Node connector_node = member(m.value, "connector");
     const YAML::Node config_node = member(m.value, "config");
     if (connector_node.IsScalar()) {
-      std::int64_t c = 0;
-      try {
-        c = connector_node.as<std::int64_t>();
-      } catch (const YAML::Exception&) {
-        c = -1;
-      }
+      // As the validator reads it (yaml-cpp's as<>() would read "010" as octal 8, and drop "09").
+      std::int64_t c = -1;
+      Value v;
+      if (!parse_value(site_schema().fields[2].fields[1], connector_node, v)) c = std::get<std::int64_t>(v);
       if (c >= 1 && c <= 255) {
         if (!connectors.IsSequence() || connector_ids.count(c)) {
           spec.connector = static_cast<std::uint32_t>(c);
@@ -321,7 +325,8 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
       validator.validate(config_field, config_node, path);
     } else {
       // No config block: required keys are reported at the instance itself.
-      validator.validate_members(config_field.fields, YAML::Node(YAML::NodeType::Map), path, position_of(m.value));
+      const YAML::Node empty(YAML::NodeType::Map);
+      validator.validate_members(config_field.fields, empty, path, position_of(m.value));
     }
     spec.loaded = loaded.plugin;
     spec.config = std::make_shared<InstanceConfig>(loaded.plugin->config_fields, config_node);
@@ -330,14 +335,31 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
 
   if (diags.has_errors()) return out;
 
+  // Numbers are taken as the validator read them. yaml-cpp's as<>() reads a leading 0 as octal,
+  // so "09" threw (std::terminate) and "07000" became 3584 (found by fuzz_site_config).
+  const Field& schema = site_schema();
+  const Field& location_schema = schema.fields[0].fields[2];
+  const Field& connector_schema = schema.fields[1];
+  auto number_of = [](const Field& f, const YAML::Node& node) {
+    Value v;
+    parse_value(f, node, v);
+    if (const auto* i = std::get_if<std::int64_t>(&v)) return static_cast<double>(*i);
+    return std::get<double>(v);
+  };
+  auto integer_of = [](const Field& f, const YAML::Node& node) {
+    Value v;
+    parse_value(f, node, v);
+    return std::get<std::int64_t>(v);
+  };
   SiteConfig cfg;
   cfg.id = member(site, "id").Scalar();
   cfg.name = member(site, "name").Scalar();
-  cfg.latitude = member(member(site, "location"), "lat").as<double>();
-  cfg.longitude = member(member(site, "location"), "lon").as<double>();
+  cfg.latitude = number_of(location_schema.fields[0], member(member(site, "location"), "lat"));
+  cfg.longitude = number_of(location_schema.fields[1], member(member(site, "location"), "lon"));
   cfg.timezone = tz.Scalar();
   for (const auto& c : connectors) {
-    cfg.connectors.push_back(ConnectorConfig{member(c, "id").as<std::uint32_t>(), member(c, "type").Scalar(), member(c, "max_power_w").as<std::int64_t>()});
+    cfg.connectors.push_back(ConnectorConfig{static_cast<std::uint32_t>(integer_of(connector_schema.fields[0], member(c, "id"))),
+                                             member(c, "type").Scalar(), integer_of(connector_schema.fields[2], member(c, "max_power_w"))});
   }
   cfg.instances = std::move(instances);
   const YAML::Node db = member(member(root, "storage"), "database");

@@ -11,6 +11,42 @@ namespace {
 const char* const migrations[] = {
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE boots(id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, version TEXT NOT NULL, site_id TEXT NOT NULL);",
+    // 2: sessions. A transaction row is committed before the contactor closes; readings are the
+    // meter register at start, checkpoints, tariff boundaries and stop; the ledger row and the
+    // 'closed' status commit together.
+    "CREATE TABLE transactions("
+    " id TEXT PRIMARY KEY,"
+    " connector INTEGER NOT NULL,"
+    " method TEXT NOT NULL,"
+    " user_token TEXT NOT NULL,"
+    " payment_ref TEXT NOT NULL DEFAULT '',"
+    " authorized_fen INTEGER NOT NULL,"
+    " risk TEXT NOT NULL DEFAULT '',"
+    " status TEXT NOT NULL CHECK(status IN ('open','stopping','closed')),"
+    " outcome TEXT NOT NULL DEFAULT '' CHECK(outcome IN ('','completed','recovered')),"
+    " stop_reason TEXT NOT NULL DEFAULT '',"
+    " started_ms INTEGER NOT NULL,"
+    " stopped_ms INTEGER,"
+    " meter_start_wh INTEGER NOT NULL,"
+    " meter_stop_wh INTEGER,"
+    " energy_wh INTEGER,"
+    " electricity_fen INTEGER,"
+    " service_fen INTEGER,"
+    " total_fen INTEGER,"
+    " captured_fen INTEGER,"
+    " capture_status TEXT NOT NULL DEFAULT '',"
+    " bill TEXT);"
+    "CREATE INDEX transactions_status ON transactions(status);"
+    "CREATE INDEX transactions_user ON transactions(user_token, started_ms);"
+    "CREATE TABLE readings("
+    " txn_id TEXT NOT NULL REFERENCES transactions(id),"
+    " seq INTEGER NOT NULL,"
+    " time_ms INTEGER NOT NULL,"
+    " wh INTEGER NOT NULL,"
+    " kind TEXT NOT NULL CHECK(kind IN ('start','checkpoint','boundary','stop','recovery')),"
+    " PRIMARY KEY(txn_id, seq));"
+    "CREATE TABLE ledger(seq INTEGER PRIMARY KEY, txn_id TEXT NOT NULL UNIQUE, record BLOB NOT NULL, prev_hash BLOB NOT NULL,"
+    " hash BLOB NOT NULL, signature BLOB NOT NULL, hash_alg TEXT NOT NULL, sig_alg TEXT NOT NULL);",
 };
 }  // namespace
 

@@ -1,0 +1,12 @@
+// A plugin built for another platform and C++ library.
+#include "broken.hpp"
+
+namespace {
+constexpr pilecore::PluginDescriptor make() {
+  auto d = broken::good_descriptor("wrong-build-key");
+  d.build_key = "aarch64;libc++;boost-108300";
+  return d;
+}
+}  // namespace
+
+BROKEN_EXPORT(pilecore_plugin_v1, make())
