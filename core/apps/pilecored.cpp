@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   double clock_speed = 1.0;
   std::string clock_start;
   double status_interval_s = 300;
+  std::string socket;
   app.add_option("-c,--config", config, "Site file (YAML)")->required()->check(CLI::ExistingFile);
   app.add_option("--state-dir", state_dir, "State directory (database); default $STATE_DIRECTORY, <build>/state or /var/lib/pilecore");
   app.add_option("--plugin-dir", plugin_dirs, "Plugin directory (repeatable); default $PILECORE_PLUGIN_PATH or the installed directory");
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
   app.add_option("--clock-speed", clock_speed, "Run a simulated clock this many times faster than real time (tests, demo)")->check(CLI::Range(0.001, 1e6));
   app.add_option("--clock-start", clock_start, "Start the simulated clock at this UTC time, e.g. 2026-01-01T00:00:00Z");
   app.add_option("--status-interval", status_interval_s, "Seconds of clock time between idle status lines (0 = none)")->check(CLI::Range(0.0, 1e9));
+  app.add_option("--socket", socket, "Control socket for pilectl; default $RUNTIME_DIRECTORY/pilecored.sock or <state dir>/pilecored.sock; 'none' disables it");
   CLI11_PARSE(app, argc, argv);
 
   init_logging(log_level.empty() ? "info" : log_level);
@@ -57,6 +59,7 @@ int main(int argc, char** argv) {
   RuntimeOptions options;
   options.state_dir = state_dir.empty() ? default_state_dir() : std::filesystem::path(state_dir);
   options.status_interval = Duration(static_cast<std::int64_t>(status_interval_s * 1000));
+  if (socket != "none") options.socket_path = socket.empty() ? default_socket_path(options.state_dir) : std::filesystem::path(socket);
   if (clock_speed != 1.0 || !clock_start.empty()) {
     TimePoint start = SystemClock().now();
     if (!clock_start.empty() && !parse_utc(clock_start, start)) {

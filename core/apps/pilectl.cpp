@@ -10,6 +10,9 @@
 #include <iostream>
 
 #include "build_config.hpp"
+#include "control_socket.hpp"
+#include "money.hpp"
+#include "receipt.hpp"
 #include "paths.hpp"
 #include "plugin_loader.hpp"
 #include "reference.hpp"
@@ -87,8 +90,109 @@ int main(int argc, char** argv) {
   auto* show = plugins->add_subcommand("show", "A plugin's description and configuration keys, with types, defaults and ranges");
   show->add_option("NAME", show_name, "Plugin name (see `pilectl plugins list`)")->required();
 
+  // Talking to the running daemon.
+  std::string socket_opt, state_dir_opt;
+  auto add_socket_options = [&](CLI::App* cmd) {
+    cmd->add_option("--socket", socket_opt, "pilecored's control socket (default: /run/pilecore/pilecored.sock, else <state dir>/pilecored.sock)");
+    cmd->add_option("--state-dir", state_dir_opt, "pilecored's state directory, to find its socket");
+  };
+  bool status_json = false;
+  auto* status = app.add_subcommand("status", "Connectors, sessions, live power and energy, plugin instances");
+  status->add_flag("--json", status_json, "Machine-readable output");
+  add_socket_options(status);
+  auto* session = app.add_subcommand("session", "Start and stop charging sessions");
+  session->require_subcommand(1);
+  std::uint32_t session_connector = 0;
+  std::string session_method, session_token, stop_reason = "Local";
+  auto* session_start = session->add_subcommand("start", "Authorise and start a session on a connector");
+  session_start->add_option("CONNECTOR", session_connector, "Connector id")->required();
+  session_start->add_option("--method", session_method, "Payment instance (default: payment.default_method)");
+  session_start->add_option("--token", session_token, "The user's identity for that method (card UID, wallet id, ...)");
+  add_socket_options(session_start);
+  auto* session_stop = session->add_subcommand("stop", "Stop the session on a connector, bill it and print the receipt");
+  session_stop->add_option("CONNECTOR", session_connector, "Connector id")->required();
+  session_stop->add_option("--reason", stop_reason, "Stop reason")->check(CLI::IsMember({"Local", "Remote"}));
+  add_socket_options(session_stop);
+  std::string receipt_txn;
+  bool receipt_json = false;
+  auto* receipt = app.add_subcommand("receipt", "The itemised receipt of a transaction");
+  receipt->add_option("TXN", receipt_txn, "Transaction id")->required();
+  receipt->add_flag("--json", receipt_json, "Machine-readable output");
+  add_socket_options(receipt);
+
   CLI11_PARSE(app, argc, argv);
 
+  auto socket_path = [&]() -> std::filesystem::path {
+    if (!socket_opt.empty()) return socket_opt;
+    if (!state_dir_opt.empty()) return std::filesystem::path(state_dir_opt) / "pilecored.sock";
+    if (const char* env = std::getenv("RUNTIME_DIRECTORY"); env && *env) return default_socket_path(default_state_dir());
+    std::error_code ec;
+    if (std::filesystem::exists("/run/pilecore/pilecored.sock", ec)) return "/run/pilecore/pilecored.sock";
+    return default_state_dir() / "pilecored.sock";
+  };
+  auto request = [&](const nlohmann::json& req, nlohmann::json& out) -> bool {
+    try {
+      out = control_request(socket_path(), req);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pilectl: %s\n", e.what());
+      return false;
+    }
+    if (!out.value("ok", false)) {
+      std::fprintf(stderr, "pilectl: %s\n", out.value("error", std::string("request failed")).c_str());
+      return false;
+    }
+    return true;
+  };
+
+  if (*status) {
+    nlohmann::json r;
+    if (!request({{"cmd", "status"}}, r)) return 1;
+    if (status_json) {
+      std::printf("%s\n", r.dump(2).c_str());
+      return 0;
+    }
+    std::printf("site %s at %s\n", r.value("site", "").c_str(), r.value("time", "").c_str());
+    for (const auto& c : r["connectors"]) {
+      std::printf("connector %d  %-13s power %6.1f kW  meter %s kWh", c.value("id", 0), c.value("status", "").c_str(),
+                  static_cast<double>(c.value("power_w", 0)) / 1000.0, format_kwh(c.value("meter_wh", std::int64_t{0})).c_str());
+      if (c.contains("soc_pct")) std::printf("  SoC %.1f%%", c.value("soc_pct", 0.0));
+      std::printf("\n");
+      if (c.contains("session")) {
+        const auto& s = c["session"];
+        std::printf("  session %s (%s via %s) since %s: %s kWh, %s yuan so far%s\n", s.value("transaction", "").c_str(), s.value("user", "").c_str(),
+                    s.value("method", "").c_str(), s.value("started", "").c_str(), format_kwh(s.value("energy_wh", std::int64_t{0})).c_str(),
+                    format_yuan(s.value("amount_fen", std::int64_t{0})).c_str(), s.value("stopping", false) ? " (stopping)" : "");
+      }
+    }
+    for (const auto& i : r["instances"]) {
+      std::printf("instance %-14s %-9s %-14s %-8s %s%s%s\n", i.value("name", "").c_str(), i.value("kind", "").c_str(), i.value("plugin", "").c_str(),
+                  i.value("state", "").c_str(), i.value("health", "").c_str(), i.value("detail", "").empty() ? "" : ": ", i.value("detail", "").c_str());
+    }
+    return 0;
+  }
+  if (*session_start) {
+    nlohmann::json r;
+    if (!request({{"cmd", "session_start"}, {"connector", session_connector}, {"method", session_method}, {"token", session_token}}, r)) return 1;
+    std::printf("connector %u: session %s started (meter %s kWh)\n", session_connector, r.value("transaction", "").c_str(),
+                format_kwh(r.value("meter_start_wh", std::int64_t{0})).c_str());
+    return 0;
+  }
+  if (*session_stop) {
+    nlohmann::json r;
+    if (!request({{"cmd", "session_stop"}, {"connector", session_connector}, {"reason", stop_reason}}, r)) return 1;
+    std::fputs(format_receipt_text(r["receipt"]).c_str(), stdout);
+    return 0;
+  }
+  if (*receipt) {
+    nlohmann::json r;
+    if (!request({{"cmd", "receipt"}, {"transaction", receipt_txn}}, r)) return 1;
+    if (receipt_json) {
+      std::printf("%s\n", r.dump(2).c_str());
+    } else {
+      std::fputs(format_receipt_text(r).c_str(), stdout);
+    }
+    return 0;
+  }
   if (*validate) {
     auto reg = registry();
     auto outcome = load_site(validate_file, reg);

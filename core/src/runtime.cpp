@@ -254,9 +254,52 @@ void Runtime::start_instances() {
     if (inst->kind() != Kind::indicator) continue;
     for (const auto& [id, st] : connector_status_) inst->as<indicator::Indicator>()->show(id, st);
   }
+  SessionEngine::Hooks hooks;
+  hooks.find = [this](std::string_view name) {
+    SessionEngine::PluginRef ref;
+    for (const auto& inst : instances_) {
+      if (inst->spec().name == name && inst->state() == InstanceState::running) {
+        ref = {inst->plugin(), inst->kind(), inst->spec().loaded->descriptor->api_minor};
+      }
+    }
+    return ref;
+  };
+  hooks.running_of_kind = [this](Kind k) {
+    std::vector<std::string> out;
+    for (const auto& inst : instances_) {
+      if (inst->kind() == k && inst->state() == InstanceState::running) out.push_back(inst->spec().name);
+    }
+    return out;
+  };
+  hooks.status_changed = [this](std::uint32_t id, ConnectorStatus st, const std::string& why) { set_connector(id, st, why); };
+  if (options_.ledger_append) hooks.ledger_append = [this](const std::string& txn, const nlohmann::json& r) { options_.ledger_append(*db_, txn, r); };
+  if (options_.ledger_contains) hooks.ledger_contains = [this](const std::string& txn) { return options_.ledger_contains(*db_, txn); };
+  engine_ = std::make_unique<SessionEngine>(site_, *db_, *clock_, strand_, std::move(hooks));
+  engine_->attach();
+  if (!options_.socket_path.empty()) {
+    try {
+      control_ = std::make_unique<ControlSocket>(strand_, options_.socket_path,
+                                                 [this](const nlohmann::json& req, std::function<void(nlohmann::json)> reply) { handle_request(req, std::move(reply)); });
+      spdlog::info("control socket {}", options_.socket_path.string());
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+      {
+        std::lock_guard lock(snapshot_mutex_);
+        start_error_ = e.what();
+      }
+      exit_code_ = 3;
+      shutdown();
+      return;
+    }
+  }
+  engine_->recover([this] { announce_ready(); });
+}
+
+void Runtime::announce_ready() {
+  if (stopping_) return;
+  ready_ = true;
   spdlog::info("ready: site {} ({}), {} connector(s), {} plugin instance(s), clock {} at {}x", site_.id, site_.name, site_.connectors.size(),
                instances_.size(), format_utc(clock_->now()), clock_->speed());
-  ready_ = true;
   if (options_.notify_systemd) {
     sd_notifyf(0, "READY=1\nSTATUS=ready: %zu connector(s), %zu instance(s)", site_.connectors.size(), instances_.size());
   }
@@ -282,14 +325,64 @@ void Runtime::schedule_status() {
 void Runtime::shutdown() {
   if (stopping_.exchange(true)) return;
   if (options_.notify_systemd) sd_notify(0, "STOPPING=1");
-  spdlog::info("stopping {} instance(s)", instances_.size());
   if (status_timer_) status_timer_->cancel();
+  if (engine_) {
+    // Running sessions are stopped and billed first; what cannot finish in time is recovered
+    // at the next start.
+    engine_->stop_all([this] { finish_shutdown(); });
+    return;
+  }
+  finish_shutdown();
+}
+
+void Runtime::finish_shutdown() {
+  spdlog::info("stopping {} instance(s)", instances_.size());
+  control_.reset();
   for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) {
     (*it)->stop();
     update_snapshot(**it);
   }
+  engine_.reset();
   for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) (*it)->destroy();
   io_.stop();
+}
+
+void Runtime::handle_request(const nlohmann::json& req, std::function<void(nlohmann::json)> reply) {
+  const std::string cmd = req.value("cmd", "");
+  auto connector_of = [&req]() -> std::uint32_t {
+    if (!req.contains("connector") || !req["connector"].is_number_unsigned()) throw std::invalid_argument("\"connector\" must be a positive integer");
+    return req["connector"].get<std::uint32_t>();
+  };
+  auto text = [&req](const char* key) -> std::string {
+    if (!req.contains(key)) return {};
+    if (!req[key].is_string()) throw std::invalid_argument(fmt::format("\"{}\" must be a string", key));
+    return req[key].get<std::string>();
+  };
+  if (!engine_) {
+    reply({{"ok", false}, {"error", "pilecored is still starting"}});
+    return;
+  }
+  if (cmd == "status") {
+    auto st = engine_->status();
+    nlohmann::json inst = nlohmann::json::array();
+    for (const auto& i : instances()) {
+      inst.push_back({{"name", i.name}, {"plugin", i.plugin}, {"kind", i.kind}, {"state", std::string(to_string(i.state))}, {"health", i.health}, {"detail", i.detail}});
+    }
+    st["instances"] = inst;
+    st["rejected_requests"] = control_ ? control_->rejected() : 0;
+    reply(std::move(st));
+  } else if (cmd == "session_start") {
+    engine_->start(connector_of(), text("method"), text("token"), std::move(reply));
+  } else if (cmd == "session_stop") {
+    const std::string reason = text("reason");
+    const auto r = reason.empty() ? std::optional<StopReason>(StopReason::local) : stop_reason_from(reason);
+    if (!r) throw std::invalid_argument(fmt::format("unknown stop reason '{}'", reason));
+    engine_->stop(connector_of(), *r, std::move(reply));
+  } else if (cmd == "receipt") {
+    reply(engine_->receipt(text("transaction")));
+  } else {
+    reply({{"ok", false}, {"error", fmt::format("unknown command '{}'; commands: status, session_start, session_stop, receipt", cmd)}});
+  }
 }
 
 int Runtime::run() {
@@ -381,7 +474,9 @@ std::map<std::uint32_t, ConnectorStatus> Runtime::connectors() const {
 void Runtime::set_connector(std::uint32_t id, ConnectorStatus status, const std::string& why) {
   auto it = connector_status_.find(id);
   if (it == connector_status_.end() || it->second == status) return;
-  spdlog::warn("connector {}: {} -> {} ({})", id, pilecore::to_string(it->second), pilecore::to_string(status), why);
+  const bool bad = status == ConnectorStatus::faulted || status == ConnectorStatus::unavailable;
+  spdlog::log(bad ? spdlog::level::warn : spdlog::level::info, "connector {}: {} -> {} ({})", id, pilecore::to_string(it->second),
+              pilecore::to_string(status), why);
   it->second = status;
   {
     std::lock_guard lock(snapshot_mutex_);
@@ -406,19 +501,22 @@ void Runtime::on_instance_failed(Instance& inst, const std::string& reason) {
         }
       }
     }
-    set_connector(*s.connector, ConnectorStatus::faulted, fmt::format("instance '{}' failed", s.name));
+    if (!engine_) set_connector(*s.connector, ConnectorStatus::faulted, fmt::format("instance '{}' failed", s.name));
   }
+  if (engine_) engine_->on_instance_failed(s.name);
   if (inst.kind() == Kind::link) spdlog::warn("link '{}' is down; uplink traffic stays queued for the other links", s.name);
 }
 
 void Runtime::on_sample(Instance& inst, const Sample& sample) {
   samples_.fetch_add(1, std::memory_order_relaxed);
   inst.logger().trace("{} = {} {}", sample.channel, sample.value, sample.unit);
+  if (engine_) engine_->on_sample(inst.spec().name, sample);
 }
 
 void Runtime::on_alarm(Instance& inst, const Alarm& alarm) {
   const auto lvl = alarm.active ? (alarm.severity == AlarmSeverity::critical ? spdlog::level::err : spdlog::level::warn) : spdlog::level::info;
   inst.logger().log(lvl, "alarm {} {}: {}", alarm.code, alarm.active ? "raised" : "cleared", alarm.message);
+  if (engine_) engine_->on_alarm(inst.spec().name, alarm);
 }
 
 void Runtime::on_state(Instance& inst, std::string_view state, std::string_view detail) {

@@ -17,6 +17,8 @@
 #include "pilecore/clock.hpp"
 #include "pilecore/connector_status.hpp"
 #include "pilecore/plugin.hpp"
+#include "control_socket.hpp"
+#include "session_engine.hpp"
 #include "site_config.hpp"
 
 namespace pilecore::core {
@@ -29,6 +31,11 @@ struct RuntimeOptions {
   std::shared_ptr<Clock> clock;               // SystemClock when null
   Duration status_interval = std::chrono::minutes(5);  // host-clock time between idle status lines
   bool notify_systemd = true;
+  std::filesystem::path socket_path;  // the local control socket; none when empty
+  /// Called on the strand with every ledger record to append (inside the SQLite transaction
+  /// that closes the session); set by the daemon when the site has a device identity.
+  std::function<void(Database&, const std::string&, const nlohmann::json&)> ledger_append;
+  std::function<bool(Database&, const std::string&)> ledger_contains;
 };
 
 enum class InstanceState { created, running, failed, stopped };
@@ -73,6 +80,10 @@ class Runtime {
   /// the kind's interface (e.g. static_cast<payment::Method*>) after checking kind_of().
   [[nodiscard]] Plugin* find_plugin(std::string_view instance) const;
   [[nodiscard]] std::optional<Kind> kind_of(std::string_view instance) const;
+  /// The session engine (exists once the instances have started). Use on the strand.
+  [[nodiscard]] SessionEngine* engine() { return engine_.get(); }
+  /// Handles one control request (the socket's handler; tests call it directly on the strand).
+  void handle_request(const nlohmann::json& request, std::function<void(nlohmann::json)> reply);
 
   // Used by the host services of the instances (on the strand).
   void on_instance_failed(Instance& instance, const std::string& reason);
@@ -87,6 +98,8 @@ class Runtime {
   bool create_instances();
   void start_instances();
   void shutdown();
+  void finish_shutdown();
+  void announce_ready();
   void set_connector(std::uint32_t id, ConnectorStatus status, const std::string& why);
   void schedule_status();
   void update_snapshot(const Instance& instance);
@@ -104,6 +117,8 @@ class Runtime {
   std::atomic<std::uint64_t> samples_{0};
   int exit_code_ = 0;
   std::unique_ptr<boost::asio::steady_timer> status_timer_;
+  std::unique_ptr<SessionEngine> engine_;
+  std::unique_ptr<ControlSocket> control_;
 
   mutable std::mutex snapshot_mutex_;
   std::vector<InstanceInfo> snapshot_;

@@ -121,6 +121,8 @@ std::optional<std::string> check_range(const Field& f, double v, const std::stri
 
 std::optional<std::string> check_pattern(const Field& f, const std::string& s) {
   if (f.pattern.empty()) return std::nullopt;
+  // libstdc++'s std::regex recurses per character: bound the input before matching.
+  if (s.size() > 256) return fmt::format("is {} characters long, which is not allowed: {}", s.size(), f.pattern_hint.empty() ? "too long" : f.pattern_hint);
   const std::regex re(f.pattern);
   if (std::regex_match(s, re)) return std::nullopt;
   return fmt::format("is '{}', which is not allowed: {}", s,
@@ -176,6 +178,7 @@ std::string_view type_name(FieldType t) {
     case FieldType::list: return "list";
     case FieldType::map: return "mapping of names";
     case FieldType::any_map: return "mapping";
+    case FieldType::decimal: return "decimal";
   }
   return "unknown";
 }
@@ -287,6 +290,13 @@ std::optional<std::string> parse_value(const Field& f, const YAML::Node& node, V
         return std::nullopt;
       }
       return fmt::format("must be true or false, got {}", kind_of(node));
+    }
+    case FieldType::decimal: {
+      std::size_t i = 0;
+      const bool ok = plain && skip_digits(s, i) > 0 && (i == s.size() || (s[i] == '.' && (++i, skip_digits(s, i) > 0) && i == s.size()));
+      if (!ok) return fmt::format("must be a non-negative decimal number such as 100.44, got {}", kind_of(node));
+      out = s;
+      return std::nullopt;
     }
     default: return fmt::format("is not a single value (type {})", type_name(f.type));
   }
@@ -545,6 +555,10 @@ nlohmann::json to_json_schema(const Field& f) {
       if (f.min_items) j["minProperties"] = f.min_items;
       break;
     case FieldType::any_map: j["type"] = {"object", "null"}; break;
+    case FieldType::decimal:
+      j["type"] = "number";
+      j["minimum"] = 0;
+      break;
   }
   add_default(j);
   return j;

@@ -30,6 +30,7 @@ enum class FieldType {
   list,      // a sequence of objects, each with the members in `fields`
   map,       // a mapping from names (matching key_pattern) to objects with the members in `fields`
   any_map,   // a mapping not validated here (validated elsewhere, or reserved)
+  decimal,   // a non-negative decimal kept as its exact text (prices), e.g. 100.44
 };
 
 [[nodiscard]] std::string_view type_name(FieldType t);

@@ -67,7 +67,9 @@ Field build_site_schema() {
   Field connectors = group("connectors", FieldType::list, "The pile's connectors (plugs)",
                            {with_range(scalar("id", FieldType::integer, "Connector number, as printed on the pile (OCPP connectorId)", true), 1, 255),
                             ctype,
-                            with_range(scalar("max_power_w", FieldType::integer, "Most power this connector may deliver", true), 1000, 1000000, "W")},
+                            with_range(scalar("max_power_w", FieldType::integer, "Most power this connector may deliver", true), 1000, 1000000, "W"),
+                            scalar("power", FieldType::string, "Power stage instance (default: the power instance bound to this connector)"),
+                            scalar("meter", FieldType::string, "Instance whose energy_import channel bills this connector (default: the power stage)")},
                            true);
   connectors.min_items = 1;
   Field instance_connector = with_range(scalar("connector", FieldType::integer, "The connector this instance serves (power, sensor, indicator)"), 1, 255);
@@ -85,8 +87,8 @@ Field build_site_schema() {
   level.allowed = {"trace", "debug", "info", "warn", "error"};
   Field log = group("log", FieldType::object, "Logging", {level});
   Field root = group("", FieldType::object, "pilecore site file",
-                     {site, connectors, plugins, storage, log, reserved("tariffs", "time-of-use billing"),
-                      reserved("payment", "payment routing"), reserved("risk", "the risk engine"), reserved("links", "uplink routing"),
+                     {site, connectors, plugins, storage, log, tariffs_field(), payment_field(), charging_field(),
+                      reserved("risk", "the risk engine"), reserved("links", "uplink routing"),
                       reserved("identity", "device identity and keys")});
   return root;
 }
@@ -248,7 +250,7 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
     return out;
   }
   if (!root.IsMap()) {
-    diags.error(position_of(root), "a site file is a mapping with the keys site, connectors, plugins, storage, log, tariffs, payment, risk, links, identity");
+    diags.error(position_of(root), "a site file is a mapping with the keys site, connectors, plugins, storage, log, tariffs, payment, charging, risk, links, identity");
     return out;
   }
   Validator validator(diags);
@@ -359,9 +361,11 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
   cfg.timezone = tz.Scalar();
   for (const auto& c : connectors) {
     cfg.connectors.push_back(ConnectorConfig{static_cast<std::uint32_t>(integer_of(connector_schema.fields[0], member(c, "id"))),
-                                             member(c, "type").Scalar(), integer_of(connector_schema.fields[2], member(c, "max_power_w"))});
+                                             member(c, "type").Scalar(), integer_of(connector_schema.fields[2], member(c, "max_power_w")), {}, {}});
   }
   cfg.instances = std::move(instances);
+  cfg.session = parse_session_config(root, cfg.timezone, cfg.connectors, cfg.instances, diags);
+  if (diags.has_errors()) return out;
   const YAML::Node db = member(member(root, "storage"), "database");
   cfg.database = db.IsScalar() ? db.Scalar() : "pilecore.db";
   const YAML::Node lvl = member(member(root, "log"), "level");

@@ -12,6 +12,7 @@
 #include "diagnostics.hpp"
 #include "plugin_loader.hpp"
 #include "schema.hpp"
+#include "session_config.hpp"
 
 namespace pilecore::core {
 
@@ -19,6 +20,8 @@ struct ConnectorConfig {
   std::uint32_t id = 0;
   std::string type;
   std::int64_t max_power_w = 0;
+  std::string power;  // power stage instance (default: the power instance bound to this connector)
+  std::string meter;  // instance whose energy_import channel bills this connector (default: the power stage)
 };
 
 /// The validated values of one plugin instance; implements the SDK's ConfigValues.
@@ -59,6 +62,7 @@ struct SiteConfig {
   std::vector<InstanceSpec> instances;  // in file order
   std::string database;                 // as written; relative paths are under the state dir
   std::string log_level;
+  SessionConfig session;
 };
 
 /// The schema of the core's own sections (plugins' config blocks are checked separately).

@@ -1,0 +1,143 @@
+#include "control_socket.hpp"
+
+#include <fmt/format.h>
+#include <grp.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/write.hpp>
+#include <cstdlib>
+
+namespace pilecore::core {
+namespace asio = boost::asio;
+using asio::local::stream_protocol;
+
+class ControlSocket::Session : public std::enable_shared_from_this<ControlSocket::Session> {
+ public:
+  Session(ControlSocket& owner, stream_protocol::socket socket)
+      : owner_(owner), socket_(std::move(socket)), buffer_(max_request_bytes + 1) {}
+
+  void read() {
+    asio::async_read_until(socket_, buffer_, '\n', asio::bind_executor(owner_.strand_, [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+      self->on_line(ec, n);
+    }));
+  }
+
+ private:
+  void on_line(boost::system::error_code ec, std::size_t n) {
+    if (!*alive_) return;
+    if (ec == asio::error::not_found) {
+      ++owner_.rejected_;
+      reply({{"ok", false}, {"error", fmt::format("request longer than {} bytes", max_request_bytes)}}, true);
+      return;
+    }
+    if (ec) return;  // the client went away
+    std::string line(asio::buffers_begin(buffer_.data()), asio::buffers_begin(buffer_.data()) + static_cast<std::ptrdiff_t>(n));
+    buffer_.consume(n);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    nlohmann::json request = nlohmann::json::parse(line, nullptr, false);
+    if (request.is_discarded() || !request.is_object() || !request.contains("cmd") || !request["cmd"].is_string()) {
+      ++owner_.rejected_;
+      spdlog::warn("control socket: malformed request rejected ({} so far)", owner_.rejected_.load());
+      reply({{"ok", false}, {"error", "malformed request: send one JSON object per line with a string \"cmd\""}}, false);
+      return;
+    }
+    try {
+      owner_.handler_(request, [self = shared_from_this()](nlohmann::json response) { self->reply(std::move(response), false); });
+    } catch (const std::exception& e) {
+      ++owner_.rejected_;
+      reply({{"ok", false}, {"error", fmt::format("bad request: {}", e.what())}}, false);
+    }
+  }
+
+  void reply(nlohmann::json response, bool close_after) {
+    auto text = std::make_shared<std::string>(response.dump() + "\n");
+    asio::async_write(socket_, asio::buffer(*text), asio::bind_executor(owner_.strand_, [self = shared_from_this(), text, close_after](boost::system::error_code ec, std::size_t) {
+      if (ec || close_after) return;
+      self->read();
+    }));
+  }
+
+  ControlSocket& owner_;
+  stream_protocol::socket socket_;
+  asio::streambuf buffer_;
+  std::shared_ptr<bool> alive_ = owner_.alive_;
+};
+
+ControlSocket::ControlSocket(Strand& strand, std::filesystem::path path, Handler handler)
+    : strand_(strand), path_(std::move(path)), handler_(std::move(handler)), acceptor_(strand), alive_(std::make_shared<bool>(true)) {
+  std::error_code ec;
+  if (path_.has_parent_path()) std::filesystem::create_directories(path_.parent_path(), ec);
+  std::filesystem::remove(path_, ec);  // a stale socket from a crash
+  const mode_t old = ::umask(0117);   // srw-rw----
+  try {
+    acceptor_.open(stream_protocol());
+    acceptor_.bind(stream_protocol::endpoint(path_.string()));
+    acceptor_.listen();
+  } catch (const std::exception& e) {
+    ::umask(old);
+    throw std::runtime_error(fmt::format("control socket {}: {}", path_.string(), e.what()));
+  }
+  ::umask(old);
+  if (const group* g = ::getgrnam("pilecore"); g != nullptr) {
+    if (::chown(path_.c_str(), static_cast<uid_t>(-1), g->gr_gid) != 0) spdlog::warn("control socket: cannot give it to group pilecore");
+  }
+  accept();
+}
+
+ControlSocket::~ControlSocket() {
+  *alive_ = false;
+  boost::system::error_code ec;
+  acceptor_.close(ec);
+  std::error_code fec;
+  std::filesystem::remove(path_, fec);
+}
+
+void ControlSocket::accept() {
+  acceptor_.async_accept(asio::bind_executor(strand_, [this, alive = alive_](boost::system::error_code ec, stream_protocol::socket socket) {
+    if (!*alive) return;
+    if (!ec) std::make_shared<Session>(*this, std::move(socket))->read();
+    if (ec != asio::error::operation_aborted) accept();
+  }));
+}
+
+nlohmann::json control_request(const std::filesystem::path& socket_path, const nlohmann::json& request, std::chrono::milliseconds timeout) {
+  asio::io_context io;
+  stream_protocol::socket socket(io);
+  boost::system::error_code ec;
+  socket.connect(stream_protocol::endpoint(socket_path.string()), ec);
+  if (ec) {
+    throw std::runtime_error(fmt::format("cannot reach pilecored at {}: {} (is it running? give --socket or --state-dir)", socket_path.string(), ec.message()));
+  }
+  const std::string line = request.dump() + "\n";
+  asio::write(socket, asio::buffer(line), ec);
+  if (ec) throw std::runtime_error(fmt::format("{}: {}", socket_path.string(), ec.message()));
+  asio::streambuf buf;
+  std::string reply;
+  bool done = false;
+  asio::async_read_until(socket, buf, '\n', [&](boost::system::error_code e, std::size_t n) {
+    done = true;
+    ec = e;
+    if (!e) reply.assign(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + static_cast<std::ptrdiff_t>(n));
+  });
+  io.run_for(timeout);
+  if (!done) throw std::runtime_error(fmt::format("{}: no reply within {} ms", socket_path.string(), timeout.count()));
+  if (ec) throw std::runtime_error(fmt::format("{}: {}", socket_path.string(), ec.message()));
+  auto j = nlohmann::json::parse(reply, nullptr, false);
+  if (j.is_discarded()) throw std::runtime_error(fmt::format("{}: unreadable reply", socket_path.string()));
+  return j;
+}
+
+std::filesystem::path default_socket_path(const std::filesystem::path& state_dir) {
+  if (const char* env = std::getenv("RUNTIME_DIRECTORY"); env != nullptr && *env != '\0') {
+    std::string s(env);
+    return std::filesystem::path(s.substr(0, s.find(':'))) / "pilecored.sock";
+  }
+  return state_dir / "pilecored.sock";
+}
+
+}  // namespace pilecore::core

@@ -1,0 +1,55 @@
+// The local control socket: a Unix stream socket (mode 0660, group pilecore when it exists)
+// speaking one JSON object per line each way. pilectl is its client. A malformed or oversized
+// request gets an error reply and is counted; it never stops the daemon.
+//
+//   {"cmd":"status"}
+//   {"cmd":"session_start","connector":1,"method":"sim","token":"card:0451"}
+//   {"cmd":"session_stop","connector":1}
+//   {"cmd":"receipt","transaction":"SITE-1-000042"}
+#pragma once
+
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/io_context.hpp>
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+namespace pilecore::core {
+
+class ControlSocket {
+ public:
+  using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
+  using Handler = std::function<void(const nlohmann::json& request, std::function<void(nlohmann::json)> reply)>;
+  static constexpr std::size_t max_request_bytes = 64 * 1024;
+
+  /// Binds `path` (replacing a stale socket file) and starts accepting; throws on failure.
+  ControlSocket(Strand& strand, std::filesystem::path path, Handler handler);
+  ~ControlSocket();
+
+  [[nodiscard]] std::uint64_t rejected() const { return rejected_.load(); }
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+
+ private:
+  class Session;
+  void accept();
+
+  Strand& strand_;
+  std::filesystem::path path_;
+  Handler handler_;
+  boost::asio::local::stream_protocol::acceptor acceptor_;
+  std::atomic<std::uint64_t> rejected_{0};
+  std::shared_ptr<bool> alive_;
+};
+
+/// pilectl's side: sends one request and waits for the reply line. Throws std::runtime_error
+/// with a message naming the socket when the daemon cannot be reached.
+nlohmann::json control_request(const std::filesystem::path& socket, const nlohmann::json& request,
+                               std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+/// $RUNTIME_DIRECTORY/pilecored.sock under systemd, <state dir>/pilecored.sock otherwise.
+std::filesystem::path default_socket_path(const std::filesystem::path& state_dir);
+
+}  // namespace pilecore::core

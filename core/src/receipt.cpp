@@ -1,0 +1,44 @@
+#include "receipt.hpp"
+
+#include <fmt/format.h>
+
+#include "clocks.hpp"
+#include "money.hpp"
+#include "tariff.hpp"
+
+namespace pilecore::core {
+
+namespace {
+std::string time_of(const nlohmann::json& r, const char* ms_key, const char* text_key) {
+  if (r.contains(ms_key) && r[ms_key].is_number_integer()) return format_utc(TimePoint{Duration{r[ms_key].get<std::int64_t>()}});
+  if (r.contains(text_key) && r[text_key].is_string()) return r[text_key].get<std::string>();
+  return "-";
+}
+}  // namespace
+
+std::string format_receipt_text(const nlohmann::json& r) {
+  std::string out;
+  out += fmt::format("Receipt {}  connector {}  {}\n", r.value("transaction", ""), r.value("connector", 0), r.value("outcome", r.value("status", "")));
+  out += fmt::format("  {} -> {}  ({})\n", time_of(r, "started_ms", "started"), time_of(r, "stopped_ms", "stopped"), r.value("stop_reason", ""));
+  out += fmt::format("  meter {} -> {} kWh\n", format_kwh(r.value("meter_start_wh", std::int64_t{0})), format_kwh(r.value("meter_stop_wh", std::int64_t{0})));
+  if (!r.contains("bill") || !r["bill"].is_object()) return out + "  (not billed yet)\n";
+  const auto& b = r["bill"];
+  const int decimals = b.value("price_decimals", 2);
+  out += fmt::format("  {:<9} {:>9} {:>12} {:>11} {:>12} {:>11} {:>11}\n", "period", "kWh", "fen/kWh", "electricity", "fen/kWh", "service", "amount");
+  for (const auto& l : b["lines"]) {
+    const auto type = period_type_from(l.value("period", "")).value_or(PeriodType::flat);
+    out += fmt::format("  {:<6} {} {:>9} {:>12} {:>11} {:>12} {:>11} {:>11}\n", l.value("period", ""), chinese_name(type), format_kwh(l.value("wh", std::int64_t{0})),
+                       format_scaled(l.value("electricity_price", std::int64_t{0}), decimals), format_yuan(l.value("electricity_fen", std::int64_t{0})),
+                       format_scaled(l.value("service_price", std::int64_t{0}), decimals), format_yuan(l.value("service_fen", std::int64_t{0})),
+                       format_yuan(l.value("total_fen", std::int64_t{0})));
+  }
+  out += fmt::format("  {:<9} {:>9} {:>12} {:>11} {:>12} {:>11} {:>11}  yuan\n", "total", format_kwh(b.value("energy_wh", std::int64_t{0})), "",
+                     format_yuan(b.value("electricity_fen", std::int64_t{0})), "", format_yuan(b.value("service_fen", std::int64_t{0})),
+                     format_yuan(b.value("total_fen", std::int64_t{0})));
+  if (r.contains("captured_fen")) {
+    out += fmt::format("  paid {} yuan ({})\n", format_yuan(r.value("captured_fen", std::int64_t{0})), r.value("capture_status", ""));
+  }
+  return out;
+}
+
+}  // namespace pilecore::core

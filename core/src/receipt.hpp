@@ -1,0 +1,13 @@
+// Human-readable receipts from the transaction records the engine stores and the ledger signs.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace pilecore::core {
+
+/// An itemised receipt: energy, electricity and service per period, each rounded to the fen,
+/// and the totals. Accepts a ledger record or a `receipt` reply.
+std::string format_receipt_text(const nlohmann::json& record);
+
+}  // namespace pilecore::core

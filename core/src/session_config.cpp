@@ -1,0 +1,295 @@
+#include "session_config.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <array>
+#include <map>
+
+#include "site_config.hpp"
+
+namespace pilecore::core {
+
+namespace {
+
+Field make(std::string key, FieldType type, std::string description, bool required = false) {
+  Field f;
+  f.key = std::move(key);
+  f.type = type;
+  f.description = std::move(description);
+  f.required = required;
+  return f;
+}
+
+Field ranged(Field f, double min, double max, std::string unit, std::optional<std::string> def = std::nullopt) {
+  f.min = min;
+  f.max = max;
+  f.unit = std::move(unit);
+  f.default_value = std::move(def);
+  return f;
+}
+
+Field with_fields(Field f, std::vector<Field> fields) {
+  f.fields = std::move(fields);
+  return f;
+}
+
+constexpr std::array<const char*, 7> day_keys = {"mon", "tue", "wed", "thu", "fri", "sat", "sun"};
+constexpr std::array<const char*, 4> period_keys = {"sharp", "peak", "flat", "valley"};
+
+std::optional<int> minutes_of(const std::string& hhmm) {
+  if (hhmm.size() != 5 || hhmm[2] != ':') return std::nullopt;
+  for (int i : {0, 1, 3, 4}) {
+    if (hhmm[static_cast<std::size_t>(i)] < '0' || hhmm[static_cast<std::size_t>(i)] > '9') return std::nullopt;
+  }
+  const int h = (hhmm[0] - '0') * 10 + (hhmm[1] - '0');
+  const int m = (hhmm[3] - '0') * 10 + (hhmm[4] - '0');
+  if (m > 59 || h > 24 || (h == 24 && m != 0)) return std::nullopt;
+  return h * 60 + m;
+}
+
+std::int64_t int_or(const YAML::Node& node, const Field& f, std::int64_t fallback) {
+  Value v;
+  if (node.IsDefined() && !node.IsNull() && !parse_value(f, node, v)) {
+    if (const auto* i = std::get_if<std::int64_t>(&v)) return *i;
+  }
+  return fallback;
+}
+
+const Field& child(const Field& f, std::string_view key) {
+  for (const auto& c : f.fields) {
+    if (c.key == key) return c;
+  }
+  throw std::logic_error("no field " + std::string(key));
+}
+
+}  // namespace
+
+Field tariffs_field() {
+  Field price = with_fields(make("", FieldType::object, "Prices of one period, in fen per kWh with `decimals` decimal places"),
+                            {make("electricity", FieldType::decimal, "Electricity price, fen per kWh", true),
+                             make("service", FieldType::decimal, "Service fee, fen per kWh", true)});
+  std::vector<Field> prices;
+  for (const char* k : period_keys) {
+    Field p = price;
+    p.key = k;
+    p.description = fmt::format("Prices in the {} period", k);
+    prices.push_back(p);
+  }
+  Field time_of_day = make("", FieldType::string, "");
+  time_of_day.pattern = "([01][0-9]|2[0-3]):[0-5][0-9]|24:00";
+  time_of_day.pattern_hint = "write local time of day as HH:MM, from 00:00 to 24:00";
+  Field from = time_of_day, to = time_of_day;
+  from.key = "from";
+  from.description = "Local time the period starts (inclusive)";
+  from.required = true;
+  to.key = "to";
+  to.description = "Local time the period ends (exclusive); 24:00 is midnight at the end of the day";
+  to.required = true;
+  Field type = make("type", FieldType::enumeration, "Period type", true);
+  type.allowed = {"sharp", "peak", "flat", "valley"};
+  Field periods = with_fields(make("periods", FieldType::list, "The day's periods in order, covering 00:00 to 24:00 without gaps", true), {from, to, type});
+  periods.min_items = 1;
+  Field plans = with_fields(make("plans", FieldType::map, "Day plans by name: prices and periods", true),
+                            {with_fields(make("prices", FieldType::object, "Prices per period type (only the types the periods use)", true), prices), periods});
+  plans.key_pattern = "[a-z0-9][a-z0-9_-]{0,31}";
+  plans.pattern_hint = "use 1 to 32 lower case letters, digits, '_' or '-'";
+  plans.min_items = 1;
+  std::vector<Field> days;
+  for (const char* d : day_keys) days.push_back(make(d, FieldType::string, fmt::format("Plan used on {}", d)));
+  Field date = make("date", FieldType::string, "Local date, YYYY-MM-DD", true);
+  date.pattern = "[0-9]{4}-[0-9]{2}-[0-9]{2}";
+  date.pattern_hint = "write the date as YYYY-MM-DD";
+  Field dates = with_fields(make("dates", FieldType::list, "Dates that use another plan than their weekday's (holidays)"),
+                            {date, make("plan", FieldType::string, "Plan used on that date", true)});
+  Field rounding = make("rounding", FieldType::enumeration, "How fractions of a fen are rounded, per line and component");
+  rounding.allowed = {"half_up", "truncate"};
+  rounding.default_value = "half_up";
+  return with_fields(make("tariffs", FieldType::object, "Time-of-use tariffs; without them sessions cannot start"),
+                     {ranged(make("decimals", FieldType::integer, "Decimal places of the prices (in fen per kWh)"), 0, 5, "", "2"), rounding, plans,
+                      with_fields(make("week", FieldType::object, "Plan per weekday (default: the only plan)"), days), dates});
+}
+
+Field payment_field() {
+  return with_fields(make("payment", FieldType::object, "Payment"),
+                     {make("default_method", FieldType::string, "Payment instance used when none is named (and by autostart)"),
+                      ranged(make("preauth_fen", FieldType::integer, "Amount held when a session is authorised; the session stops when its bill reaches it"), 1,
+                             100'000'000, "fen", "20000"),
+                      [] {
+                        Field f = make("autostart", FieldType::boolean, "Start a session with default_method when a vehicle plugs in (free vend, fleet depots)");
+                        f.default_value = "false";
+                        return f;
+                      }()});
+}
+
+Field charging_field() {
+  return with_fields(make("charging", FieldType::object, "Session durability and power control"),
+                     {ranged(make("checkpoint_interval_s", FieldType::integer, "Commit the meter reading at least this often during a session"), 1, 3600, "s",
+                             "60"),
+                      ranged(make("checkpoint_wh", FieldType::integer, "...or whenever this much energy has flowed since the last checkpoint"), 1, 100000,
+                             "Wh", "100"),
+                      ranged(make("meter_timeout_ms", FieldType::integer, "How long to wait for a fresh meter reading"), 100, 600000, "ms", "10000"),
+                      ranged(make("setpoint_interval_s", FieldType::integer, "How often the strategy recomputes the power setpoint"), 1, 3600, "s", "10"),
+                      ranged(make("site_max_power_w", FieldType::integer, "Most power the whole pile may draw (all connectors)"), 1000, 10'000'000, "W")});
+}
+
+SessionConfig parse_session_config(const YAML::Node& root, const std::string& time_zone, std::vector<ConnectorConfig>& connectors,
+                                   const std::vector<InstanceSpec>& instances, Diagnostics& diags) {
+  SessionConfig cfg;
+  auto kind_of_instance = [&](const std::string& name) -> std::optional<Kind> {
+    for (const auto& i : instances) {
+      if (i.name == name && i.loaded) return i.loaded->descriptor->kind;
+    }
+    return std::nullopt;
+  };
+  auto check_instance = [&](const YAML::Node& node, const std::string& path, std::initializer_list<Kind> kinds) {
+    if (!node.IsScalar()) return;
+    const auto k = kind_of_instance(node.Scalar());
+    std::vector<std::string> candidates;
+    for (const auto& i : instances) {
+      if (!i.loaded) continue;
+      for (Kind want : kinds) {
+        if (i.loaded->descriptor->kind == want) candidates.push_back(i.name);
+      }
+    }
+    bool ok = false;
+    for (Kind want : kinds) ok = ok || (k && *k == want);
+    if (!ok) {
+      diags.error(position_of(node), fmt::format("'{}' is '{}', which is not {} instance in 'plugins'; {}: {}", path, node.Scalar(),
+                                                 k ? "a suitable" : "an", candidates.empty() ? "there are none" : "candidates",
+                                                 fmt::join(candidates, ", ")));
+    }
+  };
+
+  // Connectors: power stage and meter.
+  const YAML::Node conn_nodes = member(root, "connectors");
+  std::size_t idx = 0;
+  for (auto& c : connectors) {
+    const YAML::Node node = conn_nodes.IsSequence() && idx < conn_nodes.size() ? conn_nodes[idx] : YAML::Node();
+    ++idx;
+    const YAML::Node power = member(node, "power");
+    const YAML::Node meter = member(node, "meter");
+    if (power.IsScalar()) {
+      check_instance(power, fmt::format("connectors[{}].power", idx - 1), {Kind::power});
+      c.power = power.Scalar();
+    } else {
+      for (const auto& i : instances) {
+        if (i.loaded && i.loaded->descriptor->kind == Kind::power && i.connector == c.id) c.power = i.name;
+      }
+    }
+    if (meter.IsScalar()) {
+      check_instance(meter, fmt::format("connectors[{}].meter", idx - 1), {Kind::sensor, Kind::power});
+      c.meter = meter.Scalar();
+    } else {
+      c.meter = c.power;
+    }
+  }
+
+  // Payment.
+  const YAML::Node pay = member(root, "payment");
+  const Field pf = payment_field();
+  const YAML::Node method = member(pay, "default_method");
+  if (method.IsScalar()) {
+    check_instance(method, "payment.default_method", {Kind::payment});
+    cfg.payment.default_method = method.Scalar();
+  }
+  cfg.payment.preauth_fen = int_or(member(pay, "preauth_fen"), child(pf, "preauth_fen"), 20000);
+  const YAML::Node autostart = member(pay, "autostart");
+  cfg.payment.autostart = autostart.IsScalar() && (autostart.Scalar() == "true" || autostart.Scalar() == "True" || autostart.Scalar() == "TRUE");
+  if (cfg.payment.autostart && cfg.payment.default_method.empty()) {
+    diags.error(position_of(autostart), "'payment.autostart' needs 'payment.default_method': the payment instance to start sessions with");
+  }
+
+  // Charging.
+  const YAML::Node ch = member(root, "charging");
+  const Field cf = charging_field();
+  cfg.charging.checkpoint_interval_ms = int_or(member(ch, "checkpoint_interval_s"), child(cf, "checkpoint_interval_s"), 60) * 1000;
+  cfg.charging.checkpoint_wh = int_or(member(ch, "checkpoint_wh"), child(cf, "checkpoint_wh"), 100);
+  cfg.charging.meter_timeout_ms = int_or(member(ch, "meter_timeout_ms"), child(cf, "meter_timeout_ms"), 10000);
+  cfg.charging.setpoint_interval_ms = int_or(member(ch, "setpoint_interval_s"), child(cf, "setpoint_interval_s"), 10) * 1000;
+  if (const YAML::Node max = member(ch, "site_max_power_w"); max.IsScalar()) cfg.charging.site_max_power_w = int_or(max, child(cf, "site_max_power_w"), 0);
+
+  // Tariffs.
+  const YAML::Node tariffs = member(root, "tariffs");
+  if (!tariffs.IsMap()) return cfg;
+  const Field tf = tariffs_field();
+  const int decimals = static_cast<int>(int_or(member(tariffs, "decimals"), child(tf, "decimals"), 2));
+  const YAML::Node rounding_node = member(tariffs, "rounding");
+  const Rounding rounding = rounding_node.IsScalar() ? rounding_from(rounding_node.Scalar()).value_or(Rounding::half_up) : Rounding::half_up;
+  const std::size_t errors_before = diags.error_count();
+  std::map<std::string, Plan> plans;
+  for (const auto& m : members_of(member(tariffs, "plans"))) {
+    if (!m.value.IsMap()) continue;
+    Plan plan{m.key, {}, {}};
+    for (const auto& pm : members_of(member(m.value, "prices"))) {
+      const auto type = period_type_from(pm.key);
+      if (!type) continue;
+      Price price;
+      bool ok = true;
+      for (const char* part : {"electricity", "service"}) {
+        const YAML::Node n = member(pm.value, part);
+        if (!n.IsScalar()) {
+          ok = false;
+          continue;
+        }
+        const auto units = parse_scaled(n.Scalar(), decimals);
+        if (!units) {
+          diags.error(position_of(n), fmt::format("'tariffs.plans.{}.prices.{}.{}' is {}, which has more than the {} decimal place(s) declared in "
+                                                  "'tariffs.decimals'; prices are never rounded silently",
+                                                  m.key, pm.key, part, n.Scalar(), decimals));
+          ok = false;
+          continue;
+        }
+        (std::string_view(part) == "electricity" ? price.electricity : price.service) = *units;
+      }
+      if (ok) plan.prices[static_cast<std::size_t>(*type)] = price;
+    }
+    const YAML::Node periods = member(m.value, "periods");
+    for (const auto& p : periods) {
+      const auto from = member(p, "from").IsScalar() ? minutes_of(member(p, "from").Scalar()) : std::nullopt;
+      const auto to = member(p, "to").IsScalar() ? minutes_of(member(p, "to").Scalar()) : std::nullopt;
+      const YAML::Node type_node = member(p, "type");
+      const auto type = type_node.IsScalar() ? period_type_from(type_node.Scalar()) : std::nullopt;
+      if (!from || !to || !type) continue;  // reported by the schema
+      if (!plan.prices[static_cast<std::size_t>(*type)]) {
+        diags.error(position_of(type_node), fmt::format("'tariffs.plans.{}': a {} period needs prices.{}", m.key, type_node.Scalar(), type_node.Scalar()));
+      }
+      plan.windows.push_back(Window{*from, *to, *type});
+    }
+    plans.emplace(m.key, std::move(plan));
+  }
+  std::array<std::string, 7> week;
+  const YAML::Node week_node = member(tariffs, "week");
+  for (std::size_t d = 0; d < 7; ++d) {
+    const YAML::Node n = member(week_node, day_keys[d]);
+    if (n.IsScalar()) {
+      if (!plans.count(n.Scalar())) {
+        std::vector<std::string> names;
+        for (const auto& [k, v] : plans) names.push_back(k);
+        diags.error(position_of(n), fmt::format("'tariffs.week.{}' is '{}', which is not a plan; plans: {}", day_keys[d], n.Scalar(), fmt::join(names, ", ")));
+      }
+      week[d] = n.Scalar();
+    } else if (plans.size() == 1) {
+      week[d] = plans.begin()->first;
+    } else if (!plans.empty()) {
+      diags.error(position_of(week_node.IsDefined() ? week_node : tariffs),
+                  fmt::format("'tariffs.week' gives no plan for {}; with several plans every day needs one", day_keys[d]));
+    }
+  }
+  std::map<std::string, std::string> dates;
+  for (const auto& d : member(tariffs, "dates")) {
+    const YAML::Node date = member(d, "date"), plan = member(d, "plan");
+    if (!date.IsScalar() || !plan.IsScalar()) continue;
+    if (!plans.count(plan.Scalar())) diags.error(position_of(plan), fmt::format("'tariffs.dates': '{}' is not a plan", plan.Scalar()));
+    dates[date.Scalar()] = plan.Scalar();
+  }
+  if (diags.error_count() != errors_before || plans.empty()) return cfg;
+  try {
+    cfg.tariff.emplace(time_zone, decimals, rounding, std::move(plans), week, dates);
+  } catch (const std::invalid_argument& e) {
+    diags.error(position_of(tariffs), fmt::format("'tariffs': {}", e.what()));
+  }
+  return cfg;
+}
+
+}  // namespace pilecore::core

@@ -1,0 +1,50 @@
+// The site file's sections for charging and billing: tariffs, payment, charging, and the
+// connectors' power stage and meter. Declared as schema Fields (validated with everything else)
+// plus the checks a schema cannot express (prices within the declared decimals, periods
+// covering the day, references to instances of the right kind).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "diagnostics.hpp"
+#include "schema.hpp"
+#include "tariff.hpp"
+
+namespace pilecore::core {
+
+struct InstanceSpec;
+struct ConnectorConfig;
+
+struct PaymentSettings {
+  std::string default_method;      // payment instance used by autostart and `pilectl session start` without --method
+  std::int64_t preauth_fen = 20000;
+  bool autostart = false;          // start a session with default_method when a vehicle plugs in
+};
+
+struct ChargingSettings {
+  std::int64_t checkpoint_interval_ms = 60'000;
+  std::int64_t checkpoint_wh = 100;
+  std::int64_t meter_timeout_ms = 10'000;
+  std::int64_t setpoint_interval_ms = 10'000;
+  std::optional<std::int64_t> site_max_power_w;
+};
+
+struct SessionConfig {
+  std::optional<Tariff> tariff;  // no tariffs section: sessions cannot start
+  PaymentSettings payment;
+  ChargingSettings charging;
+};
+
+Field tariffs_field();
+Field payment_field();
+Field charging_field();
+
+/// Builds the SessionConfig from a root already validated against the schema; reports semantic
+/// problems into `diags`. Fills each connector's power/meter instance when not given.
+SessionConfig parse_session_config(const YAML::Node& root, const std::string& time_zone, std::vector<ConnectorConfig>& connectors,
+                                   const std::vector<InstanceSpec>& instances, Diagnostics& diags);
+
+}  // namespace pilecore::core
