@@ -4,7 +4,7 @@ PRESET ?= dev
 JOBS ?= $(shell nproc)
 BUILD := build/$(PRESET)
 
-.PHONY: all deps configure build demo test test-asan schema fuzz clean
+.PHONY: all deps configure build demo test test-asan schema fuzz deb test-packages clean
 
 all: build
 
@@ -41,6 +41,16 @@ fuzz: deps
 	cmake --build build/fuzz -j $(JOBS) --target fuzz_site_config
 	mkdir -p build/fuzz/corpus
 	build/fuzz/tests/fuzz/fuzz_site_config -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus tests/corpus/site
+
+# Debian packages (pilecore, pilecore-sim, pilecore-dev) from a clean export of the tree, in
+# build/deb/, checked by lintian. See docs/packaging.md.
+deb: deps
+	JOBS=$(JOBS) ./packaging/build-debs --out build/deb
+
+# Installs the packages into a throwaway Debian 12 root and checks install, start, the SDK,
+# upgrade with an edited conffile and remove (root; several minutes, so not part of `make test`).
+test-packages: deb
+	JOBS=$(JOBS) ./tests/packaging/run build/deb
 
 clean:
 	rm -rf build

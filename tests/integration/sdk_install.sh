@@ -29,7 +29,7 @@ echo "== build it again with pkg-config alone"
 PKG_CONFIG_PATH=$(dirname "$(find "$prefix" -name pilecore.pc)")
 export PKG_CONFIG_PATH
 # shellcheck disable=SC2046
-g++ $(pkg-config --cflags pilecore) -shared -fPIC -Wall -Wextra -Werror -o "$work/hello-sensor.so" \
+g++ $(pkg-config --cflags pilecore) $(pkg-config --variable=plugin_cflags pilecore) -shared -fPIC -Wall -Wextra -Werror -o "$work/hello-sensor.so" \
   "$work/hello-sensor/hello_sensor.cpp" $(pkg-config --libs pilecore)
 
 echo "== pilectl (installed) lists and shows it"
