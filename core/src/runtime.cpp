@@ -348,9 +348,20 @@ void Runtime::finish_shutdown() {
 }
 
 void Runtime::handle_request(const nlohmann::json& req, std::function<void(nlohmann::json)> reply) {
+  try {
+    dispatch_request(req, reply);
+  } catch (const std::exception& e) {
+    reply({{"ok", false}, {"error", fmt::format("bad request: {}", e.what())}});
+  }
+}
+
+void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlohmann::json)>& reply) {
   const std::string cmd = req.value("cmd", "");
   auto connector_of = [&req]() -> std::uint32_t {
-    if (!req.contains("connector") || !req["connector"].is_number_unsigned()) throw std::invalid_argument("\"connector\" must be a positive integer");
+    if (!req.contains("connector") || !req["connector"].is_number_integer() || req["connector"].get<std::int64_t>() < 1 ||
+        req["connector"].get<std::int64_t>() > 255) {
+      throw std::invalid_argument("\"connector\" must be a positive integer");
+    }
     return req["connector"].get<std::uint32_t>();
   };
   auto text = [&req](const char* key) -> std::string {
@@ -372,12 +383,16 @@ void Runtime::handle_request(const nlohmann::json& req, std::function<void(nlohm
     st["rejected_requests"] = control_ ? control_->rejected() : 0;
     reply(std::move(st));
   } else if (cmd == "session_start") {
-    engine_->start(connector_of(), text("method"), text("token"), std::move(reply));
+    const auto connector = connector_of();
+    auto method = text("method");
+    auto token = text("token");
+    engine_->start(connector, std::move(method), std::move(token), std::move(reply));
   } else if (cmd == "session_stop") {
     const std::string reason = text("reason");
     const auto r = reason.empty() ? std::optional<StopReason>(StopReason::local) : stop_reason_from(reason);
     if (!r) throw std::invalid_argument(fmt::format("unknown stop reason '{}'", reason));
-    engine_->stop(connector_of(), *r, std::move(reply));
+    const auto connector = connector_of();
+    engine_->stop(connector, *r, std::move(reply));
   } else if (cmd == "receipt") {
     reply(engine_->receipt(text("transaction")));
   } else {
@@ -503,7 +518,7 @@ void Runtime::on_instance_failed(Instance& inst, const std::string& reason) {
     }
     if (!engine_) set_connector(*s.connector, ConnectorStatus::faulted, fmt::format("instance '{}' failed", s.name));
   }
-  if (engine_) engine_->on_instance_failed(s.name);
+  if (engine_) engine_->on_instance_failed(s.name, s.connector);
   if (inst.kind() == Kind::link) spdlog::warn("link '{}' is down; uplink traffic stays queued for the other links", s.name);
 }
 

@@ -100,6 +100,7 @@ class Runtime {
   void shutdown();
   void finish_shutdown();
   void announce_ready();
+  void dispatch_request(const nlohmann::json& request, std::function<void(nlohmann::json)>& reply);
   void set_connector(std::uint32_t id, ConnectorStatus status, const std::string& why);
   void schedule_status();
   void update_snapshot(const Instance& instance);

@@ -221,9 +221,9 @@ void SessionEngine::on_power_event(Connector& c, power::Event e, std::string_vie
   }
 }
 
-void SessionEngine::on_instance_failed(const std::string& instance) {
+void SessionEngine::on_instance_failed(const std::string& instance, std::optional<std::uint32_t> bound_connector) {
   for (auto& [id, c] : connectors_) {
-    if (c->cfg.power != instance && c->cfg.meter != instance) continue;
+    if (c->cfg.power != instance && c->cfg.meter != instance && bound_connector != id) continue;
     if (c->session && !c->session->stopping) stop(id, StopReason::fault, [](const nlohmann::json&) {});
     apply(*c, ConnectorEvent::fault, fmt::format("instance '{}' failed", instance));
   }

@@ -72,8 +72,9 @@ class SessionEngine {
 
   void on_sample(const std::string& instance, const Sample& sample);
   void on_alarm(const std::string& instance, const Alarm& alarm);
-  /// An instance failed at run time: fault its connectors (contactor already opened).
-  void on_instance_failed(const std::string& instance);
+  /// An instance failed at run time: fault the connectors it serves (as power stage, meter or
+  /// bound by `connector:`); the runtime has already opened their contactors.
+  void on_instance_failed(const std::string& instance, std::optional<std::uint32_t> bound_connector);
 
   /// For the benchmark: called right after close_contactor() returns, with the request time.
   std::function<void(std::uint32_t connector)> on_contactor_closed;

@@ -57,7 +57,8 @@ inline bool eventually(const std::function<bool()>& pred, std::chrono::milliseco
 /// diagnostics, and runs the runtime on a thread until destroyed.
 class RunningSite {
  public:
-  RunningSite(const TempDir& dir, const std::string& site_yaml, std::vector<std::filesystem::path> plugin_dirs, double clock_speed = 1.0)
+  RunningSite(const TempDir& dir, const std::string& site_yaml, std::vector<std::filesystem::path> plugin_dirs, double clock_speed = 1.0,
+              const std::string& clock_start = "2026-03-01T00:00:00Z")
       : registry_(std::move(plugin_dirs)) {
     auto outcome = core::load_site(dir.write("site.yaml", site_yaml), registry_);
     if (!outcome.site) throw std::runtime_error("site file invalid:\n" + outcome.diagnostics.format());
@@ -66,7 +67,7 @@ class RunningSite {
     options.notify_systemd = false;
     options.status_interval = Duration(0);
     TimePoint start;
-    core::parse_utc("2026-03-01T00:00:00Z", start);
+    core::parse_utc(clock_start, start);
     options.clock = std::make_shared<core::ScaledClock>(start, clock_speed);
     runtime_ = std::make_unique<core::Runtime>(std::move(*outcome.site), std::move(options));
     thread_ = std::thread([this] { exit_code_ = runtime_->run(); });

@@ -1,0 +1,219 @@
+// Charging sessions end to end, through the real loader, runtime, session engine, SQLite and
+// simulated plugins: a session across a tariff boundary is billed per period; a fault mid-charge
+// stops and bills it; a daemon killed with SIGKILL mid-session recovers it at the next start.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sqlite3.h>
+
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/write.hpp>
+
+#include "control_socket.hpp"
+#include "test_support.hpp"
+
+using namespace pilecore;
+using namespace pilecore::core;
+using namespace pilecore::test;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string site_yaml(const std::string& power_extra = "") {
+  return R"(site:
+  id: SESS-1
+  name: Session test
+  location: {lat: 31.2, lon: 121.5}
+  timezone: Asia/Shanghai
+connectors:
+  - {id: 1, type: gbt-dc, max_power_w: 60000}
+plugins:
+  power-1:
+    plugin: sim-power
+    connector: 1
+    config:
+      arrive_after_s: 0
+      ev_ready_delay_ms: 0
+      battery_capacity_wh: 200000
+      initial_soc_pct: 10
+      tick_ms: 1000
+)" + power_extra + R"(
+  sim:
+    plugin: sim-payment
+    config: {latency_ms: 0}
+tariffs:
+  decimals: 2
+  plans:
+    workday:
+      prices:
+        peak: {electricity: 100.44, service: 80.00}
+        flat: {electricity: 69.50, service: 80.00}
+        valley: {electricity: 39.46, service: 80.00}
+      periods:
+        - {from: "00:00", to: "07:00", type: valley}
+        - {from: "07:00", to: "10:00", type: flat}
+        - {from: "10:00", to: "15:00", type: peak}
+        - {from: "15:00", to: "24:00", type: flat}
+payment: {default_method: sim, preauth_fen: 30000}
+charging: {checkpoint_interval_s: 30, checkpoint_wh: 1000}
+)";
+}
+
+nlohmann::json request(RunningSite& site, const nlohmann::json& req) {
+  std::promise<nlohmann::json> p;
+  auto f = p.get_future();
+  site.runtime().dispatch([&] { site.runtime().handle_request(req, [&p](nlohmann::json r) { p.set_value(std::move(r)); }); });
+  return f.get();
+}
+
+TimePoint now_of(RunningSite& site) {
+  TimePoint t;
+  parse_utc(request(site, {{"cmd", "status"}})["time"].get<std::string>().substr(0, 19) + "Z", t);
+  return t;
+}
+
+void check_bill_adds_up(const nlohmann::json& receipt) {
+  const auto& bill = receipt["bill"];
+  std::int64_t wh = 0, total = 0;
+  for (const auto& l : bill["lines"]) {
+    wh += l["wh"].get<std::int64_t>();
+    EXPECT_EQ(l["total_fen"].get<std::int64_t>(), l["electricity_fen"].get<std::int64_t>() + l["service_fen"].get<std::int64_t>());
+    total += l["total_fen"].get<std::int64_t>();
+  }
+  EXPECT_EQ(wh, bill["energy_wh"].get<std::int64_t>());
+  EXPECT_EQ(total, bill["total_fen"].get<std::int64_t>());
+  EXPECT_EQ(receipt["meter_stop_wh"].get<std::int64_t>() - receipt["meter_start_wh"].get<std::int64_t>(), bill["energy_wh"].get<std::int64_t>());
+}
+
+}  // namespace
+
+TEST(Session, ChargesAcrossATariffBoundaryAndBillsEachPeriod) {
+  TempDir dir;
+  // 09:58 on a Monday in Shanghai; the flat period ends at 10:00. 600x: a minute is 100 ms.
+  RunningSite site(dir, site_yaml(), {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T01:58:00Z");
+  ASSERT_TRUE(eventually([&] { return site.runtime().ready(); }));
+  ASSERT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+  const auto started = request(site, {{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  ASSERT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Charging"; }));
+  ASSERT_TRUE(eventually([&] { return now_of(site) > TimePoint{} + (std::chrono::sys_days{std::chrono::year{2026} / 3 / 2}.time_since_epoch() + 2h + 3min); }));
+  const auto stopped = request(site, {{"cmd", "session_stop"}, {"connector", 1}});
+  ASSERT_TRUE(stopped.value("ok", false)) << stopped.dump();
+  const auto& r = stopped["receipt"];
+  EXPECT_EQ(r["outcome"], "completed");
+  EXPECT_EQ(r["capture_status"], "captured");
+  ASSERT_EQ(r["bill"]["lines"].size(), 2u) << r.dump(2);
+  EXPECT_EQ(r["bill"]["lines"][0]["period"], "flat");
+  EXPECT_EQ(r["bill"]["lines"][1]["period"], "peak");
+  check_bill_adds_up(r);
+  EXPECT_EQ(r["captured_fen"], r["bill"]["total_fen"]);
+  // The stored receipt is the same bill.
+  const auto stored = request(site, {{"cmd", "receipt"}, {"transaction", started["transaction"]}});
+  EXPECT_EQ(stored["bill"], r["bill"]);
+  EXPECT_EQ(stored["status"], "closed");
+  EXPECT_EQ(request(site, {{"cmd", "status"}})["connectors"][0]["status"], "Finishing");
+}
+
+TEST(Session, AFaultMidChargeStopsAndBillsTheSession) {
+  TempDir dir;
+  RunningSite site(dir, site_yaml("      fault_after_s: 120\n"), {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
+  ASSERT_TRUE(eventually([&] { return site.runtime().ready(); }));
+  ASSERT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+  const auto started = request(site, {{"cmd", "session_start"}, {"connector", 1}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  ASSERT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Faulted"; }));
+  nlohmann::json receipt;
+  ASSERT_TRUE(eventually([&] {
+    receipt = request(site, {{"cmd", "receipt"}, {"transaction", started["transaction"]}});
+    return receipt.value("status", "") == "closed";
+  }));
+  EXPECT_EQ(receipt["stop_reason"], "Fault");
+  EXPECT_GT(receipt["energy_wh"].get<std::int64_t>(), 0);
+  check_bill_adds_up(receipt);
+}
+
+TEST(Session, RequestsAreRefusedWithReasons) {
+  TempDir dir;
+  RunningSite site(dir, site_yaml(), {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
+  ASSERT_TRUE(eventually([&] { return site.runtime().ready(); }));
+  EXPECT_EQ(request(site, {{"cmd", "session_start"}, {"connector", 9}})["error"], "no connector 9");
+  EXPECT_EQ(request(site, {{"cmd", "session_stop"}, {"connector", 1}})["error"], "connector 1 has no session");
+  EXPECT_EQ(request(site, {{"cmd", "session_start"}, {"connector", 1}, {"method", "nope"}})["error"], "'nope' is not a running payment instance");
+  EXPECT_EQ(request(site, {{"cmd", "warp"}})["error"], "unknown command 'warp'; commands: status, session_start, session_stop, receipt");
+  EXPECT_EQ(request(site, {{"cmd", "receipt"}, {"transaction", "X"}})["error"], "no transaction 'X'");
+}
+
+TEST(Session, AKilledDaemonRecoversTheOpenSessionAtItsNextStart) {
+  TempDir dir;
+  const auto file = dir.write("site.yaml", site_yaml());
+  const fs::path state = dir.path() / "state";
+  const std::string pilecored = std::string(PILECORE_BIN_DIR) + "/pilecored";
+  const std::vector<std::string> args = {pilecored, "--config", file.string(), "--state-dir", state.string(), "--clock-speed", "600",
+                                         "--clock-start", "2026-03-02T03:00:00Z"};
+  std::string txn;
+  {
+    NotifyListener notify(dir.path() / "n1.sock");
+    Child daemon(args, {notify.env()});
+    ASSERT_TRUE(notify.wait_for("READY=1", 10s)) << daemon.stderr_text();
+    ASSERT_TRUE(eventually([&] { return control_request(state / "pilecored.sock", {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+    const auto started = control_request(state / "pilecored.sock", {{"cmd", "session_start"}, {"connector", 1}});
+    ASSERT_TRUE(started.value("ok", false)) << started.dump();
+    txn = started["transaction"];
+    std::this_thread::sleep_for(300ms);  // three minutes of charging
+    daemon.signal(SIGKILL);
+    EXPECT_EQ(daemon.wait(), 128 + SIGKILL);
+  }
+  auto query = [&](const std::string& sql) {
+    sqlite3* db = nullptr;
+    sqlite3_open_v2((state / "pilecore.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr);
+    std::string out = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) ? reinterpret_cast<const char*>(sqlite3_column_text(st, 0)) : "";
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return out;
+  };
+  EXPECT_EQ(query("SELECT status FROM transactions WHERE id='" + txn + "'"), "open") << "the transaction was committed before charging";
+  {
+    NotifyListener notify(dir.path() / "n2.sock");
+    Child daemon({pilecored, "--config", file.string(), "--state-dir", state.string(), "--clock-speed", "600", "--clock-start", "2026-03-02T03:10:00Z"},
+                 {notify.env()});
+    ASSERT_TRUE(notify.wait_for("READY=1", 15s)) << daemon.stderr_text();
+    const auto receipt = control_request(state / "pilecored.sock", {{"cmd", "receipt"}, {"transaction", txn}});
+    EXPECT_EQ(receipt["status"], "closed") << receipt.dump(2);
+    EXPECT_EQ(receipt["outcome"], "recovered");
+    EXPECT_GT(receipt["energy_wh"].get<std::int64_t>(), 0);
+    check_bill_adds_up(receipt);
+    daemon.signal(SIGTERM);
+    EXPECT_EQ(daemon.wait(), 0) << daemon.stderr_text();
+  }
+  EXPECT_EQ(query("SELECT COUNT(*) FROM transactions"), "1") << "nothing billed twice";
+}
+
+TEST(ControlSocket, MalformedRequestsGetAnErrorAndAreCounted) {
+  TempDir dir;
+  const auto file = dir.write("site.yaml", site_yaml());
+  NotifyListener notify(dir.path() / "n.sock");
+  Child daemon({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", file.string(), "--state-dir", (dir.path() / "state").string()}, {notify.env()});
+  ASSERT_TRUE(notify.wait_for("READY=1", 10s)) << daemon.stderr_text();
+  const fs::path sock = dir.path() / "state" / "pilecored.sock";
+  // Raw lines through the real socket: not JSON, JSON without cmd, a number as connector.
+  for (const std::string& bad : {std::string("hello"), std::string("{\"nocmd\":1}"), std::string("[1,2]")}) {
+    boost::asio::io_context io;
+    boost::asio::local::stream_protocol::socket s(io);
+    s.connect(boost::asio::local::stream_protocol::endpoint(sock.string()));
+    boost::asio::write(s, boost::asio::buffer(bad + "\n"));
+    boost::asio::streambuf buf;
+    boost::asio::read_until(s, buf, '\n');
+    const std::string line(boost::asio::buffers_begin(buf.data()), boost::asio::buffers_end(buf.data()));
+    EXPECT_NE(line.find("malformed request"), std::string::npos) << line;
+  }
+  const auto typed = control_request(sock, {{"cmd", "session_start"}, {"connector", "one"}});
+  EXPECT_EQ(typed["error"], "bad request: \"connector\" must be a positive integer");
+  const auto st = control_request(sock, {{"cmd", "status"}});
+  EXPECT_TRUE(st.value("ok", false));
+  EXPECT_EQ(st["rejected_requests"], 3) << "the three malformed lines";
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.wait(), 0);
+}
