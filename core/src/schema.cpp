@@ -119,12 +119,20 @@ std::optional<std::string> check_range(const Field& f, double v, const std::stri
   return std::nullopt;
 }
 
+/// Compiling a std::regex costs far more than matching one; a site file checks the same few
+/// patterns many times (every HH:MM of every tariff period).
+const std::regex& compiled(const std::string& pattern) {
+  thread_local std::map<std::string, std::regex> cache;
+  auto it = cache.find(pattern);
+  if (it == cache.end()) it = cache.emplace(pattern, std::regex(pattern)).first;
+  return it->second;
+}
+
 std::optional<std::string> check_pattern(const Field& f, const std::string& s) {
   if (f.pattern.empty()) return std::nullopt;
   // libstdc++'s std::regex recurses per character: bound the input before matching.
   if (s.size() > 256) return fmt::format("is {} characters long, which is not allowed: {}", s.size(), f.pattern_hint.empty() ? "too long" : f.pattern_hint);
-  const std::regex re(f.pattern);
-  if (std::regex_match(s, re)) return std::nullopt;
+  if (std::regex_match(s, compiled(f.pattern))) return std::nullopt;
   return fmt::format("is '{}', which is not allowed: {}", s,
                      f.pattern_hint.empty() ? "it must match " + f.pattern : f.pattern_hint);
 }
@@ -367,7 +375,7 @@ void Validator::validate(const Field& field, const YAML::Node& node, const std::
         diags_.error(position_of(node), fmt::format("'{}' needs at least {} entr{}", path, field.min_items, field.min_items == 1 ? "y" : "ies"));
       }
       std::map<std::string, std::size_t> seen;
-      const std::regex key_re(field.key_pattern.empty() ? std::string(".*") : field.key_pattern);
+      const std::regex& key_re = compiled(field.key_pattern.empty() ? std::string(".*") : field.key_pattern);
       for (const auto& m : members) {
         if (!m.key_node.IsScalar()) {
           diags_.error(position_of(m.key_node), fmt::format("'{}': a name must be a plain word, not {}", path, kind_of(m.key_node)));
@@ -377,7 +385,7 @@ void Validator::validate(const Field& field, const YAML::Node& node, const std::
           diags_.error(position_of(m.key_node), fmt::format("duplicate name '{}' in '{}' (first given at line {})", m.key, path, it->second));
           continue;
         }
-        if (!std::regex_match(m.key, key_re)) {
+        if (m.key.size() > 256 || !std::regex_match(m.key, key_re)) {
           diags_.error(position_of(m.key_node), fmt::format("'{}': the name '{}' is not allowed: {}", path, m.key,
                                                             field.pattern_hint.empty() ? "it must match " + field.key_pattern : field.pattern_hint));
         }
