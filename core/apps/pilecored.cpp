@@ -9,6 +9,7 @@
 #include <iostream>
 
 #include "build_config.hpp"
+#include "ledger.hpp"
 #include "clocks.hpp"
 #include "logging.hpp"
 #include "paths.hpp"
@@ -67,6 +68,48 @@ int main(int argc, char** argv) {
       return 2;
     }
     options.clock = std::make_shared<ScaledClock>(start, clock_speed);
+  }
+  if (outcome.site->identity) {
+    // The ledger: every finished transaction, signed by the device key. The key and certificate
+    // are checked now (a daemon that cannot sign must not start charging); the Ledger itself is
+    // made on first use over the runtime's database.
+    const auto& id = *outcome.site->identity;
+    const std::string key_location = resolve_identity_location(id.key, options.state_dir);
+    const std::string cert_path = resolve_identity_location(id.certificate, options.state_dir);
+    try {
+      const SigningKey key(key_location);
+      if (key.algorithm() != id.algorithm) {
+        std::fprintf(stderr, "pilecored: %s is a %s key but identity.algorithm is %s\n", key_location.c_str(), std::string(to_string(key.algorithm())).c_str(),
+                     std::string(to_string(id.algorithm)).c_str());
+        return 2;
+      }
+      const VerifyingKey cert{std::filesystem::path(cert_path)};
+      if (!cert.verify(as_bytes("pilecore identity check"), key.sign(as_bytes("pilecore identity check")))) {
+        std::fprintf(stderr, "pilecored: %s is not the certificate of the key %s\n", cert_path.c_str(), key_location.c_str());
+        return 2;
+      }
+      spdlog::info("device identity: key {}, certificate {} ({}, SHA-256 {}); ledger hash {}", key_location, cert_path, cert.subject(), cert.fingerprint(),
+                   to_string(id.hash));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pilecored: %s\n", e.what());
+      return 2;
+    }
+    struct LedgerState {
+      std::string key_location;
+      HashAlgorithm hash;
+      sqlite3* db = nullptr;
+      std::unique_ptr<Ledger> ledger;
+    };
+    auto state = std::make_shared<LedgerState>(LedgerState{key_location, id.hash, nullptr, nullptr});
+    auto ledger_for = [state](Database& db) -> Ledger& {
+      if (!state->ledger || state->db != db.handle()) {
+        state->ledger = std::make_unique<Ledger>(db.handle(), SigningKey(state->key_location), state->hash);
+        state->db = db.handle();
+      }
+      return *state->ledger;
+    };
+    options.ledger_append = [ledger_for](Database& db, const std::string& txn, const nlohmann::json& record) { ledger_for(db).append(txn, record); };
+    options.ledger_contains = [ledger_for](Database& db, const std::string& txn) { return ledger_for(db).contains(txn); };
   }
   spdlog::info("pilecored {} starting: site file {}, state {}, plugins from {}", PILECORE_VERSION, config, options.state_dir.string(),
                [&] { std::string s; for (const auto& d : dirs) s += (s.empty() ? "" : ":") + d.string(); return s; }());

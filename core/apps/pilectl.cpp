@@ -11,6 +11,7 @@
 
 #include "build_config.hpp"
 #include "control_socket.hpp"
+#include "ledger_commands.hpp"
 #include "money.hpp"
 #include "receipt.hpp"
 #include "paths.hpp"
@@ -120,7 +121,75 @@ int main(int argc, char** argv) {
   receipt->add_flag("--json", receipt_json, "Machine-readable output");
   add_socket_options(receipt);
 
+  // keys
+  auto* keys = app.add_subcommand("keys", "The device key and certificate");
+  keys->require_subcommand(1);
+  std::string keys_config, keys_state_dir, keys_key, keys_cert, keys_algorithm, keys_cn, keys_operator;
+  int keys_days = 730;
+  bool keys_force = false;
+  auto* keys_init_cmd = keys->add_subcommand("init", "Make a development key and self-signed certificate (for the demo and tests; a "
+                                                     "production key comes from the operator's PKI or lives in a TPM)");
+  keys_init_cmd->add_option("--config", keys_config, "Site file: paths, algorithm and operator from its identity section, CN from site.id");
+  keys_init_cmd->add_option("--state-dir", keys_state_dir, "State directory relative paths are under (default: as pilecored)");
+  keys_init_cmd->add_option("--key", keys_key, "Private key file to write (overrides the site file)");
+  keys_init_cmd->add_option("--cert", keys_cert, "Certificate file to write (overrides the site file)");
+  keys_init_cmd->add_option("--algorithm", keys_algorithm, "ecdsa-p256 or sm2 (overrides the site file)")->check(CLI::IsMember({"ecdsa-p256", "sm2"}));
+  keys_init_cmd->add_option("--cn", keys_cn, "Subject CN: the pile's serial number (default: the site id)");
+  keys_init_cmd->add_option("--operator", keys_operator, "Subject O: the operator (overrides the site file)");
+  keys_init_cmd->add_option("--days", keys_days, "Validity in days")->check(CLI::Range(1, 36500));
+  keys_init_cmd->add_flag("--force", keys_force, "Replace an existing key and certificate");
+
+  // ledger
+  auto* ledger = app.add_subcommand("ledger", "The signed transaction ledger");
+  ledger->require_subcommand(1);
+  std::string ledger_db, ledger_config, ledger_cert, ledger_state_dir;
+  auto* ledger_verify_cmd = ledger->add_subcommand("verify", "Check the whole chain and every signature; exit 1 naming the first bad record");
+  ledger_verify_cmd->add_option("--db", ledger_db, "Database file (default: from the site file, else <state dir>/pilecore.db)");
+  ledger_verify_cmd->add_option("--config", ledger_config, "Site file: the database and the certificate from its storage and identity sections");
+  ledger_verify_cmd->add_option("--cert", ledger_cert, "Device certificate (default: from the site file, else <state dir>/identity/device.crt)");
+  ledger_verify_cmd->add_option("--state-dir", ledger_state_dir, "State directory relative paths are under (default: the --db file's directory, else as pilecored)");
+
   CLI11_PARSE(app, argc, argv);
+
+  // The identity section and site id of a site file, for keys init and ledger verify.
+  auto load_for_identity = [&](const std::string& file, std::optional<SiteConfig>& site) -> bool {
+    auto reg = registry();
+    auto outcome = load_site(file, reg);
+    if (!outcome.site) {
+      std::fputs(outcome.diagnostics.format().c_str(), stderr);
+      std::fprintf(stderr, "pilectl: %s: invalid; check it with: pilectl config validate %s\n", file.c_str(), file.c_str());
+      return false;
+    }
+    site = std::move(outcome.site);
+    return true;
+  };
+  if (*keys_init_cmd) {
+    std::optional<SiteConfig> site;
+    if (!keys_config.empty() && !load_for_identity(keys_config, site)) return 1;
+    const IdentityConfig id = site && site->identity ? *site->identity : IdentityConfig{};
+    const std::filesystem::path state = keys_state_dir.empty() ? default_state_dir() : std::filesystem::path(keys_state_dir);
+    IdentityOptions o;
+    o.key = keys_key.empty() ? resolve_identity_location(id.key, state) : keys_key;
+    o.certificate = keys_cert.empty() ? resolve_identity_location(id.certificate, state) : keys_cert;
+    o.algorithm = keys_algorithm.empty() ? id.algorithm : *parse_key_algorithm(keys_algorithm);
+    o.common_name = !keys_cn.empty() ? keys_cn : site ? site->id : std::string();
+    o.organization = keys_operator.empty() ? id.organization : keys_operator;
+    o.validity_days = keys_days;
+    o.force = keys_force;
+    return keys_init(o, std::cout, std::cerr);
+  }
+  if (*ledger_verify_cmd) {
+    std::optional<SiteConfig> site;
+    if (!ledger_config.empty() && !load_for_identity(ledger_config, site)) return 2;
+    const std::filesystem::path state = !ledger_state_dir.empty() ? std::filesystem::path(ledger_state_dir)
+                                        : !ledger_db.empty()      ? std::filesystem::absolute(ledger_db).parent_path()
+                                                                  : default_state_dir();
+    const IdentityConfig id = site && site->identity ? *site->identity : IdentityConfig{};
+    const std::filesystem::path db = !ledger_db.empty() ? std::filesystem::path(ledger_db)
+                                                        : std::filesystem::path(resolve_identity_location(site ? site->database : "pilecore.db", state));
+    const std::filesystem::path cert = !ledger_cert.empty() ? std::filesystem::path(ledger_cert) : std::filesystem::path(resolve_identity_location(id.certificate, state));
+    return ledger_verify(db, cert, std::cout, std::cerr);
+  }
 
   auto socket_path = [&]() -> std::filesystem::path {
     if (!socket_opt.empty()) return socket_opt;

@@ -249,12 +249,15 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
       const auto from = member(p, "from").IsScalar() ? minutes_of(member(p, "from").Scalar()) : std::nullopt;
       const auto to = member(p, "to").IsScalar() ? minutes_of(member(p, "to").Scalar()) : std::nullopt;
       const YAML::Node type_node = member(p, "type");
-      const auto type = type_node.IsScalar() ? period_type_from(type_node.Scalar()) : std::nullopt;
-      if (!from || !to || !type) continue;  // reported by the schema
-      if (!plan.prices[static_cast<std::size_t>(*type)]) {
+      if (!from || !to || !type_node.IsScalar()) continue;  // reported by the schema
+      const std::optional<PeriodType> parsed = period_type_from(type_node.Scalar());
+      if (!parsed) continue;
+      // Copied out of the optional: GCC 12 at -O2 cannot see that *parsed is initialised here.
+      const PeriodType type = parsed.value_or(PeriodType::flat);
+      if (!plan.prices[static_cast<std::size_t>(type)]) {
         diags.error(position_of(type_node), fmt::format("'tariffs.plans.{}': a {} period needs prices.{}", m.key, type_node.Scalar(), type_node.Scalar()));
       }
-      plan.windows.push_back(Window{*from, *to, *type});
+      plan.windows.push_back(Window{*from, *to, type});
     }
     plans.emplace(m.key, std::move(plan));
   }

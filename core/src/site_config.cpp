@@ -89,7 +89,7 @@ Field build_site_schema() {
   Field root = group("", FieldType::object, "pilecore site file",
                      {site, connectors, plugins, storage, log, tariffs_field(), payment_field(), charging_field(),
                       reserved("risk", "the risk engine"), reserved("links", "uplink routing"),
-                      reserved("identity", "device identity and keys")});
+                      identity_schema()});
   return root;
 }
 
@@ -370,6 +370,7 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
   cfg.database = db.IsScalar() ? db.Scalar() : "pilecore.db";
   const YAML::Node lvl = member(member(root, "log"), "level");
   cfg.log_level = lvl.IsScalar() ? lvl.Scalar() : "info";
+  if (const YAML::Node identity = member(root, "identity"); identity.IsDefined() && !identity.IsNull()) cfg.identity = identity_config(identity);
   out.site = std::move(cfg);
   return out;
 }

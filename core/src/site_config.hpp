@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "diagnostics.hpp"
+#include "ledger_commands.hpp"
 #include "plugin_loader.hpp"
 #include "schema.hpp"
 #include "session_config.hpp"
@@ -63,6 +64,7 @@ struct SiteConfig {
   std::string database;                 // as written; relative paths are under the state dir
   std::string log_level;
   SessionConfig session;
+  std::optional<IdentityConfig> identity;  // the `identity` section, when the file has one: the ledger is kept
 };
 
 /// The schema of the core's own sections (plugins' config blocks are checked separately).

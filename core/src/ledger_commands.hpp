@@ -1,0 +1,65 @@
+// `pilectl keys init` and `pilectl ledger verify`, and the site file's `identity` section.
+// The functions print to the streams they are given and return the exit code, so pilectl only
+// parses options and the tests call them directly.
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <ostream>
+#include <string>
+
+#include "crypto.hpp"
+#include "schema.hpp"
+
+namespace pilecore::core {
+
+struct IdentityOptions {
+  std::filesystem::path key = "identity/device.key";  // a file: keys init makes files, not TPM keys
+  std::filesystem::path certificate = "identity/device.crt";
+  KeyAlgorithm algorithm = KeyAlgorithm::ecdsa_p256;
+  std::string common_name;  // required: the pile's serial number, or the site id
+  std::string organization = "pilecore";
+  int validity_days = 730;
+  bool force = false;  // replace existing files
+};
+
+/// Makes a development key and self-signed certificate. Exit 0 printing the paths, the subject
+/// and the certificate's SHA-256 fingerprint; 1 when a file exists and !force (naming it, and
+/// --force), or on any failure (the message names the file and carries OpenSSL's reason).
+int keys_init(const IdentityOptions& options, std::ostream& out, std::ostream& err);
+
+/// Verifies the ledger in the database at `db_path` (opened read-only: nothing is created or
+/// migrated) against the certificate. Exit 0 with "ledger OK: N records, chain intact, all
+/// signatures valid"; 1 with "ledger BROKEN: seq S (txn T): ..." naming the first bad record;
+/// 2 when the check cannot run (no database, no ledger table, unreadable certificate).
+int ledger_verify(const std::filesystem::path& db_path, const std::filesystem::path& certificate_path, std::ostream& out, std::ostream& err);
+
+/// The site file's `identity` section:
+///   identity:
+///     key: identity/device.key          # a path (relative: under the state directory) or an
+///                                       # OSSL_STORE URI such as "handle:0x81000001"
+///     certificate: identity/device.crt  # PEM; relative: under the state directory
+///     algorithm: ecdsa-p256             # or sm2
+///     hash: sha256                      # the ledger chain's hash, or sm3
+///     operator: pilecore                # O= of the certificate keys init makes
+Field identity_schema();
+
+/// The `identity` section's values, defaults filled in.
+struct IdentityConfig {
+  std::string key = "identity/device.key";
+  std::string certificate = "identity/device.crt";
+  KeyAlgorithm algorithm = KeyAlgorithm::ecdsa_p256;
+  HashAlgorithm hash = HashAlgorithm::sha256;
+  std::string organization = "pilecore";
+};
+
+/// Reads a validated `identity` section (an undefined or null node gives the defaults).
+IdentityConfig identity_config(const YAML::Node& section);
+
+/// A key or certificate location from the site file, made usable: an OSSL_STORE URI ("scheme:..."
+/// that is not an existing relative file) and absolute paths are kept; relative paths are taken
+/// under `state_dir`.
+std::string resolve_identity_location(const std::string& location, const std::filesystem::path& state_dir);
+
+}  // namespace pilecore::core
