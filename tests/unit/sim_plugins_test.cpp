@@ -844,3 +844,139 @@ TEST(SimPower, IdlesWithoutAVehicle) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// power: the simulated meter's register is non-volatile, like a real meter's
+
+namespace {
+
+/// energy_import in sim-power's register file (the newest of its two records), or -1.
+double register_file_wh(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  const std::string image((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  double wh = -1;
+  unsigned long long best = 0;
+  for (std::size_t off : {std::size_t{0}, std::size_t{4096}}) {
+    if (image.size() <= off) continue;
+    unsigned long long seq = 0;
+    long long v = 0;
+    if (std::sscanf(image.c_str() + off, "pilecore-meter v1 seq=%llu wh=%lld", &seq, &v) == 2 && seq >= best) {
+      best = seq;
+      wh = static_cast<double>(v);
+    }
+  }
+  return wh;
+}
+
+/// One life of a daemon: runs a site with a sim-power instance in `dir`, charges until the meter
+/// has advanced by `charge_wh`, and stops. Returns the published energy_import values.
+std::vector<double> charge_once(const fs::path& dir, std::int64_t meter_start_wh, double charge_wh) {
+  auto log = capture_log("power:sim-power:pm");
+  const fs::path file = dir / "site.yaml";
+  std::ofstream(file) << "site:\n"
+                         "  id: SIM-TEST\n"
+                         "  name: Simulated test site\n"
+                         "  location: {lat: 31.2304, lon: 121.4737}\n"
+                         "  timezone: Asia/Shanghai\n"
+                         "connectors:\n"
+                         "  - {id: 1, type: gbt-dc, max_power_w: 60000}\n"
+                         "plugins:\n"
+                         "  pm:\n"
+                         "    plugin: sim-power\n"
+                         "    connector: 1\n"
+                         "    config:\n"
+                         "      arrive_after_s: 1\n"  // the tick at 1 s publishes the register before any charging
+                         "      ev_ready_delay_ms: 1000\n"
+                         "      battery_capacity_wh: 200000\n"
+                         "      initial_soc_pct: 10\n"
+                         "      max_power_w: 30000\n"
+                         "      meter_start_wh: "
+                      << meter_start_wh << "\n";
+  PluginRegistry registry({PILECORE_PLUGIN_DIR});
+  auto outcome = load_site(file, registry);
+  if (!outcome.site) throw std::runtime_error("the test site is invalid:\n" + outcome.diagnostics.format());
+  RuntimeOptions options;
+  options.state_dir = dir / "state";
+  options.clock = std::make_shared<ScaledClock>(TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}} + 8h, kSpeed);
+  options.status_interval = Duration{0};
+  options.notify_systemd = false;
+  Runtime rt(std::move(*outcome.site), std::move(options));
+  int rc = -1;
+  std::thread thread([&] { rc = rt.run(); });
+  const auto on_strand = [&](auto fn) {
+    std::promise<void> done;
+    rt.dispatch([&] {
+      fn();
+      done.set_value();
+    });
+    done.get_future().wait();
+  };
+  const fs::path reg = dir / "state" / "plugins" / "pm" / "energy_import.register";
+  Events ev;
+  EXPECT_TRUE(eventually([&] { return rt.ready(); })) << rt.start_error();
+  if (rt.ready()) {
+    on_strand([&] { static_cast<power::PowerStage*>(rt.find_plugin("pm"))->set_event_sink(ev.sink()); });
+    EXPECT_TRUE(ev.wait_for(power::Event::ev_ready));
+    on_strand([&] { EXPECT_TRUE(static_cast<power::PowerStage*>(rt.find_plugin("pm"))->close_contactor().ok()); });
+    // At every instant the file holds at least what has been published: a kill -9 at any
+    // point loses no reading anyone has seen.
+    EXPECT_TRUE(eventually([&] {
+      const auto e = samples(*log, "energy_import");
+      if (e.empty()) return false;
+      EXPECT_GE(register_file_wh(reg), e.back());
+      return e.back() >= e.front() + charge_wh;
+    }));
+  }
+  rt.request_stop();
+  thread.join();
+  EXPECT_EQ(rc, 0) << rt.start_error();
+  auto energy = samples(*log, "energy_import");
+  spdlog::drop("power:sim-power:pm");
+  return energy;
+}
+
+}  // namespace
+
+TEST(SimPower, MeterRegisterIsNonVolatileAcrossRestarts) {
+  const fs::path dir = fs::temp_directory_path() / fmt::format("pilecore-sim-meter-register-{}", ::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path reg = dir / "state" / "plugins" / "pm" / "energy_import.register";
+
+  // A new meter starts at meter_start_wh and charges.
+  const auto first = charge_once(dir, 1000, 300);
+  ASSERT_FALSE(first.empty());
+  EXPECT_EQ(first.front(), 1000);
+  EXPECT_GE(first.back(), 1300);
+  const double stored = register_file_wh(reg);
+  EXPECT_GE(stored, first.back()) << "stop persists the energy delivered up to the stop";
+  EXPECT_FALSE(fs::exists(reg.string() + ".tmp")) << "no temporary file left behind";
+
+  // The next daemon on the same state directory continues the register; meter_start_wh is only
+  // for a new meter.
+  const auto second = charge_once(dir, 5, 300);
+  ASSERT_FALSE(second.empty());
+  EXPECT_EQ(second.front(), stored) << "the register continues where it stopped";
+  EXPECT_GE(second.back(), stored + 300);
+  EXPECT_TRUE(std::is_sorted(second.begin(), second.end()));
+  EXPECT_GE(register_file_wh(reg), second.back());
+
+  // A register file that cannot be trusted stops the start-up instead of resetting the meter.
+  std::ofstream(reg) << "energy_import_wh twelve\n";
+  {
+    PluginRegistry registry({PILECORE_PLUGIN_DIR});
+    auto outcome = load_site(dir / "site.yaml", registry);
+    ASSERT_TRUE(outcome.site);
+    RuntimeOptions options;
+    options.state_dir = dir / "state";
+    options.clock = std::make_shared<ScaledClock>(TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}}, kSpeed);
+    options.status_interval = Duration{0};
+    options.notify_systemd = false;
+    Runtime rt(std::move(*outcome.site), std::move(options));
+    EXPECT_EQ(rt.run(), 3);
+    EXPECT_NE(rt.start_error().find("is corrupt"), std::string::npos) << rt.start_error();
+    EXPECT_NE(rt.start_error().find("energy_import.register"), std::string::npos) << rt.start_error();
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
