@@ -49,7 +49,8 @@ void expect_contained(const std::string& mode, const std::string& expected_reaso
   auto& rt = site.runtime();
   ASSERT_TRUE(eventually([&] { return rt.ready(); }));
   ASSERT_TRUE(eventually([&] {
-    auto* f = find(rt.instances(), "faulty");
+    const auto all = rt.instances();  // find() points into it: keep it alive
+    const auto* f = find(all, "faulty");
     return f && f->state == InstanceState::failed;
   })) << "the faulty instance never failed";
   const auto all = rt.instances();
