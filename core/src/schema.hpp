@@ -54,6 +54,30 @@ struct Field {
   std::vector<Field> fields;
 };
 
+// Builders for declaring schemas in code (the core's own sections).
+inline Field field(std::string key, FieldType type, std::string description, bool required = false) {
+  Field f;
+  f.key = std::move(key);
+  f.type = type;
+  f.description = std::move(description);
+  f.required = required;
+  return f;
+}
+inline Field with_range(Field f, double min, double max, std::string unit = {}) {
+  f.min = min;
+  f.max = max;
+  f.unit = std::move(unit);
+  return f;
+}
+inline Field with_default(Field f, std::string value) {
+  f.default_value = std::move(value);
+  return f;
+}
+inline Field with_fields(Field f, std::vector<Field> fields) {
+  f.fields = std::move(fields);
+  return f;
+}
+
 using Value = std::variant<std::monostate, std::string, std::int64_t, double, bool, std::vector<std::string>>;
 
 /// Converts one scalar (or string list) node according to `field`. Returns an error message

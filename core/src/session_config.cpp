@@ -12,28 +12,6 @@ namespace pilecore::core {
 
 namespace {
 
-Field make(std::string key, FieldType type, std::string description, bool required = false) {
-  Field f;
-  f.key = std::move(key);
-  f.type = type;
-  f.description = std::move(description);
-  f.required = required;
-  return f;
-}
-
-Field ranged(Field f, double min, double max, std::string unit, std::optional<std::string> def = std::nullopt) {
-  f.min = min;
-  f.max = max;
-  f.unit = std::move(unit);
-  f.default_value = std::move(def);
-  return f;
-}
-
-Field with_fields(Field f, std::vector<Field> fields) {
-  f.fields = std::move(fields);
-  return f;
-}
-
 constexpr std::array<const char*, 7> day_keys = {"mon", "tue", "wed", "thu", "fri", "sat", "sun"};
 constexpr std::array<const char*, 4> period_keys = {"sharp", "peak", "flat", "valley"};
 
@@ -66,9 +44,9 @@ const Field& child(const Field& f, std::string_view key) {
 }  // namespace
 
 Field tariffs_field() {
-  Field price = with_fields(make("", FieldType::object, "Prices of one period, in fen per kWh with `decimals` decimal places"),
-                            {make("electricity", FieldType::decimal, "Electricity price, fen per kWh", true),
-                             make("service", FieldType::decimal, "Service fee, fen per kWh", true)});
+  Field price = with_fields(field("", FieldType::object, "Prices of one period, in fen per kWh with `decimals` decimal places"),
+                            {field("electricity", FieldType::decimal, "Electricity price, fen per kWh", true),
+                             field("service", FieldType::decimal, "Service fee, fen per kWh", true)});
   std::vector<Field> prices;
   for (const char* k : period_keys) {
     Field p = price;
@@ -76,7 +54,7 @@ Field tariffs_field() {
     p.description = fmt::format("Prices in the {} period", k);
     prices.push_back(p);
   }
-  Field time_of_day = make("", FieldType::string, "");
+  Field time_of_day = field("", FieldType::string, "");
   time_of_day.pattern = "([01][0-9]|2[0-3]):[0-5][0-9]|24:00";
   time_of_day.pattern_hint = "write local time of day as HH:MM, from 00:00 to 24:00";
   Field from = time_of_day, to = time_of_day;
@@ -86,51 +64,48 @@ Field tariffs_field() {
   to.key = "to";
   to.description = "Local time the period ends (exclusive); 24:00 is midnight at the end of the day";
   to.required = true;
-  Field type = make("type", FieldType::enumeration, "Period type", true);
+  Field type = field("type", FieldType::enumeration, "Period type", true);
   type.allowed = {"sharp", "peak", "flat", "valley"};
-  Field periods = with_fields(make("periods", FieldType::list, "The day's periods in order, covering 00:00 to 24:00 without gaps", true), {from, to, type});
+  Field periods = with_fields(field("periods", FieldType::list, "The day's periods in order, covering 00:00 to 24:00 without gaps", true), {from, to, type});
   periods.min_items = 1;
-  Field plans = with_fields(make("plans", FieldType::map, "Day plans by name: prices and periods", true),
-                            {with_fields(make("prices", FieldType::object, "Prices per period type (only the types the periods use)", true), prices), periods});
+  Field plans = with_fields(field("plans", FieldType::map, "Day plans by name: prices and periods", true),
+                            {with_fields(field("prices", FieldType::object, "Prices per period type (only the types the periods use)", true), prices), periods});
   plans.key_pattern = "[a-z0-9][a-z0-9_-]{0,31}";
   plans.pattern_hint = "use 1 to 32 lower case letters, digits, '_' or '-'";
   plans.min_items = 1;
   std::vector<Field> days;
-  for (const char* d : day_keys) days.push_back(make(d, FieldType::string, fmt::format("Plan used on {}", d)));
-  Field date = make("date", FieldType::string, "Local date, YYYY-MM-DD", true);
+  for (const char* d : day_keys) days.push_back(field(d, FieldType::string, fmt::format("Plan used on {}", d)));
+  Field date = field("date", FieldType::string, "Local date, YYYY-MM-DD", true);
   date.pattern = "[0-9]{4}-[0-9]{2}-[0-9]{2}";
   date.pattern_hint = "write the date as YYYY-MM-DD";
-  Field dates = with_fields(make("dates", FieldType::list, "Dates that use another plan than their weekday's (holidays)"),
-                            {date, make("plan", FieldType::string, "Plan used on that date", true)});
-  Field rounding = make("rounding", FieldType::enumeration, "How fractions of a fen are rounded, per line and component");
+  Field dates = with_fields(field("dates", FieldType::list, "Dates that use another plan than their weekday's (holidays)"),
+                            {date, field("plan", FieldType::string, "Plan used on that date", true)});
+  Field rounding = field("rounding", FieldType::enumeration, "How fractions of a fen are rounded, per line and component");
   rounding.allowed = {"half_up", "truncate"};
   rounding.default_value = "half_up";
-  return with_fields(make("tariffs", FieldType::object, "Time-of-use tariffs; without them sessions cannot start"),
-                     {ranged(make("decimals", FieldType::integer, "Decimal places of the prices (in fen per kWh)"), 0, 5, "", "2"), rounding, plans,
-                      with_fields(make("week", FieldType::object, "Plan per weekday (default: the only plan)"), days), dates});
+  return with_fields(field("tariffs", FieldType::object, "Time-of-use tariffs; without them sessions cannot start"),
+                     {with_default(with_range(field("decimals", FieldType::integer, "Decimal places of the prices (in fen per kWh)"), 0, 5, ""), "2"), rounding, plans,
+                      with_fields(field("week", FieldType::object, "Plan per weekday (default: the only plan)"), days), dates});
 }
 
 Field payment_field() {
-  return with_fields(make("payment", FieldType::object, "Payment"),
-                     {make("default_method", FieldType::string, "Payment instance used when none is named (and by autostart)"),
-                      ranged(make("preauth_fen", FieldType::integer, "Amount held when a session is authorised; the session stops when its bill reaches it"), 1,
-                             100'000'000, "fen", "20000"),
+  return with_fields(field("payment", FieldType::object, "Payment"),
+                     {field("default_method", FieldType::string, "Payment instance used when none is named (and by autostart)"),
+                      with_default(with_range(field("preauth_fen", FieldType::integer, "Amount held when a session is authorised; the session stops when its bill reaches it"), 1, 100'000'000, "fen"), "20000"),
                       [] {
-                        Field f = make("autostart", FieldType::boolean, "Start a session with default_method when a vehicle plugs in (free vend, fleet depots)");
+                        Field f = field("autostart", FieldType::boolean, "Start a session with default_method when a vehicle plugs in (free vend, fleet depots)");
                         f.default_value = "false";
                         return f;
                       }()});
 }
 
 Field charging_field() {
-  return with_fields(make("charging", FieldType::object, "Session durability and power control"),
-                     {ranged(make("checkpoint_interval_s", FieldType::integer, "Commit the meter reading at least this often during a session"), 1, 3600, "s",
-                             "60"),
-                      ranged(make("checkpoint_wh", FieldType::integer, "...or whenever this much energy has flowed since the last checkpoint"), 1, 100000,
-                             "Wh", "100"),
-                      ranged(make("meter_timeout_ms", FieldType::integer, "How long to wait for a fresh meter reading"), 100, 600000, "ms", "10000"),
-                      ranged(make("setpoint_interval_s", FieldType::integer, "How often the strategy recomputes the power setpoint"), 1, 3600, "s", "10"),
-                      ranged(make("site_max_power_w", FieldType::integer, "Most power the whole pile may draw (all connectors)"), 1000, 10'000'000, "W")});
+  return with_fields(field("charging", FieldType::object, "Session durability and power control"),
+                     {with_default(with_range(field("checkpoint_interval_s", FieldType::integer, "Commit the meter reading at least this often during a session"), 1, 3600, "s"), "60"),
+                      with_default(with_range(field("checkpoint_wh", FieldType::integer, "...or whenever this much energy has flowed since the last checkpoint"), 1, 100000, "Wh"), "100"),
+                      with_default(with_range(field("meter_timeout_ms", FieldType::integer, "How long to wait for a fresh meter reading"), 100, 600000, "ms"), "10000"),
+                      with_default(with_range(field("setpoint_interval_s", FieldType::integer, "How often the strategy recomputes the power setpoint"), 1, 3600, "s"), "10"),
+                      with_range(field("site_max_power_w", FieldType::integer, "Most power the whole pile may draw (all connectors)"), 1000, 10'000'000, "W")});
 }
 
 SessionConfig parse_session_config(const YAML::Node& root, const std::string& time_zone, std::vector<ConnectorConfig>& connectors,

@@ -16,74 +16,51 @@ namespace fs = std::filesystem;
 
 namespace {
 
-Field scalar(std::string key, FieldType type, std::string description, bool required = false) {
-  Field f;
-  f.key = std::move(key);
-  f.type = type;
-  f.description = std::move(description);
-  f.required = required;
-  return f;
-}
-
-Field with_range(Field f, double min, double max, std::string unit = {}) {
-  f.min = min;
-  f.max = max;
-  f.unit = std::move(unit);
-  return f;
-}
-
-Field with_default(Field f, std::string value) {
-  f.default_value = std::move(value);
-  return f;
-}
-
 Field group(std::string key, FieldType type, std::string description, std::vector<Field> fields, bool required = false) {
-  Field f = scalar(std::move(key), type, std::move(description), required);
-  f.fields = std::move(fields);
-  return f;
+  return with_fields(field(std::move(key), type, std::move(description), required), std::move(fields));
 }
 
 Field reserved(std::string key, std::string filled_by) {
-  Field f = scalar(std::move(key), FieldType::any_map, "Reserved for " + filled_by + "; not read by this version.");
+  Field f = field(std::move(key), FieldType::any_map, "Reserved for " + filled_by + "; not read by this version.");
   f.reserved_note = "this section is reserved for " + filled_by + " and is ignored by this version of pilecore";
   return f;
 }
 
 Field build_site_schema() {
-  Field id = scalar("id", FieldType::string, "Site identifier, unique within the operator", true);
+  Field id = field("id", FieldType::string, "Site identifier, unique within the operator", true);
   id.pattern = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}";
   id.pattern_hint = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit";
-  Field tz = scalar("timezone", FieldType::string, "IANA time zone for tariff periods and the settlement day, e.g. Asia/Shanghai", true);
+  Field tz = field("timezone", FieldType::string, "IANA time zone for tariff periods and the settlement day, e.g. Asia/Shanghai", true);
   Field site = group("site", FieldType::object, "Where this pile is",
-                     {id, scalar("name", FieldType::string, "Human-readable site name", true),
+                     {id, field("name", FieldType::string, "Human-readable site name", true),
                       group("location", FieldType::object, "Geographic position (WGS 84)",
-                            {with_range(scalar("lat", FieldType::number, "Latitude in degrees", true), -90, 90, "deg"),
-                             with_range(scalar("lon", FieldType::number, "Longitude in degrees", true), -180, 180, "deg")},
+                            {with_range(field("lat", FieldType::number, "Latitude in degrees", true), -90, 90, "deg"),
+                             with_range(field("lon", FieldType::number, "Longitude in degrees", true), -180, 180, "deg")},
                             true),
                       tz},
                      true);
-  Field ctype = scalar("type", FieldType::enumeration, "Connector standard", true);
+  Field ctype = field("type", FieldType::enumeration, "Connector standard", true);
   ctype.allowed = {"gbt-dc", "gbt-ac", "ccs1", "ccs2", "type1", "type2", "chademo"};
   Field connectors = group("connectors", FieldType::list, "The pile's connectors (plugs)",
-                           {with_range(scalar("id", FieldType::integer, "Connector number, as printed on the pile (OCPP connectorId)", true), 1, 255),
+                           {with_range(field("id", FieldType::integer, "Connector number, as printed on the pile (OCPP connectorId)", true), 1, 255),
                             ctype,
-                            with_range(scalar("max_power_w", FieldType::integer, "Most power this connector may deliver", true), 1000, 1000000, "W"),
-                            scalar("power", FieldType::string, "Power stage instance (default: the power instance bound to this connector)"),
-                            scalar("meter", FieldType::string, "Instance whose energy_import channel bills this connector (default: the power stage)")},
+                            with_range(field("max_power_w", FieldType::integer, "Most power this connector may deliver", true), 1000, 1000000, "W"),
+                            field("power", FieldType::string, "Power stage instance (default: the power instance bound to this connector)"),
+                            field("meter", FieldType::string, "Instance whose energy_import channel bills this connector (default: the power stage)")},
                            true);
   connectors.min_items = 1;
-  Field instance_connector = with_range(scalar("connector", FieldType::integer, "The connector this instance serves (power, sensor, indicator)"), 1, 255);
+  Field instance_connector = with_range(field("connector", FieldType::integer, "The connector this instance serves (power, sensor, indicator)"), 1, 255);
   Field plugins = group("plugins", FieldType::map, "Plugin instances by name",
-                        {scalar("plugin", FieldType::string, "Which installed plugin this instance runs (see `pilectl plugins list`)", true),
+                        {field("plugin", FieldType::string, "Which installed plugin this instance runs (see `pilectl plugins list`)", true),
                          instance_connector,
-                         scalar("config", FieldType::any_map, "The plugin's own keys (see `pilectl plugins show PLUGIN`)")},
+                         field("config", FieldType::any_map, "The plugin's own keys (see `pilectl plugins show PLUGIN`)")},
                         true);
   plugins.key_pattern = "[a-z0-9][a-z0-9_-]{0,31}";
   plugins.pattern_hint = "use 1 to 32 lower case letters, digits, '_' or '-', starting with a letter or digit";
   plugins.min_items = 1;
   Field storage = group("storage", FieldType::object, "Where pilecore keeps its state",
-                        {with_default(scalar("database", FieldType::string, "SQLite database; a relative path is under the state directory"), "pilecore.db")});
-  Field level = with_default(scalar("level", FieldType::enumeration, "Least severe log level written"), "info");
+                        {with_default(field("database", FieldType::string, "SQLite database; a relative path is under the state directory"), "pilecore.db")});
+  Field level = with_default(field("level", FieldType::enumeration, "Least severe log level written"), "info");
   level.allowed = {"trace", "debug", "info", "warn", "error"};
   Field log = group("log", FieldType::object, "Logging", {level});
   Field root = group("", FieldType::object, "pilecore site file",
