@@ -11,6 +11,7 @@
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/write.hpp>
 #include <cstdlib>
+#include <deque>
 
 namespace pilecore::core {
 namespace asio = boost::asio;
@@ -25,6 +26,18 @@ class ControlSocket::Session : public std::enable_shared_from_this<ControlSocket
     asio::async_read_until(socket_, buffer_, '\n', asio::bind_executor(owner_.strand_, [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
       self->on_line(ec, n);
     }));
+  }
+
+  /// Queues an event line for a watcher; false when it fell too far behind (then it is closed).
+  bool push_event(const std::string& line) {
+    if (closing_) return false;
+    if (queue_.size() >= max_queued_events) {
+      queue_.clear();
+      send("{\"event\":\"dropped\",\"error\":\"this watcher fell too far behind and is disconnected\"}\n", true);
+      return false;
+    }
+    send(line, false);
+    return true;
   }
 
  private:
@@ -46,6 +59,14 @@ class ControlSocket::Session : public std::enable_shared_from_this<ControlSocket
       reply({{"ok", false}, {"error", "malformed request: send one JSON object per line with a string \"cmd\""}}, false);
       return;
     }
+    if (request["cmd"] == "watch") {
+      if (!watching_) {
+        watching_ = true;
+        owner_.watchers_.push_back(weak_from_this());
+      }
+      reply({{"ok", true}, {"watching", true}}, false);
+      return;
+    }
     try {
       owner_.handler_(request, [self = shared_from_this()](nlohmann::json response) { self->reply(std::move(response), false); });
     } catch (const std::exception& e) {
@@ -54,11 +75,45 @@ class ControlSocket::Session : public std::enable_shared_from_this<ControlSocket
     }
   }
 
-  void reply(nlohmann::json response, bool close_after) {
-    auto text = std::make_shared<std::string>(response.dump() + "\n");
-    asio::async_write(socket_, asio::buffer(*text), asio::bind_executor(owner_.strand_, [self = shared_from_this(), text, close_after](boost::system::error_code ec, std::size_t) {
-      if (ec || close_after) return;
-      self->read();
+  /// A reply re-arms the read once written: one request at a time per connection.
+  void reply(const nlohmann::json& response, bool close_after) {
+    send(response.dump() + "\n", close_after);
+    rearm_after_write_ = !close_after;
+  }
+
+  /// Writes queue up: an event may be sent while a reply is being written.
+  void send(std::string text, bool close_after) {
+    queue_.push_back(std::move(text));
+    if (close_after) closing_ = true;
+    if (!writing_) write_next();
+  }
+
+  void write_next() {
+    if (queue_.empty()) {
+      writing_ = false;
+      if (closing_) {
+        boost::system::error_code ec;
+        socket_.shutdown(stream_protocol::socket::shutdown_both, ec);
+        socket_.close(ec);
+        return;
+      }
+      if (rearm_after_write_) {
+        rearm_after_write_ = false;
+        read();
+      }
+      return;
+    }
+    writing_ = true;
+    auto text = std::make_shared<std::string>(std::move(queue_.front()));
+    queue_.pop_front();
+    asio::async_write(socket_, asio::buffer(*text), asio::bind_executor(owner_.strand_, [self = shared_from_this(), text](boost::system::error_code ec, std::size_t) {
+      if (ec) {
+        self->writing_ = false;
+        self->queue_.clear();
+        self->closing_ = true;
+        return;
+      }
+      self->write_next();
     }));
   }
 
@@ -66,7 +121,25 @@ class ControlSocket::Session : public std::enable_shared_from_this<ControlSocket
   stream_protocol::socket socket_;
   asio::streambuf buffer_;
   std::shared_ptr<bool> alive_ = owner_.alive_;
+  std::deque<std::string> queue_;
+  bool writing_ = false;
+  bool closing_ = false;
+  bool rearm_after_write_ = false;
+  bool watching_ = false;
 };
+
+void ControlSocket::publish(const nlohmann::json& event) {
+  if (watchers_.empty()) return;
+  const std::string line = event.dump() + "\n";
+  std::erase_if(watchers_, [&](const std::weak_ptr<Session>& w) {
+    auto s = w.lock();
+    if (!s) return true;
+    if (s->push_event(line)) return false;
+    ++dropped_;
+    spdlog::warn("control socket: a watcher fell {} events behind and was disconnected", max_queued_events);
+    return true;
+  });
+}
 
 ControlSocket::ControlSocket(Strand& strand, std::filesystem::path path, Handler handler)
     : strand_(strand), path_(std::move(path)), handler_(std::move(handler)), acceptor_(strand), alive_(std::make_shared<bool>(true)) {

@@ -6,6 +6,11 @@
 //   {"cmd":"session_start","connector":1,"method":"sim","token":"card:0451"}
 //   {"cmd":"session_stop","connector":1}
 //   {"cmd":"receipt","transaction":"SITE-1-000042"}
+//   {"cmd":"watch"}   -> {"ok":true,"watching":true}, then one {"event":...} line per event
+//
+// A watcher stays subscribed until it disconnects. Events are queued per watcher; one that
+// falls more than max_queued_events behind is told so and disconnected (counted as dropped),
+// so a stalled client never holds the daemon's memory.
 #pragma once
 
 #include <boost/asio/local/stream_protocol.hpp>
@@ -15,6 +20,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 namespace pilecore::core {
@@ -24,12 +30,17 @@ class ControlSocket {
   using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
   using Handler = std::function<void(const nlohmann::json& request, std::function<void(nlohmann::json)> reply)>;
   static constexpr std::size_t max_request_bytes = 64 * 1024;
+  static constexpr std::size_t max_queued_events = 4096;
 
   /// Binds `path` (replacing a stale socket file) and starts accepting; throws on failure.
   ControlSocket(Strand& strand, std::filesystem::path path, Handler handler);
   ~ControlSocket();
 
+  /// Sends an event to every watcher. Call on the strand.
+  void publish(const nlohmann::json& event);
+
   [[nodiscard]] std::uint64_t rejected() const { return rejected_.load(); }
+  [[nodiscard]] std::uint64_t dropped_watchers() const { return dropped_.load(); }
   [[nodiscard]] const std::filesystem::path& path() const { return path_; }
 
  private:
@@ -41,6 +52,8 @@ class ControlSocket {
   Handler handler_;
   boost::asio::local::stream_protocol::acceptor acceptor_;
   std::atomic<std::uint64_t> rejected_{0};
+  std::atomic<std::uint64_t> dropped_{0};
+  std::vector<std::weak_ptr<Session>> watchers_;
   std::shared_ptr<bool> alive_;
 };
 

@@ -274,6 +274,7 @@ void Runtime::start_instances() {
   hooks.status_changed = [this](std::uint32_t id, ConnectorStatus st, const std::string& why) { set_connector(id, st, why); };
   if (options_.ledger_append) hooks.ledger_append = [this](const std::string& txn, const nlohmann::json& r) { options_.ledger_append(*db_, txn, r); };
   if (options_.ledger_contains) hooks.ledger_contains = [this](const std::string& txn) { return options_.ledger_contains(*db_, txn); };
+  hooks.event = [this](nlohmann::json e) { publish_event(std::move(e)); };
   engine_ = std::make_unique<SessionEngine>(site_, *db_, *clock_, strand_, std::move(hooks));
   engine_->attach();
   if (!options_.socket_path.empty()) {
@@ -303,7 +304,14 @@ void Runtime::announce_ready() {
   if (options_.notify_systemd) {
     sd_notifyf(0, "READY=1\nSTATUS=ready: %zu connector(s), %zu instance(s)", site_.connectors.size(), instances_.size());
   }
+  publish_event({{"event", "ready"}, {"site", site_.id}, {"connectors", site_.connectors.size()}, {"instances", instances_.size()}, {"speed", clock_->speed()}});
   schedule_status();
+}
+
+void Runtime::publish_event(nlohmann::json event) {
+  if (!control_) return;
+  event["time"] = format_utc(clock_->now());
+  control_->publish(event);
 }
 
 void Runtime::schedule_status() {
@@ -381,6 +389,7 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     }
     st["instances"] = inst;
     st["rejected_requests"] = control_ ? control_->rejected() : 0;
+    st["dropped_watchers"] = control_ ? control_->dropped_watchers() : 0;
     reply(std::move(st));
   } else if (cmd == "session_start") {
     const auto connector = connector_of();
@@ -396,7 +405,7 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
   } else if (cmd == "receipt") {
     reply(engine_->receipt(text("transaction")));
   } else {
-    reply({{"ok", false}, {"error", fmt::format("unknown command '{}'; commands: status, session_start, session_stop, receipt", cmd)}});
+    reply({{"ok", false}, {"error", fmt::format("unknown command '{}'; commands: status, session_start, session_stop, receipt, watch", cmd)}});
   }
 }
 
@@ -500,10 +509,12 @@ void Runtime::set_connector(std::uint32_t id, ConnectorStatus status, const std:
   for (auto& inst : instances_) {
     if (inst->kind() == Kind::indicator && inst->state() == InstanceState::running) inst->as<indicator::Indicator>()->show(id, status);
   }
+  publish_event({{"event", "connector"}, {"connector", id}, {"status", std::string(pilecore::to_string(status))}, {"why", why}});
 }
 
 void Runtime::on_instance_failed(Instance& inst, const std::string& reason) {
   inst.logger().error("failed and stopped: {}", reason);
+  publish_event({{"event", "instance_failed"}, {"instance", inst.spec().name}, {"reason", reason}});
   update_snapshot(inst);
   const auto& s = inst.spec();
   if (s.connector) {
@@ -531,6 +542,8 @@ void Runtime::on_sample(Instance& inst, const Sample& sample) {
 void Runtime::on_alarm(Instance& inst, const Alarm& alarm) {
   const auto lvl = alarm.active ? (alarm.severity == AlarmSeverity::critical ? spdlog::level::err : spdlog::level::warn) : spdlog::level::info;
   inst.logger().log(lvl, "alarm {} {}: {}", alarm.code, alarm.active ? "raised" : "cleared", alarm.message);
+  publish_event({{"event", "alarm"}, {"instance", inst.spec().name}, {"code", std::string(alarm.code)}, {"message", std::string(alarm.message)}, {"active", alarm.active},
+                 {"severity", alarm.severity == AlarmSeverity::critical ? "critical" : alarm.severity == AlarmSeverity::warning ? "warning" : "info"}});
   if (engine_) engine_->on_alarm(inst.spec().name, alarm);
 }
 

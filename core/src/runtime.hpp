@@ -101,6 +101,8 @@ class Runtime {
   void finish_shutdown();
   void announce_ready();
   void dispatch_request(const nlohmann::json& request, std::function<void(nlohmann::json)>& reply);
+  /// Sends an event (with the clock's time) to the control socket's watchers.
+  void publish_event(nlohmann::json event);
   void set_connector(std::uint32_t id, ConnectorStatus status, const std::string& why);
   void schedule_status();
   void update_snapshot(const Instance& instance);

@@ -454,6 +454,8 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
             s.last_checkpoint = *m;
             spdlog::info("connector {}: {}: authorised {} fen, meter {} Wh", c.cfg.id, txn, r.authorized_fen, m->wh);
             apply(c, ConnectorEvent::authorized_start, fmt::format("transaction {} authorised", txn));
+            emit({{"event", "session_started"}, {"connector", c.cfg.id}, {"transaction", txn}, {"method", method}, {"user", token},
+                  {"authorized_fen", r.authorized_fen}, {"payment_ref", r.reference}, {"meter_start_wh", m->wh}});
             if (c.fsm.status() == ConnectorStatus::charging) begin_charging(c);
             arm_boundary(c);
             done({{"ok", true}, {"transaction", txn}, {"connector", c.cfg.id}, {"meter_start_wh", m->wh}});
@@ -569,6 +571,9 @@ void SessionEngine::arm_boundary(Connector& c) {
           s.readings.push_back(*m);
           s.last_checkpoint = *m;
           spdlog::info("connector {}: {}: tariff boundary at {}: meter {} Wh", c.cfg.id, s.id, format_utc(boundary), m->wh);
+          const Slot next = site_.session.tariff->slot_at(boundary);
+          emit({{"event", "tariff_boundary"}, {"connector", c.cfg.id}, {"transaction", s.id}, {"meter_wh", m->wh}, {"boundary", format_utc(boundary)},
+                {"period", std::string(to_string(next.type))}, {"plan", next.plan}});
         } catch (const std::exception& e) {
           spdlog::error("connector {}: boundary reading not committed: {}", c.cfg.id, e.what());
         }
@@ -615,6 +620,7 @@ void SessionEngine::stop(std::uint32_t id, StopReason reason, Reply done) {
     case StopReason::fault: break;  // the caller puts the connector in Faulted
   }
   spdlog::info("connector {}: {}: stopping ({})", id, s.id, to_string(reason));
+  emit({{"event", "session_stopping"}, {"connector", id}, {"transaction", s.id}, {"reason", std::string(to_string(reason))}});
   if (c.meter_failed) {
     finish(c, std::nullopt, std::move(done));
     return;
@@ -702,6 +708,8 @@ void SessionEngine::close_transaction(const std::string& txn, std::uint32_t conn
       return;
     }
     spdlog::info("connector {}: {}: {} {} Wh, {} fen ({})", connector_id, txn, outcome, bill.energy_wh, bill.total_fen, capture_status);
+    emit({{"event", "session_closed"}, {"connector", connector_id}, {"transaction", txn}, {"outcome", outcome}, {"stop_reason", record["stop_reason"]},
+          {"energy_wh", bill.energy_wh}, {"total_fen", bill.total_fen}, {"captured_fen", record["captured_fen"]}, {"capture_status", capture_status}});
     done({{"ok", true}, {"transaction", txn}, {"receipt", record}});
   };
   auto pay = hooks_.find(method);
@@ -739,6 +747,11 @@ void SessionEngine::recover(std::function<void()> done) {
     return;
   }
   spdlog::warn("recovering {} transaction(s) left open by an unclean stop", open.size());
+  {
+    nlohmann::json ids = nlohmann::json::array();
+    for (const auto& o : open) ids.push_back(o.id);
+    emit({{"event", "recovering"}, {"transactions", ids}});
+  }
   auto remaining = std::make_shared<std::size_t>(open.size());
   auto done_ptr = std::make_shared<std::function<void()>>(std::move(done));
   for (const auto& o : open) {

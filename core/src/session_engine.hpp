@@ -51,6 +51,9 @@ class SessionEngine {
     /// Inside an open SQLite transaction: append the signed ledger record (may be empty).
     std::function<void(const std::string& txn, const nlohmann::json& record)> ledger_append;
     std::function<bool(const std::string& txn)> ledger_contains;
+    /// A session event for watchers ("session_started", "tariff_boundary", "session_stopping",
+    /// "session_closed", "recovering"); the runtime adds the time.
+    std::function<void(nlohmann::json)> event;
   };
   using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
 
@@ -108,6 +111,9 @@ class SessionEngine {
   /// Keeps a timer alive until it fires (or the engine is destroyed, which cancels it).
   void keep_until_fired(std::unique_ptr<boost::asio::steady_timer> timer);
   [[nodiscard]] std::vector<MeterReading> stored_readings(const std::string& txn) const;
+  void emit(nlohmann::json event) const {
+    if (hooks_.event) hooks_.event(std::move(event));
+  }
 
   const SiteConfig& site_;
   Database& db_;

@@ -5,15 +5,28 @@
 // time; when that would pass the request's deadline the answer is "declined, timeout", given at
 // the deadline. capture, cancel and refund are idempotent on the transaction id: a repeat of the
 // same operation returns ok without a second effect, a conflicting one is invalid_argument.
-// The plugin keeps a ledger of its own operations in memory and logs each one.
+// The plugin keeps a ledger of its operations, logs each one and journals it: one JSON line per
+// operation, appended to acquirer.journal in the instance's state directory and replayed at
+// start. An acquirer is another machine, so its ledger outlives a crash of the pile: after a
+// kill -9 the recovered transaction is captured against the authorisation made before it, and
+// a capture repeated by a recovery is answered "already done". A torn last line (the process died
+// mid-write) is ignored with a warning; the operation it held was never answered.
 //
 // One refund per transaction: the SDK's refund() carries no refund id, so a second refund of
 // the same amount cannot be told from a retry; it is treated as the retry.
 #include <pilecore/pilecore.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <exception>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -78,12 +91,19 @@ class SimPayment final : public payment::Method {
 
   Status start() noexcept override {
     try {
+      if (Status s = replay(); !s.ok()) return s;
       host_.report_state("up", fmt::format("simulated acquirer, limit {}, latency {} ms", yuan(limit_fen_), latency_.count()));
       return Status::success();
     } catch (const std::exception& e) {
       return Status::error(StatusCode::failed, e.what());
     }
   }
+
+  ~SimPayment() override {
+    if (journal_fd_ >= 0) ::close(journal_fd_);
+  }
+  SimPayment(const SimPayment&) = delete;
+  SimPayment& operator=(const SimPayment&) = delete;
 
   void stop() noexcept override {
     // Every callback is called exactly once, also when the method stops before answering.
@@ -130,6 +150,9 @@ class SimPayment final : public payment::Method {
         t.requested_fen = request.amount_fen;
         t.result = result;
         ledger_.emplace(id, std::move(t));
+        journal({{"op", "authorize"}, {"id", id}, {"token", std::string(request.user_token)}, {"requested_fen", request.amount_fen},
+                 {"decision", std::string(to_string(result.decision))}, {"authorized_fen", result.authorized_fen}, {"reference", result.reference},
+                 {"reason", result.reason}});
         host_.log().info("ledger: authorize {} connector {} token {} {} -> {}{}{}", id, request.connector, mask(request.user_token),
                          yuan(request.amount_fen), to_string(result.decision), result.reason.empty() ? "" : ": ", result.reason);
       }
@@ -167,6 +190,7 @@ class SimPayment final : public payment::Method {
       t->captured = true;
       t->captured_fen = amount_fen;
       captured_total_fen_ += amount_fen;
+      journal({{"op", "capture"}, {"id", std::string(transaction_id)}, {"fen", amount_fen}});
       host_.log().info("ledger: capture {} {} of {} authorised (ref {}); captured total {}", transaction_id, yuan(amount_fen),
                        yuan(t->result.authorized_fen), t->result.reference, yuan(captured_total_fen_));
       return Status::success();
@@ -180,6 +204,7 @@ class SimPayment final : public payment::Method {
       if (t->captured) return Status::error(StatusCode::invalid_argument, "already captured; refund it instead");
       if (t->cancelled) return repeat("cancel", transaction_id);
       t->cancelled = true;
+      journal({{"op", "cancel"}, {"id", std::string(transaction_id)}});
       host_.log().info("ledger: cancel {} releases {} ({})", transaction_id, yuan(t->result.authorized_fen), to_string(t->result.decision));
       return Status::success();
     });
@@ -203,6 +228,7 @@ class SimPayment final : public payment::Method {
       t->refunded = true;
       t->refunded_fen = amount_fen;
       refunded_total_fen_ += amount_fen;
+      journal({{"op", "refund"}, {"id", std::string(transaction_id)}, {"fen", amount_fen}});
       host_.log().info("ledger: refund {} {} of {} captured; refunded total {}", transaction_id, yuan(amount_fen), yuan(t->captured_fen),
                        yuan(refunded_total_fen_));
       return Status::success();
@@ -210,6 +236,78 @@ class SimPayment final : public payment::Method {
   }
 
  private:
+  /// Loads the journal of earlier runs and opens it for appending.
+  Status replay() {
+    journal_path_ = (std::filesystem::path(std::string(host_.state_dir())) / "acquirer.journal").string();
+    std::ifstream in(journal_path_);
+    std::string line;
+    std::size_t n = 0, bad = 0;
+    while (std::getline(in, line)) {
+      ++n;
+      const auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !apply(j)) {
+        ++bad;
+        host_.log().warn("{}:{}: unreadable journal line ignored (a write cut short by a crash?)", journal_path_, n);
+      }
+    }
+    for (const auto& [id, t] : ledger_) {
+      if (t.captured) captured_total_fen_ += t.captured_fen;
+      if (t.refunded) refunded_total_fen_ += t.refunded_fen;
+      if (t.result.decision == payment::Decision::approved) ++reference_seq_;
+    }
+    journal_fd_ = ::open(journal_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (journal_fd_ < 0) return Status::error(StatusCode::failed, fmt::format("cannot open the journal {}: {}", journal_path_, std::strerror(errno)));
+    if (n > 0) host_.log().info("journal {}: {} operation(s) replayed, {} transaction(s)", journal_path_, n - bad, ledger_.size());
+    return Status::success();
+  }
+
+  /// Applies one journal line to the ledger; false when it is not a valid operation.
+  bool apply(const nlohmann::json& j) {
+    try {
+      const std::string op = j.at("op").get<std::string>();
+      const std::string id = j.at("id").get<std::string>();
+      if (op == "authorize") {
+        Transaction t;
+        t.user_token = j.at("token").get<std::string>();
+        t.requested_fen = j.at("requested_fen").get<std::int64_t>();
+        const std::string d = j.at("decision").get<std::string>();
+        t.result.decision = d == "approved" ? payment::Decision::approved : d == "step_up" ? payment::Decision::step_up : payment::Decision::declined;
+        t.result.authorized_fen = j.at("authorized_fen").get<std::int64_t>();
+        t.result.reference = j.at("reference").get<std::string>();
+        t.result.reason = j.at("reason").get<std::string>();
+        ledger_[id] = std::move(t);
+        return true;
+      }
+      Transaction* t = find(id);
+      if (t == nullptr) return false;
+      if (op == "capture") {
+        t->captured = true;
+        t->captured_fen = j.at("fen").get<std::int64_t>();
+      } else if (op == "cancel") {
+        t->cancelled = true;
+      } else if (op == "refund") {
+        t->refunded = true;
+        t->refunded_fen = j.at("fen").get<std::int64_t>();
+      } else {
+        return false;
+      }
+      return true;
+    } catch (const nlohmann::json::exception&) {
+      return false;
+    }
+  }
+
+  /// Appends one operation to the journal (one write() with O_APPEND).
+  void journal(const nlohmann::json& op) {
+    if (journal_fd_ < 0) return;
+    const std::string line = op.dump() + "\n";
+    const ssize_t w = ::write(journal_fd_, line.data(), line.size());
+    if (w != static_cast<ssize_t>(line.size())) {
+      host_.log().error("journal {}: {}", journal_path_, w < 0 ? std::strerror(errno) : "short write");
+      host_.raise({.severity = AlarmSeverity::critical, .code = "payment.journal_failed", .message = "the acquirer journal cannot be written", .active = true});
+    }
+  }
+
   struct Pending {
     TimerId timer = 0;
     std::function<void()> abort;
@@ -292,6 +390,8 @@ class SimPayment final : public payment::Method {
   std::uint64_t reference_seq_ = 0;
   std::int64_t captured_total_fen_ = 0;
   std::int64_t refunded_total_fen_ = 0;
+  std::string journal_path_;
+  int journal_fd_ = -1;
 };
 
 }  // namespace

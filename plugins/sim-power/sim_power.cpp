@@ -8,6 +8,11 @@
 // its temperature rises with the power and relaxes towards the ambient otherwise; at the target
 // SoC the vehicle reports ev_full and stops asking. A fault can be injected at a set time.
 //
+// Vehicles come one after another: the first after arrive_after_s, the next arrive_every_s after
+// the previous one left; and at the instants listed in arrive_at (RFC 3339, so a scenario of a
+// day survives a restart of the daemon: instants already past at start are skipped). Faults come
+// after fault_after_s and at the instants in fault_at.
+//
 // Samples published every tick: power (W), energy_import (Wh, monotonic meter register) and,
 // while a vehicle is plugged, soc (%) and battery_temperature (degC).
 //
@@ -32,6 +37,7 @@
 #include <pilecore/pilecore.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -45,7 +51,9 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <stdexcept>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -82,13 +90,20 @@ constexpr ConfigKey keys[] = {
      .description = "Battery temperature above which the vehicle reports a fault", .unit = "degC"},
     {.key = "arrive_after_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
      .description = "Host-clock seconds after start until a vehicle plugs in; -1 = never (the connector idles)", .unit = "s"},
+    {.key = "arrive_every_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
+     .description = "Seconds after a vehicle leaves until the next one plugs in; -1 = no vehicle follows", .unit = "s"},
+    {.key = "arrive_at", .type = ConfigType::string_list, .default_value = "[]",
+     .description = "Instants (RFC 3339, e.g. 2026-11-26T06:30:00+08:00) at which a vehicle plugs in; instants already past at "
+                    "start are skipped, and a connector still occupied at one stays as it is"},
     {.key = "ev_ready_delay_ms", .type = ConfigType::integer, .default_value = "2000", .min = 0, .max = 600000,
      .description = "Time from plugged to ev_ready (the vehicle's handshake)", .unit = "ms"},
     {.key = "depart_after_full_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
-     .description = "Seconds after ev_full until the driver unplugs; -1 = the vehicle stays", .unit = "s"},
+     .description = "Seconds after ev_full (or after a fault clears with the vehicle still plugged in) until the driver unplugs; -1 = the vehicle stays", .unit = "s"},
     {.key = "fault_after_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
      .description = "Host-clock seconds after start at which a fault is injected (contactor opens, fault event); -1 = never",
      .unit = "s"},
+    {.key = "fault_at", .type = ConfigType::string_list, .default_value = "[]",
+     .description = "Instants (RFC 3339) at which a fault is injected; instants already past at start are skipped"},
     {.key = "fault_detail", .type = ConfigType::string, .default_value = "simulated insulation fault",
      .description = "Detail text of the injected fault event"},
     {.key = "fault_clear_after_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
@@ -135,6 +150,41 @@ std::optional<Record> parse_record(std::string_view text) {
 
 constexpr std::int64_t kWmsPerWh = 3600 * 1000;
 
+/// Parses an RFC 3339 instant with seconds and a zone: 2026-11-26T06:30:00+08:00 or ...Z.
+std::optional<TimePoint> parse_instant(const std::string& text) {
+  int y = 0;
+  unsigned mo = 0, d = 0, h = 0, mi = 0, sec = 0;
+  int used = 0;
+  if (std::sscanf(text.c_str(), "%4d-%2u-%2uT%2u:%2u:%2u%n", &y, &mo, &d, &h, &mi, &sec, &used) != 6 || used != 19) return std::nullopt;
+  const std::chrono::year_month_day ymd{std::chrono::year{y}, std::chrono::month{mo}, std::chrono::day{d}};
+  if (!ymd.ok() || h > 23 || mi > 59 || sec > 59) return std::nullopt;
+  const std::string zone = text.substr(19);
+  int offset_min = 0;
+  if (zone != "Z" && zone != "z") {
+    unsigned oh = 0, om = 0;
+    int zused = 0;
+    if (zone.size() != 6 || (zone[0] != '+' && zone[0] != '-') || std::sscanf(zone.c_str() + 1, "%2u:%2u%n", &oh, &om, &zused) != 2 || zused != 5 ||
+        oh > 23 || om > 59) {
+      return std::nullopt;
+    }
+    offset_min = (zone[0] == '-' ? -1 : 1) * static_cast<int>(oh * 60 + om);
+  }
+  const auto local = std::chrono::sys_days{ymd} + std::chrono::hours{h} + std::chrono::minutes{mi} + std::chrono::seconds{sec};
+  return std::chrono::time_point_cast<Duration>(local - std::chrono::minutes{offset_min});
+}
+
+/// The instants of a string_list key, sorted; throws naming the key and the bad value.
+std::vector<TimePoint> instants(const ConfigValues& config, const char* key) {
+  std::vector<TimePoint> out;
+  for (const auto& text : config.string_list(key)) {
+    const auto t = parse_instant(text);
+    if (!t) throw std::invalid_argument(fmt::format("{}: '{}' is not an RFC 3339 instant such as 2026-11-26T06:30:00+08:00 or 2026-11-25T22:30:00Z", key, text));
+    out.push_back(*t);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 enum class VehicleState { absent, connected, ready, full };
 
 std::string_view to_string(VehicleState s) {
@@ -167,6 +217,7 @@ class SimPower final : public power::PowerStage {
         arrive_after_s_(host.config().integer("arrive_after_s")),
         ready_delay_(host.config().integer("ev_ready_delay_ms")),
         depart_after_s_(host.config().integer("depart_after_full_s")),
+        arrive_every_s_(host.config().integer("arrive_every_s")),
         fault_after_s_(host.config().integer("fault_after_s")),
         fault_detail_(host.config().string("fault_detail")),
         fault_clear_after_s_(host.config().integer("fault_clear_after_s")),
@@ -177,12 +228,20 @@ class SimPower final : public power::PowerStage {
 
   Status start() noexcept override {
     try {
+      try {
+        arrivals_ = instants(host_.config(), "arrive_at");
+        faults_ = instants(host_.config(), "fault_at");
+      } catch (const std::invalid_argument& e) {
+        return Status::error(StatusCode::invalid_argument, e.what());
+      }
       if (Status s = load_register(); !s.ok()) return s;
       syncer_ = std::thread([this] { sync_loop(); });
       last_ = host_.clock().now();
       host_.report_state("up", describe());
       if (arrive_after_s_ >= 0) arrive_timer_ = at(std::chrono::seconds(arrive_after_s_), [this] { arrive(); });
       if (fault_after_s_ >= 0) fault_timer_ = at(std::chrono::seconds(fault_after_s_), [this] { inject_fault(); });
+      arm_next_arrival();
+      arm_next_fault();
       arm_tick();
       host_.log().info("simulated power stage ({} W), vehicle {} Wh at {}% -> {}%, accepts {} W; arrival {}", stage_max_w_, capacity_wh_,
                        initial_soc_, target_soc_, vehicle_max_w_, arrive_after_s_ < 0 ? std::string("never") : fmt::format("after {} s", arrive_after_s_));
@@ -193,7 +252,8 @@ class SimPower final : public power::PowerStage {
   }
 
   void stop() noexcept override {
-    for (TimerId* t : {&tick_timer_, &arrive_timer_, &ready_timer_, &fault_timer_, &clear_timer_, &depart_timer_}) {
+    for (TimerId* t : {&tick_timer_, &arrive_timer_, &ready_timer_, &fault_timer_, &clear_timer_, &depart_timer_, &scheduled_arrival_timer_,
+                       &scheduled_fault_timer_}) {
       if (*t != 0) host_.cancel(*t);
       *t = 0;
     }
@@ -369,6 +429,35 @@ class SimPower final : public power::PowerStage {
     }
   }
 
+  /// Arms the timer of the next instant in arrive_at that is still ahead.
+  void arm_next_arrival() {
+    const TimePoint now = host_.clock().now();
+    while (next_arrival_ < arrivals_.size() && arrivals_[next_arrival_] < now) ++next_arrival_;
+    if (next_arrival_ >= arrivals_.size()) return;
+    const TimePoint when = arrivals_[next_arrival_++];
+    scheduled_arrival_timer_ = at(when - now, [this] {
+      scheduled_arrival_timer_ = 0;
+      if (vehicle_ != VehicleState::absent) {
+        host_.log().info("a scheduled vehicle finds the connector occupied and drives on");
+      } else {
+        arrive();
+      }
+      arm_next_arrival();
+    });
+  }
+
+  void arm_next_fault() {
+    const TimePoint now = host_.clock().now();
+    while (next_fault_ < faults_.size() && faults_[next_fault_] < now) ++next_fault_;
+    if (next_fault_ >= faults_.size()) return;
+    const TimePoint when = faults_[next_fault_++];
+    scheduled_fault_timer_ = at(when - now, [this] {
+      scheduled_fault_timer_ = 0;
+      fault(fault_detail_);
+      arm_next_fault();
+    });
+  }
+
   void arrive() {
     arrive_timer_ = 0;
     if (vehicle_ != VehicleState::absent) return;
@@ -411,6 +500,7 @@ class SimPower final : public power::PowerStage {
     update_power();
     host_.report_state("up", describe());
     emit(power::Event::unplugged, "driver unplugged the vehicle");
+    if (arrive_every_s_ >= 0) arrive_timer_ = at(std::chrono::seconds(arrive_every_s_), [this] { arrive(); });
   }
 
   void inject_fault() {
@@ -437,6 +527,10 @@ class SimPower final : public power::PowerStage {
         host_.raise({.severity = AlarmSeverity::critical, .code = "power.fault", .message = "fault cleared", .active = false});
         host_.report_state("up", describe());
         emit(power::Event::fault_cleared, "simulated fault cleared");
+        // The session the fault ended does not resume: the driver unplugs and leaves.
+        if (vehicle_ != VehicleState::absent && depart_after_s_ >= 0 && depart_timer_ == 0) {
+          depart_timer_ = at(std::chrono::seconds(depart_after_s_), [this] { depart(); });
+        }
       });
     }
   }
@@ -600,6 +694,11 @@ class SimPower final : public power::PowerStage {
   std::int64_t arrive_after_s_;
   Duration ready_delay_;
   std::int64_t depart_after_s_;
+  std::int64_t arrive_every_s_;
+  std::vector<TimePoint> arrivals_;  ///< arrive_at, sorted
+  std::size_t next_arrival_ = 0;
+  std::vector<TimePoint> faults_;  ///< fault_at, sorted
+  std::size_t next_fault_ = 0;
   std::int64_t fault_after_s_;
   std::string fault_detail_;
   std::int64_t fault_clear_after_s_;
@@ -635,6 +734,8 @@ class SimPower final : public power::PowerStage {
   TimerId fault_timer_ = 0;
   TimerId clear_timer_ = 0;
   TimerId depart_timer_ = 0;
+  TimerId scheduled_arrival_timer_ = 0;
+  TimerId scheduled_fault_timer_ = 0;
 };
 
 }  // namespace
