@@ -11,6 +11,7 @@
 
 #include "build_config.hpp"
 #include "control_socket.hpp"
+#include "demo.hpp"
 #include "ledger_commands.hpp"
 #include "money.hpp"
 #include "receipt.hpp"
@@ -121,6 +122,23 @@ int main(int argc, char** argv) {
   receipt->add_flag("--json", receipt_json, "Machine-readable output");
   add_socket_options(receipt);
 
+  bool watch_json = false;
+  auto* watch = app.add_subcommand("watch", "Follow the daemon's events (connector status, sessions, tariff boundaries, alarms) until interrupted");
+  watch->add_flag("--json", watch_json, "One JSON object per line, as the socket sends them");
+  std::string watch_tz;
+  watch->add_option("--time-zone", watch_tz, "Show times in this IANA zone, e.g. Asia/Shanghai (default UTC)");
+  add_socket_options(watch);
+
+  // demo
+  DemoOptions demo_opts;
+  std::string demo_site, demo_state, demo_daemon;
+  auto* demo = app.add_subcommand("demo", "A simulated day at the pile: sessions across tariff periods, a fault, a power cut and recovery, "
+                                          "receipts, the ledger verified; exit 0 when all of it happened as scripted");
+  demo->add_option("--state-dir", demo_state, "Keep the day's database, log and keys here (default: a new directory under $TMPDIR; kept)");
+  demo->add_option("--site", demo_site, "The simulated site to start from (default: the shipped sim-site.yaml)")->check(CLI::ExistingFile);
+  demo->add_option("--pilecored", demo_daemon, "The daemon to run (default: the pilecored next to pilectl)");
+  demo->add_option("--speed", demo_opts.speed, "Simulated seconds per real second")->check(CLI::Range(60.0, 100000.0));
+
   // keys
   auto* keys = app.add_subcommand("keys", "The device key and certificate");
   keys->require_subcommand(1);
@@ -163,6 +181,13 @@ int main(int argc, char** argv) {
     site = std::move(outcome.site);
     return true;
   };
+  if (*demo) {
+    demo_opts.site = demo_site;
+    demo_opts.state_dir = demo_state;
+    demo_opts.pilecored = demo_daemon;
+    demo_opts.plugin_dirs.assign(plugin_dirs.begin(), plugin_dirs.end());
+    return run_demo(demo_opts, std::cout, std::cerr);
+  }
   if (*keys_init_cmd) {
     std::optional<SiteConfig> site;
     if (!keys_config.empty() && !load_for_identity(keys_config, site)) return 1;
@@ -213,6 +238,21 @@ int main(int argc, char** argv) {
     return true;
   };
 
+  if (*watch) {
+    try {
+      ControlWatch w(socket_path());
+      for (;;) {
+        if (auto ev = w.next(std::chrono::hours(24))) {
+          const std::string text = watch_json ? ev->dump() : format_event_text(*ev, watch_tz);
+          std::printf("%s\n", text.c_str());
+          std::fflush(stdout);
+        }
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pilectl: %s\n", e.what());
+      return 1;
+    }
+  }
   if (*status) {
     nlohmann::json r;
     if (!request({{"cmd", "status"}}, r)) return 1;

@@ -25,13 +25,13 @@ steady_clock::duration real_duration(const Clock& clock, Duration d) {
 }
 
 bool parse_utc(std::string_view text, TimePoint& out) {
-  static const std::regex re(R"((\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z)");
+  static const std::regex re(R"((\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{3}))?Z)");
   std::match_results<std::string_view::const_iterator> m;
   if (!std::regex_match(text.begin(), text.end(), m, re)) return false;
   auto num = [&](int i) { return std::stoi(m[i].str()); };
   const year_month_day ymd{year{num(1)}, month{static_cast<unsigned>(num(2))}, day{static_cast<unsigned>(num(3))}};
   if (!ymd.ok() || num(4) > 23 || num(5) > 59 || num(6) > 59) return false;
-  out = time_point_cast<milliseconds>(sys_days{ymd} + hours{num(4)} + minutes{num(5)} + seconds{num(6)});
+  out = time_point_cast<milliseconds>(sys_days{ymd} + hours{num(4)} + minutes{num(5)} + seconds{num(6)}) + milliseconds{m[7].matched ? num(7) : 0};
   return true;
 }
 

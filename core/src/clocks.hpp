@@ -30,7 +30,7 @@ class ScaledClock final : public Clock {
 /// How long to wait in real (steady) time for `d` to pass on `clock`.
 std::chrono::steady_clock::duration real_duration(const Clock& clock, Duration d);
 
-/// Parses "2026-01-01T00:00:00Z" (UTC only). Returns false when malformed.
+/// Parses "2026-01-01T00:00:00Z" or "2026-01-01T00:00:00.250Z" (UTC only). Returns false when malformed.
 bool parse_utc(std::string_view text, TimePoint& out);
 /// "2026-01-01T00:00:00.000Z"
 std::string format_utc(TimePoint t);

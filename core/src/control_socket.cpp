@@ -11,6 +11,10 @@
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/write.hpp>
 #include <cstdlib>
+#include <cstring>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <deque>
 
 namespace pilecore::core {
@@ -202,6 +206,71 @@ nlohmann::json control_request(const std::filesystem::path& socket_path, const n
   if (ec) throw std::runtime_error(fmt::format("{}: {}", socket_path.string(), ec.message()));
   auto j = nlohmann::json::parse(reply, nullptr, false);
   if (j.is_discarded()) throw std::runtime_error(fmt::format("{}: unreadable reply", socket_path.string()));
+  return j;
+}
+
+ControlWatch::ControlWatch(const std::filesystem::path& socket, std::chrono::milliseconds timeout) : path_(socket) {
+  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) throw std::runtime_error(fmt::format("socket: {}", std::strerror(errno)));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string p = socket.string();
+  if (p.size() >= sizeof(addr.sun_path)) {
+    ::close(fd_);
+    throw std::runtime_error(fmt::format("{}: the socket path is too long", p));
+  }
+  std::memcpy(addr.sun_path, p.c_str(), p.size() + 1);
+  if (::connect(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    const int e = errno;
+    ::close(fd_);
+    throw std::runtime_error(fmt::format("cannot reach pilecored at {}: {} (is it running? give --socket or --state-dir)", p, std::strerror(e)));
+  }
+  const std::string req = "{\"cmd\":\"watch\"}\n";
+  if (::send(fd_, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+    const int e = errno;
+    ::close(fd_);
+    throw std::runtime_error(fmt::format("{}: {}", p, std::strerror(e)));
+  }
+  const auto ack = line(timeout);
+  const auto j = ack ? nlohmann::json::parse(*ack, nullptr, false) : nlohmann::json();
+  if (!j.is_object() || !j.value("watching", false)) {
+    ::close(fd_);
+    throw std::runtime_error(fmt::format("{}: the daemon did not accept the watch request{}", p, ack ? ": " + *ack : ""));
+  }
+}
+
+ControlWatch::~ControlWatch() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+std::optional<std::string> ControlWatch::line(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (const auto nl = buffer_.find('\n'); nl != std::string::npos) {
+      std::string out = buffer_.substr(0, nl);
+      buffer_.erase(0, nl + 1);
+      return out;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() < 0) return std::nullopt;
+    pollfd pfd{fd_, POLLIN, 0};
+    const int r = ::poll(&pfd, 1, static_cast<int>(left.count()));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw std::runtime_error(fmt::format("{}: poll: {}", path_.string(), std::strerror(errno)));
+    if (r == 0) return std::nullopt;
+    char chunk[8192];
+    const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw std::runtime_error(fmt::format("{}: pilecored closed the connection", path_.string()));
+    buffer_.append(chunk, static_cast<std::size_t>(n));
+  }
+}
+
+std::optional<nlohmann::json> ControlWatch::next(std::chrono::milliseconds timeout) {
+  auto l = line(timeout);
+  if (!l) return std::nullopt;
+  auto j = nlohmann::json::parse(*l, nullptr, false);
+  if (j.is_discarded()) throw std::runtime_error(fmt::format("{}: unreadable event line", path_.string()));
   return j;
 }
 

@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 #include <nlohmann/json.hpp>
 
@@ -61,6 +62,26 @@ class ControlSocket {
 /// with a message naming the socket when the daemon cannot be reached.
 nlohmann::json control_request(const std::filesystem::path& socket, const nlohmann::json& request,
                                std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+/// pilectl's side of {"cmd":"watch"}: connects, subscribes, then hands out one event at a time.
+class ControlWatch {
+ public:
+  /// Connects and subscribes; throws std::runtime_error naming the socket on failure.
+  explicit ControlWatch(const std::filesystem::path& socket, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  ~ControlWatch();
+  ControlWatch(const ControlWatch&) = delete;
+  ControlWatch& operator=(const ControlWatch&) = delete;
+
+  /// The next event, or nullopt when none came within `timeout`. Throws std::runtime_error when
+  /// the daemon closed the connection (it stopped, or dropped this watcher).
+  std::optional<nlohmann::json> next(std::chrono::milliseconds timeout);
+
+ private:
+  std::optional<std::string> line(std::chrono::milliseconds timeout);
+  std::filesystem::path path_;
+  int fd_ = -1;
+  std::string buffer_;
+};
 
 /// $RUNTIME_DIRECTORY/pilecored.sock under systemd, <state dir>/pilecored.sock otherwise.
 std::filesystem::path default_socket_path(const std::filesystem::path& state_dir);

@@ -1,5 +1,6 @@
 #include "receipt.hpp"
 
+#include <date/tz.h>
 #include <fmt/format.h>
 
 #include "clocks.hpp"
@@ -9,17 +10,28 @@
 namespace pilecore::core {
 
 namespace {
-std::string time_of(const nlohmann::json& r, const char* ms_key, const char* text_key) {
-  if (r.contains(ms_key) && r[ms_key].is_number_integer()) return format_utc(TimePoint{Duration{r[ms_key].get<std::int64_t>()}});
-  if (r.contains(text_key) && r[text_key].is_string()) return r[text_key].get<std::string>();
-  return "-";
+std::string time_of(const nlohmann::json& r, const char* ms_key, const char* text_key, const std::string& zone) {
+  TimePoint t;
+  if (r.contains(ms_key) && r[ms_key].is_number_integer()) {
+    t = TimePoint{Duration{r[ms_key].get<std::int64_t>()}};
+  } else if (r.contains(text_key) && r[text_key].is_string()) {
+    if (!parse_utc(r[text_key].get<std::string>(), t)) return r[text_key].get<std::string>();
+  } else {
+    return "-";
+  }
+  if (zone.empty()) return format_utc(t);
+  try {
+    return date::format("%F %T %Z", date::make_zoned(zone, std::chrono::floor<std::chrono::seconds>(t)));
+  } catch (const std::exception&) {
+    return format_utc(t);
+  }
 }
 }  // namespace
 
-std::string format_receipt_text(const nlohmann::json& r) {
+std::string format_receipt_text(const nlohmann::json& r, const std::string& zone) {
   std::string out;
   out += fmt::format("Receipt {}  connector {}  {}\n", r.value("transaction", ""), r.value("connector", 0), r.value("outcome", r.value("status", "")));
-  out += fmt::format("  {} -> {}  ({})\n", time_of(r, "started_ms", "started"), time_of(r, "stopped_ms", "stopped"), r.value("stop_reason", ""));
+  out += fmt::format("  {} -> {}  ({})\n", time_of(r, "started_ms", "started", zone), time_of(r, "stopped_ms", "stopped", zone), r.value("stop_reason", ""));
   out += fmt::format("  meter {} -> {} kWh\n", format_kwh(r.value("meter_start_wh", std::int64_t{0})), format_kwh(r.value("meter_stop_wh", std::int64_t{0})));
   if (!r.contains("bill") || !r["bill"].is_object()) return out + "  (not billed yet)\n";
   const auto& b = r["bill"];

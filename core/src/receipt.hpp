@@ -7,7 +7,8 @@
 namespace pilecore::core {
 
 /// An itemised receipt: energy, electricity and service per period, each rounded to the fen,
-/// and the totals. Accepts a ledger record or a `receipt` reply.
-std::string format_receipt_text(const nlohmann::json& record);
+/// and the totals. Accepts a ledger record or a `receipt` reply. Times are shown in
+/// `time_zone` (an IANA name, e.g. the site's) or in UTC when it is empty.
+std::string format_receipt_text(const nlohmann::json& record, const std::string& time_zone = {});
 
 }  // namespace pilecore::core

@@ -390,6 +390,7 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     st["instances"] = inst;
     st["rejected_requests"] = control_ ? control_->rejected() : 0;
     st["dropped_watchers"] = control_ ? control_->dropped_watchers() : 0;
+    st["ready"] = ready_.load();
     reply(std::move(st));
   } else if (cmd == "session_start") {
     const auto connector = connector_of();

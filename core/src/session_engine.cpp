@@ -237,7 +237,9 @@ SessionEngine::Connector* SessionEngine::connector_of_meter(const std::string& i
 }
 
 void SessionEngine::on_alarm(const std::string& instance, const Alarm& alarm) {
-  if (alarm.severity != AlarmSeverity::critical) return;
+  // Only a critical "meter.*" alarm means the connector's readings cannot be trusted; a power
+  // stage that is also the meter (sim-power) reports its own faults as power events.
+  if (alarm.severity != AlarmSeverity::critical || !alarm.code.starts_with("meter.")) return;
   for (auto& [id, c] : connectors_) {
     if (c->cfg.meter != instance) continue;
     if (alarm.active && !c->meter_failed) {

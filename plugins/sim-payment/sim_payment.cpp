@@ -25,7 +25,9 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -239,10 +241,12 @@ class SimPayment final : public payment::Method {
   /// Loads the journal of earlier runs and opens it for appending.
   Status replay() {
     journal_path_ = (std::filesystem::path(std::string(host_.state_dir())) / "acquirer.journal").string();
-    std::ifstream in(journal_path_);
+    std::ifstream in(journal_path_, std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::istringstream lines(text);
     std::string line;
     std::size_t n = 0, bad = 0;
-    while (std::getline(in, line)) {
+    while (std::getline(lines, line)) {
       ++n;
       const auto j = nlohmann::json::parse(line, nullptr, false);
       if (j.is_discarded() || !j.is_object() || !apply(j)) {
@@ -257,6 +261,10 @@ class SimPayment final : public payment::Method {
     }
     journal_fd_ = ::open(journal_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (journal_fd_ < 0) return Status::error(StatusCode::failed, fmt::format("cannot open the journal {}: {}", journal_path_, std::strerror(errno)));
+    // End a torn last line, so the next operation starts a line of its own.
+    if (!text.empty() && text.back() != '\n' && ::write(journal_fd_, "\n", 1) != 1) {
+      return Status::error(StatusCode::failed, fmt::format("cannot write the journal {}: {}", journal_path_, std::strerror(errno)));
+    }
     if (n > 0) host_.log().info("journal {}: {} operation(s) replayed, {} transaction(s)", journal_path_, n - bad, ledger_.size());
     return Status::success();
   }

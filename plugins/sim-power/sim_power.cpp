@@ -628,7 +628,7 @@ class SimPower final : public power::PowerStage {
     } else if (persist_failing_) {
       persist_failing_ = false;
       host_.log().info("the meter register is written again ({} Wh)", register_wh_);
-      host_.raise({.severity = AlarmSeverity::critical, .code = "power.meter_persist_failed", .message = "written again", .active = false});
+      host_.raise({.severity = AlarmSeverity::critical, .code = "meter.persist_failed", .message = "written again", .active = false});
     }
     return true;
   }
@@ -637,7 +637,7 @@ class SimPower final : public power::PowerStage {
     if (persist_failing_) return;
     persist_failing_ = true;
     host_.log().error("cannot persist the meter register ({}); energy_import stays at {} Wh until it can", persist_error_, register_wh_);
-    host_.raise({.severity = AlarmSeverity::critical, .code = "power.meter_persist_failed", .message = persist_error_, .active = true});
+    host_.raise({.severity = AlarmSeverity::critical, .code = "meter.persist_failed", .message = persist_error_, .active = true});
   }
 
   /// The syncer thread: makes each written record durable (fdatasync), off the core's strand.

@@ -138,3 +138,29 @@ TEST(Pilectl, CommittedSchemaAndReferenceAreCurrent) {
   EXPECT_EQ(reference.out, slurp(fs::path(PILECORE_TEST_SOURCE_DIR) / "docs/config-reference.md"))
       << "docs/config-reference.md is stale: run `make schema` and commit it";
 }
+
+TEST(Pilectl, DemoPlaysTheDayAndVerifiesTheLedger) {
+  // What `make demo` runs, from the build tree with no arguments but the state directory: it
+  // finds the simulated site and the plugins itself.
+  TempDir dir;
+  const fs::path state = dir.path() / "day";
+  const auto r = run_process({pilectl, "demo", "--state-dir", state.string()}, {}, std::chrono::seconds(120));
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("state directory (kept): " + state.string()), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("refused: payment declined"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("completed (Fault)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("*** POWER CUT"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("recovered from the meter"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("enters the sharp period"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ledger OK: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("All checks passed"), std::string::npos) << r.out;
+  // The state is left for inspection, and an independent check of the ledger agrees.
+  EXPECT_TRUE(fs::exists(state / "pilecore.db"));
+  EXPECT_TRUE(fs::exists(state / "pilecored.log"));
+  const auto verify = run_process({pilectl, "ledger", "verify", "--config", (state / "site.yaml").string(), "--state-dir", state.string()});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+  // A used state directory is refused rather than mixed with a new day.
+  const auto again = run_process({pilectl, "demo", "--state-dir", state.string()});
+  EXPECT_EQ(again.exit_code, 2);
+  EXPECT_NE(again.err.find("already holds a pilecore.db"), std::string::npos) << again.err;
+}

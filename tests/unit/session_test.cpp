@@ -191,6 +191,64 @@ TEST(Session, AKilledDaemonRecoversTheOpenSessionAtItsNextStart) {
   EXPECT_EQ(query("SELECT COUNT(*) FROM transactions"), "1") << "nothing billed twice";
 }
 
+TEST(ControlSocket, WatchersSeeTheSessionsEvents) {
+  TempDir dir;
+  const auto file = dir.write("site.yaml", site_yaml());
+  NotifyListener notify(dir.path() / "n.sock");
+  Child daemon({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", file.string(), "--state-dir", (dir.path() / "state").string(),
+                "--clock-speed", "600", "--clock-start", "2026-03-02T03:00:00Z"},
+               {notify.env()});
+  ASSERT_TRUE(notify.wait_for("READY=1", 10s)) << daemon.stderr_text();
+  const fs::path sock = dir.path() / "state" / "pilecored.sock";
+  ControlWatch watch(sock);
+  ControlWatch second(sock);  // any number of watchers
+  ASSERT_TRUE(eventually([&] { return control_request(sock, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+  const auto started = control_request(sock, {{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  std::this_thread::sleep_for(100ms);
+  const auto stopped = control_request(sock, {{"cmd", "session_stop"}, {"connector", 1}});
+  ASSERT_TRUE(stopped.value("ok", false)) << stopped.dump();
+  std::vector<nlohmann::json> events;
+  for (;;) {
+    auto ev = watch.next(5s);
+    ASSERT_TRUE(ev) << "no session_closed event";
+    ASSERT_TRUE(ev->contains("time")) << ev->dump();
+    events.push_back(*ev);
+    if ((*ev)["event"] == "session_closed") break;
+  }
+  auto find = [&](const std::string& kind) {
+    return std::find_if(events.begin(), events.end(), [&](const nlohmann::json& e) { return e["event"] == kind; });
+  };
+  const auto st = find("session_started");
+  ASSERT_NE(st, events.end());
+  EXPECT_EQ((*st)["transaction"], started["transaction"]);
+  EXPECT_EQ((*st)["user"], "card:0451");
+  EXPECT_EQ((*st)["authorized_fen"], 30000);
+  const auto charging = std::find_if(events.begin(), events.end(), [](const nlohmann::json& e) { return e["event"] == "connector" && e["status"] == "Charging"; });
+  EXPECT_NE(charging, events.end());
+  const auto stopping = find("session_stopping");
+  ASSERT_NE(stopping, events.end());
+  EXPECT_EQ((*stopping)["reason"], "Local");
+  const auto& closed = events.back();
+  EXPECT_EQ(closed["transaction"], started["transaction"]);
+  EXPECT_EQ(closed["outcome"], "completed");
+  EXPECT_EQ(closed["total_fen"], stopped["receipt"]["bill"]["total_fen"]);
+  EXPECT_EQ(closed["energy_wh"], stopped["receipt"]["bill"]["energy_wh"]);
+  EXPECT_LT(st - events.begin(), stopping - events.begin()) << "in order";
+  // The second watcher saw the same stream.
+  bool second_closed = false;
+  while (auto ev = second.next(2s)) {
+    if ((*ev)["event"] == "session_closed") {
+      second_closed = true;
+      break;
+    }
+  }
+  EXPECT_TRUE(second_closed);
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.wait(), 0);
+  EXPECT_THROW(while (watch.next(5s)) {}, std::runtime_error) << "the watcher learns that the daemon stopped";
+}
+
 TEST(ControlSocket, MalformedRequestsGetAnErrorAndAreCounted) {
   TempDir dir;
   const auto file = dir.write("site.yaml", site_yaml());

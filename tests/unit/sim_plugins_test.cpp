@@ -71,10 +71,12 @@ std::shared_ptr<CaptureSink> capture_log(const std::string& logger_name) {
 /// A site with the given plugin instances, running on its own thread.
 class SimSite {
  public:
-  explicit SimSite(const std::string& plugins_yaml) {
+  /// A site in a fresh directory, removed afterwards; or in `keep`, which is neither emptied
+  /// nor removed (so a second site can start on the first one's state).
+  explicit SimSite(const std::string& plugins_yaml, const fs::path& keep = {}) : keep_(!keep.empty()) {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / fmt::format("pilecore-sim-{}-{}-{}", info->test_suite_name(), info->name(), ::getpid());
-    fs::remove_all(dir_);
+    dir_ = keep_ ? keep : fs::temp_directory_path() / fmt::format("pilecore-sim-{}-{}-{}", info->test_suite_name(), info->name(), ::getpid());
+    if (!keep_) fs::remove_all(dir_);
     fs::create_directories(dir_);
     const fs::path file = dir_ / "site.yaml";
     std::ofstream(file) << "site:\n"
@@ -120,7 +122,7 @@ class SimSite {
       runtime_.reset();
     }
     std::error_code ec;
-    fs::remove_all(dir_, ec);
+    if (!keep_) fs::remove_all(dir_, ec);
   }
   SimSite(const SimSite&) = delete;
   SimSite& operator=(const SimSite&) = delete;
@@ -167,6 +169,7 @@ class SimSite {
   }
 
  private:
+  bool keep_ = false;
   fs::path dir_;
   TimePoint start_{};
   std::unique_ptr<Runtime> runtime_;
@@ -381,6 +384,44 @@ constexpr const char* kLinkSite = R"(  lora:
     config:
       start_down: true
 )";
+
+TEST(SimPayment, ItsJournalOutlivesARestartOfTheDaemon) {
+  // The acquirer is another machine: what it authorised and captured before the pile restarted
+  // is still there after, so a recovered transaction is captured once, against its hold.
+  const fs::path dir = fs::temp_directory_path() / fmt::format("pilecore-sim-journal-{}", ::getpid());
+  fs::remove_all(dir);
+  std::string reference;
+  {
+    SimSite site(kPaymentSite, dir);
+    ASSERT_TRUE(site.ok());
+    const auto a = authorize(site, "pay", "T-1", "alice", 30000);
+    ASSERT_EQ(a.decision, payment::Decision::approved);
+    reference = a.reference;
+    ASSERT_EQ(authorize(site, "pay", "T-2", "bob", 10000).decision, payment::Decision::approved);
+    EXPECT_TRUE(capture(site, "T-2", 4000).ok());
+  }
+  const fs::path journal = dir / "state" / "plugins" / "pay" / "acquirer.journal";
+  ASSERT_TRUE(fs::exists(journal));
+  std::ofstream(journal, std::ios::app) << R"({"op":"capture","id":"T-1","f)";  // a write cut short by a crash
+  {
+    SimSite site(kPaymentSite, dir);
+    ASSERT_TRUE(site.ok());
+    const auto again = authorize(site, "pay", "T-1", "alice", 30000);
+    EXPECT_EQ(again.decision, payment::Decision::approved);
+    EXPECT_EQ(again.reference, reference) << "the same hold, not a new one";
+    EXPECT_TRUE(capture(site, "T-1", 25000).ok()) << "the torn line was not a capture";
+    EXPECT_TRUE(capture(site, "T-2", 4000).ok()) << "a capture repeated after the restart is the same capture";
+    EXPECT_EQ(capture(site, "T-2", 5000).code(), StatusCode::invalid_argument) << "and a different one conflicts with it";
+    const auto fresh = authorize(site, "pay", "T-3", "carol", 100);
+    EXPECT_NE(fresh.reference, reference) << "references keep counting after a restart";
+  }
+  std::ifstream in(journal);
+  std::size_t captures = 0;
+  for (std::string line; std::getline(in, line);) captures += line.find(R"("op":"capture")") != std::string::npos && line.find(R"("fen")") != std::string::npos;
+  EXPECT_EQ(captures, 2u) << "one capture each for T-1 and T-2";
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
 
 TEST(SimLink, LimitsMtuAndState) {
   SimSite site(kLinkSite);
@@ -936,6 +977,65 @@ std::vector<double> charge_once(const fs::path& dir, std::int64_t meter_start_wh
 }
 
 }  // namespace
+
+TEST(SimPower, VehiclesComeOnScheduleAndOneAfterAnother) {
+  // The site clock starts at 2026-03-01T08:00:00Z. 07:00 is past (skipped); a vehicle comes at
+  // 08:01:00; the one due at 08:01:20 (16:01:20 in Beijing) finds it still there and drives on;
+  // a fault comes at 08:01:40; after the first vehicle leaves (unplugged 10 s after the fault
+  // clears) the next comes arrive_every_s later.
+  SimSite site(R"(  p5:
+    plugin: sim-power
+    connector: 1
+    config:
+      ev_ready_delay_ms: 0
+      arrive_at: ["2026-03-01T07:00:00Z", "2026-03-01T08:01:00Z", "2026-03-01T16:01:20+08:00"]
+      fault_at: ["2026-03-01T08:01:40Z"]
+      fault_clear_after_s: 10
+      depart_after_full_s: 10
+      arrive_every_s: 20
+)");
+  ASSERT_TRUE(site.ok());
+  Events ev;
+  site.on_strand([&] { site.plugin<power::PowerStage>("p5")->set_event_sink(ev.sink()); });
+  const TimePoint start = TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}} + 8h;
+  EXPECT_FALSE(ev.has(power::Event::plugged)) << "07:00 was before the start";
+  ASSERT_TRUE(ev.wait_for(power::Event::plugged));
+  EXPECT_GE(site.now(), start + 60s);
+  ASSERT_TRUE(ev.wait_for(power::Event::fault, 10s));
+  EXPECT_GE(site.now(), start + 100s);
+  ASSERT_TRUE(ev.wait_for(power::Event::unplugged, 10s));
+  EXPECT_GE(site.now(), start + 120s) << "the fault cleared after 10 s, the driver left 10 s later";
+  ASSERT_TRUE(eventually([&] { return ev.kinds().size() >= 6; }, 10s));
+  const std::vector<power::Event> expected = {power::Event::plugged, power::Event::ev_ready,  power::Event::fault,
+                                              power::Event::fault_cleared, power::Event::unplugged, power::Event::plugged};
+  const auto kinds = ev.kinds();
+  ASSERT_GE(kinds.size(), expected.size());
+  EXPECT_TRUE(std::equal(expected.begin(), expected.end(), kinds.begin())) << "the 08:01:20 vehicle did not replace the first one";
+  EXPECT_GE(site.now(), start + 140s) << "the next vehicle came arrive_every_s after the first left";
+}
+
+TEST(SimPower, RefusesAnInstantItCannotRead) {
+  PluginRegistry registry({PILECORE_PLUGIN_DIR});
+  const fs::path dir = fs::temp_directory_path() / fmt::format("pilecore-sim-bad-instant-{}", ::getpid());
+  fs::create_directories(dir);
+  std::ofstream(dir / "site.yaml") << R"(site: {id: BAD, name: Bad instant, location: {lat: 31.2, lon: 121.4}, timezone: Asia/Shanghai}
+connectors: [{id: 1, type: gbt-dc, max_power_w: 60000}]
+plugins:
+  p6: {plugin: sim-power, connector: 1, config: {arrive_at: ["2026-03-01 08:00"]}}
+)";
+  auto outcome = load_site(dir / "site.yaml", registry);
+  ASSERT_TRUE(outcome.site) << outcome.diagnostics.format();
+  RuntimeOptions options;
+  options.state_dir = dir / "state";
+  options.clock = std::make_shared<ScaledClock>(TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}}, kSpeed);
+  options.status_interval = Duration{0};
+  options.notify_systemd = false;
+  Runtime rt(std::move(*outcome.site), std::move(options));
+  EXPECT_EQ(rt.run(), 3);
+  EXPECT_NE(rt.start_error().find("arrive_at: '2026-03-01 08:00' is not an RFC 3339 instant"), std::string::npos) << rt.start_error();
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
 
 TEST(SimPower, MeterRegisterIsNonVolatileAcrossRestarts) {
   const fs::path dir = fs::temp_directory_path() / fmt::format("pilecore-sim-meter-register-{}", ::getpid());

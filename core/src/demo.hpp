@@ -1,0 +1,40 @@
+// `pilectl demo`: a simulated day at the pile, end to end, through the real daemon.
+//
+// It takes the simulated site (configs/sim-site.yaml, or the installed copy), adds the day's
+// scenario (which vehicles come when, one fault, the ledger's identity) and writes the result to
+// <state dir>/site.yaml; makes a development key; starts pilecored under a fast clock; plays the
+// drivers (a card presented when a vehicle plugs in, one of them declined) by talking to the
+// control socket; cuts the power once (SIGKILL) while a session runs and restarts the daemon,
+// which recovers that session; then stops the daemon, prints the itemised receipts, verifies the
+// ledger and checks that the day happened as scripted. Everything it prints comes from the
+// daemon's event stream, its replies and its database.
+#pragma once
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace pilecore::core {
+
+struct DemoOptions {
+  std::filesystem::path site;       ///< empty: data_dir()/sim-site.yaml
+  std::filesystem::path state_dir;  ///< empty: a fresh directory under $TMPDIR (kept, and printed)
+  std::filesystem::path pilecored;  ///< empty: the pilecored next to this executable
+  std::vector<std::filesystem::path> plugin_dirs;  ///< empty: pilecored's default
+  double speed = 7200;              ///< simulated seconds per wall second
+};
+
+/// Runs the demo; 0 when the day happened as scripted and the ledger verifies, 1 otherwise
+/// (each failed check named on `err`), 2 when it could not run (site, keys, daemon).
+int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err);
+
+/// What an event of the control socket's watch stream says, in words.
+std::string describe_event(const nlohmann::json& event);
+
+/// One line of text for an event of the control socket's watch stream, times in `time_zone`
+/// (an IANA name; empty = UTC).
+std::string format_event_text(const nlohmann::json& event, const std::string& time_zone);
+
+}  // namespace pilecore::core
