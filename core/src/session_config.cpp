@@ -105,7 +105,15 @@ Field charging_field() {
                       with_default(with_range(field("checkpoint_wh", FieldType::integer, "...or whenever this much energy has flowed since the last checkpoint"), 1, 100000, "Wh"), "100"),
                       with_default(with_range(field("meter_timeout_ms", FieldType::integer, "How long to wait for a fresh meter reading"), 100, 600000, "ms"), "10000"),
                       with_default(with_range(field("setpoint_interval_s", FieldType::integer, "How often the strategy recomputes the power setpoint"), 1, 3600, "s"), "10"),
-                      with_range(field("site_max_power_w", FieldType::integer, "Most power the whole pile may draw (all connectors)"), 1000, 10'000'000, "W")});
+                      with_range(field("site_max_power_w", FieldType::integer, "Most power the whole pile may draw (all connectors)"), 1000, 10'000'000, "W"),
+                      with_default(with_range(field("fallback_power_w", FieldType::integer,
+                                                    "Setpoint when the strategy cannot give one and has given none before in the session (then the "
+                                                    "previous one is kept); low, so a strategy that derates for safety fails safe"),
+                                              0, 10'000'000, "W"),
+                                   "3500"),
+                      field("ambient_sensor", FieldType::string,
+                            "Instance whose 'temperature' channel is the strategies' ambient_temperature (default: any instance not bound to a "
+                            "connector that publishes 'temperature'); a reading older than 10 minutes counts as missing")});
 }
 
 SessionConfig parse_session_config(const YAML::Node& root, const std::string& time_zone, std::vector<ConnectorConfig>& connectors,
@@ -183,6 +191,11 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
   cfg.charging.meter_timeout_ms = int_or(member(ch, "meter_timeout_ms"), child(cf, "meter_timeout_ms"), 10000);
   cfg.charging.setpoint_interval_ms = int_or(member(ch, "setpoint_interval_s"), child(cf, "setpoint_interval_s"), 10) * 1000;
   if (const YAML::Node max = member(ch, "site_max_power_w"); max.IsScalar()) cfg.charging.site_max_power_w = int_or(max, child(cf, "site_max_power_w"), 0);
+  cfg.charging.fallback_power_w = int_or(member(ch, "fallback_power_w"), child(cf, "fallback_power_w"), 3500);
+  if (const YAML::Node amb = member(ch, "ambient_sensor"); amb.IsScalar()) {
+    check_instance(amb, "charging.ambient_sensor", {Kind::sensor});
+    cfg.charging.ambient_sensor = amb.Scalar();
+  }
 
   // Tariffs.
   const YAML::Node tariffs = member(root, "tariffs");

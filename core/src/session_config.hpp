@@ -30,6 +30,9 @@ struct ChargingSettings {
   std::int64_t meter_timeout_ms = 10'000;
   std::int64_t setpoint_interval_ms = 10'000;
   std::optional<std::int64_t> site_max_power_w;
+  std::int64_t fallback_power_w = 3500;  // setpoint when the strategy gives none and none came before
+  std::string ambient_sensor;            // empty: any instance not bound to a connector publishing "temperature"
+  std::int64_t ambient_max_age_ms = 600'000;
 };
 
 struct SessionConfig {

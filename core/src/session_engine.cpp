@@ -124,6 +124,7 @@ struct SessionEngine::Session {
   std::unique_ptr<asio::steady_timer> boundary_timer;
   std::unique_ptr<asio::steady_timer> setpoint_timer;
   std::int64_t setpoint_w = 0;
+  bool has_setpoint = false;  ///< a setpoint was sent to the power stage in this session
 };
 
 struct SessionEngine::Connector {
@@ -134,6 +135,7 @@ struct SessionEngine::Connector {
   bool meter_failed = false;
   std::optional<MeterReading> last;
   std::list<Waiter> waiters;
+  std::vector<std::function<void()>> on_closed;  ///< called once the stopping session is closed (stop_all waits with it)
 };
 
 SessionEngine::SessionEngine(const SiteConfig& site, Database& db, const Clock& clock, Strand& strand, Hooks hooks)
@@ -255,6 +257,15 @@ void SessionEngine::on_alarm(const std::string& instance, const Alarm& alarm) {
 }
 
 void SessionEngine::on_sample(const std::string& instance, const Sample& sample) {
+  if (sample.channel == "temperature") {
+    const auto& want = site_.session.charging.ambient_sensor;
+    bool ambient = want == instance;
+    if (want.empty()) {
+      ambient = std::any_of(site_.instances.begin(), site_.instances.end(), [&](const InstanceSpec& i) { return i.name == instance && !i.connector; });
+    }
+    if (ambient && std::isfinite(sample.value)) ambient_ = sample;
+    return;
+  }
   if (sample.channel != "energy_import") return;
   for (auto& [id, cp] : connectors_) {
     Connector& c = *cp;
@@ -377,6 +388,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   if (!cp) return fail(fmt::format("no connector {}", id));
   Connector& c = *cp;
   if (!site_.session.tariff) return fail("no tariffs in the site file: sessions cannot be billed, so none can start");
+  if (shutting_down_) return fail("pilecored is stopping: no session starts");
   if (c.session || c.starting) return fail(fmt::format("connector {} already has a session", id));
   if (const auto t = c.fsm.check(ConnectorEvent::authorized_start); !t.allowed) {
     return fail(fmt::format("connector {} is {}: a session cannot start", id, pilecore::to_string(c.fsm.status())));
@@ -421,10 +433,12 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
           }
           read_meter(c, [this, &c, txn, method, token, r, done, alive](std::optional<MeterReading> m) {
             if (!*alive) return;
-            if (!m) {
+            // Stopping: stop_all() has counted the sessions it waits for, so a transaction
+            // committed now would be left open by a clean stop. Release the hold instead.
+            if (!m || shutting_down_) {
               c.starting = false;
               if (auto p = hooks_.find(method); p.plugin) static_cast<payment::Method*>(p.plugin)->cancel(txn, [](Status) {});
-              done({{"ok", false}, {"error", "the meter gave no reading; authorisation released"}});
+              done({{"ok", false}, {"error", m ? "pilecored is stopping; authorisation released" : "the meter gave no reading; authorisation released"}});
               return;
             }
             try {
@@ -512,19 +526,26 @@ void SessionEngine::update_setpoint(Connector& c) {
                                             {"energy_wh", energy}};
     if (v.soc_percent) vars.push_back({"soc", *v.soc_percent});
     if (v.battery_temperature_c) vars.push_back({"battery_temperature", *v.battery_temperature_c});
+    if (ambient_ && clock_.now() - ambient_->time <= Duration(site_.session.charging.ambient_max_age_ms)) {
+      vars.push_back({"ambient_temperature", ambient_->value});
+    }
     if (sref.plugin) {
       const strategy::Setpoint sp = static_cast<strategy::Strategy*>(sref.plugin)->compute(vars);
       if (sp.status.ok()) {
         watts = sp.watts;
       } else {
-        spdlog::warn("connector {}: strategy: {}; keeping {} W", c.cfg.id, sp.status.message(), c.session->setpoint_w ? c.session->setpoint_w : limit);
-        watts = c.session->setpoint_w ? c.session->setpoint_w : limit;
+        // Keep the previous setpoint; before the first, a low one: a strategy that derates for
+        // safety (a hot battery) must not fail into full power.
+        watts = c.session->has_setpoint ? c.session->setpoint_w : site_.session.charging.fallback_power_w;
+        spdlog::warn("connector {}: strategy: {}; {} {} W", c.cfg.id, sp.status.message(), c.session->has_setpoint ? "keeping" : "falling back to",
+                     std::min(watts, limit));
       }
     }
   }
   watts = std::clamp<std::int64_t>(watts, 0, limit);  // the core always clamps
-  if (watts != c.session->setpoint_w) {
+  if (watts != c.session->setpoint_w || !c.session->has_setpoint) {
     c.session->setpoint_w = watts;
+    c.session->has_setpoint = true;
     if (Status st = stage->set_power_limit(watts); !st.ok()) spdlog::warn("connector {}: set_power_limit: {}", c.cfg.id, st.message());
   }
 }
@@ -649,6 +670,9 @@ void SessionEngine::finish(Connector& c, std::optional<MeterReading> final_readi
   const std::string txn = s.id, method = s.method;
   close_transaction(txn, c.cfg.id, method, readings, "completed", [this, &c, txn, done = std::move(done)](nlohmann::json receipt) {
     if (c.session && c.session->id == txn) c.session.reset();
+    auto waiting = std::move(c.on_closed);
+    c.on_closed.clear();
+    for (auto& w : waiting) w();
     done(std::move(receipt));
   });
 }
@@ -670,6 +694,17 @@ void SessionEngine::close_transaction(const std::string& txn, std::uint32_t conn
   }
   const std::int64_t capture = std::min(bill.total_fen, authorized);
   auto commit = [this, txn, connector_id, method, readings, outcome, bill, capture, done](const Status& st) {
+    // A capture the acquirer did not confirm because the payment method stopped (pilecored is
+    // stopping and its deadline passed) may well have been taken: closing it as failed, with
+    // captured_fen 0, would put money at the acquirer that the database and the ledger do not
+    // have (the crash-injection test found exactly that). Leave the transaction as it is; the
+    // next start recovers it and repeats the capture, which is idempotent at the acquirer.
+    if (!st.ok() && shutting_down_ && (st.code() == StatusCode::unavailable || st.code() == StatusCode::timeout || st.code() == StatusCode::busy)) {
+      spdlog::warn("connector {}: {}: capture of {} fen not confirmed while stopping ({}); recovered, and the capture repeated, at the next start",
+                   connector_id, txn, capture, st.message());
+      done({{"ok", false}, {"error", fmt::format("capture not confirmed: {}; recovered at the next start", st.message())}, {"transaction", txn}});
+      return;
+    }
     const std::string capture_status = st.ok() ? "captured" : fmt::format("failed: {}", st.message());
     nlohmann::json record;
     try {
@@ -784,6 +819,7 @@ void SessionEngine::recover(std::function<void()> done) {
 }
 
 void SessionEngine::stop_all(std::function<void()> done) {
+  shutting_down_ = true;
   auto remaining = std::make_shared<std::size_t>(0);
   auto cb = std::make_shared<std::function<void()>>(std::move(done));
   auto fired = std::make_shared<bool>(false);
@@ -792,8 +828,10 @@ void SessionEngine::stop_all(std::function<void()> done) {
     *fired = true;
     (*cb)();
   };
+  // Sessions already stopping (a vehicle full, a fault) are waited for too: their capture may be
+  // in flight, and the payment method must not be stopped under it.
   for (auto& [id, c] : connectors_) {
-    if (c->session && !c->session->stopping) ++*remaining;
+    if (c->session) ++*remaining;
   }
   if (*remaining == 0) {
     finish();
@@ -801,10 +839,14 @@ void SessionEngine::stop_all(std::function<void()> done) {
   }
   keep_until_fired(timer_after(Duration(site_.session.charging.meter_timeout_ms + 2000), finish));
   for (auto& [id, c] : connectors_) {
-    if (c->session && !c->session->stopping) {
-      stop(id, StopReason::shutdown, [remaining, finish](const nlohmann::json&) {
-        if (--*remaining == 0) finish();
-      });
+    if (!c->session) continue;
+    auto one_closed = [remaining, finish] {
+      if (--*remaining == 0) finish();
+    };
+    if (c->session->stopping) {
+      c->on_closed.push_back(one_closed);
+    } else {
+      stop(id, StopReason::shutdown, [one_closed](const nlohmann::json&) { one_closed(); });
     }
   }
 }

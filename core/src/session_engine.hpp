@@ -121,10 +121,14 @@ class SessionEngine {
   Strand& strand_;
   Hooks hooks_;
   std::map<std::uint32_t, std::unique_ptr<Connector>> connectors_;
+  std::optional<Sample> ambient_;  ///< the latest ambient temperature reading
   std::uint64_t next_waiter_ = 0;
   std::uint64_t next_timer_ = 0;
   std::map<std::uint64_t, std::unique_ptr<boost::asio::steady_timer>> detached_;
   std::shared_ptr<bool> alive_;
+  /// Set by stop_all(): no session starts any more, and a capture that a stopping payment method
+  /// leaves unconfirmed is not closed as failed but left to recovery (see close_transaction).
+  bool shutting_down_ = false;
 };
 
 }  // namespace pilecore::core

@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <future>
 #include <optional>
 #include <regex>
 #include <sstream>
@@ -745,4 +746,74 @@ TEST(SensorModbus, StopIsPromptDuringABlockedRead) {
   EXPECT_EQ(site.stop(), 0);
   const auto took = std::chrono::steady_clock::now() - t0;
   EXPECT_LT(took, 1s) << "stop waited " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+}
+
+// The session engine with a real Modbus meter: the session's energy is the difference of the
+// meter's import register; when the meter stops answering, the session stops on the last good
+// reading and the connector goes Faulted until the meter answers again.
+TEST(SensorModbus, AMeterThatStopsAnsweringFaultsTheConnectorAndStopsTheSessionSafely) {
+  auto server = ModbusServer::tcp();
+  server->serve_map(read_map(kMeters / "chint-dtsu666.yaml"), value_for);
+  const auto set_kwh = [&](std::uint16_t hi, std::uint16_t lo) {
+    server->edit([&](modbus_mapping_t* m) { m->tab_input_registers[0x401E] = hi, m->tab_input_registers[0x401F] = lo; });
+  };
+  set_kwh(0x459C, 0x4000);  // 5000.0 kWh
+  TempDir dir;
+  RunningSite site(dir, R"(site: {id: MB-SESS, name: Modbus session, location: {lat: 31.2, lon: 121.5}, timezone: Asia/Shanghai}
+connectors:
+  - {id: 1, type: gbt-dc, max_power_w: 60000, meter: meter}
+plugins:
+  power-1:
+    plugin: sim-power
+    connector: 1
+    config: {arrive_after_s: 0, ev_ready_delay_ms: 0}
+)" + tcp_instance("meter", server->port(), "model: chint-dtsu666", [] {
+                     Options o;
+                     o.timeout_ms = 100;
+                     o.instance = "    connector: 1\n";
+                     o.config = "      retries: 1\n      fail_after: 2\n";
+                     return o;
+                   }()) + R"(  sim:
+    plugin: sim-payment
+    config: {latency_ms: 0}
+tariffs:
+  decimals: 2
+  plans:
+    all:
+      prices: {flat: {electricity: 69.50, service: 80.00}}
+      periods: [{from: "00:00", to: "24:00", type: flat}]
+  week: {mon: all, tue: all, wed: all, thu: all, fri: all, sat: all, sun: all}
+payment: {default_method: sim, preauth_fen: 30000}
+)",
+                   plugin_dirs());
+  const auto request = [&](const nlohmann::json& req) {
+    std::promise<nlohmann::json> p;
+    auto f = p.get_future();
+    site.runtime().dispatch([&] { site.runtime().handle_request(req, [&p](nlohmann::json r) { p.set_value(std::move(r)); }); });
+    return f.get();
+  };
+  const auto connector = [&] { return request({{"cmd", "status"}})["connectors"][0]; };
+  ASSERT_TRUE(eventually([&] { return site.runtime().ready() && connector()["status"] == "Preparing"; }, 5s));
+  const auto started = request({{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  EXPECT_EQ(started["meter_start_wh"], 5000000) << "the meter's register, in Wh";
+  set_kwh(0x459C, 0x4800);  // 5001.0 kWh
+  ASSERT_TRUE(eventually([&] { return connector().value("meter_wh", 0) == 5001000; }, 5s));
+
+  server->set_silent(true);
+  ASSERT_TRUE(eventually([&] { return connector()["status"] == "Faulted"; }, 5s)) << connector().dump();
+  nlohmann::json receipt;
+  ASSERT_TRUE(eventually([&] {
+    receipt = request({{"cmd", "receipt"}, {"transaction", started["transaction"]}});
+    return receipt.value("status", "") == "closed";
+  }, 5s)) << receipt.dump();
+  EXPECT_EQ(receipt["stop_reason"], "Fault");
+  EXPECT_EQ(receipt["meter_stop_wh"], 5001000) << "billed on the last good reading";
+  EXPECT_EQ(receipt["energy_wh"], 1000);
+  EXPECT_EQ(receipt["total_fen"], 150) << "1 kWh at 0.6950 + 0.8000 yuan";
+  EXPECT_EQ(request({{"cmd", "session_start"}, {"connector", 1}})["ok"], false) << "no session on a connector without a meter";
+
+  server->set_silent(false);
+  EXPECT_TRUE(eventually([&] { return connector()["status"] == "Finishing"; }, 5s)) << "the meter answers: the vehicle is still plugged in";
+  EXPECT_EQ(site.stop(), 0);
 }

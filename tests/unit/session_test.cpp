@@ -60,6 +60,38 @@ charging: {checkpoint_interval_s: 30, checkpoint_wh: 1000}
 )";
 }
 
+/// Two connectors under one site limit, a cabinet sensor and a formula strategy.
+std::string strategy_site(const std::string& strategy_config) {
+  std::string y = R"(site: {id: STRAT-1, name: Strategy test, location: {lat: 31.2, lon: 121.5}, timezone: Asia/Shanghai}
+connectors:
+  - {id: 1, type: gbt-dc, max_power_w: 60000}
+  - {id: 2, type: gbt-dc, max_power_w: 60000}
+plugins:
+  cabinet:
+    plugin: sim-sensor
+    config: {interval_ms: 1000, temperature_c: 40, step: 0}
+)";
+  for (int c : {1, 2}) {
+    y += fmt::format("  power-{0}:\n    plugin: sim-power\n    connector: {0}\n    config: {{arrive_after_s: 0, ev_ready_delay_ms: 0, battery_capacity_wh: 200000, initial_soc_pct: 10}}\n", c);
+  }
+  return y + R"(  strategy:
+    plugin: strategy-formula
+    config: )" + strategy_config + R"(
+  sim:
+    plugin: sim-payment
+    config: {latency_ms: 0}
+tariffs:
+  decimals: 2
+  plans:
+    all:
+      prices: {flat: {electricity: 69.50, service: 80.00}}
+      periods: [{from: "00:00", to: "24:00", type: flat}]
+  week: {mon: all, tue: all, wed: all, thu: all, fri: all, sat: all, sun: all}
+payment: {default_method: sim, preauth_fen: 30000}
+charging: {site_max_power_w: 100000, setpoint_interval_s: 1}
+)";
+}
+
 nlohmann::json request(RunningSite& site, const nlohmann::json& req) {
   std::promise<nlohmann::json> p;
   auto f = p.get_future();
@@ -274,4 +306,49 @@ TEST(ControlSocket, MalformedRequestsGetAnErrorAndAreCounted) {
   EXPECT_EQ(st["rejected_requests"], 3) << "the three malformed lines";
   daemon.signal(SIGTERM);
   EXPECT_EQ(daemon.wait(), 0);
+}
+
+std::int64_t setpoint_of(RunningSite& site, int connector) {
+  const auto st = request(site, {{"cmd", "status"}});
+  const auto& c = st["connectors"][connector - 1];
+  return c.contains("session") ? c["session"].value("setpoint_w", std::int64_t{-1}) : -1;
+}
+
+void start_both(RunningSite& site, bool second = true) {
+  ASSERT_TRUE(eventually([&] { return site.runtime().ready(); }));
+  for (int c = 1; c <= (second ? 2 : 1); ++c) {
+    ASSERT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][c - 1]["status"] == "Preparing"; }));
+    const auto r = request(site, {{"cmd", "session_start"}, {"connector", c}});
+    ASSERT_TRUE(r.value("ok", false)) << r.dump();
+  }
+}
+
+TEST(Strategy, TheCoreClampsToTheConnectorAndTheSiteLimit) {
+  TempDir dir;
+  RunningSite site(dir, strategy_site("{formula: \"90000\"}"), {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
+  start_both(site);
+  EXPECT_TRUE(eventually([&] { return setpoint_of(site, 1) == 60000; })) << "90 kW asked, the connector allows 60 kW: " << setpoint_of(site, 1);
+  EXPECT_TRUE(eventually([&] { return setpoint_of(site, 2) == 40000; })) << "the site's 100 kW less connector 1's 60 kW: " << setpoint_of(site, 2);
+  EXPECT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][1].value("power_w", 0) == 40000; }))
+      << "the power stage delivers the clamped setpoint";
+}
+
+TEST(Strategy, AmbientTemperatureComesFromTheCabinetSensor) {
+  TempDir dir;
+  RunningSite site(dir, strategy_site("{formula: \"ambient_temperature > 35 ? 20000 : 50000\"}"), {PILECORE_PLUGIN_DIR}, 600.0,
+                   "2026-03-02T03:00:00Z");
+  std::this_thread::sleep_for(20ms);  // a few cabinet readings at 40 degC
+  start_both(site, false);
+  EXPECT_TRUE(eventually([&] { return setpoint_of(site, 1) == 20000; })) << setpoint_of(site, 1);
+}
+
+TEST(Strategy, AStrategyWithoutAnAnswerFallsBackLowNotToFullPower) {
+  TempDir dir;
+  // grid_limit is declared but nobody supplies it: every evaluation fails.
+  RunningSite site(dir, strategy_site("{formula: grid_limit, variables: [grid_limit]}"), {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
+  start_both(site, false);
+  EXPECT_TRUE(eventually([&] { return setpoint_of(site, 1) == 3500; })) << setpoint_of(site, 1);
+  std::this_thread::sleep_for(30ms);  // several more failed evaluations keep it
+  EXPECT_EQ(setpoint_of(site, 1), 3500);
+  EXPECT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][0].value("power_w", 0) == 3500; }));
 }
