@@ -429,33 +429,28 @@ class SimPower final : public power::PowerStage {
     }
   }
 
-  /// Arms the timer of the next instant in arrive_at that is still ahead.
-  void arm_next_arrival() {
+  /// Arms `timer` for the next of `instants` still ahead; when it fires, runs `fn` and arms the
+  /// one after.
+  void arm_next(const std::vector<TimePoint>& instants, std::size_t& next, TimerId& timer, void (SimPower::*fn)()) {
     const TimePoint now = host_.clock().now();
-    while (next_arrival_ < arrivals_.size() && arrivals_[next_arrival_] < now) ++next_arrival_;
-    if (next_arrival_ >= arrivals_.size()) return;
-    const TimePoint when = arrivals_[next_arrival_++];
-    scheduled_arrival_timer_ = at(when - now, [this] {
-      scheduled_arrival_timer_ = 0;
-      if (vehicle_ != VehicleState::absent) {
-        host_.log().info("a scheduled vehicle finds the connector occupied and drives on");
-      } else {
-        arrive();
-      }
-      arm_next_arrival();
+    while (next < instants.size() && instants[next] < now) ++next;
+    if (next >= instants.size()) return;
+    timer = at(instants[next++] - now, [this, &instants, &next, &timer, fn] {
+      timer = 0;
+      (this->*fn)();
+      arm_next(instants, next, timer, fn);
     });
   }
+  void arm_next_arrival() { arm_next(arrivals_, next_arrival_, scheduled_arrival_timer_, &SimPower::scheduled_arrival); }
+  void arm_next_fault() { arm_next(faults_, next_fault_, scheduled_fault_timer_, &SimPower::scheduled_fault); }
+  void scheduled_fault() { fault(fault_detail_); }
 
-  void arm_next_fault() {
-    const TimePoint now = host_.clock().now();
-    while (next_fault_ < faults_.size() && faults_[next_fault_] < now) ++next_fault_;
-    if (next_fault_ >= faults_.size()) return;
-    const TimePoint when = faults_[next_fault_++];
-    scheduled_fault_timer_ = at(when - now, [this] {
-      scheduled_fault_timer_ = 0;
-      fault(fault_detail_);
-      arm_next_fault();
-    });
+  void scheduled_arrival() {
+    if (vehicle_ != VehicleState::absent) {
+      host_.log().info("a scheduled vehicle finds the connector occupied and drives on");
+      return;
+    }
+    arrive();
   }
 
   void arrive() {

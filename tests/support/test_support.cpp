@@ -165,4 +165,19 @@ bool NotifyListener::wait_for(const std::string& line, std::chrono::milliseconds
   }
 }
 
+std::string sim_payment_and_flat_tariff(std::int64_t preauth_fen) {
+  return R"(  sim:
+    plugin: sim-payment
+    config: {latency_ms: 0}
+tariffs:
+  decimals: 2
+  plans:
+    all:
+      prices: {flat: {electricity: 69.50, service: 80.00}}
+      periods: [{from: "00:00", to: "24:00", type: flat}]
+  week: {mon: all, tue: all, wed: all, thu: all, fri: all, sat: all, sun: all}
+payment: {default_method: sim, preauth_fen: )" +
+         std::to_string(preauth_fen) + "}\n";
+}
+
 }  // namespace pilecore::test

@@ -152,6 +152,11 @@ struct ProcessResult {
 };
 
 /// Runs `argv` with optional extra environment, capturing stdout and stderr.
+/// The end of a test site file: a `sim` payment instance that answers at once (the last entry
+/// under `plugins:`), one flat tariff all week (69.50 + 80.00 fen/kWh) and the payment section
+/// with `preauth_fen`. Charging settings, if any, follow it.
+std::string sim_payment_and_flat_tariff(std::int64_t preauth_fen = 30000);
+
 ProcessResult run_process(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
                           std::chrono::seconds timeout = std::chrono::seconds(30));
 

@@ -43,6 +43,7 @@ using namespace std::chrono_literals;
 using pilecore::test::Child;
 using pilecore::test::eventually;
 using pilecore::test::RunningSite;
+using pilecore::test::sim_payment_and_flat_tariff;
 using pilecore::test::TempDir;
 namespace fs = std::filesystem;
 
@@ -773,18 +774,7 @@ plugins:
                      o.instance = "    connector: 1\n";
                      o.config = "      retries: 1\n      fail_after: 2\n";
                      return o;
-                   }()) + R"(  sim:
-    plugin: sim-payment
-    config: {latency_ms: 0}
-tariffs:
-  decimals: 2
-  plans:
-    all:
-      prices: {flat: {electricity: 69.50, service: 80.00}}
-      periods: [{from: "00:00", to: "24:00", type: flat}]
-  week: {mon: all, tue: all, wed: all, thu: all, fri: all, sat: all, sun: all}
-payment: {default_method: sim, preauth_fen: 30000}
-)",
+                   }()) + sim_payment_and_flat_tariff(),
                    plugin_dirs());
   const auto request = [&](const nlohmann::json& req) {
     std::promise<nlohmann::json> p;

@@ -74,22 +74,8 @@ plugins:
   for (int c : {1, 2}) {
     y += fmt::format("  power-{0}:\n    plugin: sim-power\n    connector: {0}\n    config: {{arrive_after_s: 0, ev_ready_delay_ms: 0, battery_capacity_wh: 200000, initial_soc_pct: 10}}\n", c);
   }
-  return y + R"(  strategy:
-    plugin: strategy-formula
-    config: )" + strategy_config + R"(
-  sim:
-    plugin: sim-payment
-    config: {latency_ms: 0}
-tariffs:
-  decimals: 2
-  plans:
-    all:
-      prices: {flat: {electricity: 69.50, service: 80.00}}
-      periods: [{from: "00:00", to: "24:00", type: flat}]
-  week: {mon: all, tue: all, wed: all, thu: all, fri: all, sat: all, sun: all}
-payment: {default_method: sim, preauth_fen: 30000}
-charging: {site_max_power_w: 100000, setpoint_interval_s: 1}
-)";
+  return y + "  strategy:\n    plugin: strategy-formula\n    config: " + strategy_config + "\n" + sim_payment_and_flat_tariff() +
+         "charging: {site_max_power_w: 100000, setpoint_interval_s: 1}\n";
 }
 
 nlohmann::json request(RunningSite& site, const nlohmann::json& req) {

@@ -1014,8 +1014,22 @@ TEST(SimPower, VehiclesComeOnScheduleAndOneAfterAnother) {
   EXPECT_GE(site.now(), start + 140s) << "the next vehicle came arrive_every_s after the first left";
 }
 
-TEST(SimPower, RefusesAnInstantItCannotRead) {
+/// Runs the site in `dir`/site.yaml once, expecting the start-up to fail: its start error.
+std::string start_error_of(const fs::path& dir) {
   PluginRegistry registry({PILECORE_PLUGIN_DIR});
+  auto outcome = load_site(dir / "site.yaml", registry);
+  if (!outcome.site) return "invalid site: " + outcome.diagnostics.format();
+  RuntimeOptions options;
+  options.state_dir = dir / "state";
+  options.clock = std::make_shared<ScaledClock>(TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}}, kSpeed);
+  options.status_interval = Duration{0};
+  options.notify_systemd = false;
+  Runtime rt(std::move(*outcome.site), std::move(options));
+  const int rc = rt.run();
+  return rc == 3 ? rt.start_error() : fmt::format("the runtime exited with {}, not 3", rc);
+}
+
+TEST(SimPower, RefusesAnInstantItCannotRead) {
   const fs::path dir = fs::temp_directory_path() / fmt::format("pilecore-sim-bad-instant-{}", ::getpid());
   fs::create_directories(dir);
   std::ofstream(dir / "site.yaml") << R"(site: {id: BAD, name: Bad instant, location: {lat: 31.2, lon: 121.4}, timezone: Asia/Shanghai}
@@ -1023,16 +1037,8 @@ connectors: [{id: 1, type: gbt-dc, max_power_w: 60000}]
 plugins:
   p6: {plugin: sim-power, connector: 1, config: {arrive_at: ["2026-03-01 08:00"]}}
 )";
-  auto outcome = load_site(dir / "site.yaml", registry);
-  ASSERT_TRUE(outcome.site) << outcome.diagnostics.format();
-  RuntimeOptions options;
-  options.state_dir = dir / "state";
-  options.clock = std::make_shared<ScaledClock>(TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}}, kSpeed);
-  options.status_interval = Duration{0};
-  options.notify_systemd = false;
-  Runtime rt(std::move(*outcome.site), std::move(options));
-  EXPECT_EQ(rt.run(), 3);
-  EXPECT_NE(rt.start_error().find("arrive_at: '2026-03-01 08:00' is not an RFC 3339 instant"), std::string::npos) << rt.start_error();
+  const std::string error = start_error_of(dir);
+  EXPECT_NE(error.find("arrive_at: '2026-03-01 08:00' is not an RFC 3339 instant"), std::string::npos) << error;
   std::error_code ec;
   fs::remove_all(dir, ec);
 }
@@ -1063,20 +1069,9 @@ TEST(SimPower, MeterRegisterIsNonVolatileAcrossRestarts) {
 
   // A register file that cannot be trusted stops the start-up instead of resetting the meter.
   std::ofstream(reg) << "energy_import_wh twelve\n";
-  {
-    PluginRegistry registry({PILECORE_PLUGIN_DIR});
-    auto outcome = load_site(dir / "site.yaml", registry);
-    ASSERT_TRUE(outcome.site);
-    RuntimeOptions options;
-    options.state_dir = dir / "state";
-    options.clock = std::make_shared<ScaledClock>(TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}}, kSpeed);
-    options.status_interval = Duration{0};
-    options.notify_systemd = false;
-    Runtime rt(std::move(*outcome.site), std::move(options));
-    EXPECT_EQ(rt.run(), 3);
-    EXPECT_NE(rt.start_error().find("is corrupt"), std::string::npos) << rt.start_error();
-    EXPECT_NE(rt.start_error().find("energy_import.register"), std::string::npos) << rt.start_error();
-  }
+  const std::string error = start_error_of(dir);
+  EXPECT_NE(error.find("is corrupt"), std::string::npos) << error;
+  EXPECT_NE(error.find("energy_import.register"), std::string::npos) << error;
   std::error_code ec;
   fs::remove_all(dir, ec);
 }
