@@ -70,6 +70,20 @@ class Stmt {
 };
 
 std::int64_t ms_of(TimePoint t) { return t.time_since_epoch().count(); }
+
+// Holds. An authorisation asked for a transaction whose row is not committed yet holds the
+// customer's money at the acquirer with nothing in the database to say so: a crash between
+// authorize() and that commit (or a stop that cuts the answer off) would leave it held until it
+// expires. So the key 'hold:<txn>' (value: the payment instance) commits with the transaction id,
+// before authorize(), and goes with the row's commit or once the acquirer confirms the release;
+// recover() releases what a crash left. (Found by the crash-injection test, tests/crash.)
+void drop_hold(sqlite3* db, const std::string& txn) noexcept {
+  try {
+    Stmt(db, "DELETE FROM meta WHERE key=?").bind(1, "hold:" + txn).step();
+  } catch (const std::exception& e) {
+    spdlog::error("{}: the hold record stays (released again at the next start): {}", txn, e.what());
+  }
+}
 TimePoint tp_of(std::int64_t ms) { return TimePoint{Duration{ms}}; }
 
 nlohmann::json bill_json(const Bill& b) {
@@ -136,6 +150,10 @@ struct SessionEngine::Connector {
   std::optional<MeterReading> last;
   std::list<Waiter> waiters;
   std::vector<std::function<void()>> on_closed;  ///< called once the stopping session is closed (stop_all waits with it)
+  /// Transactions of this connector that recover() is closing. No session starts meanwhile: its
+  /// energy would move the meter under the recovery's final reading (billed twice), and a
+  /// recovery cut short by another crash reads the meter again at the next start.
+  int recovering = 0;
 };
 
 SessionEngine::SessionEngine(const SiteConfig& site, Database& db, const Clock& clock, Strand& strand, Hooks hooks)
@@ -193,7 +211,7 @@ void SessionEngine::on_power_event(Connector& c, power::Event e, std::string_vie
       if (c.session && !c.session->stopping && c.fsm.status() == ConnectorStatus::preparing) {
         apply(c, ConnectorEvent::authorized_start, "vehicle plugged in after authorisation");
         begin_charging(c);
-      } else if (!c.session && !c.starting && site_.session.payment.autostart && c.fsm.status() == ConnectorStatus::preparing) {
+      } else if (!c.session && !c.starting && c.recovering == 0 && site_.session.payment.autostart && c.fsm.status() == ConnectorStatus::preparing) {
         start(c.cfg.id, site_.session.payment.default_method, fmt::format("autostart:{}", c.cfg.id), [id = c.cfg.id](const nlohmann::json& r) {
           if (!r.value("ok", false)) spdlog::warn("connector {}: autostart failed: {}", id, r.value("error", ""));
         });
@@ -323,6 +341,16 @@ std::string SessionEngine::next_transaction_id(std::uint32_t connector) {
   return fmt::format("{}-{}-{:06}", site_.id, connector, n);
 }
 
+void SessionEngine::release_hold(const std::string& txn, const std::string& method) {
+  const auto p = hooks_.find(method);
+  if (!p.plugin || p.kind != Kind::payment) return;  // the hold stays recorded: released at the next start
+  static_cast<payment::Method*>(p.plugin)->cancel(txn, [this, txn, alive = alive_](Status st) {
+    // ok: released; invalid_argument: nothing to release (never authorised, or declined). Any
+    // other answer (unreachable, the method stopped): kept, and released at the next start.
+    if (*alive && (st.ok() || st.code() == StatusCode::invalid_argument)) drop_hold(db_.handle(), txn);
+  });
+}
+
 void SessionEngine::insert_reading(const std::string& txn, int seq, const MeterReading& r, const char* kind) {
   Stmt s(db_.handle(), "INSERT INTO readings(txn_id, seq, time_ms, wh, kind) VALUES(?,?,?,?,?)");
   s.bind(1, txn).bind(2, seq).bind(3, ms_of(r.time)).bind(4, r.wh).bind(5, std::string(kind)).step();
@@ -389,6 +417,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   Connector& c = *cp;
   if (!site_.session.tariff) return fail("no tariffs in the site file: sessions cannot be billed, so none can start");
   if (shutting_down_) return fail("pilecored is stopping: no session starts");
+  if (c.recovering > 0) return fail(fmt::format("connector {} is still closing a transaction left open by an unclean stop; try again shortly", id));
   if (c.session || c.starting) return fail(fmt::format("connector {} already has a session", id));
   if (const auto t = c.fsm.check(ConnectorEvent::authorized_start); !t.allowed) {
     return fail(fmt::format("connector {} is {}: a session cannot start", id, pilecore::to_string(c.fsm.status())));
@@ -400,8 +429,15 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   c.starting = true;
   std::string txn;
   try {
+    db_.exec("BEGIN IMMEDIATE");
     txn = next_transaction_id(id);
+    Stmt(db_.handle(), "INSERT INTO meta(key, value) VALUES(?, ?)").bind(1, "hold:" + txn).bind(2, method).step();
+    db_.exec("COMMIT");  // the hold is on disk before the acquirer is asked
   } catch (const std::exception& e) {
+    try {
+      db_.exec("ROLLBACK");
+    } catch (...) {
+    }
     c.starting = false;
     return fail(fmt::format("database: {}", e.what()));
   }
@@ -412,6 +448,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
     if (!*alive) return;
     if (verdict != risk::Verdict::allow) {
       c.starting = false;
+      drop_hold(db_.handle(), txn);  // nothing was asked of the acquirer
       spdlog::warn("connector {}: {}: risk {}: {}", c.cfg.id, txn, risk::to_string(verdict), reasons);
       done({{"ok", false}, {"error", fmt::format("risk check: {}: {}", risk::to_string(verdict), reasons)}, {"verdict", std::string(risk::to_string(verdict))}});
       return;
@@ -419,6 +456,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
     auto pay_ref = hooks_.find(method);
     if (!pay_ref.plugin) {
       c.starting = false;
+      drop_hold(db_.handle(), txn);
       done({{"ok", false}, {"error", fmt::format("payment instance '{}' is no longer running", method)}});
       return;
     }
@@ -428,6 +466,9 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
           if (!*alive) return;
           if (r.decision != payment::Decision::approved) {
             c.starting = false;
+            // "Declined" also stands for a timeout or a method that stopped before answering,
+            // when the acquirer may have approved: release, to be sure.
+            release_hold(txn, method);
             done({{"ok", false}, {"error", fmt::format("payment {}: {}", r.decision == payment::Decision::step_up ? "needs step-up" : "declined", r.reason)}});
             return;
           }
@@ -437,7 +478,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
             // committed now would be left open by a clean stop. Release the hold instead.
             if (!m || shutting_down_) {
               c.starting = false;
-              if (auto p = hooks_.find(method); p.plugin) static_cast<payment::Method*>(p.plugin)->cancel(txn, [](Status) {});
+              release_hold(txn, method);
               done({{"ok", false}, {"error", m ? "pilecored is stopping; authorisation released" : "the meter gave no reading; authorisation released"}});
               return;
             }
@@ -448,6 +489,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
                      "VALUES(?,?,?,?,?,?, 'open', ?, ?)");
               s.bind(1, txn).bind(2, c.cfg.id).bind(3, method).bind(4, token).bind(5, r.reference).bind(6, r.authorized_fen).bind(7, ms_of(m->time)).bind(8, m->wh).step();
               insert_reading(txn, 0, *m, "start");
+              Stmt(db_.handle(), "DELETE FROM meta WHERE key=?").bind(1, "hold:" + txn).step();  // the row says it now
               db_.exec("COMMIT");  // synchronous=FULL: on disk before the contactor closes
             } catch (const std::exception& e) {
               c.starting = false;
@@ -455,7 +497,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
                 db_.exec("ROLLBACK");
               } catch (...) {
               }
-              if (auto p = hooks_.find(method); p.plugin) static_cast<payment::Method*>(p.plugin)->cancel(txn, [](Status) {});
+              release_hold(txn, method);
               done({{"ok", false}, {"error", fmt::format("database: {}", e.what())}});
               return;
             }
@@ -470,6 +512,11 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
             s.last_checkpoint = *m;
             spdlog::info("connector {}: {}: authorised {} fen, meter {} Wh", c.cfg.id, txn, r.authorized_fen, m->wh);
             apply(c, ConnectorEvent::authorized_start, fmt::format("transaction {} authorised", txn));
+            // From Finishing a new session goes to Preparing; the vehicle is still plugged in, so
+            // there is no plug event to wait for.
+            if (c.fsm.status() == ConnectorStatus::preparing && c.fsm.plugged()) {
+              apply(c, ConnectorEvent::authorized_start, "the vehicle is still plugged in");
+            }
             emit({{"event", "session_started"}, {"connector", c.cfg.id}, {"transaction", txn}, {"method", method}, {"user", token},
                   {"authorized_fen", r.authorized_fen}, {"payment_ref", r.reference}, {"meter_start_wh", m->wh}});
             if (c.fsm.status() == ConnectorStatus::charging) begin_charging(c);
@@ -672,8 +719,8 @@ void SessionEngine::finish(Connector& c, std::optional<MeterReading> final_readi
     if (c.session && c.session->id == txn) c.session.reset();
     auto waiting = std::move(c.on_closed);
     c.on_closed.clear();
-    for (auto& w : waiting) w();
     done(std::move(receipt));
+    for (auto& w : waiting) w();  // last: the final one may finish the shutdown, destroying the engine
   });
 }
 
@@ -768,6 +815,17 @@ std::vector<MeterReading> SessionEngine::stored_readings(const std::string& txn)
 }
 
 void SessionEngine::recover(std::function<void()> done) {
+  // Holds a crash or a stop left: authorisations whose transaction never committed. Released in
+  // the background; recovery does not wait for the acquirer's answers.
+  {
+    std::vector<std::pair<std::string, std::string>> holds;
+    Stmt s(db_.handle(), "SELECT substr(key, 6), value FROM meta WHERE key LIKE 'hold:%'");
+    while (s.step()) holds.emplace_back(s.text(0), s.text(1));
+    for (const auto& [txn, method] : holds) {
+      spdlog::warn("{}: authorised at '{}' for a session that never started; releasing the hold", txn, method);
+      release_hold(txn, method);
+    }
+  }
   struct Open {
     std::string id;
     std::uint32_t connector;
@@ -792,6 +850,9 @@ void SessionEngine::recover(std::function<void()> done) {
   auto remaining = std::make_shared<std::size_t>(open.size());
   auto done_ptr = std::make_shared<std::function<void()>>(std::move(done));
   for (const auto& o : open) {
+    if (Connector* c = connector(o.connector)) ++c->recovering;
+  }
+  for (const auto& o : open) {
     Connector* c = connector(o.connector);
     auto close = [this, o, remaining, done_ptr](std::optional<MeterReading> m) {
       std::vector<MeterReading> readings = stored_readings(o.id);
@@ -806,7 +867,16 @@ void SessionEngine::recover(std::function<void()> done) {
         }
       }
       if (readings.empty()) readings.push_back({clock_.now(), 0});
-      close_transaction(o.id, o.connector, o.method, readings, "recovered", [remaining, done_ptr](const nlohmann::json&) {
+      close_transaction(o.id, o.connector, o.method, readings, "recovered", [this, o, remaining, done_ptr](const nlohmann::json&) {
+        // The connector is free again: start the session autostart held back for a vehicle
+        // that plugged in meanwhile (see Connector::recovering).
+        Connector* cp = connector(o.connector);
+        if (cp && --cp->recovering == 0 && !cp->session && !cp->starting && site_.session.payment.autostart &&
+            cp->fsm.status() == ConnectorStatus::preparing) {
+          start(cp->cfg.id, site_.session.payment.default_method, fmt::format("autostart:{}", cp->cfg.id), [id = cp->cfg.id](const nlohmann::json& r) {
+            if (!r.value("ok", false)) spdlog::warn("connector {}: autostart failed: {}", id, r.value("error", ""));
+          });
+        }
         if (--*remaining == 0) (*done_ptr)();
       });
     };

@@ -3,12 +3,19 @@
 // sessions a crash or power cut left open. Everything runs on the core's strand.
 //
 // Durability rules, in order of the money's path:
+//  0. the transaction id and a hold record ('hold:<id>' in meta) commit before the acquirer is
+//     asked to authorise; the hold goes with the transaction row, or once the authorisation is
+//     released, and recover() releases the holds of transactions that never started;
 //  1. the transaction row is committed (synchronous=FULL) before the contactor closes;
 //  2. meter checkpoints are committed every checkpoint_interval_s or checkpoint_wh;
 //  3. stopping is committed before the final meter read;
 //  4. the 'closed' status and the ledger record commit in one SQLite transaction, after the
 //     capture; capture is idempotent on the transaction id at the acquirer, and the ledger
-//     refuses a second record for a transaction, so a crash anywhere bills nothing twice.
+//     refuses a second record for a transaction, so a crash anywhere bills nothing twice. A
+//     capture left unconfirmed by a stop is not closed as failed: it is recovered, and repeated;
+//  5. no session starts on a connector while recover() closes one of its transactions, so the
+//     recovery's final meter reading holds no energy of a new session.
+// tests/crash kills the daemon at random instants and checks all of this from the files.
 #pragma once
 
 #include <boost/asio/steady_timer.hpp>
@@ -106,6 +113,9 @@ class SessionEngine {
                          const std::string& outcome, std::function<void(nlohmann::json)> done);
   void evaluate_risk(const risk::Context& ctx, std::function<void(risk::Verdict, std::string)> done);
   std::string next_transaction_id(std::uint32_t connector);
+  /// Cancels the authorisation of a transaction that never started, and forgets its hold once
+  /// the payment method confirms (or says there is nothing to release).
+  void release_hold(const std::string& txn, const std::string& method);
   void insert_reading(const std::string& txn, int seq, const MeterReading& r, const char* kind);
   std::unique_ptr<boost::asio::steady_timer> timer_after(Duration d, std::function<void()> fn);
   /// Keeps a timer alive until it fires (or the engine is destroyed, which cancels it).

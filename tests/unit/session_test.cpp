@@ -151,6 +151,24 @@ TEST(Session, AFaultMidChargeStopsAndBillsTheSession) {
   check_bill_adds_up(receipt);
 }
 
+TEST(Session, ASecondSessionWithoutUnpluggingCharges) {
+  TempDir dir;
+  RunningSite site(dir, site_yaml(), {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
+  ASSERT_TRUE(eventually([&] { return site.runtime().ready(); }));
+  ASSERT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+  ASSERT_TRUE(request(site, {{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}}).value("ok", false));
+  ASSERT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Charging"; }));
+  ASSERT_TRUE(request(site, {{"cmd", "session_stop"}, {"connector", 1}}).value("ok", false));
+  ASSERT_EQ(request(site, {{"cmd", "status"}})["connectors"][0]["status"], "Finishing");
+  // The driver changes their mind and starts again with the cable still in.
+  const auto again = request(site, {{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+  ASSERT_TRUE(again.value("ok", false)) << again.dump();
+  EXPECT_TRUE(eventually([&] {
+    const auto c = request(site, {{"cmd", "status"}})["connectors"][0];
+    return c["status"] == "Charging" && c.value("power_w", 0) > 0;
+  })) << request(site, {{"cmd", "status"}}).dump(2);
+}
+
 TEST(Session, RequestsAreRefusedWithReasons) {
   TempDir dir;
   RunningSite site(dir, site_yaml(), {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
