@@ -4,7 +4,7 @@ PRESET ?= dev
 JOBS ?= $(shell nproc)
 BUILD := build/$(PRESET)
 
-.PHONY: all deps configure build demo test test-asan schema fuzz deb test-packages clean
+.PHONY: all deps configure build demo test test-asan schema bench fuzz deb test-packages clean
 
 all: build
 
@@ -33,6 +33,15 @@ test-asan: deps
 schema: build
 	$(BUILD)/bin/pilectl config schema -o configs/schema/site.schema.json
 	$(BUILD)/bin/pilectl config reference -o docs/config-reference.md
+
+# The benchmarks of docs/performance.md, on the release build (a few minutes; they print their
+# figures and the load average: compare with the document's, which say how they were taken).
+bench: deps
+	@test -f build/release/build.ninja || cmake --preset release
+	cmake --build build/release -j $(JOBS) --target bench_startup bench_ledger bench_session
+	build/release/bin/bench_startup --runs 20
+	build/release/bin/bench_ledger
+	build/release/bin/bench_session
 
 # Builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS.
 FUZZ_SECONDS ?= 60

@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -83,6 +84,13 @@ std::string fs_type(const fs::path& dir) {
       return buf;
     }
   }
+}
+
+std::string loadavg() {
+  std::ifstream in("/proc/loadavg");
+  std::string a, b, c;
+  in >> a >> b >> c;
+  return a + " " + b + " " + c;
 }
 
 double percentile(std::vector<double> v, double p) {
@@ -258,7 +266,7 @@ int main(int argc, char** argv) {
   const Pair pairs[] = {{KeyAlgorithm::ecdsa_p256, HashAlgorithm::sha256, "ECDSA P-256 / SHA-256"}, {KeyAlgorithm::sm2, HashAlgorithm::sm3, "SM2 / SM3"}};
   std::printf("bench/ledger: %d appends and %d inserts per algorithm, %d alternating blocks, WAL, synchronous=FULL, one transaction each\n",
               count, count, blocks);
-  std::printf("  directory %s (%s)\n", dir.c_str(), fs_type(dir).c_str());
+  std::printf("  directory %s (%s), load average %s\n", dir.c_str(), fs_type(dir).c_str(), loadavg().c_str());
   bool ok = true;
   try {
     for (const auto& p : pairs) {
@@ -279,6 +287,7 @@ int main(int argc, char** argv) {
     ok = false;
   }
   if (!keep) fs::remove_all(dir, ec);
+  std::printf("  load average at the end %s\n", loadavg().c_str());
   std::printf("  %s\n", ok ? "within target" : "TARGET MISSED");
   return ok ? 0 : 1;
 }
