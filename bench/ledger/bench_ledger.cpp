@@ -15,7 +15,6 @@
 //     --dir DIR   where the databases go (a fresh subdirectory); default: under the build dir
 //     --count N   appends and inserts per algorithm pair (default 2000)
 //     --blocks B  alternating blocks (default 20)
-#include <sys/statfs.h>
 
 #include <algorithm>
 #include <chrono>
@@ -30,8 +29,11 @@
 #include "crypto.hpp"
 #include "ledger.hpp"
 #include "storage.hpp"
+#include "../common/bench_env.hpp"
 
 using namespace pilecore::core;
+using pilecore::bench::fs_type;
+using pilecore::bench::loadavg;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
@@ -68,30 +70,7 @@ nlohmann::json make_record(int i) {
           {"outcome", "completed"}};
 }
 
-std::string fs_type(const fs::path& dir) {
-  struct statfs s {};
-  if (::statfs(dir.c_str(), &s) != 0) return "?";
-  switch (static_cast<unsigned long>(s.f_type)) {
-    case 0xEF53: return "ext4";
-    case 0x58465342: return "xfs";
-    case 0x9123683E: return "btrfs";
-    case 0x01021994: return "tmpfs (no real fsync!)";
-    case 0x794c7630: return "overlayfs";
-    case 0xF2F52010: return "f2fs";
-    default: {
-      char buf[32];
-      std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(s.f_type));
-      return buf;
-    }
-  }
-}
 
-std::string loadavg() {
-  std::ifstream in("/proc/loadavg");
-  std::string a, b, c;
-  in >> a >> b >> c;
-  return a + " " + b + " " + c;
-}
 
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;

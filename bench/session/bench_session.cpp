@@ -33,7 +33,6 @@
 // among the measured sessions, as they do in service.
 //
 //   bench_session [--sessions N] [--warmup W] [--disk-dir DIR] [--tmpfs-dir DIR] [--keep]
-#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -59,9 +58,12 @@
 #include "runtime.hpp"
 #include "site_config.hpp"
 #include "storage.hpp"
+#include "../common/bench_env.hpp"
 
 using namespace pilecore;
 using namespace pilecore::core;
+using pilecore::bench::fs_type;
+using pilecore::bench::loadavg;
 namespace fs = std::filesystem;
 using SteadyClock = std::chrono::steady_clock;
 
@@ -92,23 +94,6 @@ class MarkSink final : public spdlog::sinks::base_sink<std::mutex> {
   spdlog::sinks::basic_file_sink_st file_;
 };
 
-std::string fs_type(const fs::path& dir) {
-  struct statfs s {};
-  if (::statfs(dir.c_str(), &s) != 0) return "?";
-  switch (static_cast<unsigned long>(s.f_type)) {
-    case 0xEF53: return "ext4";
-    case 0x58465342: return "xfs";
-    case 0x9123683E: return "btrfs";
-    case 0x01021994: return "tmpfs";
-    case 0x794c7630: return "overlayfs";
-    case 0xF2F52010: return "f2fs";
-    default: {
-      char buf[32];
-      std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(s.f_type));
-      return buf;
-    }
-  }
-}
 
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -117,12 +102,6 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(i, v.size() - 1)];
 }
 
-std::string loadavg() {
-  std::ifstream in("/proc/loadavg");
-  std::string a, b, c;
-  in >> a >> b >> c;
-  return a + " " + b + " " + c;
-}
 
 fs::path make_dir(const fs::path& base, const char* prefix) {
   fs::create_directories(base);
