@@ -40,7 +40,16 @@ class Stmt {
   Stmt(sqlite3* db, const char* sql) : db_(db) {
     if (sqlite3_prepare_v2(db, sql, -1, &st_, nullptr) != SQLITE_OK) throw std::runtime_error(fmt::format("{}: {}", sql, sqlite3_errmsg(db)));
   }
-  ~Stmt() { sqlite3_finalize(st_); }
+  /// The database's cached statement for `sql`: reset and unbound again when done.
+  Stmt(Database& db, const char* sql) : db_(db.handle()), st_(db.prepared(sql)), cached_(true) {}
+  ~Stmt() {
+    if (cached_) {
+      sqlite3_reset(st_);
+      sqlite3_clear_bindings(st_);
+    } else {
+      sqlite3_finalize(st_);
+    }
+  }
   Stmt(const Stmt&) = delete;
   Stmt& operator=(const Stmt&) = delete;
   Stmt& bind(int i, std::int64_t v) {
@@ -67,6 +76,7 @@ class Stmt {
  private:
   sqlite3* db_;
   sqlite3_stmt* st_ = nullptr;
+  bool cached_ = false;
 };
 
 std::int64_t ms_of(TimePoint t) { return t.time_since_epoch().count(); }
@@ -333,10 +343,10 @@ void SessionEngine::keep_until_fired(std::unique_ptr<asio::steady_timer> timer) 
 std::string SessionEngine::next_transaction_id(std::uint32_t connector) {
   std::int64_t n = 1;
   {
-    Stmt s(db_.handle(), "SELECT value FROM meta WHERE key='txn_seq'");
+    Stmt s(db_, "SELECT value FROM meta WHERE key='txn_seq'");
     if (s.step()) n = std::stoll(s.text(0)) + 1;
   }
-  Stmt u(db_.handle(), "INSERT INTO meta(key, value) VALUES('txn_seq', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
+  Stmt u(db_, "INSERT INTO meta(key, value) VALUES('txn_seq', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
   u.bind(1, std::to_string(n)).step();
   return fmt::format("{}-{}-{:06}", site_.id, connector, n);
 }
@@ -352,7 +362,7 @@ void SessionEngine::release_hold(const std::string& txn, const std::string& meth
 }
 
 void SessionEngine::insert_reading(const std::string& txn, int seq, const MeterReading& r, const char* kind) {
-  Stmt s(db_.handle(), "INSERT INTO readings(txn_id, seq, time_ms, wh, kind) VALUES(?,?,?,?,?)");
+  Stmt s(db_, "INSERT INTO readings(txn_id, seq, time_ms, wh, kind) VALUES(?,?,?,?,?)");
   s.bind(1, txn).bind(2, seq).bind(3, ms_of(r.time)).bind(4, r.wh).bind(5, std::string(kind)).step();
 }
 
@@ -431,7 +441,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   try {
     db_.exec("BEGIN IMMEDIATE");
     txn = next_transaction_id(id);
-    Stmt(db_.handle(), "INSERT INTO meta(key, value) VALUES(?, ?)").bind(1, "hold:" + txn).bind(2, method).step();
+    Stmt(db_, "INSERT INTO meta(key, value) VALUES(?, ?)").bind(1, "hold:" + txn).bind(2, method).step();
     db_.exec("COMMIT");  // the hold is on disk before the acquirer is asked
   } catch (const std::exception& e) {
     try {
@@ -484,12 +494,12 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
             }
             try {
               db_.exec("BEGIN IMMEDIATE");
-              Stmt s(db_.handle(),
+              Stmt s(db_,
                      "INSERT INTO transactions(id, connector, method, user_token, payment_ref, authorized_fen, status, started_ms, meter_start_wh) "
                      "VALUES(?,?,?,?,?,?, 'open', ?, ?)");
               s.bind(1, txn).bind(2, c.cfg.id).bind(3, method).bind(4, token).bind(5, r.reference).bind(6, r.authorized_fen).bind(7, ms_of(m->time)).bind(8, m->wh).step();
               insert_reading(txn, 0, *m, "start");
-              Stmt(db_.handle(), "DELETE FROM meta WHERE key=?").bind(1, "hold:" + txn).step();  // the row says it now
+              Stmt(db_, "DELETE FROM meta WHERE key=?").bind(1, "hold:" + txn).step();  // the row says it now
               db_.exec("COMMIT");  // synchronous=FULL: on disk before the contactor closes
             } catch (const std::exception& e) {
               c.starting = false;
@@ -675,7 +685,7 @@ void SessionEngine::stop(std::uint32_t id, StopReason reason, Reply done) {
   }
   const TimePoint now = clock_.now();
   try {
-    Stmt u(db_.handle(), "UPDATE transactions SET status='stopping', stop_reason=?, stopped_ms=? WHERE id=?");
+    Stmt u(db_, "UPDATE transactions SET status='stopping', stop_reason=?, stopped_ms=? WHERE id=?");
     u.bind(1, std::string(to_string(reason))).bind(2, ms_of(now)).bind(3, s.id).step();
   } catch (const std::exception& e) {
     spdlog::error("connector {}: {}: {}", id, s.id, e.what());
@@ -735,7 +745,7 @@ void SessionEngine::close_transaction(const std::string& txn, std::uint32_t conn
   }
   std::int64_t authorized = 0;
   {
-    Stmt s(db_.handle(), "SELECT authorized_fen FROM transactions WHERE id=?");
+    Stmt s(db_, "SELECT authorized_fen FROM transactions WHERE id=?");
     s.bind(1, txn);
     if (s.step()) authorized = s.i64(0);
   }
@@ -755,7 +765,7 @@ void SessionEngine::close_transaction(const std::string& txn, std::uint32_t conn
     const std::string capture_status = st.ok() ? "captured" : fmt::format("failed: {}", st.message());
     nlohmann::json record;
     try {
-      Stmt q(db_.handle(), "SELECT user_token, payment_ref, started_ms, stop_reason, stopped_ms, meter_start_wh FROM transactions WHERE id=?");
+      Stmt q(db_, "SELECT user_token, payment_ref, started_ms, stop_reason, stopped_ms, meter_start_wh FROM transactions WHERE id=?");
       q.bind(1, txn);
       q.step();
       record = {{"transaction", txn},
@@ -774,7 +784,7 @@ void SessionEngine::close_transaction(const std::string& txn, std::uint32_t conn
                 {"capture_status", capture_status},
                 {"outcome", outcome}};
       db_.exec("BEGIN IMMEDIATE");
-      Stmt u(db_.handle(),
+      Stmt u(db_,
              "UPDATE transactions SET status='closed', outcome=?, meter_stop_wh=?, energy_wh=?, electricity_fen=?, service_fen=?, total_fen=?, "
              "captured_fen=?, capture_status=?, bill=?, stopped_ms=COALESCE(stopped_ms, ?), stop_reason=CASE WHEN stop_reason='' THEN 'Recovered' ELSE stop_reason END "
              "WHERE id=? AND status<>'closed'");
@@ -808,7 +818,7 @@ void SessionEngine::close_transaction(const std::string& txn, std::uint32_t conn
 
 std::vector<MeterReading> SessionEngine::stored_readings(const std::string& txn) const {
   std::vector<MeterReading> out;
-  Stmt s(db_.handle(), "SELECT time_ms, wh FROM readings WHERE txn_id=? ORDER BY seq");
+  Stmt s(db_, "SELECT time_ms, wh FROM readings WHERE txn_id=? ORDER BY seq");
   s.bind(1, txn);
   while (s.step()) out.push_back({tp_of(s.i64(0)), s.i64(1)});
   return out;
@@ -819,7 +829,7 @@ void SessionEngine::recover(std::function<void()> done) {
   // the background; recovery does not wait for the acquirer's answers.
   {
     std::vector<std::pair<std::string, std::string>> holds;
-    Stmt s(db_.handle(), "SELECT substr(key, 6), value FROM meta WHERE key LIKE 'hold:%'");
+    Stmt s(db_, "SELECT substr(key, 6), value FROM meta WHERE key LIKE 'hold:%'");
     while (s.step()) holds.emplace_back(s.text(0), s.text(1));
     for (const auto& [txn, method] : holds) {
       spdlog::warn("{}: authorised at '{}' for a session that never started; releasing the hold", txn, method);
@@ -833,7 +843,7 @@ void SessionEngine::recover(std::function<void()> done) {
   };
   std::vector<Open> open;
   {
-    Stmt s(db_.handle(), "SELECT id, connector, method FROM transactions WHERE status IN ('open','stopping') ORDER BY started_ms");
+    Stmt s(db_, "SELECT id, connector, method FROM transactions WHERE status IN ('open','stopping') ORDER BY started_ms");
     while (s.step()) open.push_back({s.text(0), static_cast<std::uint32_t>(s.i64(1)), s.text(2)});
   }
   if (open.empty() || !site_.session.tariff) {
@@ -950,7 +960,7 @@ nlohmann::json SessionEngine::status() const {
 }
 
 nlohmann::json SessionEngine::receipt(const std::string& txn) const {
-  Stmt s(db_.handle(),
+  Stmt s(db_,
          "SELECT connector, method, user_token, status, outcome, stop_reason, started_ms, stopped_ms, meter_start_wh, meter_stop_wh, energy_wh, "
          "total_fen, captured_fen, capture_status, bill FROM transactions WHERE id=?");
   s.bind(1, txn);

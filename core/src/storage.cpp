@@ -83,7 +83,20 @@ Database::Database(const std::filesystem::path& path) : path_(path) {
   }
 }
 
-Database::~Database() { sqlite3_close(db_); }
+Database::~Database() {
+  for (auto& [sql, st] : prepared_) sqlite3_finalize(st);
+  sqlite3_close(db_);
+}
+
+sqlite3_stmt* Database::prepared(const std::string& sql) {
+  if (auto it = prepared_.find(sql); it != prepared_.end()) return it->second;
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v3(db_, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &st, nullptr) != SQLITE_OK) {
+    throw std::runtime_error(sql + ": " + sqlite3_errmsg(db_));
+  }
+  prepared_.emplace(sql, st);
+  return st;
+}
 
 void Database::exec(const std::string& sql) {
   char* err = nullptr;

@@ -5,6 +5,7 @@
 #include <sqlite3.h>
 
 #include <filesystem>
+#include <map>
 #include <string>
 
 namespace pilecore::core {
@@ -26,9 +27,15 @@ class Database {
   /// Records a daemon start (device management wants the boot history).
   void record_boot(const std::string& started_at, const std::string& version, const std::string& site_id);
 
+  /// The statement for `sql`, compiled at its first use and kept until the database closes
+  /// (compiling an INSERT costs more than running it). The caller resets it after use and must
+  /// not use the same SQL twice at once. Throws std::runtime_error naming the SQL.
+  sqlite3_stmt* prepared(const std::string& sql);
+
  private:
   std::filesystem::path path_;
   sqlite3* db_ = nullptr;
+  std::map<std::string, sqlite3_stmt*, std::less<>> prepared_;
 };
 
 }  // namespace pilecore::core
