@@ -116,6 +116,90 @@ Field charging_field() {
                             "connector that publishes 'temperature'); a reading older than 10 minutes counts as missing")});
 }
 
+std::optional<Tariff> parse_tariffs(const YAML::Node& tariffs, const std::string& time_zone, Diagnostics& diags) {
+  const Field tf = tariffs_field();
+  const int decimals = static_cast<int>(int_or(member(tariffs, "decimals"), child(tf, "decimals"), 2));
+  const YAML::Node rounding_node = member(tariffs, "rounding");
+  const Rounding rounding = rounding_node.IsScalar() ? rounding_from(rounding_node.Scalar()).value_or(Rounding::half_up) : Rounding::half_up;
+  const std::size_t errors_before = diags.error_count();
+  std::map<std::string, Plan> plans;
+  for (const auto& m : members_of(member(tariffs, "plans"))) {
+    if (!m.value.IsMap()) continue;
+    Plan plan{m.key, {}, {}};
+    for (const auto& pm : members_of(member(m.value, "prices"))) {
+      const auto type = period_type_from(pm.key);
+      if (!type) continue;
+      Price price;
+      bool ok = true;
+      for (const char* part : {"electricity", "service"}) {
+        const YAML::Node n = member(pm.value, part);
+        if (!n.IsScalar()) {
+          ok = false;
+          continue;
+        }
+        const auto units = parse_scaled(n.Scalar(), decimals);
+        if (!units) {
+          diags.error(position_of(n), fmt::format("'tariffs.plans.{}.prices.{}.{}' is {}, which has more than the {} decimal place(s) declared in "
+                                                  "'tariffs.decimals'; prices are never rounded silently",
+                                                  m.key, pm.key, part, n.Scalar(), decimals));
+          ok = false;
+          continue;
+        }
+        (std::string_view(part) == "electricity" ? price.electricity : price.service) = *units;
+      }
+      if (ok) plan.prices[static_cast<std::size_t>(*type)] = price;
+    }
+    const YAML::Node periods = member(m.value, "periods");
+    for (const auto& p : periods) {
+      const auto from = member(p, "from").IsScalar() ? minutes_of(member(p, "from").Scalar()) : std::nullopt;
+      const auto to = member(p, "to").IsScalar() ? minutes_of(member(p, "to").Scalar()) : std::nullopt;
+      const YAML::Node type_node = member(p, "type");
+      if (!from || !to || !type_node.IsScalar()) continue;  // reported by the schema
+      const std::optional<PeriodType> parsed = period_type_from(type_node.Scalar());
+      if (!parsed) continue;
+      // Copied out of the optional: GCC 12 at -O2 cannot see that *parsed is initialised here.
+      const PeriodType type = parsed.value_or(PeriodType::flat);
+      if (!plan.prices[static_cast<std::size_t>(type)]) {
+        diags.error(position_of(type_node), fmt::format("'tariffs.plans.{}': a {} period needs prices.{}", m.key, type_node.Scalar(), type_node.Scalar()));
+      }
+      plan.windows.push_back(Window{*from, *to, type});
+    }
+    plans.emplace(m.key, std::move(plan));
+  }
+  std::array<std::string, 7> week;
+  const YAML::Node week_node = member(tariffs, "week");
+  for (std::size_t d = 0; d < 7; ++d) {
+    const YAML::Node n = member(week_node, day_keys[d]);
+    if (n.IsScalar()) {
+      if (!plans.count(n.Scalar())) {
+        std::vector<std::string> names;
+        for (const auto& [k, v] : plans) names.push_back(k);
+        diags.error(position_of(n), fmt::format("'tariffs.week.{}' is '{}', which is not a plan; plans: {}", day_keys[d], n.Scalar(), fmt::join(names, ", ")));
+      }
+      week[d] = n.Scalar();
+    } else if (plans.size() == 1) {
+      week[d] = plans.begin()->first;
+    } else if (!plans.empty()) {
+      diags.error(position_of(week_node.IsDefined() ? week_node : tariffs),
+                  fmt::format("'tariffs.week' gives no plan for {}; with several plans every day needs one", day_keys[d]));
+    }
+  }
+  std::map<std::string, std::string> dates;
+  for (const auto& d : member(tariffs, "dates")) {
+    const YAML::Node date = member(d, "date"), plan = member(d, "plan");
+    if (!date.IsScalar() || !plan.IsScalar()) continue;
+    if (!plans.count(plan.Scalar())) diags.error(position_of(plan), fmt::format("'tariffs.dates': '{}' is not a plan", plan.Scalar()));
+    dates[date.Scalar()] = plan.Scalar();
+  }
+  if (diags.error_count() != errors_before || plans.empty()) return std::nullopt;
+  try {
+    return Tariff(time_zone, decimals, rounding, std::move(plans), week, dates);
+  } catch (const std::invalid_argument& e) {
+    diags.error(position_of(tariffs), fmt::format("'tariffs': {}", e.what()));
+  }
+  return std::nullopt;
+}
+
 SessionConfig parse_session_config(const YAML::Node& root, const std::string& time_zone, std::vector<ConnectorConfig>& connectors,
                                    const std::vector<InstanceSpec>& instances, Diagnostics& diags) {
   SessionConfig cfg;
@@ -198,88 +282,7 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
   }
 
   // Tariffs.
-  const YAML::Node tariffs = member(root, "tariffs");
-  if (!tariffs.IsMap()) return cfg;
-  const Field tf = tariffs_field();
-  const int decimals = static_cast<int>(int_or(member(tariffs, "decimals"), child(tf, "decimals"), 2));
-  const YAML::Node rounding_node = member(tariffs, "rounding");
-  const Rounding rounding = rounding_node.IsScalar() ? rounding_from(rounding_node.Scalar()).value_or(Rounding::half_up) : Rounding::half_up;
-  const std::size_t errors_before = diags.error_count();
-  std::map<std::string, Plan> plans;
-  for (const auto& m : members_of(member(tariffs, "plans"))) {
-    if (!m.value.IsMap()) continue;
-    Plan plan{m.key, {}, {}};
-    for (const auto& pm : members_of(member(m.value, "prices"))) {
-      const auto type = period_type_from(pm.key);
-      if (!type) continue;
-      Price price;
-      bool ok = true;
-      for (const char* part : {"electricity", "service"}) {
-        const YAML::Node n = member(pm.value, part);
-        if (!n.IsScalar()) {
-          ok = false;
-          continue;
-        }
-        const auto units = parse_scaled(n.Scalar(), decimals);
-        if (!units) {
-          diags.error(position_of(n), fmt::format("'tariffs.plans.{}.prices.{}.{}' is {}, which has more than the {} decimal place(s) declared in "
-                                                  "'tariffs.decimals'; prices are never rounded silently",
-                                                  m.key, pm.key, part, n.Scalar(), decimals));
-          ok = false;
-          continue;
-        }
-        (std::string_view(part) == "electricity" ? price.electricity : price.service) = *units;
-      }
-      if (ok) plan.prices[static_cast<std::size_t>(*type)] = price;
-    }
-    const YAML::Node periods = member(m.value, "periods");
-    for (const auto& p : periods) {
-      const auto from = member(p, "from").IsScalar() ? minutes_of(member(p, "from").Scalar()) : std::nullopt;
-      const auto to = member(p, "to").IsScalar() ? minutes_of(member(p, "to").Scalar()) : std::nullopt;
-      const YAML::Node type_node = member(p, "type");
-      if (!from || !to || !type_node.IsScalar()) continue;  // reported by the schema
-      const std::optional<PeriodType> parsed = period_type_from(type_node.Scalar());
-      if (!parsed) continue;
-      // Copied out of the optional: GCC 12 at -O2 cannot see that *parsed is initialised here.
-      const PeriodType type = parsed.value_or(PeriodType::flat);
-      if (!plan.prices[static_cast<std::size_t>(type)]) {
-        diags.error(position_of(type_node), fmt::format("'tariffs.plans.{}': a {} period needs prices.{}", m.key, type_node.Scalar(), type_node.Scalar()));
-      }
-      plan.windows.push_back(Window{*from, *to, type});
-    }
-    plans.emplace(m.key, std::move(plan));
-  }
-  std::array<std::string, 7> week;
-  const YAML::Node week_node = member(tariffs, "week");
-  for (std::size_t d = 0; d < 7; ++d) {
-    const YAML::Node n = member(week_node, day_keys[d]);
-    if (n.IsScalar()) {
-      if (!plans.count(n.Scalar())) {
-        std::vector<std::string> names;
-        for (const auto& [k, v] : plans) names.push_back(k);
-        diags.error(position_of(n), fmt::format("'tariffs.week.{}' is '{}', which is not a plan; plans: {}", day_keys[d], n.Scalar(), fmt::join(names, ", ")));
-      }
-      week[d] = n.Scalar();
-    } else if (plans.size() == 1) {
-      week[d] = plans.begin()->first;
-    } else if (!plans.empty()) {
-      diags.error(position_of(week_node.IsDefined() ? week_node : tariffs),
-                  fmt::format("'tariffs.week' gives no plan for {}; with several plans every day needs one", day_keys[d]));
-    }
-  }
-  std::map<std::string, std::string> dates;
-  for (const auto& d : member(tariffs, "dates")) {
-    const YAML::Node date = member(d, "date"), plan = member(d, "plan");
-    if (!date.IsScalar() || !plan.IsScalar()) continue;
-    if (!plans.count(plan.Scalar())) diags.error(position_of(plan), fmt::format("'tariffs.dates': '{}' is not a plan", plan.Scalar()));
-    dates[date.Scalar()] = plan.Scalar();
-  }
-  if (diags.error_count() != errors_before || plans.empty()) return cfg;
-  try {
-    cfg.tariff.emplace(time_zone, decimals, rounding, std::move(plans), week, dates);
-  } catch (const std::invalid_argument& e) {
-    diags.error(position_of(tariffs), fmt::format("'tariffs': {}", e.what()));
-  }
+  if (const YAML::Node tariffs = member(root, "tariffs"); tariffs.IsMap()) cfg.tariff = parse_tariffs(tariffs, time_zone, diags);
   return cfg;
 }
 

@@ -45,6 +45,11 @@ Field tariffs_field();
 Field payment_field();
 Field charging_field();
 
+/// The tariff of a `tariffs` section already valid against tariffs_field(): the semantic checks
+/// (prices with more decimals than declared, a period without prices, days and dates without a
+/// plan, gaps and overlaps) reported into `diags`; nullopt when there are any.
+std::optional<Tariff> parse_tariffs(const YAML::Node& tariffs, const std::string& time_zone, Diagnostics& diags);
+
 /// Builds the SessionConfig from a root already validated against the schema; reports semantic
 /// problems into `diags`. Fills each connector's power/meter instance when not given.
 SessionConfig parse_session_config(const YAML::Node& root, const std::string& time_zone, std::vector<ConnectorConfig>& connectors,

@@ -312,7 +312,15 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
     instances.push_back(std::move(spec));
   }
 
-  if (diags.has_errors()) return out;
+  if (diags.has_errors()) {
+    // The tariff's own mistakes are reported in the same run when its section is well-formed
+    // (an integrator fixing a typo elsewhere should not discover them one run later).
+    const YAML::Node tariffs = member(root, "tariffs");
+    Diagnostics scratch(diags.file());
+    Validator(scratch).validate(tariffs_field(), tariffs, "tariffs");
+    if (tariffs.IsMap() && !scratch.has_errors() && tz.IsScalar() && is_known_time_zone(tz.Scalar())) parse_tariffs(tariffs, tz.Scalar(), diags);
+    return out;
+  }
 
   // Numbers are taken as the validator read them. yaml-cpp's as<>() reads a leading 0 as octal,
   // so "09" threw (std::terminate) and "07000" became 3584 (found by fuzz_site_config).
