@@ -96,7 +96,15 @@ Field payment_field() {
                         Field f = field("autostart", FieldType::boolean, "Start a session with default_method when a vehicle plugs in (free vend, fleet depots)");
                         f.default_value = "false";
                         return f;
-                      }()});
+                      }(),
+                      with_default(with_range(field("risk_timeout_ms", FieldType::integer,
+                                                    "How long the risk rules may take; a rule that has not answered by then counts as step-up"),
+                                              10, 600000, "ms"),
+                                   "2000"),
+                      with_default(with_range(field("authorize_timeout_ms", FieldType::integer,
+                                                    "Deadline given to the payment method for its answer; a later answer is a decline"),
+                                              100, 600000, "ms"),
+                                   "30000")});
 }
 
 Field charging_field() {
@@ -261,6 +269,8 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
     cfg.payment.default_method = method.Scalar();
   }
   cfg.payment.preauth_fen = int_or(member(pay, "preauth_fen"), child(pf, "preauth_fen"), 20000);
+  cfg.payment.risk_timeout_ms = int_or(member(pay, "risk_timeout_ms"), child(pf, "risk_timeout_ms"), 2000);
+  cfg.payment.authorize_timeout_ms = int_or(member(pay, "authorize_timeout_ms"), child(pf, "authorize_timeout_ms"), 30000);
   const YAML::Node autostart = member(pay, "autostart");
   cfg.payment.autostart = autostart.IsScalar() && (autostart.Scalar() == "true" || autostart.Scalar() == "True" || autostart.Scalar() == "TRUE");
   if (cfg.payment.autostart && cfg.payment.default_method.empty()) {

@@ -392,7 +392,7 @@ void SessionEngine::evaluate_risk(const risk::Context& ctx, std::function<void(r
     for (const auto& r : st->reasons) reasons += (reasons.empty() ? "" : "; ") + r;
     st->done(st->verdict, reasons);
   };
-  const Duration budget(2000);
+  const Duration budget(site_.session.payment.risk_timeout_ms);
   st->deadline = timer_after(budget, [st, finish] {
     if (st->finished) return;
     st->verdict = std::max(st->verdict, risk::Verdict::step_up);
@@ -470,7 +470,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
       done({{"ok", false}, {"error", fmt::format("payment instance '{}' is no longer running", method)}});
       return;
     }
-    payment::AuthorizationRequest req{txn, c.cfg.id, token, amount, clock_.now() + Duration(30000)};
+    payment::AuthorizationRequest req{txn, c.cfg.id, token, amount, clock_.now() + Duration(site_.session.payment.authorize_timeout_ms)};
     static_cast<payment::Method*>(pay_ref.plugin)
         ->authorize(req, [this, &c, txn, method, token, done, alive](payment::AuthorizationResult r) {
           if (!*alive) return;
