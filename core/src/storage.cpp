@@ -85,7 +85,10 @@ Database::Database(const std::filesystem::path& path) : path_(path) {
 
 Database::~Database() {
   for (auto& [sql, st] : prepared_) sqlite3_finalize(st);
-  sqlite3_close(db_);
+  // close_v2: statements others still hold on this connection (the ledger's, owned by
+  // pilecored's main) do not make the close fail and leak it; it completes when they are
+  // finalised. (LeakSanitizer found the leak with sqlite3_close.)
+  sqlite3_close_v2(db_);
 }
 
 sqlite3_stmt* Database::prepared(const std::string& sql) {
