@@ -29,6 +29,7 @@
 #include "crypto.hpp"
 #include "ledger.hpp"
 #include "storage.hpp"
+#include "test_support.hpp"
 #include "../common/bench_env.hpp"
 
 using namespace pilecore::core;
@@ -49,28 +50,8 @@ std::string ddl(const std::string& table) {
 nlohmann::json make_record(int i) {
   char id[32];
   std::snprintf(id, sizeof id, "SITE42-1-%08d", i);
-  const std::int64_t start = 1'200'000 + 37'000LL * i;
-  return {{"id", id},
-          {"connector", 1 + i % 2},
-          {"started_at", "2026-03-01T07:40:00Z"},
-          {"stopped_at", "2026-03-01T08:25:31Z"},
-          {"meter_start_wh", start},
-          {"meter_stop_wh", start + 36'850},
-          {"energy_wh", 36'850},
-          {"lines",
-           {{{"period", "flat"}, {"from", "2026-03-01T07:40:00Z"}, {"energy_wh", 12'000}, {"electricity_fen", 780}, {"service_fen", 480}},
-            {{"period", "peak"}, {"from", "2026-03-01T08:00:00Z"}, {"energy_wh", 24'850}, {"electricity_fen", 2'733}, {"service_fen", 994}}}},
-          {"electricity_fen", 3'513},
-          {"service_fen", 1'474},
-          {"total_fen", 4'987},
-          {"currency", "CNY"},
-          {"payment", {{"method", "wechat"}, {"reference", "4200001234202603010123456789"}, {"fee_fen", 30}}},
-          {"id_tag", "04A2B3C4D5E6F7"},
-          {"stop_reason", "EVDisconnected"},
-          {"outcome", "completed"}};
+  return pilecore::test::sample_ledger_record(i, id);
 }
-
-
 
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;

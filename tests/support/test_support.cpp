@@ -1,5 +1,7 @@
 #include "test_support.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -163,6 +165,37 @@ bool NotifyListener::wait_for(const std::string& line, std::chrono::milliseconds
       start = end_line + 1;
     }
   }
+}
+
+std::shared_ptr<CaptureSink> capture_log(const std::string& logger_name) {
+  spdlog::drop(logger_name);
+  auto sink = std::make_shared<CaptureSink>();
+  auto logger = std::make_shared<spdlog::logger>(logger_name, sink);
+  logger->set_level(spdlog::level::trace);
+  spdlog::register_logger(logger);
+  return sink;
+}
+
+nlohmann::json sample_ledger_record(int i, const std::string& id, const std::string& outcome) {
+  const std::int64_t start = 1'200'000 + 37'000LL * i;
+  return {{"id", id},
+          {"connector", 1 + i % 2},
+          {"started_at", "2026-03-01T07:40:00Z"},
+          {"stopped_at", "2026-03-01T08:25:31Z"},
+          {"meter_start_wh", start},
+          {"meter_stop_wh", start + 36'850},
+          {"energy_wh", 36'850},
+          {"lines",
+           {{{"period", "flat"}, {"from", "2026-03-01T07:40:00Z"}, {"energy_wh", 12'000}, {"electricity_fen", 780}, {"service_fen", 480}},
+            {{"period", "peak"}, {"from", "2026-03-01T08:00:00Z"}, {"energy_wh", 24'850}, {"electricity_fen", 2'733}, {"service_fen", 994}}}},
+          {"electricity_fen", 3'513},
+          {"service_fen", 1'474},
+          {"total_fen", 4'987},
+          {"currency", "CNY"},
+          {"payment", {{"method", "wechat"}, {"reference", "4200001234202603010123456789"}, {"fee_fen", 30}}},
+          {"id_tag", "04A2B3C4D5E6F7"},
+          {"stop_reason", "EVDisconnected"},
+          {"outcome", outcome}};
 }
 
 std::string sim_payment_and_flat_tariff(std::int64_t preauth_fen) {

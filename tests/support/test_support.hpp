@@ -2,13 +2,18 @@
 // and running the real programs.
 #pragma once
 
+#include <nlohmann/json.hpp>
+#include <spdlog/sinks/base_sink.h>
+
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <future>
 #include <string>
 #include <thread>
+#include <vector>
 #include <sys/types.h>
 
 #include "clocks.hpp"
@@ -152,6 +157,30 @@ struct ProcessResult {
 };
 
 /// Runs `argv` with optional extra environment, capturing stdout and stderr.
+/// Collects the messages of one logger (see capture_log).
+class CaptureSink final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  std::vector<std::string> lines() {
+    std::lock_guard lock(mutex_);
+    return lines_;
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override { lines_.emplace_back(msg.payload.data(), msg.payload.size()); }
+  void flush_() override {}
+
+ private:
+  std::vector<std::string> lines_;
+};
+
+/// Replaces the logger `logger_name` (e.g. "power:sim-power:p1", as the runtime names an
+/// instance's logger) with one at trace level that writes to a new CaptureSink, and returns it.
+std::shared_ptr<CaptureSink> capture_log(const std::string& logger_name);
+
+/// A finished transaction as the session engine would ledger it (about 640 bytes of JSON, two
+/// bill lines), the i-th of a series: for the ledger's tests and its benchmark.
+nlohmann::json sample_ledger_record(int i, const std::string& id, const std::string& outcome = "completed");
+
 /// The end of a test site file: a `sim` payment instance that answers at once (the last entry
 /// under `plugins:`), one flat tariff all week (69.50 + 80.00 fen/kWh) and the payment section
 /// with `preauth_fen`. Charging settings, if any, follow it.

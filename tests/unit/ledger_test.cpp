@@ -41,25 +41,8 @@ std::string txn_name(int i) {
   return buf;
 }
 
-// A finished transaction as the session engine would ledger it (~600 bytes).
 nlohmann::json make_record(int i, const std::string& id) {
-  const std::int64_t start = 1'200'000 + 37'000LL * i;
-  return {{"id", id},
-          {"connector", 1 + i % 2},
-          {"started_at", "2026-03-01T07:40:00Z"},
-          {"stopped_at", "2026-03-01T08:25:31Z"},
-          {"meter_start_wh", start},
-          {"meter_stop_wh", start + 36'850},
-          {"energy_wh", 36'850},
-          {"lines",
-           {{{"period", "flat"}, {"from", "2026-03-01T07:40:00Z"}, {"energy_wh", 12'000}, {"electricity_fen", 780}, {"service_fen", 480}},
-            {{"period", "peak"}, {"from", "2026-03-01T08:00:00Z"}, {"energy_wh", 24'850}, {"electricity_fen", 2'733}, {"service_fen", 994}}}},
-          {"electricity_fen", 3'513},
-          {"service_fen", 1'474},
-          {"total_fen", 4'987},
-          {"currency", "CNY"},
-          {"payment", {{"method", "wechat"}, {"reference", "4200001234202603010123456789"}, {"fee_fen", 30}}},
-          {"outcome", i % 7 == 0 ? "recovered" : "completed"}};
+  return pilecore::test::sample_ledger_record(i, id, i % 7 == 0 ? "recovered" : "completed");
 }
 
 // SQL on the database file through a connection of its own, with blobs bound to ?1, ?2, ...

@@ -54,30 +54,11 @@ const fs::path kMeters = fs::path(PILECORE_TEST_SOURCE_DIR) / "plugins" / "senso
 // ---------------------------------------------------------------------------------------------
 // samples, from the instance's log
 
-class CaptureSink final : public spdlog::sinks::base_sink<std::mutex> {
- public:
-  std::vector<std::string> lines() {
-    std::lock_guard lock(mutex_);
-    return lines_;
-  }
-
- protected:
-  void sink_it_(const spdlog::details::log_msg& msg) override { lines_.emplace_back(msg.payload.data(), msg.payload.size()); }
-  void flush_() override {}
-
- private:
-  std::vector<std::string> lines_;
-};
-
 /// The log of one instance, e.g. "sensor:sensor-modbus:meter".
 class InstanceLog {
  public:
   explicit InstanceLog(std::string logger_name) : name_(std::move(logger_name)) {
-    spdlog::drop(name_);
-    sink_ = std::make_shared<CaptureSink>();
-    auto logger = std::make_shared<spdlog::logger>(name_, sink_);
-    logger->set_level(spdlog::level::trace);
-    spdlog::register_logger(logger);
+    sink_ = pilecore::test::capture_log(name_);
   }
   ~InstanceLog() { spdlog::drop(name_); }
   InstanceLog(const InstanceLog&) = delete;
@@ -119,7 +100,7 @@ class InstanceLog {
 
  private:
   std::string name_;
-  std::shared_ptr<CaptureSink> sink_;
+  std::shared_ptr<pilecore::test::CaptureSink> sink_;
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -32,10 +32,13 @@
 #include "plugin_loader.hpp"
 #include "runtime.hpp"
 #include "site_config.hpp"
+#include "test_support.hpp"
 
 using namespace pilecore;
 using namespace pilecore::core;
 using namespace std::chrono_literals;
+using pilecore::test::capture_log;
+using pilecore::test::CaptureSink;
 namespace fs = std::filesystem;
 
 namespace {
@@ -43,30 +46,6 @@ namespace {
 constexpr double kSpeed = 1000;           // clock seconds per real second
 constexpr auto kWait = std::chrono::seconds(5);  // real time; a test fails rather than hangs
 
-/// Captures the messages of one logger, e.g. "power:sim-power:p1".
-class CaptureSink final : public spdlog::sinks::base_sink<std::mutex> {
- public:
-  std::vector<std::string> lines() {
-    std::lock_guard lock(mutex_);
-    return lines_;
-  }
-
- protected:
-  void sink_it_(const spdlog::details::log_msg& msg) override { lines_.emplace_back(msg.payload.data(), msg.payload.size()); }
-  void flush_() override {}
-
- private:
-  std::vector<std::string> lines_;
-};
-
-std::shared_ptr<CaptureSink> capture_log(const std::string& logger_name) {
-  spdlog::drop(logger_name);
-  auto sink = std::make_shared<CaptureSink>();
-  auto logger = std::make_shared<spdlog::logger>(logger_name, sink);
-  logger->set_level(spdlog::level::trace);
-  spdlog::register_logger(logger);
-  return sink;
-}
 
 /// A site with the given plugin instances, running on its own thread.
 class SimSite {
