@@ -35,8 +35,8 @@ using nlohmann::json;
 namespace {
 
 // --- the scenario: Thursday 26 November 2026 (the workday plan), Beijing time ---------------
-constexpr const char* kDay = "2026-11-26";
-constexpr const char* kOffset = "+08:00";
+constexpr std::chrono::year_month_day kDate{std::chrono::year{2026}, std::chrono::month{11}, std::chrono::day{26}};
+constexpr int kUtcOffsetHours = 8;  // the site's zone, Asia/Shanghai, has no daylight saving
 constexpr const char* kStart = "06:00";      // the daemon starts
 constexpr const char* kPowerCut = "14:50";   // SIGKILL, while a session charges on connector 1
 constexpr int kOutageMinutes = 10;
@@ -61,14 +61,17 @@ const std::vector<const char*> kCards = {"card:04A1B2C3D4", "card:04E5F60718", "
                                          "card:0455667788", "card:04CAFE0001", "card:04CAFE0002", "card:04CAFE0003"};
 constexpr const char* kFallbackCard = "wallet:DCEP-5510";
 
-std::string instant(const char* hhmm) { return fmt::format("{}T{}:00{}", kDay, hhmm, kOffset); }
-
+/// "06:30" on the scenario's day, as an instant.
 TimePoint utc_of(const char* hhmm) {
   int h = 0, m = 0;
   std::sscanf(hhmm, "%d:%d", &h, &m);
-  const auto ymd = std::chrono::year_month_day{std::chrono::year{2026}, std::chrono::month{11}, std::chrono::day{26}};
-  return std::chrono::time_point_cast<Duration>(std::chrono::sys_days{ymd} + std::chrono::hours{h - 8} + std::chrono::minutes{m});
+  return std::chrono::time_point_cast<Duration>(std::chrono::sys_days{kDate} + std::chrono::hours{h - kUtcOffsetHours} + std::chrono::minutes{m});
 }
+
+std::string day_text() { return date::format("%F", std::chrono::sys_days{kDate}); }
+
+/// The same instant in RFC 3339 with the site's offset, as sim-power's arrive_at and fault_at take it.
+std::string instant(const char* hhmm) { return fmt::format("{}T{}:00+{:02}:00", day_text(), hhmm, kUtcOffsetHours); }
 
 std::string local_time(TimePoint t, const std::string& zone, const char* format = "%H:%M") {
   try {
@@ -160,7 +163,7 @@ std::string scenario_yaml(const fs::path& site_file, std::string& error) {
   return fmt::format(
       "# Written by `pilectl demo`: {} with the demo's scenario (vehicles at set times on\n"
       "# {}, one fault, a ledger identity, checkpoints spaced for a fast clock).\n{}\n",
-      site_file.string(), kDay, em.c_str());
+      site_file.string(), day_text(), em.c_str());
 }
 
 /// A pilecored child process.
@@ -274,7 +277,7 @@ class Day {
           refresh_time();
         }
         if (!cut_done_ && now_ >= cut_at && open_.count(kCutConnector)) power_cut();
-        if (now_ >= end_at && open_.empty() && !starting_) break;
+        if (now_ >= end_at && open_.empty()) break;
       }
       collect_receipts();
       line(now_, "", "the day is over: pilecored is stopped with SIGTERM");
@@ -351,7 +354,6 @@ class Day {
 
   /// A driver plugs in and presents a card; a declined card is followed by another means.
   void driver_arrives(TimePoint t, std::uint32_t connector) {
-    starting_ = true;
     std::string card = next_card_ < kCards.size() ? kCards[next_card_++] : kFallbackCard;
     for (int attempt = 0; attempt < 2; ++attempt) {
       line(t, fmt::format("connector {}", connector), fmt::format("the driver presents {}", card));
@@ -361,7 +363,6 @@ class Day {
       line(t, fmt::format("connector {}", connector), fmt::format("refused: {}", r.value("error", "?")));
       card = kFallbackCard;
     }
-    starting_ = false;
   }
 
   void power_cut() {
@@ -418,7 +419,6 @@ class Day {
   std::vector<json> receipts_;
   std::size_t next_card_ = 0;
   std::size_t declined_ = 0;
-  bool starting_ = false;
   bool cut_done_ = false;
   std::string cut_txn_;
 };
@@ -496,7 +496,7 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
     }
   }
   state = fs::absolute(state);
-  out << fmt::format("pilecore demo: a simulated day at site {} on {}\n", o.site.string(), kDay);
+  out << fmt::format("pilecore demo: a simulated day at site {} on {}\n", o.site.string(), day_text());
   out << fmt::format("state directory (kept): {}\n", state.string());
 
   // The site with the scenario, validated like any site file.
