@@ -1,4 +1,4 @@
-// `pilectl keys init` and `pilectl ledger verify`, and the site file's `identity` section.
+// `pilectl keys init` and `pilectl ledger verify`.
 // The functions print to the streams they are given and return the exit code, so pilectl only
 // parses options and the tests call them directly.
 #pragma once
@@ -10,7 +10,7 @@
 #include <string>
 
 #include "crypto.hpp"
-#include "schema.hpp"
+#include "identity_config.hpp"
 
 namespace pilecore::core {
 
@@ -34,32 +34,5 @@ int keys_init(const IdentityOptions& options, std::ostream& out, std::ostream& e
 /// signatures valid"; 1 with "ledger BROKEN: seq S (txn T): ..." naming the first bad record;
 /// 2 when the check cannot run (no database, no ledger table, unreadable certificate).
 int ledger_verify(const std::filesystem::path& db_path, const std::filesystem::path& certificate_path, std::ostream& out, std::ostream& err);
-
-/// The site file's `identity` section:
-///   identity:
-///     key: identity/device.key          # a path (relative: under the state directory) or an
-///                                       # OSSL_STORE URI such as "handle:0x81000001"
-///     certificate: identity/device.crt  # PEM; relative: under the state directory
-///     algorithm: ecdsa-p256             # or sm2
-///     hash: sha256                      # the ledger chain's hash, or sm3
-///     operator: pilecore                # O= of the certificate keys init makes
-Field identity_schema();
-
-/// The `identity` section's values, defaults filled in.
-struct IdentityConfig {
-  std::string key = "identity/device.key";
-  std::string certificate = "identity/device.crt";
-  KeyAlgorithm algorithm = KeyAlgorithm::ecdsa_p256;
-  HashAlgorithm hash = HashAlgorithm::sha256;
-  std::string organization = "pilecore";
-};
-
-/// Reads a validated `identity` section (an undefined or null node gives the defaults).
-IdentityConfig identity_config(const YAML::Node& section);
-
-/// A key or certificate location from the site file, made usable: an OSSL_STORE URI ("scheme:..."
-/// that is not an existing relative file) and absolute paths are kept; relative paths are taken
-/// under `state_dir`.
-std::string resolve_identity_location(const std::string& location, const std::filesystem::path& state_dir);
 
 }  // namespace pilecore::core

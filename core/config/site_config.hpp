@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "diagnostics.hpp"
-#include "ledger_commands.hpp"
+#include "identity_config.hpp"
 #include "plugin_loader.hpp"
 #include "schema.hpp"
 #include "session_config.hpp"
