@@ -7,6 +7,9 @@
 #include <cmath>
 
 #include "clocks.hpp"
+#include "crypto.hpp"
+#include "money_operations.hpp"
+#include "statement.hpp"
 
 namespace pilecore::core {
 namespace asio = boost::asio;
@@ -34,66 +37,8 @@ std::optional<StopReason> stop_reason_from(std::string_view s) {
 
 namespace {
 
-/// A prepared statement; throws std::runtime_error naming the SQL on failure.
-class Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    if (sqlite3_prepare_v2(db, sql, -1, &st_, nullptr) != SQLITE_OK) throw std::runtime_error(fmt::format("{}: {}", sql, sqlite3_errmsg(db)));
-  }
-  /// The database's cached statement for `sql`: reset and unbound again when done.
-  Stmt(Database& db, const char* sql) : db_(db.handle()), st_(db.prepared(sql)), cached_(true) {}
-  ~Stmt() {
-    if (cached_) {
-      sqlite3_reset(st_);
-      sqlite3_clear_bindings(st_);
-    } else {
-      sqlite3_finalize(st_);
-    }
-  }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  Stmt& bind(int i, std::int64_t v) {
-    sqlite3_bind_int64(st_, i, v);
-    return *this;
-  }
-  Stmt& bind(int i, const std::string& v) {
-    sqlite3_bind_text(st_, i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  bool step() {
-    const int rc = sqlite3_step(st_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    throw std::runtime_error(fmt::format("{}: {}", sqlite3_sql(st_), sqlite3_errmsg(db_)));
-  }
-  std::int64_t i64(int c) const { return sqlite3_column_int64(st_, c); }
-  std::string text(int c) const {
-    const auto* t = sqlite3_column_text(st_, c);
-    return t ? reinterpret_cast<const char*>(t) : "";
-  }
-  bool null(int c) const { return sqlite3_column_type(st_, c) == SQLITE_NULL; }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* st_ = nullptr;
-  bool cached_ = false;
-};
-
 std::int64_t ms_of(TimePoint t) { return t.time_since_epoch().count(); }
 
-// Holds. An authorisation asked for a transaction whose row is not committed yet holds the
-// customer's money at the acquirer with nothing in the database to say so: a crash between
-// authorize() and that commit (or a stop that cuts the answer off) would leave it held until it
-// expires. So the key 'hold:<txn>' (value: the payment instance) commits with the transaction id,
-// before authorize(), and goes with the row's commit or once the acquirer confirms the release;
-// recover() releases what a crash left. (Found by the crash-injection test, tests/crash.)
-void drop_hold(sqlite3* db, const std::string& txn) noexcept {
-  try {
-    Stmt(db, "DELETE FROM meta WHERE key=?").bind(1, "hold:" + txn).step();
-  } catch (const std::exception& e) {
-    spdlog::error("{}: the hold record stays (released again at the next start): {}", txn, e.what());
-  }
-}
 TimePoint tp_of(std::int64_t ms) { return TimePoint{Duration{ms}}; }
 
 nlohmann::json bill_json(const Bill& b) {
@@ -111,22 +56,27 @@ nlohmann::json bill_json(const Bill& b) {
 class DbHistory final : public risk::History {
  public:
   explicit DbHistory(sqlite3* db) : db_(db) {}
-  std::uint32_t sessions_since(std::string_view user, TimePoint since) const noexcept override {
+  // A database error is an error (std::nullopt), never a zero: a rule must not fail open.
+  std::optional<std::uint32_t> sessions_since(std::string_view user, TimePoint since) const noexcept override {
     try {
-      Stmt s(db_, "SELECT COUNT(*) FROM transactions WHERE user_token=? AND started_ms>=?");
-      s.bind(1, std::string(user)).bind(2, ms_of(since));
-      return s.step() ? static_cast<std::uint32_t>(s.i64(0)) : 0;
-    } catch (...) {
-      return 0;
+      Stmt s(db_, "SELECT COUNT(*) FROM transactions WHERE user_hash=? AND started_ms>=?");
+      s.bind(1, user).bind(2, ms_of(since));
+      if (!s.step()) return std::nullopt;
+      return static_cast<std::uint32_t>(s.i64(0));
+    } catch (const std::exception& e) {
+      spdlog::error("risk history: {}", e.what());
+      return std::nullopt;
     }
   }
-  std::int64_t amount_since_fen(std::string_view user, TimePoint since) const noexcept override {
+  std::optional<std::int64_t> amount_since_fen(std::string_view user, TimePoint since) const noexcept override {
     try {
-      Stmt s(db_, "SELECT COALESCE(SUM(total_fen),0) FROM transactions WHERE user_token=? AND started_ms>=?");
-      s.bind(1, std::string(user)).bind(2, ms_of(since));
-      return s.step() ? s.i64(0) : 0;
-    } catch (...) {
-      return 0;
+      Stmt s(db_, "SELECT COALESCE(SUM(total_fen),0) FROM transactions WHERE user_hash=? AND started_ms>=?");
+      s.bind(1, user).bind(2, ms_of(since));
+      if (!s.step()) return std::nullopt;
+      return s.i64(0);
+    } catch (const std::exception& e) {
+      spdlog::error("risk history: {}", e.what());
+      return std::nullopt;
     }
   }
 
@@ -134,7 +84,69 @@ class DbHistory final : public risk::History {
   sqlite3* db_;
 };
 
+/// The engine's timers on the strand, for the payment saga.
+class AsioScheduler final : public Scheduler {
+ public:
+  AsioScheduler(SessionEngine::Strand& strand, const Clock& clock) : strand_(strand), clock_(clock) {}
+  ~AsioScheduler() override {
+    for (auto& [id, t] : timers_) t->cancel();
+  }
+  TimerId after(Duration delay, std::function<void()> fn) override {
+    const TimerId id = ++next_;
+    auto t = std::make_unique<asio::steady_timer>(strand_);
+    t->expires_after(real_duration(clock_, delay));
+    t->async_wait([this, id, alive = alive_, fn = std::move(fn)](const boost::system::error_code& ec) {
+      if (ec || !*alive) return;
+      timers_.erase(id);
+      fn();
+    });
+    timers_.emplace(id, std::move(t));
+    return id;
+  }
+  void cancel(TimerId id) override {
+    if (auto it = timers_.find(id); it != timers_.end()) {
+      it->second->cancel();
+      timers_.erase(it);
+    }
+  }
+
+ private:
+  SessionEngine::Strand& strand_;
+  const Clock& clock_;
+  TimerId next_ = 0;
+  std::map<TimerId, std::unique_ptr<asio::steady_timer>> timers_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+/// Runs a work through the storage thread and only logs a failure (checkpoints, status marks:
+/// what a failure costs is said where it matters).
+void submit_logged(StoreWorker& store, std::string what, StoreWorker::Work work) {
+  store.submit(std::move(work), [what = std::move(what)](const Status& st) {
+    if (!st.ok()) spdlog::error("{} not committed: {}", what, st.message());
+  });
+}
+
 }  // namespace
+
+std::string SessionEngine::user_hash(std::string_view token) const {
+  // Risk rules and their history see who pays only as this salted hash.
+  const std::string salted = site_.id + "\n" + std::string(token);
+  return to_hex(digest(HashAlgorithm::sha256, as_bytes(salted))).substr(0, 32);
+}
+
+identification::Token parse_token(std::string_view text, std::optional<std::uint32_t> connector) {
+  identification::Token t;
+  const auto colon = text.find(':');
+  if (colon == std::string_view::npos || colon == 0) {
+    t.type = "token";
+    t.id = std::string(text);
+  } else {
+    t.type = std::string(text.substr(0, colon));
+    t.id = std::string(text.substr(colon + 1));
+  }
+  t.connector = connector;
+  return t;
+}
 
 struct SessionEngine::Session {
   std::string id;
@@ -160,22 +172,68 @@ struct SessionEngine::Connector {
   std::optional<MeterReading> last;
   std::list<Waiter> waiters;
   std::vector<std::function<void()>> on_closed;  ///< called once the stopping session is closed (stop_all waits with it)
+  std::string starting_txn;  ///< the transaction being authorised (a step-up answer goes to it)
+  int close_failures = 0;    ///< consecutive closes that did not commit (a full disk)
+  std::unique_ptr<asio::steady_timer> close_retry;
   /// Transactions of this connector that recover() is closing. No session starts meanwhile: its
   /// energy would move the meter under the recovery's final reading (billed twice), and a
   /// recovery cut short by another crash reads the meter again at the next start.
   int recovering = 0;
 };
 
-SessionEngine::SessionEngine(const SiteConfig& site, Database& db, const Clock& clock, Strand& strand, Hooks hooks)
-    : site_(site), db_(db), clock_(clock), strand_(strand), hooks_(std::move(hooks)), alive_(std::make_shared<bool>(true)) {
+SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& store, const Clock& clock, Strand& strand, Hooks hooks)
+    : site_(site), db_(db), store_(store), clock_(clock), strand_(strand), hooks_(std::move(hooks)), alive_(std::make_shared<bool>(true)) {
   for (const auto& c : site_.connectors) {
     auto conn = std::make_unique<Connector>();
     conn->cfg = c;
     connectors_.emplace(c.id, std::move(conn));
   }
+  if (sqlite3_open_v2(db_.path().c_str(), &reader_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+    const std::string msg = reader_ ? sqlite3_errmsg(reader_) : "out of memory";
+    sqlite3_close(reader_);
+    throw std::runtime_error(fmt::format("{}: cannot open a reading connection: {}", db_.path().string(), msg));
+  }
+  sqlite3_busy_timeout(reader_, 5000);
+  {
+    Stmt s(reader_, "SELECT value FROM meta WHERE key='txn_seq'");
+    if (s.step()) txn_seq_ = std::stoll(s.text(0));
+  }
+  scheduler_ = std::make_unique<AsioScheduler>(strand_, clock_);
+  const auto& pay = site_.session.payment;
+  PaymentSaga::Hooks sh;
+  sh.method = [this](std::string_view name) -> payment::Method* {
+    const auto ref = hooks_.find(name);
+    return ref.plugin && ref.kind == Kind::payment ? static_cast<payment::Method*>(ref.plugin) : nullptr;
+  };
+  sh.recorded = [ledger = hooks_.ledger_operation](Database& wdb, const MoneyOperation& op) {
+    // The transaction row carries what its capture took, for the receipt.
+    if (op.kind == OperationKind::capture) {
+      Stmt(wdb, "UPDATE transactions SET captured_fen=?, capture_status=? WHERE id=?")
+          .bind(1, op.state == OperationStateRow::confirmed ? op.amount_fen : 0)
+          .bind(2, op.state == OperationStateRow::confirmed ? std::string("captured") : fmt::format("failed: {}", op.reason))
+          .bind(3, op.txn)
+          .step();
+    }
+    if (ledger) ledger(wdb, op);
+  };
+  sh.settled = [this](const MoneyOperation& op) {
+    emit({{"event", "operation"}, {"transaction", op.txn}, {"operation", op.id}, {"kind", std::string(to_string(op.kind))},
+          {"state", std::string(to_string(op.state))}, {"amount_fen", op.amount_fen}, {"method", op.method}});
+  };
+  saga_ = std::make_unique<PaymentSaga>(store_, reader_, clock_, *scheduler_,
+                                        PaymentSaga::Settings{.authorize_timeout = Duration(pay.authorize_timeout_ms),
+                                                              .operation_timeout = Duration(pay.authorize_timeout_ms),
+                                                              .retry_first = Duration(5000),
+                                                              .retry_max = Duration(600000)},
+                                        std::move(sh));
 }
 
-SessionEngine::~SessionEngine() { *alive_ = false; }
+SessionEngine::~SessionEngine() {
+  *alive_ = false;
+  saga_.reset();
+  scheduler_.reset();
+  sqlite3_close_v2(reader_);
+}
 
 std::unique_ptr<asio::steady_timer> SessionEngine::timer_after(Duration d, std::function<void()> fn) {
   auto t = std::make_unique<asio::steady_timer>(strand_);
@@ -341,29 +399,19 @@ void SessionEngine::keep_until_fired(std::unique_ptr<asio::steady_timer> timer) 
 }
 
 std::string SessionEngine::next_transaction_id(std::uint32_t connector) {
-  std::int64_t n = 1;
-  {
-    Stmt s(db_, "SELECT value FROM meta WHERE key='txn_seq'");
-    if (s.step()) n = std::stoll(s.text(0)) + 1;
-  }
-  Stmt u(db_, "INSERT INTO meta(key, value) VALUES('txn_seq', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
-  u.bind(1, std::to_string(n)).step();
+  const std::int64_t n = ++txn_seq_;
+  // Ordered before the authorisation's intent, which names the id: an id is never used twice.
+  submit_logged(store_, "the transaction counter", [n](Database& db) {
+    Stmt(db, "INSERT INTO meta(key, value) VALUES('txn_seq', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value")
+        .bind(1, std::to_string(n))
+        .step();
+  });
   return fmt::format("{}-{}-{:06}", site_.id, connector, n);
 }
 
-void SessionEngine::release_hold(const std::string& txn, const std::string& method) {
-  const auto p = hooks_.find(method);
-  if (!p.plugin || p.kind != Kind::payment) return;  // the hold stays recorded: released at the next start
-  static_cast<payment::Method*>(p.plugin)->cancel(txn, [this, txn, alive = alive_](Status st) {
-    // ok: released; invalid_argument: nothing to release (never authorised, or declined). Any
-    // other answer (unreachable, the method stopped): kept, and released at the next start.
-    if (*alive && (st.ok() || st.code() == StatusCode::invalid_argument)) drop_hold(db_.handle(), txn);
-  });
-}
-
-void SessionEngine::insert_reading(const std::string& txn, int seq, const MeterReading& r, const char* kind) {
-  Stmt s(db_, "INSERT INTO readings(txn_id, seq, time_ms, wh, kind) VALUES(?,?,?,?,?)");
-  s.bind(1, txn).bind(2, seq).bind(3, ms_of(r.time)).bind(4, r.wh).bind(5, std::string(kind)).step();
+void SessionEngine::insert_reading(Database& db, const std::string& txn, int seq, const MeterReading& r, const char* kind) const {
+  Stmt(db, "INSERT INTO readings(txn_id, seq, time_ms, wh, kind) VALUES(?,?,?,?,?)")
+      .bind(1, txn).bind(2, seq).bind(3, ms_of(r.time)).bind(4, r.wh).bind(5, kind).step();
 }
 
 void SessionEngine::evaluate_risk(const risk::Context& ctx, std::function<void(risk::Verdict, std::string)> done) {
@@ -382,8 +430,8 @@ void SessionEngine::evaluate_risk(const risk::Context& ctx, std::function<void(r
     std::string txn, method, token;
     std::unique_ptr<asio::steady_timer> deadline;
   };
-  auto st = std::make_shared<State>(State{rules.size(), risk::Verdict::allow, {}, false, std::move(done), DbHistory(db_.handle()),
-                                          std::string(ctx.transaction_id), std::string(ctx.method), std::string(ctx.user_token), nullptr});
+  auto st = std::make_shared<State>(State{rules.size(), risk::Verdict::allow, {}, false, std::move(done), DbHistory(reader_),
+                                          std::string(ctx.transaction_id), std::string(ctx.method), std::string(ctx.user), nullptr});
   auto finish = [st] {
     if (st->finished) return;
     st->finished = true;
@@ -402,7 +450,7 @@ void SessionEngine::evaluate_risk(const risk::Context& ctx, std::function<void(r
   risk::Context c = ctx;
   c.transaction_id = st->txn;
   c.method = st->method;
-  c.user_token = st->token;
+  c.user = st->token;
   for (const auto& name : rules) {
     auto ref = hooks_.find(name);
     if (!ref.plugin) {
@@ -437,103 +485,171 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   if (!pay.plugin || pay.kind != Kind::payment) return fail(fmt::format("'{}' is not a running payment instance", method));
   if (token.empty()) token = "anonymous";
   c.starting = true;
-  std::string txn;
-  try {
-    db_.exec("BEGIN IMMEDIATE");
-    txn = next_transaction_id(id);
-    Stmt(db_, "INSERT INTO meta(key, value) VALUES(?, ?)").bind(1, "hold:" + txn).bind(2, method).step();
-    db_.exec("COMMIT");  // the hold is on disk before the acquirer is asked
-  } catch (const std::exception& e) {
-    try {
-      db_.exec("ROLLBACK");
-    } catch (...) {
-    }
-    c.starting = false;
-    return fail(fmt::format("database: {}", e.what()));
-  }
+  const std::string txn = next_transaction_id(id);
   const std::int64_t amount = site_.session.payment.preauth_fen;
-  risk::Context ctx{txn, id, method, token, amount, clock_.now()};
+  const std::string user = user_hash(token);
+  risk::Context ctx{risk::Phase::authorize, txn, id, method, {}, user, amount, clock_.now()};
   spdlog::info("connector {}: {}: start requested ({} via {})", id, txn, token, method);
   evaluate_risk(ctx, [this, &c, txn, method, token, amount, done, alive = alive_](risk::Verdict verdict, std::string reasons) {
     if (!*alive) return;
     if (verdict != risk::Verdict::allow) {
       c.starting = false;
-      drop_hold(db_.handle(), txn);  // nothing was asked of the acquirer
       spdlog::warn("connector {}: {}: risk {}: {}", c.cfg.id, txn, risk::to_string(verdict), reasons);
       done({{"ok", false}, {"error", fmt::format("risk check: {}: {}", risk::to_string(verdict), reasons)}, {"verdict", std::string(risk::to_string(verdict))}});
       return;
     }
-    auto pay_ref = hooks_.find(method);
-    if (!pay_ref.plugin) {
+    c.starting_txn = txn;
+    saga_->authorize(
+        txn, c.cfg.id, method, parse_token(token, c.cfg.id), amount,
+        [this, &c, txn](const payment::Challenge& ch) {
+          spdlog::info("connector {}: {}: step-up: {} ({})", c.cfg.id, txn, payment::to_string(ch.kind), ch.prompt);
+          emit({{"event", "step_up"}, {"connector", c.cfg.id}, {"transaction", txn}, {"kind", std::string(payment::to_string(ch.kind))},
+                {"prompt", ch.prompt}, {"deadline", format_utc(ch.deadline)}, {"methods", ch.methods}});
+          if (hooks_.announce) hooks_.announce(c.cfg.id, ch.prompt);
+        },
+        [this, &c, txn, method, token, done, alive](PaymentSaga::Authorization a) {
+          if (!*alive) return;
+          authorized(c, txn, method, token, a, done);
+        });
+  });
+}
+
+void SessionEngine::authorized(Connector& c, const std::string& txn, const std::string& method, const std::string& token,
+                               const PaymentSaga::Authorization& a, const Reply& done) {
+  if (a.decision != payment::Decision::approved) {
+    c.starting = false;
+    c.starting_txn.clear();
+    const std::string why = a.timed_out ? a.reason : fmt::format("payment declined: {}", a.reason);
+    spdlog::warn("connector {}: {}: {}", c.cfg.id, txn, why);
+    emit({{"event", "start_refused"}, {"connector", c.cfg.id}, {"transaction", txn}, {"reason", why}});
+    if (hooks_.announce) hooks_.announce(c.cfg.id, why);
+    done({{"ok", false}, {"error", why}, {"transaction", txn}});
+    return;
+  }
+  read_meter(c, [this, &c, txn, method, token, a, done, alive = alive_](std::optional<MeterReading> m) {
+    if (!*alive) return;
+    // Stopping: stop_all() has counted the sessions it waits for, so a transaction committed now
+    // would be left open by a clean stop. Release the authorisation instead.
+    if (!m || shutting_down_) {
       c.starting = false;
-      drop_hold(db_.handle(), txn);
-      done({{"ok", false}, {"error", fmt::format("payment instance '{}' is no longer running", method)}});
+      c.starting_txn.clear();
+      saga_->release(txn, method);
+      done({{"ok", false}, {"error", m ? "pilecored is stopping; authorisation released" : "the meter gave no reading; authorisation released"}});
       return;
     }
-    payment::AuthorizationRequest req{txn, c.cfg.id, token, amount, clock_.now() + Duration(site_.session.payment.authorize_timeout_ms)};
-    static_cast<payment::Method*>(pay_ref.plugin)
-        ->authorize(req, [this, &c, txn, method, token, done, alive](payment::AuthorizationResult r) {
+    const std::uint32_t cid = c.cfg.id;
+    store_.submit(
+        [this, txn, cid, method, token, a, r = *m, user = user_hash(token)](Database& db) {
+          Stmt(db,
+               "INSERT INTO transactions(id, connector, method, user_token, user_hash, payment_ref, authorized_fen, status, started_ms, meter_start_wh) "
+               "VALUES(?,?,?,?,?,?,?, 'open', ?, ?)")
+              .bind(1, txn).bind(2, cid).bind(3, method).bind(4, token).bind(5, user).bind(6, a.reference).bind(7, a.authorized_fen)
+              .bind(8, ms_of(r.time)).bind(9, r.wh)
+              .step();
+          insert_reading(db, txn, 0, r, "start");
+        },
+        // synchronous=FULL: on disk before the contactor closes
+        [this, &c, txn, method, token, a, m, done, alive](const Status& st) {
           if (!*alive) return;
-          if (r.decision != payment::Decision::approved) {
-            c.starting = false;
-            // "Declined" also stands for a timeout or a method that stopped before answering,
-            // when the acquirer may have approved: release, to be sure.
-            release_hold(txn, method);
-            done({{"ok", false}, {"error", fmt::format("payment {}: {}", r.decision == payment::Decision::step_up ? "needs step-up" : "declined", r.reason)}});
+          c.starting = false;
+          c.starting_txn.clear();
+          if (!st.ok()) {
+            saga_->release(txn, method);
+            done({{"ok", false}, {"error", fmt::format("database: {}", st.message())}});
             return;
           }
-          read_meter(c, [this, &c, txn, method, token, r, done, alive](std::optional<MeterReading> m) {
-            if (!*alive) return;
-            // Stopping: stop_all() has counted the sessions it waits for, so a transaction
-            // committed now would be left open by a clean stop. Release the hold instead.
-            if (!m || shutting_down_) {
-              c.starting = false;
-              release_hold(txn, method);
-              done({{"ok", false}, {"error", m ? "pilecored is stopping; authorisation released" : "the meter gave no reading; authorisation released"}});
-              return;
-            }
-            try {
-              db_.exec("BEGIN IMMEDIATE");
-              Stmt s(db_,
-                     "INSERT INTO transactions(id, connector, method, user_token, payment_ref, authorized_fen, status, started_ms, meter_start_wh) "
-                     "VALUES(?,?,?,?,?,?, 'open', ?, ?)");
-              s.bind(1, txn).bind(2, c.cfg.id).bind(3, method).bind(4, token).bind(5, r.reference).bind(6, r.authorized_fen).bind(7, ms_of(m->time)).bind(8, m->wh).step();
-              insert_reading(txn, 0, *m, "start");
-              Stmt(db_, "DELETE FROM meta WHERE key=?").bind(1, "hold:" + txn).step();  // the row says it now
-              db_.exec("COMMIT");  // synchronous=FULL: on disk before the contactor closes
-            } catch (const std::exception& e) {
-              c.starting = false;
-              try {
-                db_.exec("ROLLBACK");
-              } catch (...) {
-              }
-              release_hold(txn, method);
-              done({{"ok", false}, {"error", fmt::format("database: {}", e.what())}});
-              return;
-            }
-            c.starting = false;
-            c.session.emplace();
-            Session& s = *c.session;
-            s.id = txn;
-            s.method = method;
-            s.token = token;
-            s.authorized_fen = r.authorized_fen;
-            s.readings.push_back(*m);
-            s.last_checkpoint = *m;
-            spdlog::info("connector {}: {}: authorised {} fen, meter {} Wh", c.cfg.id, txn, r.authorized_fen, m->wh);
-            apply(c, ConnectorEvent::authorized_start, fmt::format("transaction {} authorised", txn));
-            // From Finishing a new session goes to Preparing; the vehicle is still plugged in, so
-            // there is no plug event to wait for.
-            if (c.fsm.status() == ConnectorStatus::preparing && c.fsm.plugged()) {
-              apply(c, ConnectorEvent::authorized_start, "the vehicle is still plugged in");
-            }
-            emit({{"event", "session_started"}, {"connector", c.cfg.id}, {"transaction", txn}, {"method", method}, {"user", token},
-                  {"authorized_fen", r.authorized_fen}, {"payment_ref", r.reference}, {"meter_start_wh", m->wh}});
-            if (c.fsm.status() == ConnectorStatus::charging) begin_charging(c);
-            arm_boundary(c);
-            done({{"ok", true}, {"transaction", txn}, {"connector", c.cfg.id}, {"meter_start_wh", m->wh}});
-          });
+          c.session.emplace();
+          Session& s = *c.session;
+          s.id = txn;
+          s.method = method;
+          s.token = token;
+          s.authorized_fen = a.authorized_fen;
+          s.readings.push_back(*m);
+          s.last_checkpoint = *m;
+          spdlog::info("connector {}: {}: authorised {} fen, meter {} Wh", c.cfg.id, txn, a.authorized_fen, m->wh);
+          apply(c, ConnectorEvent::authorized_start, fmt::format("transaction {} authorised", txn));
+          // From Finishing a new session goes to Preparing; the vehicle is still plugged in, so
+          // there is no plug event to wait for.
+          if (c.fsm.status() == ConnectorStatus::preparing && c.fsm.plugged()) {
+            apply(c, ConnectorEvent::authorized_start, "the vehicle is still plugged in");
+          }
+          emit({{"event", "session_started"}, {"connector", c.cfg.id}, {"transaction", txn}, {"method", method}, {"user", token},
+                {"authorized_fen", a.authorized_fen}, {"payment_ref", a.reference}, {"meter_start_wh", m->wh}});
+          if (c.fsm.status() == ConnectorStatus::charging) begin_charging(c);
+          arm_boundary(c);
+          done({{"ok", true}, {"transaction", txn}, {"connector", c.cfg.id}, {"meter_start_wh", m->wh}});
         });
+  });
+}
+
+void SessionEngine::present(const identification::Token& token, std::optional<std::uint32_t> presenter_connector) {
+  const auto connector_id = token.connector ? token.connector : presenter_connector;
+  const auto& bindings = site_.session.payment.token_methods;
+  auto it = bindings.find(token.type);
+  if (!connector_id) {
+    spdlog::warn("a '{}' token was presented with no connector; ignored", token.type);
+    return;
+  }
+  if (it == bindings.end() && site_.session.payment.default_method.empty()) {
+    spdlog::warn("connector {}: a '{}' token was presented but no payment method takes that type", *connector_id, token.type);
+    return;
+  }
+  const std::string method = it != bindings.end() ? it->second : site_.session.payment.default_method;
+  start(*connector_id, method, token.type + ":" + token.id, [id = *connector_id](const nlohmann::json& r) {
+    if (!r.value("ok", false)) spdlog::warn("connector {}: a presented token did not start a session: {}", id, r.value("error", ""));
+  });
+}
+
+void SessionEngine::answer_step_up(std::uint32_t id, payment::StepUpAnswer answer, Reply done) {
+  Connector* c = connector(id);
+  if (!c) {
+    done({{"ok", false}, {"error", fmt::format("no connector {}", id)}});
+    return;
+  }
+  if (c->starting_txn.empty() || !saga_->awaiting_step_up(c->starting_txn)) {
+    done({{"ok", false}, {"error", fmt::format("connector {} has no step-up waiting for an answer", id)}});
+    return;
+  }
+  const Status st = saga_->answer_step_up(c->starting_txn, answer);
+  if (!st.ok()) {
+    done({{"ok", false}, {"error", st.message()}});
+    return;
+  }
+  done({{"ok", true}, {"transaction", c->starting_txn}});
+}
+
+void SessionEngine::refund(const std::string& txn, std::int64_t amount_fen, const std::string& reason, Reply done) {
+  std::string method;
+  std::int64_t captured = 0, refunded = 0;
+  std::string status;
+  try {
+    Stmt s(reader_, "SELECT method, status, COALESCE(captured_fen, 0) FROM transactions WHERE id=?");
+    s.bind(1, txn);
+    if (!s.step()) {
+      done({{"ok", false}, {"error", fmt::format("no transaction '{}'", txn)}});
+      return;
+    }
+    method = s.text(0);
+    status = s.text(1);
+    captured = s.i64(2);
+    for (const auto& op : operations::of_transaction(reader_, txn)) {
+      if (op.kind == OperationKind::refund && op.state != OperationStateRow::failed) refunded += op.amount_fen;
+    }
+  } catch (const std::exception& e) {
+    done({{"ok", false}, {"error", fmt::format("database: {}", e.what())}});
+    return;
+  }
+  if (status != "closed") {
+    done({{"ok", false}, {"error", fmt::format("{} is not closed yet: refund it once it is captured", txn)}});
+    return;
+  }
+  if (amount_fen <= 0 || amount_fen > captured - refunded) {
+    done({{"ok", false}, {"error", fmt::format("a refund must be between 1 and {} fen (captured {}, refunded {})", captured - refunded, captured, refunded)}});
+    return;
+  }
+  saga_->refund(txn, method, amount_fen, reason, [done](const MoneyOperation& op) {
+    done({{"ok", op.state != OperationStateRow::failed}, {"operation", op.id}, {"state", std::string(to_string(op.state))},
+          {"amount_fen", op.amount_fen}, {"error", op.state == OperationStateRow::failed ? op.reason : std::string()}});
   });
 }
 
@@ -621,14 +737,13 @@ void SessionEngine::checkpoint(Connector& c, const MeterReading& r) {
   const auto& ch = site_.session.charging;
   if (r.time - s.last_checkpoint.time < Duration(ch.checkpoint_interval_ms) && r.wh - s.last_checkpoint.wh < ch.checkpoint_wh) return;
   if (r.wh < s.readings.back().wh || r.time < s.readings.back().time) return;
-  try {
-    insert_reading(s.id, static_cast<int>(s.readings.size()), r, "checkpoint");
-  } catch (const std::exception& e) {
-    spdlog::error("connector {}: {}: checkpoint not committed: {}", c.cfg.id, s.id, e.what());
-    return;
-  }
+  // Kept at once: the final reading, committed with the close, covers it whether or not this
+  // commit succeeds; its sequence number is never reused.
+  const int seq = static_cast<int>(s.readings.size());
   s.readings.push_back(r);
   s.last_checkpoint = r;
+  submit_logged(store_, fmt::format("connector {}: {}: checkpoint", c.cfg.id, s.id),
+                [this, txn = s.id, seq, r](Database& db) { insert_reading(db, txn, seq, r, "checkpoint"); });
   // Funds: stop when the bill so far reaches what was authorised.
   const Bill so_far = compute_bill(*site_.session.tariff, s.readings);
   if (so_far.total_fen >= s.authorized_fen) {
@@ -646,17 +761,15 @@ void SessionEngine::arm_boundary(Connector& c) {
       if (!c.session || c.session->stopping) return;
       Session& s = *c.session;
       if (m && m->time >= s.readings.back().time && m->wh >= s.readings.back().wh) {
-        try {
-          insert_reading(s.id, static_cast<int>(s.readings.size()), *m, "boundary");
-          s.readings.push_back(*m);
-          s.last_checkpoint = *m;
-          spdlog::info("connector {}: {}: tariff boundary at {}: meter {} Wh", c.cfg.id, s.id, format_utc(boundary), m->wh);
-          const Slot next = site_.session.tariff->slot_at(boundary);
-          emit({{"event", "tariff_boundary"}, {"connector", c.cfg.id}, {"transaction", s.id}, {"meter_wh", m->wh}, {"boundary", format_utc(boundary)},
-                {"period", std::string(to_string(next.type))}, {"plan", next.plan}});
-        } catch (const std::exception& e) {
-          spdlog::error("connector {}: boundary reading not committed: {}", c.cfg.id, e.what());
-        }
+        const int seq = static_cast<int>(s.readings.size());
+        s.readings.push_back(*m);
+        s.last_checkpoint = *m;
+        submit_logged(store_, fmt::format("connector {}: {}: boundary reading", c.cfg.id, s.id),
+                      [this, txn = s.id, seq, r = *m](Database& db) { insert_reading(db, txn, seq, r, "boundary"); });
+        spdlog::info("connector {}: {}: tariff boundary at {}: meter {} Wh", c.cfg.id, s.id, format_utc(boundary), m->wh);
+        const Slot next = site_.session.tariff->slot_at(boundary);
+        emit({{"event", "tariff_boundary"}, {"connector", c.cfg.id}, {"transaction", s.id}, {"meter_wh", m->wh}, {"boundary", format_utc(boundary)},
+              {"period", std::string(to_string(next.type))}, {"plan", next.plan}});
       }
       arm_boundary(c);
     });
@@ -683,13 +796,10 @@ void SessionEngine::stop(std::uint32_t id, StopReason reason, Reply done) {
       spdlog::error("connector {}: the contactor did not open: {}", id, st.message());
     }
   }
-  const TimePoint now = clock_.now();
-  try {
-    Stmt u(db_, "UPDATE transactions SET status='stopping', stop_reason=?, stopped_ms=? WHERE id=?");
-    u.bind(1, std::string(to_string(reason))).bind(2, ms_of(now)).bind(3, s.id).step();
-  } catch (const std::exception& e) {
-    spdlog::error("connector {}: {}: {}", id, s.id, e.what());
-  }
+  submit_logged(store_, fmt::format("connector {}: {}: the stop", id, s.id),
+                [txn = s.id, why = std::string(to_string(reason)), at = ms_of(clock_.now())](Database& db) {
+                  Stmt(db, "UPDATE transactions SET status='stopping', stop_reason=?, stopped_ms=? WHERE id=?").bind(1, why).bind(2, at).bind(3, txn).step();
+                });
   switch (reason) {
     case StopReason::local: apply(c, ConnectorEvent::user_stop, "stopped at the pile"); break;
     case StopReason::remote:
@@ -719,13 +829,26 @@ void SessionEngine::finish(Connector& c, std::optional<MeterReading> final_readi
     spdlog::error("connector {}: {}: no final meter reading; billing to the last committed one ({} Wh)", c.cfg.id, s.id, readings.back().wh);
     readings.push_back(readings.back());
   }
-  try {
-    insert_reading(s.id, static_cast<int>(readings.size() - 1), readings.back(), "stop");
-  } catch (const std::exception& e) {
-    spdlog::error("connector {}: {}: {}", c.cfg.id, s.id, e.what());
-  }
   const std::string txn = s.id, method = s.method;
-  close_transaction(txn, c.cfg.id, method, readings, "completed", [this, &c, txn, done = std::move(done)](nlohmann::json receipt) {
+  const std::int64_t authorized = s.authorized_fen;
+  close_transaction(txn, c.cfg.id, method, readings, "completed", authorized,
+                    [this, &c, txn, readings, done = std::move(done), alive = alive_](nlohmann::json receipt) mutable {
+    if (!*alive) return;
+    if (!receipt.value("ok", false) && receipt.value("retry", false) && c.session && c.session->id == txn) {
+      // Not on disk (a full disk): the session stays, so nothing starts on this connector and
+      // nothing is billed twice, and the close is tried again.
+      ++c.close_failures;
+      if (c.close_failures == 1) {
+        emit({{"event", "alarm"}, {"code", "storage.close_failed"}, {"severity", "critical"}, {"connector", c.cfg.id}, {"active", true},
+              {"message", fmt::format("{} cannot be closed: {}; retried", txn, receipt.value("error", ""))}});
+      }
+      done(std::move(receipt));
+      c.close_retry = timer_after(Duration(site_.session.charging.meter_timeout_ms + 1000), [this, &c, txn, last = readings.back()] {
+        if (c.session && c.session->id == txn) finish(c, last, [](const nlohmann::json&) {});
+      });
+      return;
+    }
+    c.close_failures = 0;
     if (c.session && c.session->id == txn) c.session.reset();
     auto waiting = std::move(c.on_closed);
     c.on_closed.clear();
@@ -735,7 +858,7 @@ void SessionEngine::finish(Connector& c, std::optional<MeterReading> final_readi
 }
 
 void SessionEngine::close_transaction(const std::string& txn, std::uint32_t connector_id, const std::string& method, std::vector<MeterReading> readings,
-                                      const std::string& outcome, std::function<void(nlohmann::json)> done) {
+                                      const std::string& outcome, std::int64_t authorized, std::function<void(nlohmann::json)> done) {
   Bill bill;
   try {
     bill = compute_bill(*site_.session.tariff, readings);
@@ -743,108 +866,113 @@ void SessionEngine::close_transaction(const std::string& txn, std::uint32_t conn
     spdlog::critical("{}: cannot bill: {}", txn, e.what());
     bill = Bill{};
   }
-  std::int64_t authorized = 0;
-  {
-    Stmt s(db_, "SELECT authorized_fen FROM transactions WHERE id=?");
-    s.bind(1, txn);
-    if (s.step()) authorized = s.i64(0);
-  }
   const std::int64_t capture = std::min(bill.total_fen, authorized);
-  auto commit = [this, txn, connector_id, method, readings, outcome, bill, capture, done](const Status& st) {
-    // A capture the acquirer did not confirm because the payment method stopped (pilecored is
-    // stopping and its deadline passed) may well have been taken: closing it as failed, with
-    // captured_fen 0, would put money at the acquirer that the database and the ledger do not
-    // have (the crash-injection test found exactly that). Leave the transaction as it is; the
-    // next start recovers it and repeats the capture, which is idempotent at the acquirer.
-    if (!st.ok() && shutting_down_ && (st.code() == StatusCode::unavailable || st.code() == StatusCode::timeout || st.code() == StatusCode::busy)) {
-      spdlog::warn("connector {}: {}: capture of {} fen not confirmed while stopping ({}); recovered, and the capture repeated, at the next start",
-                   connector_id, txn, capture, st.message());
-      done({{"ok", false}, {"error", fmt::format("capture not confirmed: {}; recovered at the next start", st.message())}, {"transaction", txn}});
-      return;
-    }
-    const std::string capture_status = st.ok() ? "captured" : fmt::format("failed: {}", st.message());
-    nlohmann::json record;
-    try {
-      Stmt q(db_, "SELECT user_token, payment_ref, started_ms, stop_reason, stopped_ms, meter_start_wh FROM transactions WHERE id=?");
-      q.bind(1, txn);
-      q.step();
-      record = {{"transaction", txn},
-                {"site", site_.id},
-                {"connector", connector_id},
-                {"method", method},
-                {"user", q.text(0)},
-                {"payment_ref", q.text(1)},
-                {"started_ms", q.i64(2)},
-                {"stop_reason", q.text(3).empty() ? std::string("Recovered") : q.text(3)},
-                {"stopped_ms", q.null(4) ? ms_of(readings.back().time) : q.i64(4)},
-                {"meter_start_wh", readings.front().wh},
-                {"meter_stop_wh", readings.back().wh},
-                {"bill", bill_json(bill)},
-                {"captured_fen", st.ok() ? capture : 0},
-                {"capture_status", capture_status},
-                {"outcome", outcome}};
-      db_.exec("BEGIN IMMEDIATE");
-      Stmt u(db_,
+  const MoneyOperation op = saga_->capture_intent(txn, method, capture);
+  auto record = std::make_shared<nlohmann::json>();
+  // One transaction: the final reading, the bill, 'closed', the session's ledger record and the
+  // capture's intent. The capture is asked only once all of that is on disk.
+  store_.submit(
+      [this, txn, connector_id, method, readings, outcome, bill, capture, op, record](Database& db) {
+        std::string stop_reason;
+        {
+          Stmt q(db, "SELECT user_token, payment_ref, started_ms, stop_reason, stopped_ms, status FROM transactions WHERE id=?");
+          q.bind(1, txn);
+          if (!q.step()) throw std::runtime_error(fmt::format("no transaction '{}'", txn));
+          if (q.text(5) == "closed") throw std::runtime_error(fmt::format("{} is already closed", txn));
+          stop_reason = q.text(3).empty() ? std::string("Recovered") : q.text(3);
+          *record = {{"transaction", txn},
+                     {"site", site_.id},
+                     {"connector", connector_id},
+                     {"method", method},
+                     {"user", q.text(0)},
+                     {"payment_ref", q.text(1)},
+                     {"started_ms", q.i64(2)},
+                     {"stop_reason", stop_reason},
+                     {"stopped_ms", q.null(4) ? ms_of(readings.back().time) : q.i64(4)},
+                     {"meter_start_wh", readings.front().wh},
+                     {"meter_stop_wh", readings.back().wh},
+                     {"bill", bill_json(bill)},
+                     {"capture_fen", capture},
+                     {"capture_operation", op.id},
+                     {"outcome", outcome}};
+        }
+        int seq = 0;
+        {
+          Stmt q(db, "SELECT COALESCE(MAX(seq), -1) + 1 FROM readings WHERE txn_id=?");
+          q.bind(1, txn);
+          q.step();
+          seq = static_cast<int>(q.i64(0));
+        }
+        insert_reading(db, txn, seq, readings.back(), outcome == "recovered" ? "recovery" : "stop");
+        Stmt(db,
              "UPDATE transactions SET status='closed', outcome=?, meter_stop_wh=?, energy_wh=?, electricity_fen=?, service_fen=?, total_fen=?, "
-             "captured_fen=?, capture_status=?, bill=?, stopped_ms=COALESCE(stopped_ms, ?), stop_reason=CASE WHEN stop_reason='' THEN 'Recovered' ELSE stop_reason END "
-             "WHERE id=? AND status<>'closed'");
-      u.bind(1, outcome).bind(2, readings.back().wh).bind(3, bill.energy_wh).bind(4, bill.electricity_fen).bind(5, bill.service_fen).bind(6, bill.total_fen)
-          .bind(7, st.ok() ? capture : 0).bind(8, capture_status).bind(9, bill_json(bill).dump()).bind(10, ms_of(readings.back().time)).bind(11, txn).step();
-      if (hooks_.ledger_append && !(hooks_.ledger_contains && hooks_.ledger_contains(txn))) hooks_.ledger_append(txn, record);
-      db_.exec("COMMIT");
-    } catch (const std::exception& e) {
-      try {
-        db_.exec("ROLLBACK");
-      } catch (...) {
-      }
-      spdlog::critical("{}: could not close the transaction: {}; it will be recovered at the next start", txn, e.what());
-      done({{"ok", false}, {"error", e.what()}, {"transaction", txn}});
-      return;
-    }
-    spdlog::info("connector {}: {}: {} {} Wh, {} fen ({})", connector_id, txn, outcome, bill.energy_wh, bill.total_fen, capture_status);
-    emit({{"event", "session_closed"}, {"connector", connector_id}, {"transaction", txn}, {"outcome", outcome}, {"stop_reason", record["stop_reason"]},
-          {"energy_wh", bill.energy_wh}, {"total_fen", bill.total_fen}, {"captured_fen", record["captured_fen"]}, {"capture_status", capture_status}});
-    done({{"ok", true}, {"transaction", txn}, {"receipt", record}});
-  };
-  auto pay = hooks_.find(method);
-  if (!pay.plugin || pay.kind != Kind::payment) {
-    commit(Status::error(StatusCode::unavailable, fmt::format("payment instance '{}' is not running; capture left to settlement", method)));
-    return;
-  }
-  static_cast<payment::Method*>(pay.plugin)->capture(txn, capture, [commit, alive = alive_](Status st) {
-    if (*alive) commit(st);
-  });
+             "captured_fen=0, capture_status=?, bill=?, stopped_ms=COALESCE(stopped_ms, ?), "
+             "stop_reason=CASE WHEN stop_reason='' THEN 'Recovered' ELSE stop_reason END WHERE id=?")
+            .bind(1, outcome).bind(2, readings.back().wh).bind(3, bill.energy_wh).bind(4, bill.electricity_fen).bind(5, bill.service_fen)
+            .bind(6, bill.total_fen).bind(7, capture > 0 ? "pending" : "nothing to capture").bind(8, bill_json(bill).dump())
+            .bind(9, ms_of(readings.back().time)).bind(10, txn)
+            .step();
+        if (capture > 0) operations::insert_intent(db, op);
+        if (hooks_.ledger_append && !(hooks_.ledger_contains && hooks_.ledger_contains(txn))) hooks_.ledger_append(txn, *record);
+      },
+      [this, txn, connector_id, method, bill, capture, op, outcome, record, done = std::move(done), alive = alive_](const Status& st) {
+        if (!*alive) return;
+        if (!st.ok()) {
+          spdlog::critical("{}: could not close the transaction: {}; the session stays open and the close is retried", txn, st.message());
+          done({{"ok", false}, {"error", st.message()}, {"transaction", txn}, {"retry", true}});
+          return;
+        }
+        spdlog::info("connector {}: {}: {} {} Wh, {} fen; capturing {} fen", connector_id, txn, outcome, bill.energy_wh, bill.total_fen, capture);
+        auto closed = [this, txn, connector_id, bill, outcome, record, done](const MoneyOperation* captured) {
+          nlohmann::json r = *record;
+          const std::string capture_status = captured == nullptr                               ? "nothing to capture"
+                                             : captured->state == OperationStateRow::confirmed ? "captured"
+                                             : captured->state == OperationStateRow::pending   ? fmt::format("pending: {}", captured->reason)
+                                                                                               : fmt::format("failed: {}", captured->reason);
+          r["captured_fen"] = captured && captured->state == OperationStateRow::confirmed ? captured->amount_fen : 0;
+          r["capture_status"] = capture_status;
+          emit({{"event", "session_closed"}, {"connector", connector_id}, {"transaction", txn}, {"outcome", outcome}, {"stop_reason", r["stop_reason"]},
+                {"energy_wh", bill.energy_wh}, {"total_fen", bill.total_fen}, {"captured_fen", r["captured_fen"]}, {"capture_status", capture_status}});
+          done({{"ok", true}, {"transaction", txn}, {"receipt", r}});
+        };
+        if (capture <= 0) {
+          saga_->release(txn, method);
+          closed(nullptr);
+          return;
+        }
+        saga_->execute(op, [closed](const MoneyOperation& result) { closed(&result); });
+      });
 }
 
 std::vector<MeterReading> SessionEngine::stored_readings(const std::string& txn) const {
   std::vector<MeterReading> out;
-  Stmt s(db_, "SELECT time_ms, wh FROM readings WHERE txn_id=? ORDER BY seq");
+  Stmt s(reader_, "SELECT time_ms, wh FROM readings WHERE txn_id=? ORDER BY seq");
   s.bind(1, txn);
   while (s.step()) out.push_back({tp_of(s.i64(0)), s.i64(1)});
   return out;
 }
 
 void SessionEngine::recover(std::function<void()> done) {
-  // Holds a crash or a stop left: authorisations whose transaction never committed. Released in
-  // the background; recovery does not wait for the acquirer's answers.
-  {
-    std::vector<std::pair<std::string, std::string>> holds;
-    Stmt s(db_, "SELECT substr(key, 6), value FROM meta WHERE key LIKE 'hold:%'");
-    while (s.step()) holds.emplace_back(s.text(0), s.text(1));
-    for (const auto& [txn, method] : holds) {
-      spdlog::warn("{}: authorised at '{}' for a session that never started; releasing the hold", txn, method);
-      release_hold(txn, method);
-    }
-  }
+  // Money first: captures, voids and refunds without an outcome are asked again, and
+  // authorisations a crash cut off are released.
+  saga_->resume();
   struct Open {
     std::string id;
     std::uint32_t connector;
     std::string method;
+    std::int64_t authorized;
+    std::optional<std::int64_t> next_start_wh;  ///< the next transaction's start reading on this connector
   };
   std::vector<Open> open;
   {
-    Stmt s(db_, "SELECT id, connector, method FROM transactions WHERE status IN ('open','stopping') ORDER BY started_ms");
-    while (s.step()) open.push_back({s.text(0), static_cast<std::uint32_t>(s.i64(1)), s.text(2)});
+    Stmt s(reader_,
+           "SELECT t.id, t.connector, t.method, t.authorized_fen, "
+           "(SELECT n.meter_start_wh FROM transactions n WHERE n.connector=t.connector AND n.started_ms>t.started_ms ORDER BY n.started_ms LIMIT 1) "
+           "FROM transactions t WHERE t.status IN ('open','stopping') ORDER BY t.started_ms");
+    while (s.step()) {
+      open.push_back({s.text(0), static_cast<std::uint32_t>(s.i64(1)), s.text(2), s.i64(3),
+                      s.null(4) ? std::nullopt : std::optional<std::int64_t>(s.i64(4))});
+    }
   }
   if (open.empty() || !site_.session.tariff) {
     if (!open.empty()) spdlog::error("{} open transaction(s) but no tariffs: they stay open until the site file has tariffs", open.size());
@@ -868,16 +996,21 @@ void SessionEngine::recover(std::function<void()> done) {
       std::vector<MeterReading> readings = stored_readings(o.id);
       if (readings.empty()) {
         spdlog::critical("{}: no readings stored; cannot bill", o.id);
-      } else {
-        if (m && m->time >= readings.back().time && m->wh >= readings.back().wh) {
-          insert_reading(o.id, static_cast<int>(readings.size()), *m, "recovery");
-          readings.push_back(*m);
-        } else if (m) {
-          spdlog::error("{}: the meter reads {} Wh, below the last committed {} Wh; billing to the committed reading", o.id, m->wh, readings.back().wh);
-        }
+        readings.push_back({clock_.now(), 0});
       }
-      if (readings.empty()) readings.push_back({clock_.now(), 0});
-      close_transaction(o.id, o.connector, o.method, readings, "recovered", [this, o, remaining, done_ptr](const nlohmann::json&) {
+      if (m && o.next_start_wh && m->wh > *o.next_start_wh) {
+        // A later transaction started on this connector (its close failed and was lost): the
+        // meter now holds its energy too. This one ends where that one began.
+        spdlog::error("{}: bounded by the next transaction's start reading {} Wh (the meter reads {} Wh)", o.id, *o.next_start_wh, m->wh);
+        m->wh = *o.next_start_wh;
+      }
+      if (m && m->time >= readings.back().time && m->wh >= readings.back().wh) {
+        readings.push_back(*m);
+      } else {
+        if (m) spdlog::error("{}: the meter reads {} Wh, below the last committed {} Wh; billing to the committed reading", o.id, m->wh, readings.back().wh);
+        readings.push_back(readings.back());
+      }
+      close_transaction(o.id, o.connector, o.method, readings, "recovered", o.authorized, [this, o, remaining, done_ptr](const nlohmann::json&) {
         // The connector is free again: start the session autostart held back for a vehicle
         // that plugged in meanwhile (see Connector::recovering).
         Connector* cp = connector(o.connector);
@@ -903,7 +1036,17 @@ void SessionEngine::stop_all(std::function<void()> done) {
   auto remaining = std::make_shared<std::size_t>(0);
   auto cb = std::make_shared<std::function<void()>>(std::move(done));
   auto fired = std::make_shared<bool>(false);
-  auto finish = [cb, fired] {
+  // Once the sessions are closed, captures (and voids, refunds) in flight get their answers
+  // before the payment plugins stop; the timer below bounds the whole wait.
+  auto finish = [this, cb, fired, alive = alive_] {
+    if (*fired || !*alive) return;
+    saga_->drain([cb, fired] {
+      if (*fired) return;
+      *fired = true;
+      (*cb)();
+    });
+  };
+  auto give_up = [cb, fired] {
     if (*fired) return;
     *fired = true;
     (*cb)();
@@ -913,11 +1056,11 @@ void SessionEngine::stop_all(std::function<void()> done) {
   for (auto& [id, c] : connectors_) {
     if (c->session) ++*remaining;
   }
+  keep_until_fired(timer_after(Duration(site_.session.charging.meter_timeout_ms + 2000), give_up));
   if (*remaining == 0) {
     finish();
     return;
   }
-  keep_until_fired(timer_after(Duration(site_.session.charging.meter_timeout_ms + 2000), finish));
   for (auto& [id, c] : connectors_) {
     if (!c->session) continue;
     auto one_closed = [remaining, finish] {
@@ -960,7 +1103,7 @@ nlohmann::json SessionEngine::status() const {
 }
 
 nlohmann::json SessionEngine::receipt(const std::string& txn) const {
-  Stmt s(db_,
+  Stmt s(reader_,
          "SELECT connector, method, user_token, status, outcome, stop_reason, started_ms, stopped_ms, meter_start_wh, meter_stop_wh, energy_wh, "
          "total_fen, captured_fen, capture_status, bill FROM transactions WHERE id=?");
   s.bind(1, txn);
@@ -982,6 +1125,12 @@ nlohmann::json SessionEngine::receipt(const std::string& txn) const {
   if (!s.null(12)) j["captured_fen"] = s.i64(12);
   j["capture_status"] = s.text(13);
   if (!s.null(14)) j["bill"] = nlohmann::json::parse(s.text(14), nullptr, false);
+  nlohmann::json ops = nlohmann::json::array();
+  for (const auto& op : operations::of_transaction(reader_, txn)) {
+    ops.push_back({{"operation", op.id}, {"kind", std::string(to_string(op.kind))}, {"state", std::string(to_string(op.state))},
+                   {"amount_fen", op.amount_fen}, {"method", op.method}, {"reference", op.reference}, {"reason", op.reason}, {"attempts", op.attempts}});
+  }
+  j["operations"] = ops;
   return j;
 }
 

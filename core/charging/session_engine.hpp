@@ -2,19 +2,24 @@
 // charge, checkpoint, split at tariff boundaries, stop, bill, capture, ledger) and recovery of
 // sessions a crash or power cut left open. Everything runs on the core's strand.
 //
+// The money side (authorisation with step-up, capture, void, refund, each a durable money
+// operation with its deadline) is the PaymentSaga's (core/payment); this engine calls it.
+// Every write goes through the StoreWorker, off the strand.
+//
 // Durability rules, in order of the money's path:
-//  0. the transaction id and a hold record ('hold:<id>' in meta) commit before the acquirer is
-//     asked to authorise; the hold goes with the transaction row, or once the authorisation is
-//     released, and recover() releases the holds of transactions that never started;
+//  0. the authorisation's intent (operations table) commits before the acquirer is asked; the
+//     saga releases an authorisation whose session never started, also after a crash;
 //  1. the transaction row is committed (synchronous=FULL) before the contactor closes;
 //  2. meter checkpoints are committed every checkpoint_interval_s or checkpoint_wh;
 //  3. stopping is committed before the final meter read;
-//  4. the 'closed' status and the ledger record commit in one SQLite transaction, after the
-//     capture; capture is idempotent on the transaction id at the acquirer, and the ledger
-//     refuses a second record for a transaction, so a crash anywhere bills nothing twice. A
-//     capture left unconfirmed by a stop is not closed as failed: it is recovered, and repeated;
+//  4. the final reading, the bill, the 'closed' status, the session's ledger record and the
+//     capture's intent commit in one SQLite transaction, before the capture is asked; the capture
+//     is idempotent on its operation id at the acquirer and resumed until it has an outcome, so a
+//     crash anywhere bills nothing twice and a capture is never lost. A close that cannot commit
+//     (a full disk) keeps the session and is retried; no session starts on that connector meanwhile;
 //  5. no session starts on a connector while recover() closes one of its transactions, so the
-//     recovery's final meter reading holds no energy of a new session.
+//     recovery's final meter reading holds no energy of a new session; and a recovered
+//     transaction's energy is bounded by the next transaction's start reading on its connector.
 // tests/crash kills the daemon at random instants and checks all of this from the files.
 #pragma once
 
@@ -31,6 +36,9 @@
 #include <vector>
 
 #include "bill.hpp"
+#include "payment_saga.hpp"
+#include "scheduler.hpp"
+#include "store_worker.hpp"
 #include "connector_fsm.hpp"
 #include "pilecore/pilecore.hpp"
 #include "site_config.hpp"
@@ -58,13 +66,17 @@ class SessionEngine {
     /// Inside an open SQLite transaction: append the signed ledger record (may be empty).
     std::function<void(const std::string& txn, const nlohmann::json& record)> ledger_append;
     std::function<bool(const std::string& txn)> ledger_contains;
+    /// Inside the work that records a money operation's final outcome: its own ledger record (may be empty).
+    std::function<void(Database&, const MoneyOperation&)> ledger_operation;
     /// A session event for watchers ("session_started", "tariff_boundary", "session_stopping",
     /// "session_closed", "recovering"); the runtime adds the time.
     std::function<void(nlohmann::json)> event;
+    /// Speaks or shows a message on a connector's indicators (a step-up prompt, a refusal). May be empty.
+    std::function<void(std::uint32_t, const std::string&)> announce;
   };
   using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
 
-  SessionEngine(const SiteConfig& site, Database& db, const Clock& clock, Strand& strand, Hooks hooks);
+  SessionEngine(const SiteConfig& site, Database& db, StoreWorker& store, const Clock& clock, Strand& strand, Hooks hooks);
   ~SessionEngine();
 
   /// Connects the power stages' event sinks. Call once, after the instances started.
@@ -76,6 +88,13 @@ class SessionEngine {
   void stop_all(std::function<void()> done);
 
   void start(std::uint32_t connector, std::string method, std::string token, Reply done);
+  /// A token presented by a reader or camera: starts authentication on its connector with the
+  /// method the site binds its type to.
+  void present(const identification::Token& token, std::optional<std::uint32_t> presenter_connector);
+  /// The driver's answer to the step-up waiting on a connector's start.
+  void answer_step_up(std::uint32_t connector, payment::StepUpAnswer answer, Reply done);
+  /// Refunds part or all of a closed transaction's capture (its own refund id).
+  void refund(const std::string& txn, std::int64_t amount_fen, const std::string& reason, Reply done);
   void stop(std::uint32_t connector, StopReason reason, Reply done);
   [[nodiscard]] nlohmann::json status() const;
   [[nodiscard]] nlohmann::json receipt(const std::string& txn) const;
@@ -110,13 +129,14 @@ class SessionEngine {
   void arm_setpoint(Connector& c);
   void finish(Connector& c, std::optional<MeterReading> final_reading, Reply done);
   void close_transaction(const std::string& txn, std::uint32_t connector, const std::string& method, std::vector<MeterReading> readings,
-                         const std::string& outcome, std::function<void(nlohmann::json)> done);
+                         const std::string& outcome, std::int64_t authorized_fen, std::function<void(nlohmann::json)> done);
   void evaluate_risk(const risk::Context& ctx, std::function<void(risk::Verdict, std::string)> done);
+  void authorized(Connector& c, const std::string& txn, const std::string& method, const std::string& token, const PaymentSaga::Authorization& a,
+                  const Reply& done);
   std::string next_transaction_id(std::uint32_t connector);
-  /// Cancels the authorisation of a transaction that never started, and forgets its hold once
-  /// the payment method confirms (or says there is nothing to release).
-  void release_hold(const std::string& txn, const std::string& method);
-  void insert_reading(const std::string& txn, int seq, const MeterReading& r, const char* kind);
+  [[nodiscard]] std::string user_hash(std::string_view token) const;
+  /// Submits a reading (start, checkpoint, boundary, stop, recovery) through the storage thread.
+  void insert_reading(Database& db, const std::string& txn, int seq, const MeterReading& r, const char* kind) const;
   std::unique_ptr<boost::asio::steady_timer> timer_after(Duration d, std::function<void()> fn);
   /// Keeps a timer alive until it fires (or the engine is destroyed, which cancels it).
   void keep_until_fired(std::unique_ptr<boost::asio::steady_timer> timer);
@@ -127,6 +147,13 @@ class SessionEngine {
 
   const SiteConfig& site_;
   Database& db_;
+  StoreWorker& store_;
+  /// Reads on the strand (status, receipts, recovery, risk history): a connection of its own, so
+  /// the storage thread owns the writing one.
+  sqlite3* reader_ = nullptr;
+  std::int64_t txn_seq_ = 0;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<PaymentSaga> saga_;
   const Clock& clock_;
   Strand& strand_;
   Hooks hooks_;
@@ -140,5 +167,9 @@ class SessionEngine {
   /// leaves unconfirmed is not closed as failed but left to recovery (see close_transaction).
   bool shutting_down_ = false;
 };
+
+/// The token of a control request: "card:04A1B2" is type "card", id "04A1B2"; text without a type
+/// is type "token".
+identification::Token parse_token(std::string_view text, std::optional<std::uint32_t> connector);
 
 }  // namespace pilecore::core

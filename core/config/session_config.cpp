@@ -102,9 +102,18 @@ Field payment_field() {
                                               10, 600000, "ms"),
                                    "2000"),
                       with_default(with_range(field("authorize_timeout_ms", FieldType::integer,
-                                                    "Deadline given to the payment method for its answer; a later answer is a decline"),
+                                                    "Deadline the core enforces on each payment call: an authorisation not answered by then is "
+                                                    "declined and released, a capture, void or refund is asked again later"),
                                               100, 600000, "ms"),
-                                   "30000")});
+                                   "30000"),
+                      [] {
+                        Field f = with_fields(field("tokens", FieldType::map,
+                                                    "Which payment method takes each token type a reader or camera presents (card, face, wallet, ...): "
+                                                    "a presented token starts authentication on its connector"),
+                                              {field("method", FieldType::string, "The payment instance that takes this token type", true)});
+                        f.key_pattern = "[a-z][a-z0-9_-]*";
+                        return f;
+                      }()});
 }
 
 Field charging_field() {
@@ -271,6 +280,12 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
   cfg.payment.preauth_fen = int_or(member(pay, "preauth_fen"), child(pf, "preauth_fen"), 20000);
   cfg.payment.risk_timeout_ms = int_or(member(pay, "risk_timeout_ms"), child(pf, "risk_timeout_ms"), 2000);
   cfg.payment.authorize_timeout_ms = int_or(member(pay, "authorize_timeout_ms"), child(pf, "authorize_timeout_ms"), 30000);
+  for (const auto& m : members_of(member(pay, "tokens"))) {
+    const YAML::Node target = member(m.value, "method");
+    if (!target.IsScalar()) continue;
+    check_instance(target, fmt::format("payment.tokens.{}.method", m.key), {Kind::payment});
+    cfg.payment.token_methods[m.key] = target.Scalar();
+  }
   const YAML::Node autostart = member(pay, "autostart");
   cfg.payment.autostart = autostart.IsScalar() && (autostart.Scalar() == "true" || autostart.Scalar() == "True" || autostart.Scalar() == "TRUE");
   if (cfg.payment.autostart && cfg.payment.default_method.empty()) {

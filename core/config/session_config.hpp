@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@ struct ConnectorConfig;
 struct PaymentSettings {
   std::string default_method;      // payment instance used by autostart and `pilectl session start` without --method
   std::int64_t preauth_fen = 20000;
+  std::map<std::string, std::string> token_methods;  // payment.tokens: token type -> payment instance
   bool autostart = false;          // start a session with default_method when a vehicle plugs in
   std::int64_t risk_timeout_ms = 2000;        // risk rules not answered by then count as step_up
   std::int64_t authorize_timeout_ms = 30000;  // the payment method's deadline

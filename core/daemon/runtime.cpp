@@ -15,6 +15,7 @@
 #include "logging.hpp"
 #include "pilecore/pilecore.hpp"
 #include "storage.hpp"
+#include "store_worker.hpp"
 
 namespace pilecore::core {
 namespace asio = boost::asio;
@@ -101,6 +102,14 @@ class Instance final : public Host {
   }
   void report_state(std::string_view state, std::string_view detail) noexcept override {
     if (alive_->load()) rt_.on_state(*this, state, detail);
+  }
+  void present(const identification::Token& token) noexcept override {
+    if (!alive_->load()) return;
+    try {
+      if (auto* e = rt_.engine()) e->present(token, spec_.connector);
+    } catch (const std::exception& e) {
+      logger_->error("a presented token was lost: {}", e.what());
+    }
   }
 
   // --- lifecycle, on the strand ---
@@ -275,7 +284,12 @@ void Runtime::start_instances() {
   if (options_.ledger_append) hooks.ledger_append = [this](const std::string& txn, const nlohmann::json& r) { options_.ledger_append(*db_, txn, r); };
   if (options_.ledger_contains) hooks.ledger_contains = [this](const std::string& txn) { return options_.ledger_contains(*db_, txn); };
   hooks.event = [this](nlohmann::json e) { publish_event(std::move(e)); };
-  engine_ = std::make_unique<SessionEngine>(site_, *db_, *clock_, strand_, std::move(hooks));
+  hooks.announce = [this](std::uint32_t id, const std::string& message) {
+    for (auto& inst : instances_) {
+      if (inst->kind() == Kind::indicator && inst->state() == InstanceState::running) inst->as<indicator::Indicator>()->announce(id, message);
+    }
+  };
+  engine_ = std::make_unique<SessionEngine>(site_, *db_, *store_, *clock_, strand_, std::move(hooks));
   engine_->attach();
   if (!options_.socket_path.empty()) {
     try {
@@ -351,6 +365,7 @@ void Runtime::finish_shutdown() {
     update_snapshot(**it);
   }
   engine_.reset();
+  if (store_) store_->stop();  // every submitted write is on disk before the plugins go
   for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) (*it)->destroy();
   io_.stop();
 }
@@ -403,10 +418,25 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     if (!r) throw std::invalid_argument(fmt::format("unknown stop reason '{}'", reason));
     const auto connector = connector_of();
     engine_->stop(connector, *r, std::move(reply));
+  } else if (cmd == "session_answer") {
+    // The driver's answer to a step-up: a PIN typed at the pile, or a confirmation.
+    const auto connector = connector_of();
+    payment::StepUpAnswer answer;
+    if (const std::string pin = text("pin"); !pin.empty()) {
+      answer.kind = payment::ChallengeKind::pin;
+      answer.value = pin;
+    } else {
+      answer.kind = payment::ChallengeKind::app_confirmation;
+      answer.confirmed = req.value("confirmed", false);
+    }
+    engine_->answer_step_up(connector, std::move(answer), std::move(reply));
+  } else if (cmd == "refund") {
+    if (!req.contains("amount_fen") || !req["amount_fen"].is_number_integer()) throw std::invalid_argument("\"amount_fen\" must be an integer");
+    engine_->refund(text("transaction"), req["amount_fen"].get<std::int64_t>(), text("reason"), std::move(reply));
   } else if (cmd == "receipt") {
     reply(engine_->receipt(text("transaction")));
   } else {
-    reply({{"ok", false}, {"error", fmt::format("unknown command '{}'; commands: status, session_start, session_stop, receipt, watch", cmd)}});
+    reply({{"ok", false}, {"error", fmt::format("unknown command '{}'; commands: status, session_start, session_stop, session_answer, refund, receipt, watch", cmd)}});
   }
 }
 
@@ -424,6 +454,7 @@ int Runtime::run() {
     if (db.is_relative()) db = options_.state_dir / db;
     db_ = std::make_unique<Database>(db);
     db_->record_boot(format_utc(clock_->now()), PILECORE_VERSION, site_.id);
+    store_ = std::make_unique<StoreWorker>(*db_, [this](std::function<void()> fn) { asio::post(strand_, std::move(fn)); });
     spdlog::info("database {} (schema {})", db.string(), db_->schema_version());
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());

@@ -113,6 +113,7 @@ class Runtime {
   boost::asio::io_context io_;
   boost::asio::strand<boost::asio::io_context::executor_type> strand_;
   std::unique_ptr<Database> db_;
+  std::unique_ptr<StoreWorker> store_;
   std::vector<std::unique_ptr<Instance>> instances_;
   std::map<std::uint32_t, ConnectorStatus> connector_status_;
   std::atomic<bool> ready_{false};

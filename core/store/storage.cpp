@@ -47,6 +47,27 @@ const char* const migrations[] = {
     " PRIMARY KEY(txn_id, seq));"
     "CREATE TABLE ledger(seq INTEGER PRIMARY KEY, txn_id TEXT NOT NULL UNIQUE, record BLOB NOT NULL, prev_hash BLOB NOT NULL,"
     " hash BLOB NOT NULL, signature BLOB NOT NULL, hash_alg TEXT NOT NULL, sig_alg TEXT NOT NULL);",
+    // 3: money operations (core/payment/money_operations.hpp): the intent is written before the
+    // payment plugin is called, the outcome after; recovery resumes what has no outcome.
+    "CREATE TABLE operations("
+    " id TEXT PRIMARY KEY,"
+    " txn_id TEXT NOT NULL,"
+    " kind TEXT NOT NULL CHECK(kind IN ('authorize','capture','void','refund','debit')),"
+    " amount_fen INTEGER NOT NULL,"
+    " method TEXT NOT NULL,"
+    " channel TEXT NOT NULL DEFAULT '',"
+    " state TEXT NOT NULL CHECK(state IN ('intent','pending','confirmed','failed')),"
+    " reference TEXT NOT NULL DEFAULT '',"
+    " reason TEXT NOT NULL DEFAULT '',"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " created_ms INTEGER NOT NULL,"
+    " updated_ms INTEGER NOT NULL,"
+    " next_attempt_ms INTEGER);"
+    "CREATE INDEX operations_txn ON operations(txn_id);"
+    "CREATE INDEX operations_unfinished ON operations(state) WHERE state IN ('intent','pending');"
+    // Risk history is kept by a salted hash of the user's token, never the token.
+    "ALTER TABLE transactions ADD COLUMN user_hash TEXT NOT NULL DEFAULT '';"
+    "CREATE INDEX transactions_user_hash ON transactions(user_hash, started_ms);",
 };
 }  // namespace
 

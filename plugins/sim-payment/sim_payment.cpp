@@ -1,19 +1,18 @@
 // sim-payment: a simulated payment method (an acquirer in a box).
 //
 // authorize approves when the amount is within limit_fen and the user token is not declined;
-// tokens in step_up_tokens need more proof. Every answer comes after latency_ms of host-clock
-// time; when that would pass the request's deadline the answer is "declined, timeout", given at
-// the deadline. capture, cancel and refund are idempotent on the transaction id: a repeat of the
-// same operation returns ok without a second effect, a conflicting one is invalid_argument.
+// tokens in step_up_tokens are asked for a PIN (or an app confirmation) first. Every answer comes
+// after latency_ms of host-clock time. capture, cancel and refund are idempotent on their
+// operation id: a repeat returns the first outcome without a second effect; refunds have ids of
+// their own, so a transaction may be refunded several times, partially, up to what was captured.
+// For tests of the core's failure handling: `capture_pending_polls` answers a capture pending that
+// many times before confirming it, and `unresponsive` lists operations never answered at all.
 // The plugin keeps a ledger of its operations, logs each one and journals it: one JSON line per
 // operation, appended to acquirer.journal in the instance's state directory and replayed at
 // start. An acquirer is another machine, so its ledger outlives a crash of the pile: after a
 // kill -9 the recovered transaction is captured against the authorisation made before it, and
 // a capture repeated by a recovery is answered "already done". A torn last line (the process died
 // mid-write) is ignored with a warning; the operation it held was never answered.
-//
-// One refund per transaction: the SDK's refund() carries no refund id, so a second refund of
-// the same amount cannot be told from a retry; it is treated as the retry.
 #include <pilecore/pilecore.hpp>
 
 #include <fcntl.h>
@@ -47,6 +46,14 @@ constexpr ConfigKey keys[] = {
      .description = "Host-clock time the simulated acquirer takes to answer each operation", .unit = "ms"},
     {.key = "reference_prefix", .type = ConfigType::string, .default_value = "SIM",
      .description = "Prefix of the acquirer references handed out (kept in the ledger)"},
+    {.key = "pin", .type = ConfigType::string, .default_value = "1234", .secret = true,
+     .description = "The PIN that answers a step-up of a token in step_up_tokens"},
+    {.key = "token_types", .type = ConfigType::string_list, .default_value = "[card, app]",
+     .description = "Token types this method accepts (payment.tokens in the site file routes them here)"},
+    {.key = "capture_pending_polls", .type = ConfigType::integer, .default_value = "0", .min = 0, .max = 1000,
+     .description = "Answer each capture pending this many times before confirming it (an acquirer that settles later)"},
+    {.key = "unresponsive", .type = ConfigType::string_list, .default_value = "[]",
+     .description = "Operations never answered, for failure tests: any of authorize, step_up, capture, cancel, refund"},
 };
 
 std::string yuan(std::int64_t fen) {
@@ -61,14 +68,8 @@ std::string mask(std::string_view token) {
   return std::string(token.size() - 4, '*') + std::string(token.substr(token.size() - 4));
 }
 
-std::string_view to_string(payment::Decision d) {
-  switch (d) {
-    case payment::Decision::approved: return "approved";
-    case payment::Decision::declined: return "declined";
-    case payment::Decision::step_up: return "step_up";
-  }
-  return "unknown";
-}
+/// The token as the simulator's lists name it: "type:id".
+std::string token_text(const identification::Token* t) { return t == nullptr ? std::string() : t->type + ":" + t->id; }
 
 struct Transaction {
   std::string user_token;
@@ -76,8 +77,9 @@ struct Transaction {
   payment::AuthorizationResult result;
   bool captured = false;
   std::int64_t captured_fen = 0;
+  int capture_polls = 0;  ///< captures answered pending so far
   bool cancelled = false;
-  bool refunded = false;
+  std::map<std::string, std::int64_t> refunds;  ///< refund operation id -> fen
   std::int64_t refunded_fen = 0;
 };
 
@@ -89,7 +91,21 @@ class SimPayment final : public payment::Method {
         declined_(host.config().string_list("declined_tokens")),
         step_up_(host.config().string_list("step_up_tokens")),
         latency_(host.config().integer("latency_ms")),
-        prefix_(host.config().string("reference_prefix")) {}
+        prefix_(host.config().string("reference_prefix")),
+        pin_(host.config().string("pin")),
+        token_types_(host.config().string_list("token_types")),
+        pending_polls_(static_cast<int>(host.config().integer("capture_pending_polls"))),
+        unresponsive_(host.config().string_list("unresponsive")) {}
+
+  [[nodiscard]] payment::Capabilities capabilities() const noexcept override {
+    payment::Capabilities c;
+    try {
+      c.token_types = token_types_;
+      c.channels = {{.name = prefix_, .fee_ppm = 6000}};
+    } catch (...) {
+    }
+    return c;
+  }
 
   Status start() noexcept override {
     try {
@@ -123,71 +139,108 @@ class SimPayment final : public payment::Method {
   void authorize(const payment::AuthorizationRequest& request, payment::AuthorizationCallback done) noexcept override {
     auto fail_now = [&](std::string reason) {
       try {
-        done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = std::move(reason)});
+        done(declined(std::move(reason)));
       } catch (...) {
       }
     };
     try {
       const TimePoint now = host_.clock().now();
       const std::string id(request.transaction_id);
+      const std::string token = token_text(request.token);
       payment::AuthorizationResult result;
       if (id.empty()) {
         result = declined("the transaction has no id");
       } else if (auto it = ledger_.find(id); it != ledger_.end()) {
         // A repeat: the same answer, no new hold. A different request under the same id is refused.
         const Transaction& t = it->second;
-        if (t.user_token == request.user_token && t.requested_fen == request.amount_fen) {
+        if (t.user_token == token && t.requested_fen == request.amount_fen) {
           result = t.result;
           host_.log().info("ledger: authorize {} repeated -> {} (no new hold)", id, to_string(result.decision));
         } else {
           result = declined("the transaction id was already used for another authorisation");
-          host_.log().warn("ledger: authorize {} refused: id reused with {} for token {}", id, yuan(request.amount_fen), mask(request.user_token));
+          host_.log().warn("ledger: authorize {} refused: id reused with {} for token {}", id, yuan(request.amount_fen), mask(token));
         }
       } else {
-        const bool late = request.deadline != TimePoint{} && now + latency_ > request.deadline;
-        result = late ? declined("timeout") : decide(request);
+        result = decide(request, token);
         if (result.decision == payment::Decision::approved) result.reference = fmt::format("{}{:08}", prefix_, ++reference_seq_);
+        if (result.decision == payment::Decision::step_up) {
+          result.challenge = {.kind = payment::ChallengeKind::pin, .prompt = "请输入卡密码 / enter your PIN", .deadline = now + std::chrono::minutes(2), .methods = {}};
+        }
         Transaction t;
-        t.user_token = std::string(request.user_token);
+        t.user_token = token;
         t.requested_fen = request.amount_fen;
         t.result = result;
         ledger_.emplace(id, std::move(t));
-        journal({{"op", "authorize"}, {"id", id}, {"token", std::string(request.user_token)}, {"requested_fen", request.amount_fen},
+        journal({{"op", "authorize"}, {"id", id}, {"token", token}, {"requested_fen", request.amount_fen},
                  {"decision", std::string(to_string(result.decision))}, {"authorized_fen", result.authorized_fen}, {"reference", result.reference},
                  {"reason", result.reason}});
-        host_.log().info("ledger: authorize {} connector {} token {} {} -> {}{}{}", id, request.connector, mask(request.user_token),
+        host_.log().info("ledger: authorize {} connector {} token {} {} -> {}{}{}", id, request.connector, mask(token),
                          yuan(request.amount_fen), to_string(result.decision), result.reason.empty() ? "" : ": ", result.reason);
       }
-      // Answer after the latency, but never after the deadline: a late answer is a timeout.
-      Duration delay = latency_;
-      if (request.deadline != TimePoint{} && now + delay > request.deadline) {
-        delay = std::max(Duration{0}, std::chrono::duration_cast<Duration>(request.deadline - now));
-      }
+      if (silent("authorize")) return;
+      // Answers after the latency, also past the deadline: enforcing it is the core's job.
       auto shared = std::make_shared<payment::AuthorizationCallback>(std::move(done));
       later(
-          delay, [shared, result] { (*shared)(result); },
-          [shared] { (*shared)({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = "payment method stopped"}); });
+          latency_, [shared, result] { (*shared)(result); },
+          [shared] { (*shared)(declined("payment method stopped")); });
     } catch (const std::exception& e) {
       host_.log().error("authorize failed: {}", e.what());
       if (done) fail_now(std::string("payment method error: ") + e.what());
     }
   }
 
-  void capture(std::string_view transaction_id, std::int64_t amount_fen, payment::OperationCallback done) noexcept override {
-    operation(done, [&]() -> Status {
+  void answer_step_up(std::string_view operation_id, const payment::StepUpAnswer& answer, payment::AuthorizationCallback done) noexcept override {
+    try {
+      // The operation id of an authorisation is "<transaction>/authorize".
+      const std::string_view txn = operation_id.substr(0, operation_id.rfind('/'));
+      Transaction* t = find(txn);
+      payment::AuthorizationResult result;
+      if (t == nullptr || t->result.decision != payment::Decision::step_up) {
+        result = declined("no step-up is waiting for this transaction");
+      } else {
+        const bool passed = answer.kind == payment::ChallengeKind::pin ? answer.value == pin_ : answer.confirmed;
+        if (passed && t->requested_fen <= limit_fen_) {
+          result = {.decision = payment::Decision::approved, .authorized_fen = t->requested_fen,
+                    .reference = fmt::format("{}{:08}", prefix_, ++reference_seq_), .reason = {}, .challenge = {}};
+        } else {
+          result = declined(passed ? "above the limit" : answer.kind == payment::ChallengeKind::pin ? "wrong PIN" : "not confirmed");
+        }
+        t->result = result;
+        journal({{"op", "step_up"}, {"id", std::string(txn)}, {"decision", std::string(to_string(result.decision))},
+                 {"authorized_fen", result.authorized_fen}, {"reference", result.reference}, {"reason", result.reason}});
+        host_.log().info("ledger: step-up {} ({}) -> {}", txn, to_string(answer.kind), to_string(result.decision));
+      }
+      if (silent("step_up")) return;
+      auto shared = std::make_shared<payment::AuthorizationCallback>(std::move(done));
+      later(
+          latency_, [shared, result] { (*shared)(result); },
+          [shared] { (*shared)(declined("payment method stopped")); });
+    } catch (const std::exception& e) {
+      host_.log().error("answer_step_up failed: {}", e.what());
+    }
+  }
+
+  void capture(const payment::CaptureRequest& request, payment::OperationCallback done) noexcept override {
+    const std::string_view transaction_id = request.transaction_id;
+    const std::int64_t amount_fen = request.amount_fen;
+    if (silent("capture")) return;
+    operation(done, [&]() -> payment::OperationResult {
       Transaction* t = find(transaction_id);
       if (t == nullptr) return unknown(transaction_id);
-      if (t->result.decision != payment::Decision::approved) return Status::error(StatusCode::invalid_argument, "the authorisation was not approved");
-      if (amount_fen < 0) return Status::error(StatusCode::invalid_argument, fmt::format("capture amount {} fen is negative", amount_fen));
-      if (t->cancelled) return Status::error(StatusCode::invalid_argument, "the authorisation was cancelled; nothing to capture");
+      if (t->result.decision != payment::Decision::approved) return failed("the authorisation was not approved");
+      if (amount_fen < 0) return failed(fmt::format("capture amount {} fen is negative", amount_fen));
+      if (t->cancelled) return failed("the authorisation was cancelled; nothing to capture");
       if (t->captured) {
-        if (t->captured_fen == amount_fen) return repeat("capture", transaction_id);
-        return Status::error(StatusCode::invalid_argument,
-                             fmt::format("already captured {}; a capture of {} conflicts with it", yuan(t->captured_fen), yuan(amount_fen)));
+        if (t->captured_fen == amount_fen) return repeat("capture", transaction_id, amount_fen, t->result.reference);
+        return failed(fmt::format("already captured {}; a capture of {} conflicts with it", yuan(t->captured_fen), yuan(amount_fen)));
       }
       if (amount_fen > t->result.authorized_fen) {
-        return Status::error(StatusCode::invalid_argument,
-                             fmt::format("capture of {} is above the authorised {}", yuan(amount_fen), yuan(t->result.authorized_fen)));
+        return failed(fmt::format("capture of {} is above the authorised {}", yuan(amount_fen), yuan(t->result.authorized_fen)));
+      }
+      if (t->capture_polls < pending_polls_) {
+        ++t->capture_polls;
+        host_.log().info("ledger: capture {} pending ({}/{})", transaction_id, t->capture_polls, pending_polls_);
+        return {.state = payment::OperationState::pending, .amount_fen = 0, .reference = t->result.reference, .reason = "settling"};
       }
       t->captured = true;
       t->captured_fen = amount_fen;
@@ -195,45 +248,51 @@ class SimPayment final : public payment::Method {
       journal({{"op", "capture"}, {"id", std::string(transaction_id)}, {"fen", amount_fen}});
       host_.log().info("ledger: capture {} {} of {} authorised (ref {}); captured total {}", transaction_id, yuan(amount_fen),
                        yuan(t->result.authorized_fen), t->result.reference, yuan(captured_total_fen_));
-      return Status::success();
+      return confirmed(amount_fen, t->result.reference);
     });
   }
 
-  void cancel(std::string_view transaction_id, payment::OperationCallback done) noexcept override {
-    operation(done, [&]() -> Status {
+  void cancel(const payment::VoidRequest& request, payment::OperationCallback done) noexcept override {
+    const std::string_view transaction_id = request.transaction_id;
+    if (silent("cancel")) return;
+    operation(done, [&]() -> payment::OperationResult {
       Transaction* t = find(transaction_id);
-      if (t == nullptr) return unknown(transaction_id);
-      if (t->captured) return Status::error(StatusCode::invalid_argument, "already captured; refund it instead");
-      if (t->cancelled) return repeat("cancel", transaction_id);
+      // Nothing was held (never authorised here, or declined): nothing to release.
+      if (t == nullptr || t->result.decision != payment::Decision::approved) return confirmed(0, {});
+      if (t->captured) return failed("already captured; refund it instead");
+      if (t->cancelled) return repeat("cancel", transaction_id, t->result.authorized_fen, t->result.reference);
       t->cancelled = true;
       journal({{"op", "cancel"}, {"id", std::string(transaction_id)}});
       host_.log().info("ledger: cancel {} releases {} ({})", transaction_id, yuan(t->result.authorized_fen), to_string(t->result.decision));
-      return Status::success();
+      return confirmed(t->result.authorized_fen, t->result.reference);
     });
   }
 
-  void refund(std::string_view transaction_id, std::int64_t amount_fen, payment::OperationCallback done) noexcept override {
-    operation(done, [&]() -> Status {
+  void refund(const payment::RefundRequest& request, payment::OperationCallback done) noexcept override {
+    const std::string_view transaction_id = request.transaction_id;
+    const std::int64_t amount_fen = request.amount_fen;
+    const std::string refund_id(request.operation_id);
+    if (silent("refund")) return;
+    operation(done, [&]() -> payment::OperationResult {
       Transaction* t = find(transaction_id);
-      if (t == nullptr) return unknown(transaction_id);
-      if (!t->captured) return Status::error(StatusCode::invalid_argument, "nothing was captured; cancel the authorisation instead");
-      if (amount_fen <= 0) return Status::error(StatusCode::invalid_argument, fmt::format("refund amount {} fen is not positive", amount_fen));
-      if (t->refunded) {
-        if (t->refunded_fen == amount_fen) return repeat("refund", transaction_id);
-        return Status::error(StatusCode::invalid_argument,
-                             fmt::format("already refunded {}; one refund per transaction", yuan(t->refunded_fen)));
+      if (t == nullptr) return failed(fmt::format("unknown transaction '{}'", transaction_id));
+      if (!t->captured) return failed("nothing was captured; cancel the authorisation instead");
+      if (amount_fen <= 0) return failed(fmt::format("refund amount {} fen is not positive", amount_fen));
+      if (auto it = t->refunds.find(refund_id); it != t->refunds.end()) {
+        if (it->second == amount_fen) return repeat("refund", refund_id, amount_fen, t->result.reference);
+        return failed(fmt::format("refund {} was {}; a repeat of it with {} conflicts", refund_id, yuan(it->second), yuan(amount_fen)));
       }
-      if (amount_fen > t->captured_fen) {
-        return Status::error(StatusCode::invalid_argument,
-                             fmt::format("refund of {} is above the captured {}", yuan(amount_fen), yuan(t->captured_fen)));
+      if (t->refunded_fen + amount_fen > t->captured_fen) {
+        return failed(fmt::format("refund of {} is above what is left of the captured {} ({} refunded)", yuan(amount_fen), yuan(t->captured_fen),
+                                  yuan(t->refunded_fen)));
       }
-      t->refunded = true;
-      t->refunded_fen = amount_fen;
+      t->refunds.emplace(refund_id, amount_fen);
+      t->refunded_fen += amount_fen;
       refunded_total_fen_ += amount_fen;
-      journal({{"op", "refund"}, {"id", std::string(transaction_id)}, {"fen", amount_fen}});
-      host_.log().info("ledger: refund {} {} of {} captured; refunded total {}", transaction_id, yuan(amount_fen), yuan(t->captured_fen),
+      journal({{"op", "refund"}, {"id", std::string(transaction_id)}, {"refund", refund_id}, {"fen", amount_fen}});
+      host_.log().info("ledger: refund {} {} of {} captured; refunded total {}", refund_id, yuan(amount_fen), yuan(t->captured_fen),
                        yuan(refunded_total_fen_));
-      return Status::success();
+      return confirmed(amount_fen, t->result.reference);
     });
   }
 
@@ -256,7 +315,7 @@ class SimPayment final : public payment::Method {
     }
     for (const auto& [id, t] : ledger_) {
       if (t.captured) captured_total_fen_ += t.captured_fen;
-      if (t.refunded) refunded_total_fen_ += t.refunded_fen;
+      refunded_total_fen_ += t.refunded_fen;
       if (t.result.decision == payment::Decision::approved) ++reference_seq_;
     }
     journal_fd_ = ::open(journal_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
@@ -294,8 +353,15 @@ class SimPayment final : public payment::Method {
       } else if (op == "cancel") {
         t->cancelled = true;
       } else if (op == "refund") {
-        t->refunded = true;
-        t->refunded_fen = j.at("fen").get<std::int64_t>();
+        const std::int64_t fen = j.at("fen").get<std::int64_t>();
+        t->refunds[j.value("refund", id + "/refund")] = fen;
+        t->refunded_fen += fen;
+      } else if (op == "step_up") {
+        const std::string d = j.at("decision").get<std::string>();
+        t->result.decision = d == "approved" ? payment::Decision::approved : payment::Decision::declined;
+        t->result.authorized_fen = j.at("authorized_fen").get<std::int64_t>();
+        t->result.reference = j.at("reference").get<std::string>();
+        t->result.reason = j.at("reason").get<std::string>();
       } else {
         return false;
       }
@@ -322,33 +388,44 @@ class SimPayment final : public payment::Method {
   };
 
   static payment::AuthorizationResult declined(std::string reason) {
-    return {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = std::move(reason)};
+    return {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = std::move(reason), .challenge = {}};
+  }
+  static payment::OperationResult confirmed(std::int64_t fen, std::string reference) {
+    return {.state = payment::OperationState::confirmed, .amount_fen = fen, .reference = std::move(reference), .reason = {}};
+  }
+  payment::OperationResult failed(std::string reason) {
+    host_.log().warn("ledger: refused: {}", reason);
+    return {.state = payment::OperationState::failed, .amount_fen = 0, .reference = {}, .reason = std::move(reason)};
+  }
+  [[nodiscard]] bool silent(std::string_view op) const {
+    if (std::find(unresponsive_.begin(), unresponsive_.end(), op) == unresponsive_.end()) return false;
+    host_.log().warn("{} left unanswered (unresponsive)", op);
+    return true;
   }
 
-  [[nodiscard]] payment::AuthorizationResult decide(const payment::AuthorizationRequest& r) const {
-    auto listed = [](const std::vector<std::string>& list, std::string_view token) {
-      return std::find(list.begin(), list.end(), token) != list.end();
+  [[nodiscard]] payment::AuthorizationResult decide(const payment::AuthorizationRequest& r, const std::string& token) const {
+    // A list names a token as "type:id" or by its id alone.
+    auto listed = [&](const std::vector<std::string>& list, std::string_view t) {
+      const std::string_view id = r.token ? std::string_view(r.token->id) : std::string_view();
+      return std::find_if(list.begin(), list.end(), [&](const std::string& e) { return e == t || (!id.empty() && e == id); }) != list.end();
     };
     if (r.amount_fen <= 0) return declined(fmt::format("the amount {} fen is not positive", r.amount_fen));
-    if (listed(declined_, r.user_token)) return declined("declined by the issuer");
+    if (listed(declined_, token)) return declined("declined by the issuer");
     if (r.amount_fen > limit_fen_) return declined(fmt::format("{} is above the limit of {}", yuan(r.amount_fen), yuan(limit_fen_)));
-    if (listed(step_up_, r.user_token)) {
-      return {.decision = payment::Decision::step_up, .authorized_fen = 0, .reference = {}, .reason = "the issuer asks for more proof"};
+    if (listed(step_up_, token)) {
+      return {.decision = payment::Decision::step_up, .authorized_fen = 0, .reference = {}, .reason = "the issuer asks for more proof", .challenge = {}};
     }
-    return {.decision = payment::Decision::approved, .authorized_fen = r.amount_fen, .reference = {}, .reason = {}};
+    return {.decision = payment::Decision::approved, .authorized_fen = r.amount_fen, .reference = {}, .reason = {}, .challenge = {}};
   }
 
   Transaction* find(std::string_view id) {
     auto it = ledger_.find(std::string(id));
     return it == ledger_.end() ? nullptr : &it->second;
   }
-  Status unknown(std::string_view id) {
-    host_.log().warn("ledger: unknown transaction {}", id);
-    return Status::error(StatusCode::invalid_argument, fmt::format("unknown transaction '{}'", id));
-  }
-  Status repeat(std::string_view op, std::string_view id) {
+  payment::OperationResult unknown(std::string_view id) { return failed(fmt::format("unknown transaction '{}'", id)); }
+  payment::OperationResult repeat(std::string_view op, std::string_view id, std::int64_t fen, std::string reference) {
     host_.log().info("ledger: {} {} repeated; already done, no second effect", op, id);
-    return Status::success();
+    return confirmed(fen, std::move(reference));
   }
 
   /// Decides now (so a repeat issued before the answer already sees the effect), answers after
@@ -356,15 +433,16 @@ class SimPayment final : public payment::Method {
   template <class Decide>
   void operation(payment::OperationCallback& done, Decide&& decide_op) noexcept {
     try {
-      Status s = decide_op();
-      if (!s.ok()) host_.log().warn("ledger: refused ({}): {}", pilecore::to_string(s.code()), s.message());
+      payment::OperationResult r = decide_op();
       auto shared = std::make_shared<payment::OperationCallback>(std::move(done));
       later(
-          latency_, [shared, s] { (*shared)(s); }, [shared] { (*shared)(Status::error(StatusCode::unavailable, "payment method stopped")); });
+          latency_, [shared, r] { (*shared)(r); },
+          // Stopped before answering: not final, the core asks again.
+          [shared] { (*shared)({.state = payment::OperationState::pending, .amount_fen = 0, .reference = {}, .reason = "payment method stopped"}); });
     } catch (const std::exception& e) {
       host_.log().error("payment operation failed: {}", e.what());
       try {
-        if (done) done(Status::error(StatusCode::failed, e.what()));
+        if (done) done({.state = payment::OperationState::pending, .amount_fen = 0, .reference = {}, .reason = e.what()});
       } catch (...) {
       }
     }
@@ -392,6 +470,10 @@ class SimPayment final : public payment::Method {
   std::vector<std::string> step_up_;
   Duration latency_;
   std::string prefix_;
+  std::string pin_;
+  std::vector<std::string> token_types_;
+  int pending_polls_;
+  std::vector<std::string> unresponsive_;
   std::map<std::string, Transaction, std::less<>> ledger_;
   std::map<std::uint64_t, Pending> pending_;
   std::uint64_t pending_seq_ = 0;

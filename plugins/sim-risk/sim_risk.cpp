@@ -129,9 +129,12 @@ class SimRisk final : public risk::Rule {
     };
     const TimePoint now = c.time != TimePoint{} ? c.time : host_.clock().now();
     if (max_sessions_ > 0) {
-      const std::int64_t past = history.sessions_since(c.user_token, now - std::chrono::hours(24));
-      if (past + 1 > max_sessions_) {
-        step_up(fmt::format("{} sessions within 24 hours, above max_sessions_per_day {}", past + 1, max_sessions_));
+      const auto past = history.sessions_since(c.user, now - std::chrono::hours(24));
+      if (!past) {
+        // The history is unreadable: not knowing is not the same as zero sessions.
+        step_up("the session history cannot be read");
+      } else if (static_cast<std::int64_t>(*past) + 1 > max_sessions_) {
+        step_up(fmt::format("{} sessions within 24 hours, above max_sessions_per_day {}", *past + 1, max_sessions_));
       }
     }
     if (max_amount_fen_ > 0 && c.amount_fen > max_amount_fen_) {

@@ -17,6 +17,7 @@
 #include "pilecore/clock.hpp"
 #include "pilecore/config.hpp"
 #include "pilecore/events.hpp"
+#include "pilecore/identification.hpp"
 #include "pilecore/log.hpp"
 
 namespace pilecore {
@@ -57,6 +58,10 @@ class Host {
   virtual void raise(const Alarm& alarm) noexcept = 0;
   /// Reports the instance's health in a word ("up", "down", "degraded") and a detail.
   virtual void report_state(std::string_view state, std::string_view detail) noexcept = 0;
+  /// Presents a token (a card at the reader, a recognised face) to the core, which sends it to
+  /// the payment method the site binds its type to and starts authentication on its connector.
+  /// Call on the core's strand.
+  virtual void present(const identification::Token& token) noexcept = 0;
 };
 
 }  // namespace v1

@@ -7,6 +7,7 @@
 #include "pilecore/connector_status.hpp"
 #include "pilecore/events.hpp"
 #include "pilecore/host.hpp"
+#include "pilecore/identification.hpp"
 #include "pilecore/indicator.hpp"
 #include "pilecore/link.hpp"
 #include "pilecore/log.hpp"

@@ -2,11 +2,13 @@
 //
 // The core runs every configured risk rule before a payment is authorised and combines their
 // verdicts (any deny denies, else any step_up steps up). A rule answers through the callback
-// before the deadline; a late or missing answer counts as step_up.
+// before the deadline, exactly once; a late or missing answer counts as step_up. A rule never sees
+// who pays in clear: `user` is a salted hash of the token, stable on this pile.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -28,22 +30,29 @@ constexpr std::string_view to_string(Verdict v) noexcept {
   return "unknown";
 }
 
+/// When the rule runs: before the authorisation (on the estimate) or before the capture (on the
+/// final amount).
+enum class Phase : std::uint8_t { authorize, capture };
+
 struct Context {
+  Phase phase = Phase::authorize;
   std::string_view transaction_id;
   std::uint32_t connector = 0;
   std::string_view method;      ///< payment plugin instance name
-  std::string_view user_token;
-  std::int64_t amount_fen = 0;  ///< estimated amount
+  std::string_view channel;     ///< the acquirer chosen, when known
+  std::string_view user;        ///< salted hash of the user's token (hex), never the token itself
+  std::int64_t amount_fen = 0;  ///< estimated (authorize) or final (capture) amount
   TimePoint time{};
 };
 
 /// Read-only view of past transactions, kept by the core. Valid until the rule has answered
-/// or the deadline has passed.
+/// or the deadline has passed. A history that cannot be read answers std::nullopt: an error, never
+/// a zero, so a broken database cannot make a rule fail open.
 class History {
  public:
   virtual ~History() = default;
-  [[nodiscard]] virtual std::uint32_t sessions_since(std::string_view user_token, TimePoint since) const noexcept = 0;
-  [[nodiscard]] virtual std::int64_t amount_since_fen(std::string_view user_token, TimePoint since) const noexcept = 0;
+  [[nodiscard]] virtual std::optional<std::uint32_t> sessions_since(std::string_view user, TimePoint since) const noexcept = 0;
+  [[nodiscard]] virtual std::optional<std::int64_t> amount_since_fen(std::string_view user, TimePoint since) const noexcept = 0;
 };
 
 struct Result {
