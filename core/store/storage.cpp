@@ -50,6 +50,18 @@ const char* const migrations[] = {
 };
 }  // namespace
 
+Database::Database(const std::filesystem::path& path, ReadOnly) : path_(path) {
+  // No migration and no journal-mode change: a reader must work while the writer holds the
+  // database, and must not create a file that is not there.
+  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    db_ = nullptr;
+    throw std::runtime_error(fmt::format("{}: cannot open the database for reading: {}", path.string(), msg));
+  }
+  sqlite3_busy_timeout(db_, 5000);
+}
+
 Database::Database(const std::filesystem::path& path) : path_(path) {
   std::error_code ec;
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
@@ -72,9 +84,14 @@ Database::Database(const std::filesystem::path& path) : path_(path) {
     }
     for (int v = have; v < want; ++v) {
       exec("BEGIN IMMEDIATE");
-      exec(migrations[v]);
-      exec(fmt::format("PRAGMA user_version={}", v + 1));
-      exec("COMMIT");
+      try {
+        exec(migrations[v]);
+        exec(fmt::format("PRAGMA user_version={}", v + 1));
+        exec("COMMIT");
+      } catch (...) {
+        sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+        throw;
+      }
     }
   } catch (...) {
     sqlite3_close(db_);
@@ -106,7 +123,8 @@ void Database::exec(const std::string& sql) {
   if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
     std::string msg = err ? err : sqlite3_errmsg(db_);
     sqlite3_free(err);
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    // No implicit ROLLBACK here: inside the storage thread's group commit that would undo the
+    // other works of the group; whoever opened the transaction (or savepoint) rolls it back.
     throw std::runtime_error(fmt::format("{}: {}", path_.string(), msg));
   }
 }
