@@ -47,6 +47,18 @@ const char* const migrations[] = {
     " PRIMARY KEY(txn_id, seq));"
     "CREATE TABLE ledger(seq INTEGER PRIMARY KEY, txn_id TEXT NOT NULL UNIQUE, record BLOB NOT NULL, prev_hash BLOB NOT NULL,"
     " hash BLOB NOT NULL, signature BLOB NOT NULL, hash_alg TEXT NOT NULL, sig_alg TEXT NOT NULL);",
+    // 3: several ledger records per transaction (its capture, a refund days later, a debit), each
+    // named by its own entry; existing rows keep entry = txn_id, which their records already
+    // name. The signature may be NULL for a while: it is written by a later commit, after the
+    // signer thread made it (see ledger.hpp).
+    "CREATE TABLE ledger_v3(seq INTEGER PRIMARY KEY, entry TEXT NOT NULL UNIQUE, txn_id TEXT NOT NULL, record BLOB NOT NULL,"
+    " prev_hash BLOB NOT NULL, hash BLOB NOT NULL, signature BLOB, hash_alg TEXT NOT NULL, sig_alg TEXT NOT NULL);"
+    "INSERT INTO ledger_v3(seq, entry, txn_id, record, prev_hash, hash, signature, hash_alg, sig_alg)"
+    " SELECT seq, txn_id, txn_id, record, prev_hash, hash, signature, hash_alg, sig_alg FROM ledger;"
+    "DROP TABLE ledger;"
+    "ALTER TABLE ledger_v3 RENAME TO ledger;"
+    "CREATE INDEX ledger_txn ON ledger(txn_id);"
+    "CREATE INDEX ledger_unsigned ON ledger(seq) WHERE signature IS NULL;",
 };
 }  // namespace
 
