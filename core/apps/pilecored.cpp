@@ -71,8 +71,8 @@ int main(int argc, char** argv) {
   }
   if (outcome.site->identity) {
     // The ledger: every finished transaction, signed by the device key. The key and certificate
-    // are checked now (a daemon that cannot sign must not start charging); the Ledger itself is
-    // made on first use over the runtime's database.
+    // are checked now (a daemon that cannot sign must not start charging); the runtime makes the
+    // Ledger over its database and runs its signer.
     const auto& id = *outcome.site->identity;
     const std::string key_location = resolve_identity_location(id.key, options.state_dir);
     const std::string cert_path = resolve_identity_location(id.certificate, options.state_dir);
@@ -94,22 +94,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "pilecored: %s\n", e.what());
       return 2;
     }
-    struct LedgerState {
-      std::string key_location;
-      HashAlgorithm hash;
-      sqlite3* db = nullptr;
-      std::unique_ptr<Ledger> ledger;
-    };
-    auto state = std::make_shared<LedgerState>(LedgerState{key_location, id.hash, nullptr, nullptr});
-    auto ledger_for = [state](Database& db) -> Ledger& {
-      if (!state->ledger || state->db != db.handle()) {
-        state->ledger = std::make_unique<Ledger>(db.handle(), SigningKey(state->key_location), state->hash);
-        state->db = db.handle();
-      }
-      return *state->ledger;
-    };
-    options.ledger_append = [ledger_for](Database& db, const std::string& txn, const nlohmann::json& record) { ledger_for(db).append(txn, record); };
-    options.ledger_contains = [ledger_for](Database& db, const std::string& txn) { return ledger_for(db).contains(txn); };
+    options.make_ledger = [key_location, hash = id.hash](sqlite3* db) { return std::make_unique<Ledger>(db, SigningKey(key_location), hash); };
   }
   spdlog::info("pilecored {} starting: site file {}, state {}, plugins from {}", PILECORE_VERSION, config, options.state_dir.string(),
                [&] { std::string s; for (const auto& d : dirs) s += (s.empty() ? "" : ":") + d.string(); return s; }());

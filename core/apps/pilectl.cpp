@@ -165,6 +165,9 @@ int main(int argc, char** argv) {
   ledger_verify_cmd->add_option("--db", ledger_db, "Database file (default: from the site file, else <state dir>/pilecore.db)");
   ledger_verify_cmd->add_option("--config", ledger_config, "Site file: the database and the certificate from its storage and identity sections");
   ledger_verify_cmd->add_option("--cert", ledger_cert, "Device certificate (default: from the site file, else <state dir>/identity/device.crt)");
+  bool ledger_accept_unsigned = false;
+  ledger_verify_cmd->add_flag("--accept-unsigned-tail", ledger_accept_unsigned,
+                              "Pass when the only unsigned records are the newest (a daemon stopped before writing their signatures; it signs them at its next start); the output says how many are not covered");
   ledger_verify_cmd->add_option("--state-dir", ledger_state_dir, "State directory relative paths are under (default: the --db file's directory, else as pilecored)");
 
   CLI11_PARSE(app, argc, argv);
@@ -213,7 +216,7 @@ int main(int argc, char** argv) {
     const std::filesystem::path db = !ledger_db.empty() ? std::filesystem::path(ledger_db)
                                                         : std::filesystem::path(resolve_identity_location(site ? site->database : "pilecore.db", state));
     const std::filesystem::path cert = !ledger_cert.empty() ? std::filesystem::path(ledger_cert) : std::filesystem::path(resolve_identity_location(id.certificate, state));
-    return ledger_verify(db, cert, std::cout, std::cerr);
+    return ledger_verify(db, cert, std::cout, std::cerr, VerifyOptions{ledger_accept_unsigned});
   }
 
   auto socket_path = [&]() -> std::filesystem::path {

@@ -48,7 +48,7 @@ int keys_init(const IdentityOptions& options, std::ostream& out, std::ostream& e
   }
 }
 
-int ledger_verify(const fs::path& db_path, const fs::path& certificate_path, std::ostream& out, std::ostream& err) {
+int ledger_verify(const fs::path& db_path, const fs::path& certificate_path, std::ostream& out, std::ostream& err, VerifyOptions options) {
   std::error_code ec;
   if (!fs::is_regular_file(db_path, ec)) {
     err << fmt::format("pilectl: {}: no such database\n", db_path.string());
@@ -79,7 +79,7 @@ int ledger_verify(const fs::path& db_path, const fs::path& certificate_path, std
     err << fmt::format("pilectl: {}: no ledger table in this database\n", db_path.string());
     return 2;
   }
-  const LedgerCheck check = Ledger::verify(db.get(), *key);
+  const LedgerCheck check = Ledger::verify(db.get(), *key, options);
   if (check.ok) {
     out << check.message << "\n";
     return 0;

@@ -11,6 +11,7 @@
 
 #include "crypto.hpp"
 #include "identity_config.hpp"
+#include "ledger.hpp"
 
 namespace pilecore::core {
 
@@ -33,6 +34,10 @@ int keys_init(const IdentityOptions& options, std::ostream& out, std::ostream& e
 /// migrated) against the certificate. Exit 0 with "ledger OK: N records, chain intact, all
 /// signatures valid"; 1 with "ledger BROKEN: seq S (txn T): ..." naming the first bad record;
 /// 2 when the check cannot run (no database, no ledger table, unreadable certificate).
-int ledger_verify(const std::filesystem::path& db_path, const std::filesystem::path& certificate_path, std::ostream& out, std::ostream& err);
+/// Unsigned rows (the signer had not written their signatures yet) fail the check unless
+/// options.accept_unsigned_tail and they are only the newest tail; the OK line then says how many
+/// records are not covered by a signature (ledger.hpp).
+int ledger_verify(const std::filesystem::path& db_path, const std::filesystem::path& certificate_path, std::ostream& out, std::ostream& err,
+                  VerifyOptions options = {});
 
 }  // namespace pilecore::core

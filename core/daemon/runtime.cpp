@@ -14,6 +14,7 @@
 #include "clocks.hpp"
 #include "logging.hpp"
 #include "pilecore/pilecore.hpp"
+#include "ledger.hpp"
 #include "storage.hpp"
 #include "store_worker.hpp"
 
@@ -218,6 +219,16 @@ Runtime::Runtime(SiteConfig site, RuntimeOptions options)
 Runtime::~Runtime() {
   // Destroy in reverse creation order; each instance destroys its plugin object.
   while (!instances_.empty()) instances_.pop_back();
+  stop_storage();
+}
+
+void Runtime::stop_storage() {
+  // The signer first (its last signatures are submissions), then the storage thread, which
+  // writes everything submitted before it joins; the ledger's statements go before its
+  // connection closes. The event loop has stopped: db_ is free for this thread.
+  if (ledger_) ledger_->stop_signer(true);
+  if (store_) store_->stop();
+  ledger_.reset();
 }
 
 std::string Runtime::start_error() const {
@@ -281,8 +292,20 @@ void Runtime::start_instances() {
     return out;
   };
   hooks.status_changed = [this](std::uint32_t id, ConnectorStatus st, const std::string& why) { set_connector(id, st, why); };
-  if (options_.ledger_append) hooks.ledger_append = [this](const std::string& txn, const nlohmann::json& r) { options_.ledger_append(*db_, txn, r); };
-  if (options_.ledger_contains) hooks.ledger_contains = [this](const std::string& txn) { return options_.ledger_contains(*db_, txn); };
+  if (ledger_) {
+    hooks.ledger_append = [this](const std::string& txn, const nlohmann::json& r) { ledger_->append(txn, r); };
+    hooks.ledger_contains = [this](const std::string& txn) { return ledger_->contains(txn); };
+    // Each money operation's outcome is a record of its own, chained after the session's: a
+    // refund days later is as verifiable as the capture.
+    hooks.ledger_operation = [this](Database&, const MoneyOperation& op) {
+      if (ledger_->contains(op.id)) return;
+      ledger_->append(op.id, op.txn,
+                      {{"entry", op.id}, {"transaction", op.txn}, {"site", site_.id}, {"operation", std::string(to_string(op.kind))},
+                       {"state", std::string(to_string(op.state))}, {"amount_fen", op.amount_fen}, {"method", op.method}, {"channel", op.channel},
+                       {"reference", op.reference}, {"reason", op.reason}, {"attempts", op.attempts},
+                       {"time_ms", op.updated.time_since_epoch().count()}});
+    };
+  }
   hooks.event = [this](nlohmann::json e) { publish_event(std::move(e)); };
   hooks.announce = [this](std::uint32_t id, const std::string& message) {
     for (auto& inst : instances_) {
@@ -365,7 +388,7 @@ void Runtime::finish_shutdown() {
     update_snapshot(**it);
   }
   engine_.reset();
-  if (store_) store_->stop();  // every submitted write is on disk before the plugins go
+  stop_storage();  // every submitted write, signatures included, is on disk before the plugins go
   for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) (*it)->destroy();
   io_.stop();
 }
@@ -454,8 +477,19 @@ int Runtime::run() {
     if (db.is_relative()) db = options_.state_dir / db;
     db_ = std::make_unique<Database>(db);
     db_->record_boot(format_utc(clock_->now()), PILECORE_VERSION, site_.id);
-    store_ = std::make_unique<StoreWorker>(*db_, [this](std::function<void()> fn) { asio::post(strand_, std::move(fn)); });
     spdlog::info("database {} (schema {})", db.string(), db_->schema_version());
+    if (options_.make_ledger) {
+      ledger_ = options_.make_ledger(db_->handle());
+      // Before anything starts: a record is never left unsigned across a restart.
+      if (const auto signed_now = ledger_->sign_pending(); signed_now > 0) {
+        spdlog::warn("ledger: signed {} record(s) that the last run committed but had not signed", signed_now);
+      }
+    }
+    // From here on db_ belongs to the storage thread.
+    store_ = std::make_unique<StoreWorker>(*db_, [this](std::function<void()> fn) { asio::post(strand_, std::move(fn)); });
+    // The signatures are made on the signer thread (a TPM's 50-200 ms never on the strand) and
+    // written by a later group commit.
+    if (ledger_) ledger_->sign_off_path(*store_);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     std::lock_guard lock(snapshot_mutex_);
@@ -475,6 +509,7 @@ int Runtime::run() {
   for (;;) {
     try {
       io_.run();
+      stop_storage();
       break;
     } catch (const std::exception& e) {
       spdlog::error("an exception escaped a handler on the event loop (not attributable to one plugin): {}", e.what());

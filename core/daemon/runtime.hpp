@@ -25,6 +25,8 @@ namespace pilecore::core {
 
 class Instance;
 class Database;
+class Ledger;
+class StoreWorker;
 
 struct RuntimeOptions {
   std::filesystem::path state_dir;
@@ -32,10 +34,11 @@ struct RuntimeOptions {
   Duration status_interval = std::chrono::minutes(5);  // host-clock time between idle status lines
   bool notify_systemd = true;
   std::filesystem::path socket_path;  // the local control socket; none when empty
-  /// Called on the strand with every ledger record to append (inside the SQLite transaction
-  /// that closes the session); set by the daemon when the site has a device identity.
-  std::function<void(Database&, const std::string&, const nlohmann::json&)> ledger_append;
-  std::function<bool(Database&, const std::string&)> ledger_contains;
+  /// Makes the ledger over the connection its records are appended on; set by the daemon when
+  /// the site has a device identity. The runtime signs what a crash left unsigned before it
+  /// starts anything, then moves signing off the commit path (a signer thread whose signatures
+  /// the storage thread writes), and at shutdown drains the signer, then the storage thread.
+  std::function<std::unique_ptr<Ledger>(sqlite3*)> make_ledger;
 };
 
 enum class InstanceState { created, running, failed, stopped };
@@ -93,12 +96,17 @@ class Runtime {
   [[nodiscard]] const Clock& clock() const { return *clock_; }
   [[nodiscard]] boost::asio::strand<boost::asio::io_context::executor_type>& strand() { return strand_; }
   [[nodiscard]] const std::filesystem::path& state_dir() const { return options_.state_dir; }
+  /// The storage thread (exists while run() runs): every write submitted here is off the strand.
+  [[nodiscard]] StoreWorker* store() { return store_.get(); }
+  /// The ledger, when the site has a device identity (exists while run() runs).
+  [[nodiscard]] Ledger* ledger() { return ledger_.get(); }
 
  private:
   bool create_instances();
   void start_instances();
   void shutdown();
   void finish_shutdown();
+  void stop_storage();
   void announce_ready();
   void dispatch_request(const nlohmann::json& request, std::function<void(nlohmann::json)>& reply);
   /// Sends an event (with the clock's time) to the control socket's watchers.
@@ -112,8 +120,12 @@ class Runtime {
   std::shared_ptr<Clock> clock_;
   boost::asio::io_context io_;
   boost::asio::strand<boost::asio::io_context::executor_type> strand_;
+  // Threads: db_ is the writing connection; once running, only the storage thread (store_) uses
+  // it, for every write and for the ledger's appends and signatures. The session engine reads
+  // through a read-only connection of its own.
   std::unique_ptr<Database> db_;
   std::unique_ptr<StoreWorker> store_;
+  std::unique_ptr<Ledger> ledger_;
   std::vector<std::unique_ptr<Instance>> instances_;
   std::map<std::uint32_t, ConnectorStatus> connector_status_;
   std::atomic<bool> ready_{false};

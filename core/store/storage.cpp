@@ -47,7 +47,19 @@ const char* const migrations[] = {
     " PRIMARY KEY(txn_id, seq));"
     "CREATE TABLE ledger(seq INTEGER PRIMARY KEY, txn_id TEXT NOT NULL UNIQUE, record BLOB NOT NULL, prev_hash BLOB NOT NULL,"
     " hash BLOB NOT NULL, signature BLOB NOT NULL, hash_alg TEXT NOT NULL, sig_alg TEXT NOT NULL);",
-    // 3: money operations (core/payment/money_operations.hpp): the intent is written before the
+    // 3: several ledger records per transaction (its capture, a refund days later, a debit), each
+    // named by its own entry; existing rows keep entry = txn_id, which their records already
+    // name. The signature may be NULL for a while: it is written by a later commit, after the
+    // signer thread made it (see ledger.hpp).
+    "CREATE TABLE ledger_v3(seq INTEGER PRIMARY KEY, entry TEXT NOT NULL UNIQUE, txn_id TEXT NOT NULL, record BLOB NOT NULL,"
+    " prev_hash BLOB NOT NULL, hash BLOB NOT NULL, signature BLOB, hash_alg TEXT NOT NULL, sig_alg TEXT NOT NULL);"
+    "INSERT INTO ledger_v3(seq, entry, txn_id, record, prev_hash, hash, signature, hash_alg, sig_alg)"
+    " SELECT seq, txn_id, txn_id, record, prev_hash, hash, signature, hash_alg, sig_alg FROM ledger;"
+    "DROP TABLE ledger;"
+    "ALTER TABLE ledger_v3 RENAME TO ledger;"
+    "CREATE INDEX ledger_txn ON ledger(txn_id);"
+    "CREATE INDEX ledger_unsigned ON ledger(seq) WHERE signature IS NULL;",
+    // 4: money operations (core/payment/money_operations.hpp): the intent is written before the
     // payment plugin is called, the outcome after; recovery resumes what has no outcome.
     "CREATE TABLE operations("
     " id TEXT PRIMARY KEY,"
@@ -71,6 +83,18 @@ const char* const migrations[] = {
 };
 }  // namespace
 
+Database::Database(const std::filesystem::path& path, ReadOnly) : path_(path) {
+  // No migration and no journal-mode change: a reader must work while the writer holds the
+  // database, and must not create a file that is not there.
+  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    db_ = nullptr;
+    throw std::runtime_error(fmt::format("{}: cannot open the database for reading: {}", path.string(), msg));
+  }
+  sqlite3_busy_timeout(db_, 5000);
+}
+
 Database::Database(const std::filesystem::path& path) : path_(path) {
   std::error_code ec;
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
@@ -93,9 +117,14 @@ Database::Database(const std::filesystem::path& path) : path_(path) {
     }
     for (int v = have; v < want; ++v) {
       exec("BEGIN IMMEDIATE");
-      exec(migrations[v]);
-      exec(fmt::format("PRAGMA user_version={}", v + 1));
-      exec("COMMIT");
+      try {
+        exec(migrations[v]);
+        exec(fmt::format("PRAGMA user_version={}", v + 1));
+        exec("COMMIT");
+      } catch (...) {
+        sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+        throw;
+      }
     }
   } catch (...) {
     sqlite3_close(db_);
@@ -127,7 +156,8 @@ void Database::exec(const std::string& sql) {
   if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
     std::string msg = err ? err : sqlite3_errmsg(db_);
     sqlite3_free(err);
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    // No implicit ROLLBACK here: inside the storage thread's group commit that would undo the
+    // other works of the group; whoever opened the transaction (or savepoint) rolls it back.
     throw std::runtime_error(fmt::format("{}: {}", path_.string(), msg));
   }
 }

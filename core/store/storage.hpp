@@ -1,5 +1,10 @@
 // The SQLite database under the state directory: WAL mode, synchronous=FULL, so a row that
 // records money or energy is on disk before the action it records takes effect.
+//
+// Threads: a Database is one SQLite connection opened NOMUTEX, so it is used by one thread at a
+// time. In the daemon the writer belongs to the storage thread (StoreWorker) once that starts;
+// code on the core's strand reads through a second connection opened with ReadOnly, which WAL
+// lets read the last committed state while the storage thread writes.
 #pragma once
 
 #include <sqlite3.h>
@@ -15,10 +20,16 @@ class Database {
   /// Opens (creating when missing) and migrates the database; throws std::runtime_error with
   /// the path and SQLite's message on failure.
   explicit Database(const std::filesystem::path& path);
+  /// Opens an existing, already migrated database read-only (no migration, no file created);
+  /// throws std::runtime_error with the path and SQLite's message when it cannot.
+  struct ReadOnly {};
+  Database(const std::filesystem::path& path, ReadOnly);
   ~Database();
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
 
+  /// Runs `sql`; throws std::runtime_error with the path and SQLite's message. Never rolls back
+  /// on its own: the code that began the transaction does.
   void exec(const std::string& sql);
   [[nodiscard]] int schema_version() const;
   [[nodiscard]] sqlite3* handle() const { return db_; }

@@ -560,23 +560,36 @@ TEST(CrashInjection, KilledAtRandomInstantsNothingIsLostDuplicatedOrMisbilled) {
     }
   }
 
-  // The ledger: one record per transaction, each the transaction as stored; the chain verifies.
+  // The ledger: one record per transaction, each the transaction as stored, and one per money
+  // operation's outcome, each the operation as stored; the chain verifies.
+  std::int64_t ledger_rows = 0;
   {
     std::map<std::string, int> seen;
-    std::int64_t rows = 0, expect_seq = 1;
-    db.each("SELECT seq, txn_id, record FROM ledger ORDER BY seq", [&](sqlite3_stmt* st) {
-      ++rows;
+    std::int64_t expect_seq = 1;
+    std::map<std::string, std::pair<std::string, std::int64_t>> op_rows;  // id -> (state, amount)
+    db.each("SELECT id, state, amount_fen FROM operations", [&](sqlite3_stmt* st) { op_rows[text(st, 0)] = {text(st, 1), sqlite3_column_int64(st, 2)}; });
+    db.each("SELECT seq, entry, txn_id, record FROM ledger ORDER BY seq", [&](sqlite3_stmt* st) {
+      ++ledger_rows;
       EXPECT_EQ(sqlite3_column_int64(st, 0), expect_seq++);
-      const std::string id = text(st, 1);
-      ++seen[id];
-      const auto* p = static_cast<const char*>(sqlite3_column_blob(st, 2));
-      const auto rec = nlohmann::json::parse(std::string(p, p + sqlite3_column_bytes(st, 2)), nullptr, false);
+      const std::string entry = text(st, 1), id = text(st, 2);
+      ++seen[entry];
+      const auto* p = static_cast<const char*>(sqlite3_column_blob(st, 3));
+      const auto rec = nlohmann::json::parse(std::string(p, p + sqlite3_column_bytes(st, 3)), nullptr, false);
+      ASSERT_TRUE(rec.is_object());
+      if (entry != id) {
+        // A money operation's outcome.
+        const auto op = op_rows.find(entry);
+        ASSERT_NE(op, op_rows.end()) << "ledger record for operation " << entry << ", which is not in the operations table";
+        EXPECT_EQ(rec.value("state", ""), op->second.first) << entry;
+        EXPECT_EQ(rec.value("amount_fen", std::int64_t{-1}), op->second.second) << entry;
+        EXPECT_EQ(rec.value("transaction", ""), id);
+        return;
+      }
       const auto it = std::find_if(txns.begin(), txns.end(), [&](const Txn& t) { return t.id == id; });
       if (it == txns.end()) {
         ADD_FAILURE() << "ledger record for " << id << ", which is not a transaction";
         return;
       }
-      ASSERT_TRUE(rec.is_object());
       EXPECT_EQ(rec["transaction"], id);
       EXPECT_EQ(rec["connector"], it->connector);
       EXPECT_EQ(rec["outcome"], it->outcome);
@@ -589,12 +602,25 @@ TEST(CrashInjection, KilledAtRandomInstantsNothingIsLostDuplicatedOrMisbilled) {
       EXPECT_EQ(rec["capture_operation"], id + "/capture");
       EXPECT_EQ(rec["payment_ref"], it->payment_ref);
     });
-    for (const auto& [id, n] : seen) EXPECT_EQ(n, 1) << id << " is in the ledger " << n << " times";
-    EXPECT_EQ(rows, static_cast<std::int64_t>(txns.size())) << "one ledger record per closed transaction";
+    for (const auto& [entry, n] : seen) EXPECT_EQ(n, 1) << entry << " is in the ledger " << n << " times";
     for (const Txn& t : txns) EXPECT_EQ(seen.count(t.id), 1u) << t.id << " is not in the ledger";
+    // Every final operation is ledgered; captures (less refunds: none here) equal the bills.
+    for (const auto& [id, row] : op_rows) {
+      if (row.first == "confirmed" || row.first == "failed") {
+        EXPECT_EQ(seen.count(id), 1u) << "operation " << id << " (" << row.first << ") is not in the ledger";
+      }
+    }
+    for (const Txn& t : txns) {
+      const auto cap = op_rows.find(t.id + "/capture");
+      const std::int64_t expected = std::min(t.total_fen.value_or(0), t.authorized_fen);
+      if (expected > 0) {
+        ASSERT_NE(cap, op_rows.end()) << t.id << " has no capture operation";
+        EXPECT_EQ(cap->second.second, expected) << t.id << ": the capture is not the bill";
+      }
+    }
     std::ostringstream out, err;
     EXPECT_EQ(ledger_verify(db_file, state / "identity" / "device.crt", out, err), 0) << err.str();
-    EXPECT_NE(out.str().find(fmt::format("ledger OK: {} records", txns.size())), std::string::npos) << out.str();
+    EXPECT_NE(out.str().find(fmt::format("ledger OK: {} records", ledger_rows)), std::string::npos) << out.str();
     const auto tool = run_process({bin + "/pilectl", "ledger", "verify", "--config", file.string(), "--state-dir", state.string()});
     EXPECT_EQ(tool.exit_code, 0) << tool.out << tool.err;
   }

@@ -11,10 +11,12 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <future>
 #include <sstream>
 
 #include "ledger.hpp"
 #include "ledger_commands.hpp"
+#include "store_worker.hpp"
 #include "test_support.hpp"
 
 using namespace pilecore;
@@ -131,6 +133,18 @@ class LedgerChain : public ::testing::TestWithParam<Algorithms> {
     }
   }
 
+  LedgerEntry append_entry(const std::string& entry, const std::string& txn, const nlohmann::json& record) {
+    db_->exec("BEGIN IMMEDIATE");
+    try {
+      auto e = ledger_->append(entry, txn, record);
+      db_->exec("COMMIT");
+      return e;
+    } catch (...) {
+      db_->exec("ROLLBACK");
+      throw;
+    }
+  }
+
   [[nodiscard]] LedgerCheck check() const { return Ledger::verify(db_->handle(), VerifyingKey(cert_path_)); }
 
   void expect_bad(std::int64_t seq, const std::string& txn, const std::string& message) const {
@@ -157,7 +171,8 @@ class LedgerChain : public ::testing::TestWithParam<Algorithms> {
     const std::string sig_alg(signature_algorithm_name(GetParam().key));
     // Make room: seq >= `seq` move up by one (through negatives: the primary key is unique).
     tamper(db_file_, fmt::format("UPDATE ledger SET seq = -(seq + 1) WHERE seq >= {0}; UPDATE ledger SET seq = -seq WHERE seq < 0;"
-                                 "INSERT INTO ledger VALUES({0}, 'T-FORGED', ?1, ?2, ?3, ?4, '{1}', '{2}');",
+                                 "INSERT INTO ledger(seq, entry, txn_id, record, prev_hash, hash, signature, hash_alg, sig_alg) "
+                                 "VALUES({0}, 'T-FORGED', 'T-FORGED', ?1, ?2, ?3, ?4, '{1}', '{2}');",
                                  seq, hash_alg, sig_alg),
            {Bytes(text.begin(), text.end()), prev_hash, digest(GetParam().hash, bytes), attacker.sign(bytes)});
   }
@@ -339,7 +354,7 @@ TEST_P(LedgerChain, DuplicateTxnIdIsRefused) {
     append("T-0017", make_record(17, "T-0017"));
     FAIL() << "a txn was ledgered twice";
   } catch (const LedgerError& e) {
-    EXPECT_STREQ(e.what(), "ledger: txn T-0017 is already in the ledger; it is never ledgered twice");
+    EXPECT_STREQ(e.what(), "ledger: entry T-0017 is already in the ledger; it is never ledgered twice");
   }
   const auto r = check();
   EXPECT_TRUE(r.ok) << r.message;
@@ -441,6 +456,319 @@ TEST(LedgerTable, EmptyLedgerVerifies) {
   EXPECT_TRUE(r.ok);
   EXPECT_EQ(r.message, "ledger OK: 0 records, chain intact, all signatures valid");
 }
+
+// ---- several entries per transaction (schema version 3) ----
+
+TEST_P(LedgerChain, ATransactionHasSeveralEntriesEachChainedAndRefusedTwice) {
+  // T-0017 was captured (its single record, entry = txn_id); days later a refund and a debit.
+  auto refund = make_record(51, "T-0017");
+  refund["entry"] = "T-0017/refund/R-1";
+  auto debit = make_record(52, "T-0017");
+  debit["entry"] = "T-0017/debit/D-1";
+  EXPECT_EQ(append_entry("T-0017/refund/R-1", "T-0017", refund).seq, 51);
+  EXPECT_EQ(append_entry("T-0017/debit/D-1", "T-0017", debit).seq, 52);
+  EXPECT_TRUE(ledger_->contains("T-0017/refund/R-1"));
+  EXPECT_FALSE(ledger_->contains("T-0017/refund/R-2"));
+  try {
+    append_entry("T-0017/refund/R-1", "T-0017", refund);
+    FAIL() << "an entry was ledgered twice";
+  } catch (const LedgerError& e) {
+    EXPECT_STREQ(e.what(), "ledger: entry T-0017/refund/R-1 is already in the ledger; it is never ledgered twice");
+  }
+  const auto r = check();
+  EXPECT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.record_count, 52);
+}
+
+TEST_P(LedgerChain, TheRecordMustNameItsEntry) {
+  // No "entry" in the record: only the transaction's own entry may be its txn_id.
+  EXPECT_THROW(append_entry("T-0017/refund/R-1", "T-0017", make_record(51, "T-0017")), std::invalid_argument);
+  auto other = make_record(51, "T-0017");
+  other["entry"] = "T-0017/refund/R-9";
+  EXPECT_THROW(append_entry("T-0017/refund/R-1", "T-0017", other), std::invalid_argument);
+  EXPECT_THROW(append_entry("", "T-0017", other), std::invalid_argument);
+  EXPECT_FALSE(ledger_->contains("T-0017/refund/R-1"));
+}
+
+TEST_P(LedgerChain, EditedEntryColumnIsCaught) {
+  auto refund = make_record(51, "T-0017");
+  refund["entry"] = "T-0017/refund/R-1";
+  append_entry("T-0017/refund/R-1", "T-0017", refund);
+  tamper(db_file_, "UPDATE ledger SET entry = 'T-0017/refund/R-2' WHERE seq = 51");
+  expect_bad(51, "T-0017",
+             "seq 51 (txn T-0017): the entry column 'T-0017/refund/R-2' does not match the record's entry \"T-0017/refund/R-1\": the entry was edited");
+  // A single-record row whose entry column no longer equals its txn_id.
+  tamper(db_file_, "UPDATE ledger SET entry = 'T-0005/refund' WHERE seq = 5");
+  expect_bad(5, "T-0005", "seq 5 (txn T-0005): the entry column 'T-0005/refund' does not match the record's entry \"T-0005\": the entry was edited");
+}
+
+TEST(LedgerMigration, AVersion2LedgerVerifiesBeforeAndAfterMigrationAndTakesMoreEntries) {
+  TempDir dir;
+  const fs::path key = dir.path() / "k", cert = dir.path() / "c", file = dir.path() / "old.db";
+  generate_identity(KeyAlgorithm::sm2, key, cert, "PILE-0001");
+  const SigningKey signer(key.string());
+  // A database as pilecore's schema version 2 left it: txn_id UNIQUE, no entry column.
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(file.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, ledger_ddl, nullptr, nullptr, nullptr), SQLITE_OK);
+    Bytes prev(32, 0);
+    for (int i = 1; i <= 3; ++i) {
+      const std::string text = Ledger::canonical(make_record(i, txn_name(i)));
+      const Bytes bytes = Ledger::signed_bytes(prev, i, as_bytes(text));
+      const Bytes hash = digest(HashAlgorithm::sm3, bytes), sig = signer.sign(bytes);
+      sqlite3_stmt* st = nullptr;
+      sqlite3_prepare_v2(db, "INSERT INTO ledger VALUES(?, ?, ?, ?, ?, ?, 'sm3', 'sm2-sm3')", -1, &st, nullptr);
+      sqlite3_bind_int(st, 1, i);
+      sqlite3_bind_text(st, 2, txn_name(i).c_str(), -1, SQLITE_TRANSIENT);
+      sqlite3_bind_blob(st, 3, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_blob(st, 4, prev.data(), static_cast<int>(prev.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_blob(st, 5, hash.data(), static_cast<int>(hash.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_blob(st, 6, sig.data(), static_cast<int>(sig.size()), SQLITE_TRANSIENT);
+      ASSERT_EQ(sqlite3_step(st), SQLITE_DONE) << sqlite3_errmsg(db);
+      sqlite3_finalize(st);
+      prev = hash;
+    }
+    // The rest of a version-2 database, as far as later migrations touch it.
+    ASSERT_EQ(sqlite3_exec(db,
+                           "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                           "CREATE TABLE transactions(id TEXT PRIMARY KEY, started_ms INTEGER NOT NULL);"
+                           "PRAGMA user_version=2",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  std::ostringstream out, err;
+  EXPECT_EQ(ledger_verify(file, cert, out, err), 0) << err.str();  // read-only, not migrated
+  EXPECT_EQ(out.str(), "ledger OK: 3 records, chain intact, all signatures valid\n");
+
+  Database db(file);
+  EXPECT_EQ(db.schema_version(), 4);
+  Ledger ledger(db.handle(), SigningKey(key.string()), HashAlgorithm::sm3);
+  EXPECT_TRUE(ledger.contains("T-0002"));  // entry = txn_id
+  auto refund = make_record(4, "T-0002");
+  refund["entry"] = "T-0002/refund/R-1";
+  db.exec("BEGIN IMMEDIATE");
+  EXPECT_EQ(ledger.append("T-0002/refund/R-1", "T-0002", refund).seq, 4);
+  db.exec("COMMIT");
+  const auto r = Ledger::verify(db.handle(), VerifyingKey(cert));
+  EXPECT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.record_count, 4);
+}
+
+// ---- signing off the commit path ----
+
+namespace {
+
+// A signer held at a gate: the test decides when (and whether) signatures are made.
+class HeldSigner {
+ public:
+  explicit HeldSigner(const fs::path& key) : key_(key.string()) {}
+  SignFunction function() {
+    return [this](ByteView b) {
+      std::unique_lock lock(m_);
+      cv_.wait(lock, [&] { return open_; });
+      if (killed_) throw std::runtime_error("killed before signing");
+      ++signed_;
+      return key_.sign(b);
+    };
+  }
+  void open() {
+    std::lock_guard lock(m_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  // What a kill does to the signatures not made yet: they never are.
+  void kill() {
+    std::lock_guard lock(m_);
+    open_ = killed_ = true;
+    cv_.notify_all();
+  }
+  int count() {
+    std::lock_guard lock(m_);
+    return signed_;
+  }
+
+ private:
+  SigningKey key_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool open_ = false, killed_ = false;
+  int signed_ = 0;
+};
+
+class LedgerSigning : public ::testing::TestWithParam<Algorithms> {
+ protected:
+  void SetUp() override {
+    key_ = dir_.path() / "device.key";
+    cert_ = dir_.path() / "device.crt";
+    generate_identity(GetParam().key, key_, cert_, "PILE-0001");
+    file_ = dir_.path() / "pilecore.db";
+    open();
+  }
+  void open() {
+    db_ = std::make_unique<Database>(file_);
+    held_ = std::make_unique<HeldSigner>(key_);
+    // The storage thread's done callbacks run where it posts them: its own thread, here.
+    store_ = std::make_unique<StoreWorker>(*db_, [](std::function<void()> fn) { fn(); });
+    ledger_ = std::make_unique<Ledger>(db_->handle(), SigningKey(key_.string()), GetParam().hash, held_->function());
+  }
+  void close(bool drain) {
+    if (drain) held_->open();
+    else held_->kill();
+    ledger_->stop_signer(drain);
+    store_->stop();
+    ledger_.reset();
+    store_.reset();
+    db_.reset();
+  }
+  void TearDown() override {
+    if (ledger_) close(true);
+  }
+  // What the session engine does: the ledger append inside a work of the storage thread.
+  Status commit(const std::function<void(Database&)>& work) {
+    std::promise<Status> p;
+    store_->submit(work, [&](const Status& st) { p.set_value(st); });
+    return p.get_future().get();
+  }
+  Status append(int i) {
+    return commit([this, i](Database&) { ledger_->append(txn_name(i), make_record(i, txn_name(i))); });
+  }
+  LedgerCheck check(bool accept_tail = false) {
+    const Database reader(file_, Database::ReadOnly{});
+    return Ledger::verify(reader.handle(), VerifyingKey(cert_), VerifyOptions{accept_tail});
+  }
+  std::int64_t unsigned_rows() {
+    Database reader(file_, Database::ReadOnly{});
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(reader.handle(), "SELECT count(*) FROM ledger WHERE signature IS NULL", -1, &st, nullptr);
+    sqlite3_step(st);
+    const auto n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+  }
+
+  TempDir dir_;
+  fs::path key_, cert_, file_;
+  std::unique_ptr<Database> db_;
+  std::unique_ptr<HeldSigner> held_;
+  std::unique_ptr<StoreWorker> store_;
+  std::unique_ptr<Ledger> ledger_;
+};
+
+}  // namespace
+
+TEST_P(LedgerSigning, TheAppendCommitsWithoutWaitingForItsSignatureWhichALaterCommitWrites) {
+  ledger_->sign_off_path(*store_);
+  for (int i = 1; i <= 3; ++i) ASSERT_TRUE(append(i).ok());
+  // Durable, chained, not signed yet: the signer is held.
+  EXPECT_EQ(unsigned_rows(), 3);
+  auto r = check();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.first_bad_seq, 1);
+  EXPECT_EQ(r.unsigned_count, 3);
+  EXPECT_EQ(r.message, "seq 1 (txn T-0001): not signed yet, and neither are the 2 after it: not covered by a signature (a daemon signs them at its "
+                       "next start; accept an unsigned newest tail explicitly to pass)");
+  r = check(true);
+  EXPECT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.message, "ledger OK: 3 records, chain intact, 0 signatures valid; the newest 3 (from seq 1) are not signed yet and are not covered "
+                       "by a signature");
+  const auto commits_before = store_->commits();
+  held_->open();
+  ledger_->stop_signer(true);  // signs what it holds and submits the signatures
+  store_->stop();              // writes them
+  EXPECT_GT(store_->commits(), commits_before);
+  EXPECT_EQ(held_->count(), 3);
+  EXPECT_EQ(ledger_->signatures_submitted(), 3u);
+  EXPECT_EQ(ledger_->signature_write_failures(), 0u);
+  EXPECT_EQ(unsigned_rows(), 0);
+  r = check();
+  EXPECT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.message, "ledger OK: 3 records, chain intact, all signatures valid");
+}
+
+TEST_P(LedgerSigning, RowsLeftUnsignedByAKillAreSignedAtTheNextStart) {
+  ledger_->sign_off_path(*store_);
+  for (int i = 1; i <= 4; ++i) ASSERT_TRUE(append(i).ok());
+  close(false);  // killed: the signer never signed
+  EXPECT_EQ(unsigned_rows(), 4);
+  std::ostringstream out, err;
+  EXPECT_EQ(ledger_verify(file_, cert_, out, err), 1);
+  EXPECT_NE(err.str().find("not signed yet"), std::string::npos) << err.str();
+  std::ostringstream out2, err2;
+  EXPECT_EQ(ledger_verify(file_, cert_, out2, err2, VerifyOptions{true}), 0) << err2.str();
+  EXPECT_NE(out2.str().find("the newest 4 (from seq 1) are not signed yet"), std::string::npos) << out2.str();
+
+  open();
+  held_->open();
+  std::int64_t signed_now = 0;
+  store_->run_sync([&](Database&) { signed_now = ledger_->sign_pending(); });
+  EXPECT_EQ(signed_now, 4);
+  EXPECT_EQ(unsigned_rows(), 0);
+  // The chain continues after the restart.
+  ledger_->sign_off_path(*store_);
+  ASSERT_TRUE(append(5).ok());
+  close(true);
+  const auto r = check();
+  EXPECT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.record_count, 5);
+}
+
+TEST_P(LedgerSigning, AnUnsignedRowBeforeASignedOneIsARemovedSignature) {
+  held_->open();
+  ledger_->sign_off_path(*store_);
+  for (int i = 1; i <= 5; ++i) ASSERT_TRUE(append(i).ok());
+  close(true);
+  tamper(file_, "UPDATE ledger SET signature = NULL WHERE seq = 3");
+  for (const bool accept : {false, true}) {
+    const auto r = check(accept);
+    EXPECT_FALSE(r.ok);
+    EXPECT_EQ(r.first_bad_seq, 3);
+    EXPECT_EQ(r.message, "seq 3 (txn T-0003): not signed, but seq 4 (txn T-0004) after it is: a signature was removed (or its write failed; the "
+                         "daemon signs it at its next start)");
+  }
+}
+
+TEST_P(LedgerSigning, AnEditedUnsignedRowIsNeverSigned) {
+  ledger_->sign_off_path(*store_);
+  for (int i = 1; i <= 3; ++i) ASSERT_TRUE(append(i).ok());
+  close(false);
+  auto edited = Ledger::canonical(make_record(3, txn_name(3)));
+  edited.replace(edited.find("T-0003"), 6, "T-0666");
+  tamper(file_, "UPDATE ledger SET record = ?1 WHERE seq = 3", {Bytes(edited.begin(), edited.end())});
+  open();
+  held_->open();
+  try {
+    store_->run_sync([&](Database&) { ledger_->sign_pending(); });
+    FAIL() << "an edited row was signed";
+  } catch (const LedgerError& e) {
+    EXPECT_STREQ(e.what(), "ledger: seq 3 (entry T-0003) is unsigned and its hash or link does not hold; not signed");
+  }
+  EXPECT_EQ(unsigned_rows(), 3);
+  EXPECT_EQ(check(true).message, "seq 3 (txn T-0003): the record does not match its hash: its content was edited");
+}
+
+TEST_P(LedgerSigning, ASignatureForARolledBackAppendMatchesNothing) {
+  held_->open();
+  ledger_->sign_off_path(*store_);
+  ASSERT_TRUE(append(1).ok());
+  const auto failed = commit([this](Database&) {
+    ledger_->append(txn_name(2), make_record(2, txn_name(2)));
+    throw std::runtime_error("the capture was refused");
+  });
+  EXPECT_EQ(failed.message(), "the capture was refused");
+  ASSERT_TRUE(append(3).ok());  // reuses seq 2, with another hash
+  close(true);
+  const auto r = check();
+  EXPECT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(r.record_count, 2);
+  EXPECT_EQ(unsigned_rows(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ledger, LedgerSigning,
+                         ::testing::Values(Algorithms{KeyAlgorithm::ecdsa_p256, HashAlgorithm::sha256, "EcdsaP256Sha256"},
+                                           Algorithms{KeyAlgorithm::sm2, HashAlgorithm::sm3, "Sm2Sm3"}),
+                         [](const ::testing::TestParamInfo<Algorithms>& p) { return std::string(p.param.name); });
 
 // ---- crypto ----
 
