@@ -755,7 +755,9 @@ plugins:
                      o.instance = "    connector: 1\n";
                      o.config = "      retries: 1\n      fail_after: 2\n";
                      return o;
-                   }()) + sim_payment_and_flat_tariff(),
+                   }()) + sim_payment_and_flat_tariff() +
+                       // The test moves the register 1 kWh at once, faster than 60 kW can: allowed.
+                       "charging: {meter_tolerance_wh: 1000}\n",
                    plugin_dirs());
   const auto request = [&](const nlohmann::json& req) {
     std::promise<nlohmann::json> p;
