@@ -29,6 +29,7 @@
 #include <mutex>
 #include <future>
 #include <optional>
+#include <random>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -507,6 +508,48 @@ registers:
   EXPECT_EQ(info(site, "meter").health, "up");
 }
 
+// A register outside its range fails the poll like a missing answer: energy channels are 0 to
+// 1e12 Wh unless the map says otherwise, any channel may declare `min` and `max` (in its unit),
+// and nothing of such a poll is published.
+TEST(SensorModbus, AReadingOutsideTheRegisterRangeFailsThePoll) {
+  TempDir dir;
+  const auto map = dir.write("ranged.yaml", R"(model: test-ranged
+defaults: {function: input, type: float32}
+registers:
+  - {channel: voltage_l1, address: 0, scale: 1, unit: V, min: 0, max: 500}
+  - {channel: energy_import, address: 2, scale: 1000, unit: Wh}
+)");
+  auto server = ModbusServer::tcp();
+  MapEntry volts{"voltage_l1", 0, true, "float32", true, 1, "V"};
+  MapEntry energy{"energy_import", 2, true, "float32", true, 1000, "Wh"};
+  const auto serve = [&](double v, double wh) { server->edit([&](modbus_mapping_t* m) { encode(m, volts, v), encode(m, energy, wh); }); };
+  serve(230, 5'000'000);
+  InstanceLog log("sensor:sensor-modbus:meter");
+  RunningSite site(dir, site_with(tcp_instance("meter", server->port(), "map_file: " + map.string(), Options::with_config("      fail_after: 1000\n"))),
+                   plugin_dirs());
+  ASSERT_TRUE(eventually([&] { return log.last("energy_import") == 5e6; }, 5s));
+
+  const auto refused = [&](double v, double wh, const std::string& why) {
+    const std::size_t published = log.values("energy_import").size();
+    const std::size_t failed = log.grep(why).size();
+    serve(v, wh);
+    EXPECT_TRUE(eventually([&] { return log.grep(why).size() >= failed + 2; }, 5s)) << why;
+    serve(230, 5'000'000);
+    EXPECT_TRUE(eventually([&] { return log.values("energy_import").size() > published + 1; }, 5s));
+    // Between the failure and the recovery nothing but the true value was published.
+    for (double e : log.values("energy_import")) EXPECT_EQ(e, 5e6) << why;
+    for (double u : log.values("voltage_l1")) EXPECT_EQ(u, 230) << why;
+  };
+  refused(230, -1000, "channel energy_import (input (0x04) register 0x0002) reads -1000 Wh, outside its range 0 to 1000000000000 Wh");
+  refused(230, 1e13, "channel energy_import (input (0x04) register 0x0002) reads 10000000000000 Wh, outside its range");
+  refused(500.5, 5'000'000, "channel voltage_l1 (input (0x04) register 0x0000) reads 500.5 V, outside its range 0 to 500 V");
+  refused(-1, 5'000'000, "reads -1 V, outside its range");
+  // At the bounds: published.
+  serve(500, 1e12);
+  EXPECT_TRUE(eventually([&] { return log.last("energy_import") == 1e12 && log.last("voltage_l1") == 500; }, 5s));
+  EXPECT_EQ(info(site, "meter").health, "up");
+}
+
 // The DTSU666's import-energy register depends on the firmware: the shipped map reads 0x401E; a
 // copy with that one line changed to 0x4000 reads the other register.
 TEST(SensorModbus, FirmwareEnergyRegisterIsAOneLineChange) {
@@ -631,6 +674,10 @@ TEST(SensorModbus, MalformedMapFileIsRefusedWithFileLineAndEntry) {
       {"syntax.yaml", "model: broken\nregisters:\n  - {channel: a, address: 10\n", {"syntax.yaml:", "not valid YAML"}},
       {"unknown-key.yaml", "model: broken\nregisters:\n  - {channel: a, adress: 10, function: input, type: int16, unit: V}\n",
        {"unknown-key.yaml:3:", "unknown key 'adress'", "allowed: channel, address"}},
+      {"range.yaml", "model: broken\nregisters:\n  - {channel: v, address: 0, function: input, type: int16, unit: V, min: 10, max: 5}\n",
+       {"range.yaml:3:", "(channel 'v')", "min 10 is above max 5"}},
+      {"bound.yaml", "model: broken\nregisters:\n  - {channel: v, address: 0, function: input, type: int16, unit: V, max: lots}\n",
+       {"bound.yaml:3:", "max 'lots' is not a finite number"}},
   };
   auto server = ModbusServer::tcp();
   for (const auto& c : cases) {
