@@ -169,7 +169,10 @@ struct SessionEngine::Connector {
   std::optional<Session> session;
   bool starting = false;
   bool meter_failed = false;
-  std::optional<MeterReading> last;
+  /// Faulted by the guard: implausible readings in a row, or a stall (meter_guard.hpp).
+  bool meter_implausible = false;
+  std::optional<MeterGuard> guard;
+  std::optional<MeterReading> last;  ///< the guard's last plausible reading
   std::list<Waiter> waiters;
   std::vector<std::function<void()>> on_closed;  ///< called once the stopping session is closed (stop_all waits with it)
   std::string starting_txn;  ///< the transaction being authorised (a step-up answer goes to it)
@@ -186,6 +189,7 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
   for (const auto& c : site_.connectors) {
     auto conn = std::make_unique<Connector>();
     conn->cfg = c;
+    conn->guard.emplace(site_.session.charging.meter, c.max_power_w);
     connectors_.emplace(c.id, std::move(conn));
   }
   if (sqlite3_open_v2(db_.path().c_str(), &reader_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
@@ -337,7 +341,7 @@ void SessionEngine::on_alarm(const std::string& instance, const Alarm& alarm) {
       apply(*c, ConnectorEvent::fault, fmt::format("meter '{}': {}", instance, alarm.message));
     } else if (!alarm.active && c->meter_failed) {
       c->meter_failed = false;
-      apply(*c, ConnectorEvent::fault_cleared, fmt::format("meter '{}' answers again", instance));
+      if (!c->meter_implausible) apply(*c, ConnectorEvent::fault_cleared, fmt::format("meter '{}' answers again", instance));
     }
   }
 }
@@ -356,7 +360,11 @@ void SessionEngine::on_sample(const std::string& instance, const Sample& sample)
   for (auto& [id, cp] : connectors_) {
     Connector& c = *cp;
     if (c.cfg.meter != instance) continue;
-    const MeterReading r{sample.time, std::llround(sample.value)};
+    const MeterCheck chk = c.guard->check(sample.time, sample.value, c.session.has_value());
+    on_meter_check(c, chk, sample.value);
+    check_stall(c);  // after the reading: it may just have moved
+    if (!chk.plausible) continue;  // never committed, billed, nor handed to a waiter
+    const MeterReading r = chk.reading;
     c.last = r;
     for (auto it = c.waiters.begin(); it != c.waiters.end();) {
       if (r.time >= it->after) {
@@ -368,6 +376,48 @@ void SessionEngine::on_sample(const std::string& instance, const Sample& sample)
       }
     }
     if (c.session && !c.session->stopping) checkpoint(c, r);
+  }
+}
+
+void SessionEngine::check_stall(Connector& c) {
+  auto ref = hooks_.find(c.cfg.power);
+  if (!ref.plugin || ref.kind != Kind::power) return;
+  const std::int64_t power_w = static_cast<power::PowerStage*>(ref.plugin)->vehicle().power_w;
+  if (auto stalled = c.guard->check_power(clock_.now(), power_w)) on_meter_check(c, *stalled, static_cast<double>(c.last ? c.last->wh : 0));
+}
+
+void SessionEngine::on_meter_check(Connector& c, const MeterCheck& chk, double value) {
+  const auto& g = *c.guard;
+  if (chk.problem == MeterProblem::stale) {
+    spdlog::debug("connector {}: meter '{}' {}; ignored", c.cfg.id, c.cfg.meter, chk.why);
+    return;
+  }
+  if (chk.plausible) {
+    if (!chk.why.empty()) spdlog::warn("connector {}: meter '{}': {}", c.cfg.id, c.cfg.meter, chk.why);
+    if (chk.fault_cleared && c.meter_implausible) {
+      c.meter_implausible = false;
+      spdlog::info("connector {}: meter '{}' reads plausibly again ({} Wh)", c.cfg.id, c.cfg.meter, chk.reading.wh);
+      emit({{"event", "alarm"}, {"code", "meter.implausible"}, {"severity", "critical"}, {"active", false}, {"instance", c.cfg.meter},
+            {"connector", c.cfg.id}, {"meter_wh", chk.reading.wh}, {"message", fmt::format("meter '{}' reads plausibly again", c.cfg.meter)}});
+      if (!c.meter_failed) apply(c, ConnectorEvent::fault_cleared, fmt::format("meter '{}' reads plausibly again", c.cfg.meter));
+    }
+    return;
+  }
+  const std::string message = fmt::format("meter '{}' {}", c.cfg.meter, chk.why);
+  spdlog::error("connector {}: implausible reading not billed ({} in a row, {} in all): {}", c.cfg.id, g.bad_streak(), g.implausible_total(), message);
+  nlohmann::json event = {{"event", "alarm"}, {"code", "meter.implausible"}, {"severity", "critical"}, {"active", true}, {"instance", c.cfg.meter},
+                          {"connector", c.cfg.id}, {"problem", std::string(to_string(chk.problem))}, {"message", message},
+                          {"consecutive", g.bad_streak()}, {"fault_after", g.settings().fault_after}};
+  // JSON has no NaN or infinity: those go as text.
+  if (std::isfinite(value)) event["reading_wh"] = value;
+  else event["reading_wh"] = fmt::format("{}", value);
+  if (g.last()) event["last_plausible_wh"] = g.last()->wh;
+  emit(std::move(event));
+  if (chk.fault_raised && !c.meter_implausible) {
+    c.meter_implausible = true;
+    // Billed to the last plausible reading (stop() does not wait for another).
+    if (c.session && !c.session->stopping) stop(c.cfg.id, StopReason::fault, [](const nlohmann::json&) {});
+    apply(c, ConnectorEvent::fault, message);
   }
 }
 
@@ -530,11 +580,16 @@ void SessionEngine::authorized(Connector& c, const std::string& txn, const std::
     if (!*alive) return;
     // Stopping: stop_all() has counted the sessions it waits for, so a transaction committed now
     // would be left open by a clean stop. Release the authorisation instead.
-    if (!m || shutting_down_) {
+    // m passed the guard (on_sample hands waiters nothing else); a meter it faulted since the
+    // request cannot open a bill.
+    if (!m || shutting_down_ || c.guard->faulted()) {
       c.starting = false;
       c.starting_txn.clear();
       saga_->release(txn, method);
-      done({{"ok", false}, {"error", m ? "pilecored is stopping; authorisation released" : "the meter gave no reading; authorisation released"}});
+      done({{"ok", false},
+            {"error", shutting_down_ ? "pilecored is stopping; authorisation released"
+                      : m            ? "the meter reads implausibly (meter.implausible); authorisation released"
+                                     : "the meter gave no plausible reading; authorisation released"}});
       return;
     }
     const std::uint32_t cid = c.cfg.id;
@@ -727,6 +782,8 @@ void SessionEngine::arm_setpoint(Connector& c) {
   if (!c.session) return;
   c.session->setpoint_timer = timer_after(Duration(site_.session.charging.setpoint_interval_ms), [this, &c] {
     if (!c.session || c.session->stopping) return;
+    check_stall(c);  // also when the meter has stopped publishing altogether
+    if (!c.session || c.session->stopping) return;
     update_setpoint(c);
     arm_setpoint(c);
   });
@@ -736,7 +793,13 @@ void SessionEngine::checkpoint(Connector& c, const MeterReading& r) {
   Session& s = *c.session;
   const auto& ch = site_.session.charging;
   if (r.time - s.last_checkpoint.time < Duration(ch.checkpoint_interval_ms) && r.wh - s.last_checkpoint.wh < ch.checkpoint_wh) return;
-  if (r.wh < s.readings.back().wh || r.time < s.readings.back().time) return;
+  // The guard let no reading below the last plausible one through; an older time stamp can still
+  // come (a reading published before the last committed one): not a later reading, skipped.
+  if (r.wh < s.readings.back().wh || r.time < s.readings.back().time) {
+    spdlog::warn("connector {}: {}: reading {} Wh at {} precedes the committed {} Wh; not committed", c.cfg.id, s.id, r.wh, format_utc(r.time),
+                 s.readings.back().wh);
+    return;
+  }
   // Kept at once: the final reading, committed with the close, covers it whether or not this
   // commit succeeds; its sequence number is never reused.
   const int seq = static_cast<int>(s.readings.size());
@@ -811,7 +874,7 @@ void SessionEngine::stop(std::uint32_t id, StopReason reason, Reply done) {
   }
   spdlog::info("connector {}: {}: stopping ({})", id, s.id, to_string(reason));
   emit({{"event", "session_stopping"}, {"connector", id}, {"transaction", s.id}, {"reason", std::string(to_string(reason))}});
-  if (c.meter_failed) {
+  if (c.meter_failed || c.guard->faulted()) {  // no plausible reading to wait for
     finish(c, std::nullopt, std::move(done));
     return;
   }
@@ -822,7 +885,9 @@ void SessionEngine::finish(Connector& c, std::optional<MeterReading> final_readi
   if (!c.session) return;
   Session& s = *c.session;
   std::vector<MeterReading> readings = s.readings;
-  if (!final_reading && c.last && c.last->time >= readings.back().time && c.last->wh >= readings.back().wh) final_reading = c.last;
+  // Only the guard's plausible readings reach here: a lying meter bills to its last honest one.
+  const auto& last = c.guard->last();
+  if (!final_reading && last && last->time >= readings.back().time && last->wh >= readings.back().wh) final_reading = last;
   if (final_reading && final_reading->time >= readings.back().time && final_reading->wh >= readings.back().wh) {
     readings.push_back(*final_reading);
   } else {

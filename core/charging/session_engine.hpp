@@ -40,6 +40,7 @@
 #include "scheduler.hpp"
 #include "store_worker.hpp"
 #include "connector_fsm.hpp"
+#include "meter_guard.hpp"
 #include "pilecore/pilecore.hpp"
 #include "site_config.hpp"
 #include "storage.hpp"
@@ -125,6 +126,10 @@ class SessionEngine {
   void begin_charging(Connector& c);
   void update_setpoint(Connector& c);
   void checkpoint(Connector& c, const MeterReading& r);
+  /// The guard's verdict on a reading or a stall: the meter.implausible alarm, and the fault.
+  void on_meter_check(Connector& c, const MeterCheck& check, double value);
+  /// Whether the meter holds while the power stage delivers (MeterGuard::check_power).
+  void check_stall(Connector& c);
   void arm_boundary(Connector& c);
   void arm_setpoint(Connector& c);
   void finish(Connector& c, std::optional<MeterReading> final_reading, Reply done);

@@ -139,12 +139,15 @@ std::string scenario_yaml(const fs::path& site_file, std::string& error) {
   }
   // At thousands of times real time a simulated second is a fraction of a millisecond: commit
   // checkpoints and recompute setpoints less often, and give the meter and the risk rules a
-  // simulated ten minutes (under 0.1 s of wall time) to answer.
+  // simulated ten minutes (under 0.1 s of wall time) to answer, and a simulated hour before a
+  // register that holds under power counts as stalled (2 minutes would be 17 ms, within the
+  // scheduling jitter of a loaded machine).
   YAML::Node ch = root["charging"];
   ch["checkpoint_interval_s"] = 300;
   ch["checkpoint_wh"] = 2000;
   ch["setpoint_interval_s"] = 60;
   ch["meter_timeout_ms"] = 600000;
+  ch["meter_stall_ms"] = 3600000;
   root["charging"] = ch;
   // The same for the risk rules' answer: 2 simulated seconds would be 0.3 ms of wall time.
   YAML::Node pay = root["payment"];

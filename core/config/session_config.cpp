@@ -128,6 +128,35 @@ Field charging_field() {
                                                     "previous one is kept); low, so a strategy that derates for safety fails safe"),
                                               0, 10'000'000, "W"),
                                    "3500"),
+                      with_default(with_range(field("meter_max_wh", FieldType::integer,
+                                                    "Highest plausible energy_import reading of a billing meter; above it a reading is refused "
+                                                    "(the default is above any connector's lifetime energy and below 2^53)"),
+                                              1000, 9'007'199'254'740'992.0, "Wh"),
+                                   "1000000000000"),
+                      with_default(with_range(field("meter_tolerance_wh", FieldType::integer,
+                                                    "Energy a reading may exceed what the connector's max_power_w allows since the last plausible "
+                                                    "one (the register's step, float32 rounding)"),
+                                              0, 1'000'000, "Wh"),
+                                   "20"),
+                      with_default(with_range(field("meter_tolerance_pct", FieldType::integer,
+                                                    "...plus this share of that allowance (meter accuracy, poll timing)"),
+                                              0, 1000, "%"),
+                                   "10"),
+                      with_default(with_range(field("meter_fault_after", FieldType::integer,
+                                                    "Consecutive implausible meter readings after which the session stops as Fault, billed to "
+                                                    "the last plausible reading, and the connector goes Faulted"),
+                                              1, 1000, ""),
+                                   "3"),
+                      with_default(with_range(field("meter_stall_power_w", FieldType::integer,
+                                                    "Power reported by the power stage above which the billing meter must advance"),
+                                              1, 10'000'000, "W"),
+                                   "1000"),
+                      with_default(with_range(field("meter_stall_ms", FieldType::integer,
+                                                    "How long the meter may hold its reading while the power stage reports more than "
+                                                    "meter_stall_power_w before the session stops as Fault; longer than the register's step "
+                                                    "takes at that power"),
+                                              500, 3'600'000, "ms"),
+                                   "120000"),
                       field("ambient_sensor", FieldType::string,
                             "Instance whose 'temperature' channel is the strategies' ambient_temperature (default: any instance not bound to a "
                             "connector that publishes 'temperature'); a reading older than 10 minutes counts as missing")});
@@ -301,6 +330,13 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
   cfg.charging.setpoint_interval_ms = int_or(member(ch, "setpoint_interval_s"), child(cf, "setpoint_interval_s"), 10) * 1000;
   if (const YAML::Node max = member(ch, "site_max_power_w"); max.IsScalar()) cfg.charging.site_max_power_w = int_or(max, child(cf, "site_max_power_w"), 0);
   cfg.charging.fallback_power_w = int_or(member(ch, "fallback_power_w"), child(cf, "fallback_power_w"), 3500);
+  auto& meter = cfg.charging.meter;
+  meter.max_wh = int_or(member(ch, "meter_max_wh"), child(cf, "meter_max_wh"), meter.max_wh);
+  meter.tolerance_wh = int_or(member(ch, "meter_tolerance_wh"), child(cf, "meter_tolerance_wh"), meter.tolerance_wh);
+  meter.tolerance_pct = int_or(member(ch, "meter_tolerance_pct"), child(cf, "meter_tolerance_pct"), meter.tolerance_pct);
+  meter.fault_after = int_or(member(ch, "meter_fault_after"), child(cf, "meter_fault_after"), meter.fault_after);
+  meter.stall_power_w = int_or(member(ch, "meter_stall_power_w"), child(cf, "meter_stall_power_w"), meter.stall_power_w);
+  meter.stall_ms = int_or(member(ch, "meter_stall_ms"), child(cf, "meter_stall_ms"), meter.stall_ms);
   if (const YAML::Node amb = member(ch, "ambient_sensor"); amb.IsScalar()) {
     check_instance(amb, "charging.ambient_sensor", {Kind::sensor});
     cfg.charging.ambient_sensor = amb.Scalar();

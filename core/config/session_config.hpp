@@ -28,6 +28,18 @@ struct PaymentSettings {
   std::int64_t authorize_timeout_ms = 30000;  // the payment method's deadline
 };
 
+/// What a billing meter's energy_import reading must satisfy (core/charging/meter_guard.hpp).
+struct MeterPlausibility {
+  /// Above the lifetime energy of any connector (1 MW for 100 years is 8.8e11 Wh), and below
+  /// 2^53, so the double a plugin publishes holds every Wh exactly and no int64 sum overflows.
+  std::int64_t max_wh = 1'000'000'000'000;
+  std::int64_t tolerance_wh = 20;   ///< over the max-power allowance: register steps, float32 rounding
+  std::int64_t tolerance_pct = 10;  ///< of the max-power allowance: meter class, clock skew between polls
+  std::int64_t fault_after = 3;     ///< consecutive implausible readings before the connector faults
+  std::int64_t stall_power_w = 1000;  ///< power stage power above which the meter must advance
+  std::int64_t stall_ms = 120'000;    ///< ...within this long
+};
+
 struct ChargingSettings {
   std::int64_t checkpoint_interval_ms = 60'000;
   std::int64_t checkpoint_wh = 100;
@@ -37,6 +49,7 @@ struct ChargingSettings {
   std::int64_t fallback_power_w = 3500;  // setpoint when the strategy gives none and none came before
   std::string ambient_sensor;            // empty: any instance not bound to a connector publishing "temperature"
   std::int64_t ambient_max_age_ms = 600'000;
+  MeterPlausibility meter;
 };
 
 struct SessionConfig {

@@ -291,7 +291,6 @@ void PaymentSaga::on_result(const std::string& op_id, std::uint64_t attempt_no, 
     f->op.next_attempt = now + wait;
     spdlog::warn("{}: {} of {} fen pending ({}); asked again in {} s", f->op.txn, to_string(f->op.kind), f->op.amount_fen, r.reason,
                  wait.count() / 1000);
-    record(f->op, {});
     f->retry = scheduler_.after(wait, [this, op_id] { this->attempt(op_id); });
   } else {
     flights_.erase(op_id);
@@ -303,11 +302,14 @@ void PaymentSaga::on_result(const std::string& op_id, std::uint64_t attempt_no, 
     } else {
       spdlog::error("{}: {} of {} fen failed: {}", f->op.txn, to_string(f->op.kind), f->op.amount_fen, r.reason);
     }
-    record(f->op, {});
   }
+  // Who waits for the first answer hears it once it is on disk: a receipt read then shows it.
   auto waiting = std::move(f->first);
   f->first.clear();
-  for (auto& w : waiting) w(f->op);
+  record(f->op, [this, op = f->op, waiting = std::move(waiting)](const Status&) {
+    for (const auto& w : waiting) w(op);
+    check_drained();
+  });
   check_drained();
 }
 

@@ -21,7 +21,7 @@ namespace {
 constexpr std::size_t kMaxReadRegisters = 125;  // Modbus limit for 0x03 / 0x04
 
 constexpr std::string_view kTopKeys[] = {"model", "description", "defaults", "registers"};
-constexpr std::string_view kEntryKeys[] = {"channel", "address", "function", "type", "word_order", "scale", "unit"};
+constexpr std::string_view kEntryKeys[] = {"channel", "address", "function", "type", "word_order", "scale", "unit", "min", "max"};
 constexpr std::string_view kDefaultKeys[] = {"function", "type", "word_order", "scale", "unit"};
 
 template <std::size_t N>
@@ -107,6 +107,16 @@ double parse_scale(const Reporter& r, const YAML::Node& n, std::string_view entr
   const auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (s.empty() || ec != std::errc{} || ptr != s.data() + s.size() || !std::isfinite(v) || v == 0) {
     r.fail(n, entry, fmt::format("scale '{}' is not a finite, non-zero number", s));
+  }
+  return v;
+}
+
+double parse_bound(const Reporter& r, const YAML::Node& n, std::string_view entry, const char* key) {
+  const std::string s = scalar(r, n, entry, key);
+  double v = 0;
+  const auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc{} || ptr != s.data() + s.size() || !std::isfinite(v)) {
+    r.fail(n, entry, fmt::format("{} '{}' is not a finite number (in the channel's unit)", key, s));
   }
   return v;
 }
@@ -240,6 +250,13 @@ MeterMap parse_map(std::string_view yaml_text, const std::string& source) {
       r.fail(e, entry, fmt::format("energy channels are published in integer Wh, not '{}' (use scale 1000 for a kWh register)", reg.unit));
     }
     reg.integer = reg.unit == "Wh";
+    if (reg.integer) {
+      reg.min = 0;
+      reg.max = 1e12;
+    }
+    if (e["min"]) reg.min = parse_bound(r, e["min"], entry, "min");
+    if (e["max"]) reg.max = parse_bound(r, e["max"], entry, "max");
+    if (reg.min > reg.max) r.fail(e, entry, fmt::format("min {} is above max {}", reg.min, reg.max));
     map.registers.push_back(std::move(reg));
   }
 

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -39,6 +40,11 @@ struct Register {
   double scale = 1;                       ///< raw * scale = value in `unit`
   std::string unit;
   bool integer = false;  ///< published rounded to a whole number (energy in Wh)
+  /// The values the device can really hold, in `unit` (map keys `min`, `max`); a poll reading
+  /// outside fails. Energy channels default to 0 to 1e12 Wh: a meter never counts below zero,
+  /// and no pile's meter reaches a terawatt-hour.
+  double min = -std::numeric_limits<double>::infinity();
+  double max = std::numeric_limits<double>::infinity();
   int line = 0;          ///< 1-based line in the map file, for messages
 };
 
@@ -74,5 +80,7 @@ std::vector<Block> plan_reads(const MeterMap& map);
 /// its unit and rounded when the channel is integer. nullopt when the meter returned NaN or
 /// infinity.
 std::optional<double> decode(const Register& reg, std::span<const std::uint16_t> words) noexcept;
+/// Whether a decoded value lies within the register's declared range.
+inline bool in_range(const Register& reg, double value) noexcept { return value >= reg.min && value <= reg.max; }
 
 }  // namespace sensor_modbus

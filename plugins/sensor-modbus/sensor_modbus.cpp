@@ -304,6 +304,13 @@ class ModbusSensor final : public sensor::Sensor {
                                 sensor_modbus::to_string(reg.function), reg.address);
           return r;
         }
+        // A meter that answers garbage (a spike, random words, a negative count) fails the
+        // poll like one that does not answer: nothing is published, and the alarm follows.
+        if (!sensor_modbus::in_range(reg, *v)) {
+          r.error = fmt::format("channel {} ({} register {:#06x}) reads {} {}, outside its range {} to {} {}", reg.channel,
+                                sensor_modbus::to_string(reg.function), reg.address, *v, reg.unit, reg.min, reg.max, reg.unit);
+          return r;
+        }
         values[idx] = *v;
       }
     }

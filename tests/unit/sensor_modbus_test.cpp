@@ -29,6 +29,7 @@
 #include <mutex>
 #include <future>
 #include <optional>
+#include <random>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -507,6 +508,48 @@ registers:
   EXPECT_EQ(info(site, "meter").health, "up");
 }
 
+// A register outside its range fails the poll like a missing answer: energy channels are 0 to
+// 1e12 Wh unless the map says otherwise, any channel may declare `min` and `max` (in its unit),
+// and nothing of such a poll is published.
+TEST(SensorModbus, AReadingOutsideTheRegisterRangeFailsThePoll) {
+  TempDir dir;
+  const auto map = dir.write("ranged.yaml", R"(model: test-ranged
+defaults: {function: input, type: float32}
+registers:
+  - {channel: voltage_l1, address: 0, scale: 1, unit: V, min: 0, max: 500}
+  - {channel: energy_import, address: 2, scale: 1000, unit: Wh}
+)");
+  auto server = ModbusServer::tcp();
+  MapEntry volts{"voltage_l1", 0, true, "float32", true, 1, "V"};
+  MapEntry energy{"energy_import", 2, true, "float32", true, 1000, "Wh"};
+  const auto serve = [&](double v, double wh) { server->edit([&](modbus_mapping_t* m) { encode(m, volts, v), encode(m, energy, wh); }); };
+  serve(230, 5'000'000);
+  InstanceLog log("sensor:sensor-modbus:meter");
+  RunningSite site(dir, site_with(tcp_instance("meter", server->port(), "map_file: " + map.string(), Options::with_config("      fail_after: 1000\n"))),
+                   plugin_dirs());
+  ASSERT_TRUE(eventually([&] { return log.last("energy_import") == 5e6; }, 5s));
+
+  const auto refused = [&](double v, double wh, const std::string& why) {
+    const std::size_t published = log.values("energy_import").size();
+    const std::size_t failed = log.grep(why).size();
+    serve(v, wh);
+    EXPECT_TRUE(eventually([&] { return log.grep(why).size() >= failed + 2; }, 5s)) << why;
+    serve(230, 5'000'000);
+    EXPECT_TRUE(eventually([&] { return log.values("energy_import").size() > published + 1; }, 5s));
+    // Between the failure and the recovery nothing but the true value was published.
+    for (double e : log.values("energy_import")) EXPECT_EQ(e, 5e6) << why;
+    for (double u : log.values("voltage_l1")) EXPECT_EQ(u, 230) << why;
+  };
+  refused(230, -1000, "channel energy_import (input (0x04) register 0x0002) reads -1000 Wh, outside its range 0 to 1000000000000 Wh");
+  refused(230, 1e13, "channel energy_import (input (0x04) register 0x0002) reads 10000000000000 Wh, outside its range");
+  refused(500.5, 5'000'000, "channel voltage_l1 (input (0x04) register 0x0000) reads 500.5 V, outside its range 0 to 500 V");
+  refused(-1, 5'000'000, "reads -1 V, outside its range");
+  // At the bounds: published.
+  serve(500, 1e12);
+  EXPECT_TRUE(eventually([&] { return log.last("energy_import") == 1e12 && log.last("voltage_l1") == 500; }, 5s));
+  EXPECT_EQ(info(site, "meter").health, "up");
+}
+
 // The DTSU666's import-energy register depends on the firmware: the shipped map reads 0x401E; a
 // copy with that one line changed to 0x4000 reads the other register.
 TEST(SensorModbus, FirmwareEnergyRegisterIsAOneLineChange) {
@@ -631,6 +674,10 @@ TEST(SensorModbus, MalformedMapFileIsRefusedWithFileLineAndEntry) {
       {"syntax.yaml", "model: broken\nregisters:\n  - {channel: a, address: 10\n", {"syntax.yaml:", "not valid YAML"}},
       {"unknown-key.yaml", "model: broken\nregisters:\n  - {channel: a, adress: 10, function: input, type: int16, unit: V}\n",
        {"unknown-key.yaml:3:", "unknown key 'adress'", "allowed: channel, address"}},
+      {"range.yaml", "model: broken\nregisters:\n  - {channel: v, address: 0, function: input, type: int16, unit: V, min: 10, max: 5}\n",
+       {"range.yaml:3:", "(channel 'v')", "min 10 is above max 5"}},
+      {"bound.yaml", "model: broken\nregisters:\n  - {channel: v, address: 0, function: input, type: int16, unit: V, max: lots}\n",
+       {"bound.yaml:3:", "max 'lots' is not a finite number"}},
   };
   auto server = ModbusServer::tcp();
   for (const auto& c : cases) {
@@ -755,7 +802,9 @@ plugins:
                      o.instance = "    connector: 1\n";
                      o.config = "      retries: 1\n      fail_after: 2\n";
                      return o;
-                   }()) + sim_payment_and_flat_tariff(),
+                   }()) + sim_payment_and_flat_tariff() +
+                       // The test moves the register 1 kWh at once, faster than 60 kW can: allowed.
+                       "charging: {meter_tolerance_wh: 1000}\n",
                    plugin_dirs());
   const auto request = [&](const nlohmann::json& req) {
     std::promise<nlohmann::json> p;
@@ -786,5 +835,323 @@ plugins:
 
   server->set_silent(false);
   EXPECT_TRUE(eventually([&] { return connector()["status"] == "Finishing"; }, 5s)) << "the meter answers: the vehicle is still plugged in";
+  EXPECT_EQ(site.stop(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A lying meter (issue 10 §1): real sessions through the Runtime, billed from a DTSU666 served
+// by a real libmodbus server whose import register misbehaves on command. What is billed must
+// be exactly the difference of two readings the meter honestly held, and what is captured must
+// be that bill, never the pre-authorisation.
+
+namespace {
+
+/// The default logger (the session engine's) captured for the test's duration.
+class CoreLog {
+ public:
+  CoreLog() : previous_(spdlog::default_logger()), sink_(std::make_shared<pilecore::test::CaptureSink>()) {
+    auto logger = std::make_shared<spdlog::logger>("core-capture", sink_);
+    logger->set_level(spdlog::level::trace);
+    spdlog::set_default_logger(logger);
+  }
+  ~CoreLog() { spdlog::set_default_logger(previous_); }
+  CoreLog(const CoreLog&) = delete;
+  CoreLog& operator=(const CoreLog&) = delete;
+  std::size_t count(std::string_view needle) {
+    const auto lines = sink_->lines();
+    return static_cast<std::size_t>(std::count_if(lines.begin(), lines.end(), [&](const std::string& l) { return l.find(needle) != std::string::npos; }));
+  }
+
+ private:
+  std::shared_ptr<spdlog::logger> previous_;
+  std::shared_ptr<pilecore::test::CaptureSink> sink_;
+};
+
+enum class Lie { none, spike, random_words, negative, reset_to_zero, nan };
+
+/// A DTSU666 measuring a vehicle: its register counts the energy that flows (at the rate the
+/// test sets), or, while told to lie, holds something else. Written every 20 ms.
+class LyingMeter {
+ public:
+  explicit LyingMeter(double start_wh) : server_(ModbusServer::tcp()), true_wh_(start_wh) {
+    for (const auto& e : read_map(kMeters / "chint-dtsu666.yaml")) {
+      if (e.channel == "energy_import") entry_ = e;
+    }
+    write();
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        std::this_thread::sleep_for(20ms);
+        std::lock_guard lock(mutex_);
+        true_wh_ += rate_ * 0.02;
+        write();
+      }
+    });
+  }
+  ~LyingMeter() {
+    stop_ = true;
+    thread_.join();
+  }
+  LyingMeter(const LyingMeter&) = delete;
+  LyingMeter& operator=(const LyingMeter&) = delete;
+
+  [[nodiscard]] int port() const { return server_->port(); }
+  void flow(double wh_per_s) {
+    std::lock_guard lock(mutex_);
+    rate_ = wh_per_s;
+  }
+  void lie(Lie l) {
+    std::lock_guard lock(mutex_);
+    lie_ = l;
+    write();
+  }
+  /// What the plugin publishes for the true count now (Wh, float32 kWh rounded as it rounds).
+  [[nodiscard]] double honest() {
+    std::lock_guard lock(mutex_);
+    return honest_;
+  }
+
+ private:
+  void write() {
+    server_->edit([&](modbus_mapping_t* m) {
+      switch (lie_) {
+        case Lie::none: honest_ = encode(m, entry_, true_wh_); break;
+        case Lie::spike: encode(m, entry_, 1e12); break;  // 1e9 kWh
+        case Lie::random_words: {
+          m->tab_input_registers[entry_.address] = static_cast<std::uint16_t>(rng_());
+          m->tab_input_registers[entry_.address + 1] = static_cast<std::uint16_t>(rng_());
+          break;
+        }
+        case Lie::negative: encode(m, entry_, -5000); break;
+        case Lie::reset_to_zero: encode(m, entry_, 0); break;
+        case Lie::nan: put32(m->tab_input_registers, entry_, 0x7FC00000u); break;
+      }
+    });
+  }
+
+  std::unique_ptr<ModbusServer> server_;
+  MapEntry entry_;
+  std::mutex mutex_;
+  double true_wh_;
+  double honest_ = 0;
+  double rate_ = 0;
+  Lie lie_ = Lie::none;
+  std::minstd_rand rng_{20260310};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+/// One connector of 360 kW (the register may move 100 Wh a second) with a sim-power vehicle,
+/// billed from `meter`; 69.50 + 80.00 fen/kWh, 300 yuan pre-authorised.
+class LyingSite {
+ public:
+  LyingSite(LyingMeter& meter, const std::string& charging, int fail_after = 1000)
+      : site_(dir_,
+              R"(site: {id: LIE, name: Lying meter, location: {lat: 31.2, lon: 121.5}, timezone: Asia/Shanghai}
+connectors:
+  - {id: 1, type: gbt-dc, max_power_w: 360000, meter: meter}
+plugins:
+  power-1:
+    plugin: sim-power
+    connector: 1
+    config: {arrive_after_s: 0, ev_ready_delay_ms: 0}
+)" + tcp_instance("meter", meter.port(), "model: chint-dtsu666", [&] {
+                Options o;
+                o.timeout_ms = 200;
+                o.instance = "    connector: 1\n";
+                o.config = "      retries: 0\n      fail_after: " + std::to_string(fail_after) + "\n";
+                return o;
+              }()) + sim_payment_and_flat_tariff(30000) +
+                  "charging:\n" + charging,
+              plugin_dirs()) {}
+
+  nlohmann::json request(const nlohmann::json& req) {
+    std::promise<nlohmann::json> p;
+    auto f = p.get_future();
+    site_.runtime().dispatch([&] { site_.runtime().handle_request(req, [&p](nlohmann::json r) { p.set_value(std::move(r)); }); });
+    return f.get();
+  }
+  nlohmann::json connector() { return request({{"cmd", "status"}})["connectors"][0]; }
+  bool ready() { return site_.runtime().ready() && connector()["status"] == "Preparing"; }
+  /// Waits until the engine's latest plausible reading is `wh`.
+  bool reads(double wh) {
+    return eventually([&] { return connector().value("meter_wh", std::int64_t{-1}) == static_cast<std::int64_t>(wh); }, 5s);
+  }
+  nlohmann::json closed(const std::string& txn) {
+    nlohmann::json r;
+    eventually([&] {
+      r = request({{"cmd", "receipt"}, {"transaction", txn}});
+      return r.value("status", "") == "closed";
+    }, 10s);
+    return r;
+  }
+  int stop() { return site_.stop(); }
+
+ private:
+  TempDir dir_;
+  RunningSite site_;
+};
+
+/// The bill of `wh` at 69.50 + 80.00 fen/kWh, each component rounded half up to the fen.
+std::int64_t fen_for(std::int64_t wh) {
+  const auto half_up = [](std::int64_t hundredths_fen_times_kwh) { return (hundredths_fen_times_kwh + 50'000) / 100'000; };
+  return half_up(wh * 6950) + half_up(wh * 8000);
+}
+
+void expect_billed(const nlohmann::json& receipt, double start_wh, double stop_wh, const std::string& reason) {
+  ASSERT_EQ(receipt.value("status", ""), "closed") << receipt.dump();
+  EXPECT_EQ(receipt["stop_reason"], reason);
+  EXPECT_EQ(receipt["meter_start_wh"], static_cast<std::int64_t>(start_wh)) << "billed from a reading the meter honestly held";
+  EXPECT_EQ(receipt["meter_stop_wh"], static_cast<std::int64_t>(stop_wh)) << "billed to a reading the meter honestly held";
+  const auto energy = static_cast<std::int64_t>(stop_wh - start_wh);
+  EXPECT_EQ(receipt["energy_wh"], energy);
+  EXPECT_EQ(receipt["total_fen"], fen_for(energy));
+  EXPECT_EQ(receipt["captured_fen"], fen_for(energy)) << "the bill is captured, not the pre-authorisation";
+  EXPECT_LT(receipt["captured_fen"].get<std::int64_t>(), 30000);
+}
+
+}  // namespace
+
+// The register lies for a while in the middle of a session, then reads true again; too briefly
+// to fault (meter_fault_after is high here). Not one lie is billed: the session's energy is the
+// honest stop reading minus the honest start reading, whoever refused the lies (the plugin for
+// what is outside the register's range or no number, the core's guard for the rest).
+TEST(LyingMeter, ALieInTheMiddleOfASessionIsNeverBilled) {
+  for (Lie lie : {Lie::spike, Lie::random_words, Lie::negative, Lie::reset_to_zero, Lie::nan}) {
+    SCOPED_TRACE(static_cast<int>(lie));
+    CoreLog core;
+    LyingMeter meter(5'000'000);
+    InstanceLog plugin("sensor:sensor-modbus:meter");
+    LyingSite site(meter, "  meter_fault_after: 1000\n");
+    ASSERT_TRUE(eventually([&] { return site.ready(); }, 5s));
+    const double start = meter.honest();
+    ASSERT_TRUE(site.reads(start));
+    const auto started = site.request({{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+    ASSERT_TRUE(started.value("ok", false)) << started.dump();
+    EXPECT_EQ(started["meter_start_wh"], static_cast<std::int64_t>(start));
+
+    meter.flow(50);  // 180 kW
+    std::this_thread::sleep_for(500ms);
+    meter.lie(lie);
+    std::this_thread::sleep_for(600ms);  // six polls
+    meter.lie(Lie::none);
+    std::this_thread::sleep_for(500ms);
+    meter.flow(0);
+    const double end = meter.honest();
+    ASSERT_TRUE(site.reads(end)) << site.connector().dump();
+    EXPECT_GT(end - start, 50) << "energy flowed";
+
+    const auto stopped = site.request({{"cmd", "session_stop"}, {"connector", 1}});
+    ASSERT_TRUE(stopped.value("ok", false)) << stopped.dump();
+    expect_billed(site.closed(started["transaction"]), start, end, "Local");
+    const auto refused_by_core = core.count("implausible reading not billed");
+    const auto refused_by_plugin = plugin.grep("poll failed").size();
+    EXPECT_GE(refused_by_core + refused_by_plugin, 4u) << "the lie was seen and refused at every poll";
+    if (lie == Lie::spike || lie == Lie::reset_to_zero) {
+      EXPECT_GE(refused_by_core, 4u) << "in the register's range: the core's guard refuses it";
+    }
+    if (lie == Lie::negative || lie == Lie::nan) {
+      EXPECT_GE(refused_by_plugin, 4u) << "outside the register's range: the plugin refuses it";
+    }
+    EXPECT_EQ(site.stop(), 0);
+  }
+}
+
+// A lie that goes on: after meter_fault_after implausible readings in a row the session stops as
+// Fault, billed to the last plausible reading, and the connector is Faulted (no session starts)
+// until the meter reads plausibly again. The issue's "reset to 0 held until the stop" billed 0 Wh
+// for 290 Wh with charging going on indefinitely.
+TEST(LyingMeter, ALieThatGoesOnStopsTheSessionAsFaultBilledToTheLastPlausibleReading) {
+  for (Lie lie : {Lie::spike, Lie::reset_to_zero}) {
+    SCOPED_TRACE(static_cast<int>(lie));
+    CoreLog core;
+    LyingMeter meter(5'000'000);
+    LyingSite site(meter, "  meter_fault_after: 3\n");
+    ASSERT_TRUE(eventually([&] { return site.ready(); }, 5s));
+    const double start = meter.honest();
+    ASSERT_TRUE(site.reads(start));
+    const auto started = site.request({{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+    ASSERT_TRUE(started.value("ok", false)) << started.dump();
+    meter.flow(50);
+    std::this_thread::sleep_for(500ms);
+    meter.flow(0);
+    const double last_plausible = meter.honest();
+    ASSERT_TRUE(site.reads(last_plausible));
+    meter.flow(50);  // the vehicle keeps drawing: this energy is lost, not invented
+    meter.lie(lie);
+    ASSERT_TRUE(eventually([&] { return site.connector()["status"] == "Faulted"; }, 5s)) << site.connector().dump();
+    expect_billed(site.closed(started["transaction"]), start, last_plausible, "Fault");
+    EXPECT_GE(core.count("implausible reading not billed"), 3u);
+    const auto refused = site.request({{"cmd", "session_start"}, {"connector", 1}});
+    EXPECT_FALSE(refused.value("ok", true)) << "no session on a meter that lies";
+    EXPECT_NE(refused.value("error", "").find("Faulted"), std::string::npos) << refused.dump();
+
+    // The meter reads true again: the connector leaves Faulted (the vehicle is still plugged in),
+    // and the next session is billed right.
+    meter.flow(0);
+    meter.lie(Lie::none);
+    ASSERT_TRUE(eventually([&] { return site.connector()["status"] == "Finishing"; }, 5s)) << site.connector().dump();
+    EXPECT_GE(core.count("reads plausibly again"), 1u);
+    const double start2 = meter.honest();
+    ASSERT_TRUE(site.reads(start2));
+    const auto again = site.request({{"cmd", "session_start"}, {"connector", 1}});
+    ASSERT_TRUE(again.value("ok", false)) << again.dump();
+    meter.flow(50);
+    std::this_thread::sleep_for(400ms);
+    meter.flow(0);
+    const double end2 = meter.honest();
+    ASSERT_TRUE(site.reads(end2));
+    ASSERT_TRUE(site.request({{"cmd", "session_stop"}, {"connector", 1}}).value("ok", false));
+    expect_billed(site.closed(again["transaction"]), start2, end2, "Local");
+    EXPECT_EQ(site.stop(), 0);
+  }
+}
+
+// A negative value at the start: no transaction opens on it (the pre-authorisation is released),
+// and once the meter reads true a session starts and is billed from the true reading.
+TEST(LyingMeter, ANegativeStartReadingOpensNoTransaction) {
+  CoreLog core;
+  LyingMeter meter(5'000'000);
+  LyingSite site(meter, "  meter_timeout_ms: 800\n");
+  ASSERT_TRUE(eventually([&] { return site.ready(); }, 5s));
+  meter.lie(Lie::negative);
+  std::this_thread::sleep_for(300ms);
+  const auto refused = site.request({{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+  EXPECT_FALSE(refused.value("ok", true)) << refused.dump();
+  EXPECT_NE(refused.value("error", "").find("no plausible reading; authorisation released"), std::string::npos) << refused.dump();
+  EXPECT_FALSE(site.connector().contains("session"));
+
+  meter.lie(Lie::none);
+  const double start = meter.honest();
+  ASSERT_TRUE(site.reads(start));
+  const auto started = site.request({{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  meter.flow(50);
+  std::this_thread::sleep_for(400ms);
+  meter.flow(0);
+  const double end = meter.honest();
+  ASSERT_TRUE(site.reads(end));
+  ASSERT_TRUE(site.request({{"cmd", "session_stop"}, {"connector", 1}}).value("ok", false));
+  expect_billed(site.closed(started["transaction"]), start, end, "Local");
+  EXPECT_EQ(site.stop(), 0);
+}
+
+// A register that holds while the power stage reports power: after meter_stall_ms the session
+// stops as Fault, billed to the held reading; it does not run on for free.
+TEST(LyingMeter, ARegisterThatHoldsWhilePowerFlowsStopsTheSession) {
+  CoreLog core;
+  LyingMeter meter(5'000'000);
+  LyingSite site(meter, "  meter_stall_ms: 1000\n  meter_stall_power_w: 1000\n");
+  ASSERT_TRUE(eventually([&] { return site.ready(); }, 5s));
+  const double start = meter.honest();
+  ASSERT_TRUE(site.reads(start));
+  const auto started = site.request({{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  ASSERT_TRUE(eventually([&] { return site.connector().value("power_w", 0) > 1000; }, 5s)) << site.connector().dump();
+  meter.flow(50);
+  std::this_thread::sleep_for(500ms);
+  meter.flow(0);  // the vehicle still draws 60 kW; the register stops counting
+  const double held = meter.honest();
+  expect_billed(site.closed(started["transaction"]), start, held, "Fault");
+  EXPECT_GE(core.count("while the power stage reports 60000 W"), 1u);
   EXPECT_EQ(site.stop(), 0);
 }
