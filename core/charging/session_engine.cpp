@@ -6,7 +6,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include <boost/asio/post.hpp>
+
 #include "clocks.hpp"
+#include "token_privacy.hpp"
 
 namespace pilecore::core {
 namespace asio = boost::asio;
@@ -453,7 +456,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   }
   const std::int64_t amount = site_.session.payment.preauth_fen;
   risk::Context ctx{txn, id, method, token, amount, clock_.now()};
-  spdlog::info("connector {}: {}: start requested ({} via {})", id, txn, token, method);
+  spdlog::info("connector {}: {}: start requested ({} via {})", id, txn, token_ref(token), method);
   evaluate_risk(ctx, [this, &c, txn, method, token, amount, done, alive = alive_](risk::Verdict verdict, std::string reasons) {
     if (!*alive) return;
     if (verdict != risk::Verdict::allow) {
@@ -527,7 +530,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
             if (c.fsm.status() == ConnectorStatus::preparing && c.fsm.plugged()) {
               apply(c, ConnectorEvent::authorized_start, "the vehicle is still plugged in");
             }
-            emit({{"event", "session_started"}, {"connector", c.cfg.id}, {"transaction", txn}, {"method", method}, {"user", token},
+            emit({{"event", "session_started"}, {"connector", c.cfg.id}, {"transaction", txn}, {"method", method}, {"user", token_ref(token)},
                   {"authorized_fen", r.authorized_fen}, {"payment_ref", r.reference}, {"meter_start_wh", m->wh}});
             if (c.fsm.status() == ConnectorStatus::charging) begin_charging(c);
             arm_boundary(c);

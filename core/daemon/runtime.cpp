@@ -14,7 +14,9 @@
 #include "clocks.hpp"
 #include "logging.hpp"
 #include "pilecore/pilecore.hpp"
+#include "private_files.hpp"
 #include "storage.hpp"
+#include "token_privacy.hpp"
 
 namespace pilecore::core {
 namespace asio = boost::asio;
@@ -411,11 +413,13 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
 }
 
 int Runtime::run() {
-  std::error_code ec;
-  fs::create_directories(options_.state_dir, ec);
-  if (ec) {
+  try {
+    // Owner-only: the database holds user tokens and the directory the token salt and keys.
+    if (const auto open = ensure_private_directory(options_.state_dir); !open.empty()) spdlog::warn("{}", open);
+    set_token_salt(load_or_create_token_salt(options_.state_dir));
+  } catch (const std::exception& e) {
     std::lock_guard lock(snapshot_mutex_);
-    start_error_ = fmt::format("cannot create the state directory {}: {}", options_.state_dir.string(), ec.message());
+    start_error_ = fmt::format("the state directory {}: {}", options_.state_dir.string(), e.what());
     spdlog::error("{}", start_error_);
     return 3;
   }
