@@ -700,7 +700,15 @@ void SessionEngine::stop(std::uint32_t id, StopReason reason, Reply done) {
     case StopReason::funds_exhausted: apply(c, ConnectorEvent::funds_exhausted, "authorised amount reached"); break;
     case StopReason::ev_full: apply(c, ConnectorEvent::ev_full, "the vehicle is full"); break;
     case StopReason::ev_disconnected: apply(c, ConnectorEvent::unplugged, "the vehicle was unplugged"); break;
-    case StopReason::fault: break;  // the caller puts the connector in Faulted
+    case StopReason::fault:
+      // The pile's own fault handlers put the connector in Faulted with their reason right
+      // after this call; a fault stop from anywhere else (a contactor that did not close) would
+      // leave it Charging with no session, refusing every start. Fault it then, once they had
+      // their turn.
+      asio::post(strand_, [this, &c, alive = alive_] {
+        if (*alive && c.fsm.status() != ConnectorStatus::faulted) apply(c, ConnectorEvent::fault, "the session stopped on a fault");
+      });
+      break;
   }
   spdlog::info("connector {}: {}: stopping ({})", id, s.id, to_string(reason));
   emit({{"event", "session_stopping"}, {"connector", id}, {"transaction", s.id}, {"reason", std::string(to_string(reason))}});

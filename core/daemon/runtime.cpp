@@ -402,7 +402,13 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
   } else if (cmd == "session_stop") {
     const std::string reason = text("reason");
     const auto r = reason.empty() ? std::optional<StopReason>(StopReason::local) : stop_reason_from(reason);
-    if (!r) throw std::invalid_argument(fmt::format("unknown stop reason '{}'", reason));
+    if (!r) throw std::invalid_argument(fmt::format("unknown stop reason '{}'; a client may give Local or Remote", reason));
+    // Fault, Shutdown, EVFull, EVDisconnected and FundsExhausted are what the pile itself
+    // observed; a client claiming one would put a false reason on the receipt and the ledger.
+    if (*r != StopReason::local && *r != StopReason::remote) {
+      reply({{"ok", false}, {"error", fmt::format("stop reason '{}' is the pile's own, not a client's; a client may give Local or Remote", reason)}});
+      return;
+    }
     const auto connector = connector_of();
     engine_->stop(connector, *r, std::move(reply));
   } else if (cmd == "receipt") {
