@@ -281,8 +281,9 @@ void Runtime::start_instances() {
   engine_->attach();
   if (!options_.socket_path.empty()) {
     try {
-      control_ = std::make_unique<ControlSocket>(strand_, options_.socket_path,
-                                                 [this](const nlohmann::json& req, std::function<void(nlohmann::json)> reply) { handle_request(req, std::move(reply)); });
+      control_ = std::make_unique<ControlSocket>(
+          strand_, options_.socket_path, [this](const nlohmann::json& req, std::function<void(nlohmann::json)> reply) { handle_request(req, std::move(reply)); },
+          options_.control_limits);
       spdlog::info("control socket {}", options_.socket_path.string());
     } catch (const std::exception& e) {
       spdlog::error("{}", e.what());
@@ -392,6 +393,7 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     st["instances"] = inst;
     st["rejected_requests"] = control_ ? control_->rejected() : 0;
     st["dropped_watchers"] = control_ ? control_->dropped_watchers() : 0;
+    if (control_) st["control"] = control_->stats();
     st["ready"] = ready_.load();
     reply(std::move(st));
   } else if (cmd == "session_start") {

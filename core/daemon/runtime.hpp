@@ -32,6 +32,7 @@ struct RuntimeOptions {
   Duration status_interval = std::chrono::minutes(5);  // host-clock time between idle status lines
   bool notify_systemd = true;
   std::filesystem::path socket_path;  // the local control socket; none when empty
+  ControlLimits control_limits;       // connections, queued bytes, idle timeout
   /// Called on the strand with every ledger record to append (inside the SQLite transaction
   /// that closes the session); set by the daemon when the site has a device identity.
   std::function<void(Database&, const std::string&, const nlohmann::json&)> ledger_append;
