@@ -1,6 +1,7 @@
 // Data at rest and in the logs: user tokens are masked (and hashed with the pile's own salt) in
 // logs and events; the state directory, the database with its -wal and -shm files and the salt
-// are owner-only whatever the umask, also outside systemd.
+// are owner-only whatever the umask, also outside systemd; `pilectl keys init` as root makes
+// the key for the user the daemon runs as, or refuses naming the command that would.
 #include <gtest/gtest.h>
 #include <grp.h>
 #include <pwd.h>
@@ -14,6 +15,7 @@
 #include <sstream>
 
 #include "control_socket.hpp"
+#include "ledger_commands.hpp"
 #include "token_privacy.hpp"
 #include "test_support.hpp"
 
@@ -147,4 +149,79 @@ TEST(Permissions, StateDirectoryAndDatabaseAreOwnerOnlyWhateverTheUmask) {
   again.signal(SIGTERM);
   ASSERT_EQ(again.wait(), 0);
   EXPECT_NE(again.stderr_text().find(state.string() + " is open to every local user (mode 0755)"), std::string::npos) << again.stderr_text();
+}
+
+TEST(KeyOwnership, KeysInitMakesTheKeyForTheDaemonsUser) {
+  if (::geteuid() != 0) GTEST_SKIP() << "giving a file to another user needs root";
+  const passwd* nobody = ::getpwnam("nobody");
+  ASSERT_NE(nobody, nullptr);
+  const uid_t uid = nobody->pw_uid;
+  const gid_t gid = nobody->pw_gid;
+  TempDir dir;
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0711), 0);  // nobody may pass through to the state directory
+  // The package makes the state directory for the daemon's user: here "nobody".
+  const fs::path state = dir.path() / "state";
+  fs::create_directory(state);
+  ASSERT_EQ(::chown(state.c_str(), uid, gid), 0);
+  const auto owner = resolve_key_owner("", state);
+  ASSERT_TRUE(owner);
+  EXPECT_EQ(owner->uid, uid);
+  EXPECT_EQ(owner->gid, gid);
+
+  IdentityOptions o;
+  o.key = state / "identity" / "device.key";
+  o.certificate = state / "identity" / "device.crt";
+  o.common_name = "SITE-42";
+  o.owner = owner;
+  std::ostringstream out, err;
+  ASSERT_EQ(keys_init(o, out, err), 0) << err.str();
+  EXPECT_NE(out.str().find("owner:       " + owner->name + " (the user pilecored runs as)"), std::string::npos) << out.str();
+  for (const fs::path& p : {state / "identity", o.key, o.certificate}) {
+    struct stat st {};
+    ASSERT_EQ(::stat(p.c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, uid) << p;
+    EXPECT_EQ(st.st_gid, gid) << p;
+  }
+  EXPECT_EQ(mode_of(o.key), 0600u);
+  // And the daemon's user can really read it: a child process that is that user opens it.
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(2);
+    const int fd = ::open(o.key.c_str(), O_RDONLY);
+    ::_exit(fd >= 0 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "user nobody cannot read the key";
+
+  // An explicit --owner wins over the directory's owner.
+  const auto root = resolve_key_owner("root:root", state);
+  EXPECT_FALSE(root) << "root running as root: nothing to give away";
+  EXPECT_THROW((void)resolve_key_owner("no-such-user-pilecore", state), std::runtime_error);
+}
+
+TEST(KeyOwnership, AsRootWithoutAStateDirectoryKeysInitRefusesNamingTheCommand) {
+  if (::geteuid() != 0) GTEST_SKIP() << "the refusal is for root";
+  TempDir dir;
+  const fs::path state = dir.path() / "missing";
+  // The daemon's account exists ("nobody" stands in for "pilecore"): a root-only key would stop it.
+  try {
+    (void)resolve_key_owner("", state, "nobody");
+    FAIL() << "no refusal";
+  } catch (const std::runtime_error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("Give the owner: pilectl keys init --owner nobody"), std::string::npos) << m;
+    EXPECT_NE(m.find("install -d -o nobody -g nobody -m 0750 " + state.string()), std::string::npos) << m;
+  }
+  // No such account: the daemon runs as root too (a bench, a test), the key is root's.
+  EXPECT_FALSE(resolve_key_owner("", state, "no-such-user-pilecore"));
+  // Through pilectl, --owner gives it away.
+  const auto ok = run_process({std::string(PILECORE_BIN_DIR) + "/pilectl", "keys", "init", "--state-dir", state.string(), "--cn", "SITE-42", "--owner", "nobody"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("owner:       nobody:"), std::string::npos) << ok.out;
+  struct stat st {};
+  ASSERT_EQ(::stat((state / "identity" / "device.key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, ::getpwnam("nobody")->pw_uid);
 }
