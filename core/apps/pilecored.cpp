@@ -40,6 +40,15 @@ int main(int argc, char** argv) {
   app.add_option("--clock-start", clock_start, "Start the simulated clock at this UTC time, e.g. 2026-01-01T00:00:00Z");
   app.add_option("--status-interval", status_interval_s, "Seconds of clock time between idle status lines (0 = none)")->check(CLI::Range(0.0, 1e9));
   app.add_option("--socket", socket, "Control socket for pilectl; default $RUNTIME_DIRECTORY/pilecored.sock or <state dir>/pilecored.sock; 'none' disables it");
+  ControlLimits control_limits;
+  double control_idle_s = static_cast<double>(control_limits.idle_timeout.count()) / 1000.0;
+  app.add_option("--control-max-connections", control_limits.max_connections, "Most control socket connections open at once; one more gets an error line")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--control-queue-bytes", control_limits.max_queued_bytes,
+                 "Most bytes queued for all watchers together; a watcher past its equal share is disconnected")
+      ->check(CLI::Range(4096, 1 << 30));
+  app.add_option("--control-idle-timeout", control_idle_s, "Seconds after which a connection that is not watching and sends no complete request is closed (0 = never)")
+      ->check(CLI::Range(0.0, 86400.0));
   CLI11_PARSE(app, argc, argv);
 
   init_logging(log_level.empty() ? "info" : log_level);
@@ -60,6 +69,8 @@ int main(int argc, char** argv) {
   RuntimeOptions options;
   options.state_dir = state_dir.empty() ? default_state_dir() : std::filesystem::path(state_dir);
   options.status_interval = Duration(static_cast<std::int64_t>(status_interval_s * 1000));
+  control_limits.idle_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(control_idle_s * 1000));
+  options.control_limits = control_limits;
   if (socket != "none") options.socket_path = socket.empty() ? default_socket_path(options.state_dir) : std::filesystem::path(socket);
   if (clock_speed != 1.0 || !clock_start.empty()) {
     TimePoint start = SystemClock().now();

@@ -156,6 +156,8 @@ int main(int argc, char** argv) {
   keys_init_cmd->add_option("--operator", keys_operator, "Subject O: the operator (overrides the site file)");
   keys_init_cmd->add_option("--days", keys_days, "Validity in days")->check(CLI::Range(1, 36500));
   keys_init_cmd->add_flag("--force", keys_force, "Replace an existing key and certificate");
+  std::string keys_owner;
+  keys_init_cmd->add_option("--owner", keys_owner, "USER[:GROUP] who must read the key: the user pilecored runs as (default: the owner of the state directory)");
 
   // ledger
   auto* ledger = app.add_subcommand("ledger", "The signed transaction ledger");
@@ -204,6 +206,12 @@ int main(int argc, char** argv) {
     o.organization = keys_operator.empty() ? id.organization : keys_operator;
     o.validity_days = keys_days;
     o.force = keys_force;
+    try {
+      o.owner = resolve_key_owner(keys_owner, state);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pilectl: %s\n", e.what());
+      return 1;
+    }
     return keys_init(o, std::cout, std::cerr);
   }
   if (*ledger_verify_cmd) {

@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <cmath>
 
+#include <boost/asio/post.hpp>
+
 #include "clocks.hpp"
 #include "crypto.hpp"
 #include "money_operations.hpp"
 #include "statement.hpp"
+#include "token_privacy.hpp"
 
 namespace pilecore::core {
 namespace asio = boost::asio;
@@ -129,9 +132,8 @@ void submit_logged(StoreWorker& store, std::string what, StoreWorker::Work work)
 }  // namespace
 
 std::string SessionEngine::user_hash(std::string_view token) const {
-  // Risk rules and their history see who pays only as this salted hash.
-  const std::string salted = site_.id + "\n" + std::string(token);
-  return to_hex(digest(HashAlgorithm::sha256, as_bytes(salted))).substr(0, 32);
+  // Risk rules and their history see who pays only as the pile's salted hash.
+  return user_key(token);
 }
 
 identification::Token parse_token(std::string_view text, std::optional<std::uint32_t> connector) {
@@ -539,7 +541,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   const std::int64_t amount = site_.session.payment.preauth_fen;
   const std::string user = user_hash(token);
   risk::Context ctx{risk::Phase::authorize, txn, id, method, {}, user, amount, clock_.now()};
-  spdlog::info("connector {}: {}: start requested ({} via {})", id, txn, token, method);
+  spdlog::info("connector {}: {}: start requested ({} via {})", id, txn, token_ref(token), method);
   evaluate_risk(ctx, [this, &c, txn, method, token, amount, done, alive = alive_](risk::Verdict verdict, std::string reasons) {
     if (!*alive) return;
     if (verdict != risk::Verdict::allow) {
@@ -628,7 +630,7 @@ void SessionEngine::authorized(Connector& c, const std::string& txn, const std::
           if (c.fsm.status() == ConnectorStatus::preparing && c.fsm.plugged()) {
             apply(c, ConnectorEvent::authorized_start, "the vehicle is still plugged in");
           }
-          emit({{"event", "session_started"}, {"connector", c.cfg.id}, {"transaction", txn}, {"method", method}, {"user", token},
+          emit({{"event", "session_started"}, {"connector", c.cfg.id}, {"transaction", txn}, {"method", method}, {"user", token_ref(token)},
                 {"authorized_fen", a.authorized_fen}, {"payment_ref", a.reference}, {"meter_start_wh", m->wh}});
           if (c.fsm.status() == ConnectorStatus::charging) begin_charging(c);
           arm_boundary(c);
@@ -870,7 +872,15 @@ void SessionEngine::stop(std::uint32_t id, StopReason reason, Reply done) {
     case StopReason::funds_exhausted: apply(c, ConnectorEvent::funds_exhausted, "authorised amount reached"); break;
     case StopReason::ev_full: apply(c, ConnectorEvent::ev_full, "the vehicle is full"); break;
     case StopReason::ev_disconnected: apply(c, ConnectorEvent::unplugged, "the vehicle was unplugged"); break;
-    case StopReason::fault: break;  // the caller puts the connector in Faulted
+    case StopReason::fault:
+      // The pile's own fault handlers put the connector in Faulted with their reason right
+      // after this call; a fault stop from anywhere else (a contactor that did not close) would
+      // leave it Charging with no session, refusing every start. Fault it then, once they had
+      // their turn.
+      asio::post(strand_, [this, &c, alive = alive_] {
+        if (*alive && c.fsm.status() != ConnectorStatus::faulted) apply(c, ConnectorEvent::fault, "the session stopped on a fault");
+      });
+      break;
   }
   spdlog::info("connector {}: {}: stopping ({})", id, s.id, to_string(reason));
   emit({{"event", "session_stopping"}, {"connector", id}, {"transaction", s.id}, {"reason", std::string(to_string(reason))}});

@@ -26,6 +26,7 @@
 #include "plugin_loader.hpp"
 #include "receipt.hpp"
 #include "site_config.hpp"
+#include "token_privacy.hpp"
 
 namespace pilecore::core {
 namespace fs = std::filesystem;
@@ -359,7 +360,7 @@ class Day {
   void driver_arrives(TimePoint t, std::uint32_t connector) {
     std::string card = next_card_ < kCards.size() ? kCards[next_card_++] : kFallbackCard;
     for (int attempt = 0; attempt < 2; ++attempt) {
-      line(t, fmt::format("connector {}", connector), fmt::format("the driver presents {}", card));
+      line(t, fmt::format("connector {}", connector), fmt::format("the driver presents {}", mask_token(card)));
       const json r = daemon_->request({{"cmd", "session_start"}, {"connector", connector}, {"method", "sim"}, {"token", card}});
       if (r.value("ok", false)) break;
       ++declined_;

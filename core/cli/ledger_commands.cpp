@@ -1,9 +1,18 @@
 #include "ledger_commands.hpp"
 
 #include <fmt/format.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+
+#include <algorithm>
 #include <optional>
+#include <vector>
 
 #include "ledger.hpp"
 
@@ -17,6 +26,73 @@ struct DbFree {
 };
 
 }  // namespace
+
+namespace {
+
+std::string user_name(uid_t uid) {
+  const passwd* pw = ::getpwuid(uid);
+  return pw != nullptr ? std::string(pw->pw_name) : std::to_string(uid);
+}
+
+std::string group_name(gid_t gid) {
+  const group* gr = ::getgrgid(gid);
+  return gr != nullptr ? std::string(gr->gr_name) : std::to_string(gid);
+}
+
+bool all_digits(const std::string& s) { return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos; }
+
+/// The directories that do not exist yet on the way to `file`, outermost first.
+std::vector<fs::path> missing_parents(const fs::path& file) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  for (fs::path p = fs::absolute(file, ec).parent_path(); !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+    out.insert(out.begin(), p);
+    if (p == p.root_path()) break;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<FileOwner> resolve_key_owner(const std::string& spec, const fs::path& state_dir, const std::string& daemon_user) {
+  FileOwner owner;
+  if (!spec.empty()) {
+    const auto colon = spec.find(':');
+    const std::string user = spec.substr(0, colon), grp = colon == std::string::npos ? std::string() : spec.substr(colon + 1);
+    const passwd* pw = all_digits(user) ? ::getpwuid(static_cast<uid_t>(std::stoul(user))) : ::getpwnam(user.c_str());
+    if (pw == nullptr && !all_digits(user)) throw std::runtime_error(fmt::format("--owner {}: no user '{}' on this system", spec, user));
+    owner.uid = pw != nullptr ? pw->pw_uid : static_cast<uid_t>(std::stoul(user));
+    owner.gid = pw != nullptr ? pw->pw_gid : owner.uid;
+    if (!grp.empty()) {
+      const group* gr = all_digits(grp) ? ::getgrgid(static_cast<gid_t>(std::stoul(grp))) : ::getgrnam(grp.c_str());
+      if (gr == nullptr && !all_digits(grp)) throw std::runtime_error(fmt::format("--owner {}: no group '{}' on this system", spec, grp));
+      owner.gid = gr != nullptr ? gr->gr_gid : static_cast<gid_t>(std::stoul(grp));
+    }
+  } else {
+    struct stat st {};
+    if (::stat(state_dir.c_str(), &st) != 0) {
+      // No directory to ask. Without the package's user the daemon runs as whoever runs this
+      // (a developer, a test, root on a bench): the files are theirs. With it, a key only root
+      // can read would stop the packaged daemon at start-up: say what to run instead.
+      if (::geteuid() != 0 || ::getpwnam(daemon_user.c_str()) == nullptr) return std::nullopt;
+      throw std::runtime_error(fmt::format(
+          "keys init as root: the state directory {0} does not exist, so the key would be root's alone and pilecored, which runs as "
+          "{1}, could not read it. Give the owner: pilectl keys init --owner {1} ..., or create the directory for that user first: "
+          "install -d -o {1} -g {1} -m 0750 {0}",
+          state_dir.string(), daemon_user));
+    }
+    owner.uid = st.st_uid;
+    owner.gid = st.st_gid;
+  }
+  owner.name = user_name(owner.uid) + ":" + group_name(owner.gid);
+  if (owner.uid == ::geteuid() && owner.gid == ::getegid()) return std::nullopt;
+  if (::geteuid() != 0) {
+    throw std::runtime_error(fmt::format("the key must belong to {0}, who runs pilecored, and only root can give it away: run it as that user "
+                                         "(sudo -u {1} pilectl keys init ...) or as root",
+                                         owner.name, user_name(owner.uid)));
+  }
+  return owner;
+}
 
 int keys_init(const IdentityOptions& options, std::ostream& out, std::ostream& err) {
   if (options.common_name.empty()) {
@@ -34,13 +110,33 @@ int keys_init(const IdentityOptions& options, std::ostream& out, std::ostream& e
       }
     }
   }
+  std::vector<fs::path> made;
+  for (const auto& p : {options.key, options.certificate}) {
+    for (auto& d : missing_parents(p)) {
+      if (std::find(made.begin(), made.end(), d) == made.end()) made.push_back(d);
+    }
+  }
   try {
     const Identity id = generate_identity(options.algorithm, options.key, options.certificate, options.common_name, options.organization,
                                           options.validity_days);
     const VerifyingKey cert(id.certificate_path);
+    if (options.owner) {
+      // pilecored runs as its own user: a key only root can read stops it at start-up.
+      for (const fs::path& p : made) {
+        if (::chown(p.c_str(), options.owner->uid, options.owner->gid) != 0) {
+          throw std::runtime_error(fmt::format("{}: cannot give it to {}: {}", p.string(), options.owner->name, std::strerror(errno)));
+        }
+      }
+      for (const fs::path& p : {id.key_path, id.certificate_path}) {
+        if (::chown(p.c_str(), options.owner->uid, options.owner->gid) != 0) {
+          throw std::runtime_error(fmt::format("{}: cannot give it to {}: {}", p.string(), options.owner->name, std::strerror(errno)));
+        }
+      }
+    }
     out << fmt::format("key:         {} ({}, mode 0600)\n", id.key_path.string(), to_string(options.algorithm));
     out << fmt::format("certificate: {} (self-signed, {}, valid {} days)\n", id.certificate_path.string(), cert.subject(), options.validity_days);
     out << fmt::format("SHA-256 fingerprint: {}\n", id.fingerprint);
+    if (options.owner) out << fmt::format("owner:       {} (the user pilecored runs as)\n", options.owner->name);
     return 0;
   } catch (const std::exception& e) {
     err << "pilectl: " << e.what() << "\n";

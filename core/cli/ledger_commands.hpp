@@ -5,7 +5,10 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <sys/types.h>
+
 #include <filesystem>
+#include <optional>
 #include <ostream>
 #include <string>
 
@@ -15,6 +18,24 @@
 
 namespace pilecore::core {
 
+/// A user (and group) that must be able to read the device key: the one pilecored runs as.
+struct FileOwner {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string name;  // "pilecore:pilecore", for messages
+};
+
+/// Whom `pilectl keys init` makes the key for. `spec` is --owner ("user" or "user:group", names
+/// or numbers; empty = not given). Without it, the owner of `state_dir`, the daemon's own
+/// directory (the package makes /var/lib/pilecore for user pilecore). Returns nullopt when the
+/// files can simply belong to whoever runs pilectl (that is the owner; also when there is no
+/// state directory yet and no `daemon_user` on this system). Throws std::runtime_error with the
+/// command to run instead when the right owner is not known (as root, with no state directory
+/// yet, no --owner, and a `daemon_user` account that the daemon would run as) or cannot be
+/// given (not root, and the owner is someone else).
+std::optional<FileOwner> resolve_key_owner(const std::string& spec, const std::filesystem::path& state_dir,
+                                           const std::string& daemon_user = "pilecore");
+
 struct IdentityOptions {
   std::filesystem::path key = "identity/device.key";  // a file: keys init makes files, not TPM keys
   std::filesystem::path certificate = "identity/device.crt";
@@ -23,11 +44,13 @@ struct IdentityOptions {
   std::string organization = "pilecore";
   int validity_days = 730;
   bool force = false;  // replace existing files
+  std::optional<FileOwner> owner;  // chown the key, the certificate and any directory made for them
 };
 
 /// Makes a development key and self-signed certificate. Exit 0 printing the paths, the subject
 /// and the certificate's SHA-256 fingerprint; 1 when a file exists and !force (naming it, and
-/// --force), or on any failure (the message names the file and carries OpenSSL's reason).
+/// --force), or on any failure (the message names the file and carries OpenSSL's reason). With
+/// an owner, the files (and the directories made for them) are given to it, and a line says so.
 int keys_init(const IdentityOptions& options, std::ostream& out, std::ostream& err);
 
 /// Verifies the ledger in the database at `db_path` (opened read-only: nothing is created or

@@ -15,90 +15,171 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <algorithm>
 #include <deque>
+#include <malloc.h>
+#include <boost/asio/steady_timer.hpp>
 
 namespace pilecore::core {
 namespace asio = boost::asio;
 using asio::local::stream_protocol;
 
+/// What the sessions share with their socket; held by both, so a session that outlives the
+/// ControlSocket (its last handler still queued) touches nothing freed.
+struct ControlSocket::State {
+  Handler handler;
+  ControlLimits limits;
+  bool alive = true;
+  std::size_t connections = 0;
+  std::size_t queued_bytes = 0;  // across all watchers' queues, replies included
+  std::uint64_t rejected = 0;
+  std::uint64_t dropped = 0;
+  std::uint64_t refused = 0;      // connections over max_connections
+  std::uint64_t idle_closed = 0;
+  std::uint64_t fd_episodes = 0;  // times the accept loop ran out of file descriptors
+  std::vector<std::weak_ptr<Session>> sessions;
+  std::size_t watchers = 0;
+};
+
 class ControlSocket::Session : public std::enable_shared_from_this<ControlSocket::Session> {
  public:
   Session(ControlSocket& owner, stream_protocol::socket socket)
-      : owner_(owner), socket_(std::move(socket)), buffer_(max_request_bytes + 1) {}
+      : strand_(owner.strand_), state_(owner.state_), socket_(std::move(socket)), idle_(owner.strand_), buffer_(max_request_bytes + 1) {
+    ++state_->connections;
+  }
+  ~Session() {
+    state_->queued_bytes -= queued_bytes_;
+    --state_->connections;
+    if (watching_) --state_->watchers;
+  }
 
   void read() {
-    asio::async_read_until(socket_, buffer_, '\n', asio::bind_executor(owner_.strand_, [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+    reading_ = true;
+    arm_idle();
+    asio::async_read_until(socket_, buffer_, '\n', asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
       self->on_line(ec, n);
     }));
   }
 
-  /// Queues an event line for a watcher; false when it fell too far behind (then it is closed).
+  [[nodiscard]] bool watching() const { return watching_; }
+
+  /// Queues an event line for a watcher; false when it is past its share of the global bound
+  /// (then it is closed at once: a client that does not read would never take the notice, and
+  /// its queue is what must be freed).
   bool push_event(const std::string& line) {
     if (closing_) return false;
-    if (queue_.size() >= max_queued_events) {
-      queue_.clear();
-      send("{\"event\":\"dropped\",\"error\":\"this watcher fell too far behind and is disconnected\"}\n", true);
+    const std::size_t share = state_->limits.max_queued_bytes / std::max<std::size_t>(1, state_->watchers);
+    if (queued_bytes_ + line.size() > share) {
+      if (!writing_) {
+        static const std::string notice = "{\"event\":\"dropped\",\"error\":\"this watcher fell too far behind and is disconnected\"}\n";
+        [[maybe_unused]] const auto n = ::send(socket_.native_handle(), notice.data(), notice.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      }
+      close();
       return false;
     }
     send(line, false);
     return true;
   }
 
+  /// Closes the connection and frees its queue now; pending handlers finish with an error.
+  void close() {
+    closing_ = true;
+    if (watching_) {  // no longer one of those the queue bound is shared among
+      watching_ = false;
+      --state_->watchers;
+    }
+    idle_.cancel();
+    forget_queue();
+    boost::system::error_code ec;
+    socket_.shutdown(stream_protocol::socket::shutdown_both, ec);
+    socket_.close(ec);
+  }
+
  private:
+  void arm_idle() {
+    if (state_->limits.idle_timeout.count() <= 0) return;
+    // Real time, not the pile's clock: this is how long a client process has kept a file
+    // descriptor of ours without asking anything, whatever speed a simulated clock runs at.
+    idle_.expires_after(state_->limits.idle_timeout);
+    idle_.async_wait(asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec) {
+      // reading_: a request in progress (its reply not yet written) is not idleness.
+      if (ec || self->closing_ || self->watching_ || !self->reading_) return;
+      ++self->state_->idle_closed;
+      self->close();
+    }));
+  }
+
   void on_line(boost::system::error_code ec, std::size_t n) {
-    if (!*alive_) return;
+    reading_ = false;
+    idle_.cancel();
+    if (!state_->alive || closing_) return;
     if (ec == asio::error::not_found) {
-      ++owner_.rejected_;
+      ++state_->rejected;
       reply({{"ok", false}, {"error", fmt::format("request longer than {} bytes", max_request_bytes)}}, true);
       return;
     }
-    if (ec) return;  // the client went away
+    if (ec) {  // the client went away, or the line was never finished
+      close();
+      return;
+    }
     std::string line(asio::buffers_begin(buffer_.data()), asio::buffers_begin(buffer_.data()) + static_cast<std::ptrdiff_t>(n));
     buffer_.consume(n);
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
     nlohmann::json request = nlohmann::json::parse(line, nullptr, false);
     if (request.is_discarded() || !request.is_object() || !request.contains("cmd") || !request["cmd"].is_string()) {
-      ++owner_.rejected_;
-      spdlog::warn("control socket: malformed request rejected ({} so far)", owner_.rejected_.load());
+      ++state_->rejected;
+      spdlog::warn("control socket: malformed request rejected ({} so far)", state_->rejected);
       reply({{"ok", false}, {"error", "malformed request: send one JSON object per line with a string \"cmd\""}}, false);
       return;
     }
     if (request["cmd"] == "watch") {
       if (!watching_) {
         watching_ = true;
-        owner_.watchers_.push_back(weak_from_this());
+        ++state_->watchers;
+        // The kernel's buffer for a client that does not read is memory too, outside our
+        // bound: keep it small for watchers (replies to requests are short anyway).
+        boost::system::error_code ignored;
+        socket_.set_option(asio::socket_base::send_buffer_size(32 * 1024), ignored);
       }
       reply({{"ok", true}, {"watching", true}}, false);
       return;
     }
     try {
-      owner_.handler_(request, [self = shared_from_this()](nlohmann::json response) { self->reply(std::move(response), false); });
+      state_->handler(request, [self = shared_from_this()](nlohmann::json response) { self->reply(std::move(response), false); });
     } catch (const std::exception& e) {
-      ++owner_.rejected_;
+      ++state_->rejected;
       reply({{"ok", false}, {"error", fmt::format("bad request: {}", e.what())}}, false);
     }
   }
 
   /// A reply re-arms the read once written: one request at a time per connection.
   void reply(const nlohmann::json& response, bool close_after) {
+    if (closing_) return;
     send(response.dump() + "\n", close_after);
     rearm_after_write_ = !close_after;
   }
 
   /// Writes queue up: an event may be sent while a reply is being written.
   void send(std::string text, bool close_after) {
+    queued_bytes_ += text.size();
+    state_->queued_bytes += text.size();
     queue_.push_back(std::move(text));
-    if (close_after) closing_ = true;
+    if (close_after) closing_after_write_ = true;
     if (!writing_) write_next();
   }
 
+  void forget_queue() {
+    state_->queued_bytes -= queued_bytes_;
+    queued_bytes_ = 0;
+    queue_.clear();
+  }
+
   void write_next() {
+    if (closing_) return;
     if (queue_.empty()) {
       writing_ = false;
-      if (closing_) {
-        boost::system::error_code ec;
-        socket_.shutdown(stream_protocol::socket::shutdown_both, ec);
-        socket_.close(ec);
+      if (closing_after_write_) {
+        close();
         return;
       }
       if (rearm_after_write_) {
@@ -110,43 +191,77 @@ class ControlSocket::Session : public std::enable_shared_from_this<ControlSocket
     writing_ = true;
     auto text = std::make_shared<std::string>(std::move(queue_.front()));
     queue_.pop_front();
-    asio::async_write(socket_, asio::buffer(*text), asio::bind_executor(owner_.strand_, [self = shared_from_this(), text](boost::system::error_code ec, std::size_t) {
+    asio::async_write(socket_, asio::buffer(*text), asio::bind_executor(strand_, [self = shared_from_this(), text](boost::system::error_code ec, std::size_t) {
+      // The line stays counted until the kernel has it: an unread watcher's in-flight line is
+      // part of what it holds.
+      if (!self->closing_) {
+        self->queued_bytes_ -= text->size();
+        self->state_->queued_bytes -= text->size();
+      }
+      self->writing_ = false;
       if (ec) {
-        self->writing_ = false;
-        self->queue_.clear();
-        self->closing_ = true;
+        self->close();
         return;
       }
       self->write_next();
     }));
   }
 
-  ControlSocket& owner_;
+  Strand& strand_;
+  std::shared_ptr<State> state_;
   stream_protocol::socket socket_;
+  asio::steady_timer idle_;
   asio::streambuf buffer_;
-  std::shared_ptr<bool> alive_ = owner_.alive_;
   std::deque<std::string> queue_;
+  std::size_t queued_bytes_ = 0;
   bool writing_ = false;
   bool closing_ = false;
+  bool closing_after_write_ = false;
   bool rearm_after_write_ = false;
   bool watching_ = false;
+  bool reading_ = false;
 };
 
 void ControlSocket::publish(const nlohmann::json& event) {
-  if (watchers_.empty()) return;
+  if (state_->watchers == 0) return;
   const std::string line = event.dump() + "\n";
-  std::erase_if(watchers_, [&](const std::weak_ptr<Session>& w) {
+  std::size_t dropped = 0;
+  std::erase_if(state_->sessions, [&](const std::weak_ptr<Session>& w) {
     auto s = w.lock();
     if (!s) return true;
-    if (s->push_event(line)) return false;
-    ++dropped_;
-    spdlog::warn("control socket: a watcher fell {} events behind and was disconnected", max_queued_events);
+    if (!s->watching() || s->push_event(line)) return false;
+    ++dropped;
     return true;
   });
+  if (dropped > 0) {
+    state_->dropped += dropped;
+    spdlog::warn("control socket: {} watcher(s) past their share of the {} bytes queued for all watchers disconnected ({} so far)", dropped,
+                 state_->limits.max_queued_bytes, state_->dropped);
+    // Event lines are small allocations; without a trim the heap keeps the pages the dropped
+    // queues used, and the daemon's RSS stays at its peak.
+    ::malloc_trim(0);
+  }
 }
 
-ControlSocket::ControlSocket(Strand& strand, std::filesystem::path path, Handler handler)
-    : strand_(strand), path_(std::move(path)), handler_(std::move(handler)), acceptor_(strand), alive_(std::make_shared<bool>(true)) {
+nlohmann::json ControlSocket::stats() const {
+  return {{"connections", state_->connections},         {"watchers", state_->watchers},       {"queued_bytes", state_->queued_bytes},
+          {"refused_connections", state_->refused},     {"idle_closed", state_->idle_closed}, {"fd_exhaustion_episodes", state_->fd_episodes},
+          {"max_connections", limits_.max_connections}, {"max_queued_bytes", limits_.max_queued_bytes}};
+}
+
+std::uint64_t ControlSocket::rejected() const { return state_->rejected; }
+std::uint64_t ControlSocket::dropped_watchers() const { return state_->dropped; }
+
+ControlSocket::ControlSocket(Strand& strand, std::filesystem::path path, Handler handler, ControlLimits limits)
+    : strand_(strand),
+      path_(std::move(path)),
+      limits_(limits),
+      state_(std::make_shared<State>()),
+      acceptor_(strand),
+      accept_retry_(strand) {
+  state_->handler = std::move(handler);
+  state_->limits = limits_;
+  if (limits_.max_connections == 0) throw std::invalid_argument("control socket: max_connections must be at least 1");
   std::error_code ec;
   if (path_.has_parent_path()) std::filesystem::create_directories(path_.parent_path(), ec);
   std::filesystem::remove(path_, ec);  // a stale socket from a crash
@@ -167,18 +282,69 @@ ControlSocket::ControlSocket(Strand& strand, std::filesystem::path path, Handler
 }
 
 ControlSocket::~ControlSocket() {
-  *alive_ = false;
+  state_->alive = false;
   boost::system::error_code ec;
   acceptor_.close(ec);
+  accept_retry_.cancel();
+  for (auto& w : state_->sessions) {
+    if (auto s = w.lock()) s->close();
+  }
+  state_->sessions.clear();
   std::error_code fec;
   std::filesystem::remove(path_, fec);
 }
 
 void ControlSocket::accept() {
-  acceptor_.async_accept(asio::bind_executor(strand_, [this, alive = alive_](boost::system::error_code ec, stream_protocol::socket socket) {
-    if (!*alive) return;
-    if (!ec) std::make_shared<Session>(*this, std::move(socket))->read();
-    if (ec != asio::error::operation_aborted) accept();
+  acceptor_.async_accept(asio::bind_executor(strand_, [this, state = state_](boost::system::error_code ec, stream_protocol::socket socket) {
+    if (!state->alive || ec == asio::error::operation_aborted) return;
+    if (ec) {
+      accept_failed(ec);
+      return;
+    }
+    if (accept_backoff_.count() > 0) {
+      spdlog::info("control socket: accepting connections again");
+      accept_backoff_ = std::chrono::milliseconds(0);
+    }
+    if (state->connections >= limits_.max_connections) {
+      // Said on the socket rather than by leaving the client in the backlog, where it would
+      // wait for a reply that never comes.
+      ++state->refused;
+      const std::string line = fmt::format("{{\"ok\":false,\"error\":\"pilecored has {} control connections open, its limit; try again later\"}}\n",
+                                           state->connections);
+      [[maybe_unused]] const auto n = ::send(socket.native_handle(), line.data(), line.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      boost::system::error_code ignored;
+      socket.close(ignored);
+    } else {
+      auto session = std::make_shared<Session>(*this, std::move(socket));
+      std::erase_if(state->sessions, [](const std::weak_ptr<Session>& w) { return w.expired(); });
+      state->sessions.push_back(session);
+      session->read();
+    }
+    accept();
+  }));
+}
+
+void ControlSocket::accept_failed(const boost::system::error_code& ec) {
+  const bool out_of_fds = ec.value() == EMFILE || ec.value() == ENFILE || ec.value() == ENOBUFS || ec.value() == ENOMEM;
+  if (!out_of_fds) {
+    spdlog::warn("control socket: accept failed: {}", ec.message());
+    accept();
+    return;
+  }
+  // The connection stays in the listen backlog and the socket stays readable: accepting again
+  // at once would spin. Wait, longer each time, until a descriptor is free (an idle connection
+  // timed out, a client left). Said once per episode, not once per attempt.
+  if (accept_backoff_.count() == 0) {
+    ++state_->fd_episodes;
+    spdlog::warn("control socket: cannot accept: {} ({} control connections open); retrying with backoff until descriptors are free",
+                 ec.message(), state_->connections);
+    accept_backoff_ = std::chrono::milliseconds(20);
+  } else {
+    accept_backoff_ = std::min(accept_backoff_ * 2, std::chrono::milliseconds(1000));
+  }
+  accept_retry_.expires_after(accept_backoff_);
+  accept_retry_.async_wait(asio::bind_executor(strand_, [this, state = state_](boost::system::error_code e) {
+    if (!e && state->alive) accept();
   }));
 }
 

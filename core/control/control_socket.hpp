@@ -8,54 +8,69 @@
 //   {"cmd":"receipt","transaction":"SITE-1-000042"}
 //   {"cmd":"watch"}   -> {"ok":true,"watching":true}, then one {"event":...} line per event
 //
-// A watcher stays subscribed until it disconnects. Events are queued per watcher; one that
-// falls more than max_queued_events behind is told so and disconnected (counted as dropped),
-// so a stalled client never holds the daemon's memory.
+// A watcher stays subscribed until it disconnects. What the daemon holds for its clients is
+// bounded (ControlLimits): a cap on connections (one over it gets an error line and is closed),
+// a global bound on the bytes queued for all watchers together, of which each watcher may hold
+// an equal share (one past its share is told so, disconnected and counted as dropped), and an
+// idle timeout for connections that are not watching and send no complete request. When the
+// process runs out of file descriptors the accept loop backs off instead of spinning, and says
+// so once per episode.
+
 #pragma once
 
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/io_context.hpp>
-#include <atomic>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
-#include <vector>
 #include <nlohmann/json.hpp>
 
 namespace pilecore::core {
+
+/// The control socket's limits; pilecored's --control-* options set them.
+struct ControlLimits {
+  std::size_t max_connections = 256;
+  std::size_t max_queued_bytes = 8 * 1024 * 1024;
+  std::chrono::milliseconds idle_timeout = std::chrono::seconds(30);
+};
 
 class ControlSocket {
  public:
   using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
   using Handler = std::function<void(const nlohmann::json& request, std::function<void(nlohmann::json)> reply)>;
   static constexpr std::size_t max_request_bytes = 64 * 1024;
-  static constexpr std::size_t max_queued_events = 4096;
 
   /// Binds `path` (replacing a stale socket file) and starts accepting; throws on failure.
-  ControlSocket(Strand& strand, std::filesystem::path path, Handler handler);
+  ControlSocket(Strand& strand, std::filesystem::path path, Handler handler, ControlLimits limits = {});
   ~ControlSocket();
 
   /// Sends an event to every watcher. Call on the strand.
   void publish(const nlohmann::json& event);
 
-  [[nodiscard]] std::uint64_t rejected() const { return rejected_.load(); }
-  [[nodiscard]] std::uint64_t dropped_watchers() const { return dropped_.load(); }
+  /// Counters for `status`; call on the strand.
+  [[nodiscard]] nlohmann::json stats() const;
+  [[nodiscard]] std::uint64_t rejected() const;
+  [[nodiscard]] std::uint64_t dropped_watchers() const;
   [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+  [[nodiscard]] const ControlLimits& limits() const { return limits_; }
 
  private:
   class Session;
+  struct State;
   void accept();
+  void accept_failed(const boost::system::error_code& ec);
 
   Strand& strand_;
   std::filesystem::path path_;
-  Handler handler_;
+  ControlLimits limits_;
+  std::shared_ptr<State> state_;
   boost::asio::local::stream_protocol::acceptor acceptor_;
-  std::atomic<std::uint64_t> rejected_{0};
-  std::atomic<std::uint64_t> dropped_{0};
-  std::vector<std::weak_ptr<Session>> watchers_;
-  std::shared_ptr<bool> alive_;
+  boost::asio::steady_timer accept_retry_;
+  std::chrono::milliseconds accept_backoff_{0};
 };
 
 /// pilectl's side: sends one request and waits for the reply line. Throws std::runtime_error

@@ -15,8 +15,10 @@
 #include "logging.hpp"
 #include "pilecore/pilecore.hpp"
 #include "ledger.hpp"
+#include "private_files.hpp"
 #include "storage.hpp"
 #include "store_worker.hpp"
+#include "token_privacy.hpp"
 
 namespace pilecore::core {
 namespace asio = boost::asio;
@@ -316,8 +318,9 @@ void Runtime::start_instances() {
   engine_->attach();
   if (!options_.socket_path.empty()) {
     try {
-      control_ = std::make_unique<ControlSocket>(strand_, options_.socket_path,
-                                                 [this](const nlohmann::json& req, std::function<void(nlohmann::json)> reply) { handle_request(req, std::move(reply)); });
+      control_ = std::make_unique<ControlSocket>(
+          strand_, options_.socket_path, [this](const nlohmann::json& req, std::function<void(nlohmann::json)> reply) { handle_request(req, std::move(reply)); },
+          options_.control_limits);
       spdlog::info("control socket {}", options_.socket_path.string());
     } catch (const std::exception& e) {
       spdlog::error("{}", e.what());
@@ -428,6 +431,7 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     st["instances"] = inst;
     st["rejected_requests"] = control_ ? control_->rejected() : 0;
     st["dropped_watchers"] = control_ ? control_->dropped_watchers() : 0;
+    if (control_) st["control"] = control_->stats();
     st["ready"] = ready_.load();
     reply(std::move(st));
   } else if (cmd == "session_start") {
@@ -438,7 +442,13 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
   } else if (cmd == "session_stop") {
     const std::string reason = text("reason");
     const auto r = reason.empty() ? std::optional<StopReason>(StopReason::local) : stop_reason_from(reason);
-    if (!r) throw std::invalid_argument(fmt::format("unknown stop reason '{}'", reason));
+    if (!r) throw std::invalid_argument(fmt::format("unknown stop reason '{}'; a client may give Local or Remote", reason));
+    // Fault, Shutdown, EVFull, EVDisconnected and FundsExhausted are what the pile itself
+    // observed; a client claiming one would put a false reason on the receipt and the ledger.
+    if (*r != StopReason::local && *r != StopReason::remote) {
+      reply({{"ok", false}, {"error", fmt::format("stop reason '{}' is the pile's own, not a client's; a client may give Local or Remote", reason)}});
+      return;
+    }
     const auto connector = connector_of();
     engine_->stop(connector, *r, std::move(reply));
   } else if (cmd == "session_answer") {
@@ -464,11 +474,13 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
 }
 
 int Runtime::run() {
-  std::error_code ec;
-  fs::create_directories(options_.state_dir, ec);
-  if (ec) {
+  try {
+    // Owner-only: the database holds user tokens and the directory the token salt and keys.
+    if (const auto open = ensure_private_directory(options_.state_dir); !open.empty()) spdlog::warn("{}", open);
+    set_token_salt(load_or_create_token_salt(options_.state_dir));
+  } catch (const std::exception& e) {
     std::lock_guard lock(snapshot_mutex_);
-    start_error_ = fmt::format("cannot create the state directory {}: {}", options_.state_dir.string(), ec.message());
+    start_error_ = fmt::format("the state directory {}: {}", options_.state_dir.string(), e.what());
     spdlog::error("{}", start_error_);
     return 3;
   }

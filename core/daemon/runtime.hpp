@@ -34,6 +34,7 @@ struct RuntimeOptions {
   Duration status_interval = std::chrono::minutes(5);  // host-clock time between idle status lines
   bool notify_systemd = true;
   std::filesystem::path socket_path;  // the local control socket; none when empty
+  ControlLimits control_limits;       // connections, queued bytes, idle timeout
   /// Makes the ledger over the connection its records are appended on; set by the daemon when
   /// the site has a device identity. The runtime signs what a crash left unsigned before it
   /// starts anything, then moves signing off the commit path (a signer thread whose signatures

@@ -1,5 +1,7 @@
 #include "storage.hpp"
 
+#include "private_files.hpp"
+
 #include <fmt/format.h>
 
 #include <stdexcept>
@@ -98,6 +100,18 @@ Database::Database(const std::filesystem::path& path, ReadOnly) : path_(path) {
 Database::Database(const std::filesystem::path& path) : path_(path) {
   std::error_code ec;
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
+  // Owner-only whatever the umask: SQLite creates the database 0644 less the umask, and gives
+  // the -wal and -shm files the database's mode, so a 0600 database file made first covers all
+  // three. Older -wal/-shm files are tightened as well.
+  try {
+    ensure_private_file(path);
+    for (const char* suffix : {"-wal", "-shm"}) {
+      const std::filesystem::path side = path.string() + suffix;
+      if (std::filesystem::exists(side, ec)) ensure_private_file(side);
+    }
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("{}: cannot open the database: {}", path.string(), e.what()));
+  }
   if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
     std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
     sqlite3_close(db_);

@@ -980,7 +980,8 @@ plugins:
     nlohmann::json r;
     eventually([&] {
       r = request({{"cmd", "receipt"}, {"transaction", txn}});
-      return r.value("status", "") == "closed";
+      // Closed, and its capture (an operation of its own, asked once the close is on disk) answered.
+      return r.value("status", "") == "closed" && r.value("capture_status", "") != "pending";
     }, 10s);
     return r;
   }
