@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   reference->add_option("-o,--output", reference_out, "Write to this file instead of standard output");
 
   // plugins
-  auto* plugins = app.add_subcommand("plugins", "Installed plugins");
+  auto* plugins = app.add_subcommand("plugins", "Installed plugins, and the instances that crashed pilecored");
   plugins->require_subcommand(1);
   bool list_json = false;
   auto* list = plugins->add_subcommand("list", "Name, kind, version, API version and file of every installed plugin");

@@ -3,6 +3,7 @@
 // nothing the host can catch: only the watchdog, crash attribution and quarantine contain it.
 #include <pilecore/pilecore.hpp>
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 namespace {
@@ -15,11 +16,11 @@ constexpr ConfigKey keys[] = {
      .description = "Clock time from start() to the callback that misbehaves", .unit = "ms"},
 };
 
-// Through a volatile pointer, so the compiler cannot see (and warn about, or remove) the null
-// store: the fault happens at run time, as a real driver bug does.
+// A store to a page that may not be written: a real fault from the MMU, as a driver bug makes,
+// and not undefined behaviour that a sanitizer build would report instead of faulting.
 void segfault() {
-  int* volatile p = nullptr;
-  *p = 42;
+  void* page = ::mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  *static_cast<volatile int*>(page) = 42;
 }
 
 class TestCrashy final : public sensor::Sensor {
