@@ -511,15 +511,12 @@ int Runtime::run() {
 }
 
 void Runtime::account_previous_crash() {
-  const fs::path inflight = options_.state_dir / "crash-inflight";
-  std::optional<InFlightReport> report;
+  // The report first: the handler installed next truncates its file.
+  const std::optional<InFlightReport> report = take_crash_report(options_.state_dir / "crash-inflight");
   try {
     crash_book_ = std::make_unique<CrashBook>(options_.state_dir / "plugin-crashes.json");
-    report = take_crash_report(inflight);
   } catch (const std::exception& e) {
     spdlog::error("{}; quarantine of crashing plugins is off for this run", e.what());
-    crash_book_.reset();
-    return;
   }
   if (!report) return;
   const std::string sig = signal_name(report->signal);
@@ -543,6 +540,11 @@ void Runtime::account_previous_crash() {
     }
   }
   const auto& policy = site_.crash_policy;
+  if (!crash_book_) {
+    spdlog::error("instance {} (plugin {}) {} pilecored during {} ({}); not counted: the crash records cannot be read", report->instance,
+                  plugin.empty() ? "unknown" : plugin, report->kind == "hang" ? "hung" : "crashed", report->call, sig);
+    return;
+  }
   const int count = crash_book_->record(report->instance, plugin,
                                         CrashEntry{clock_->now().time_since_epoch().count(), report->call, report->kind, report->signal}, policy,
                                         clock_->now());

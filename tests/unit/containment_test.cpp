@@ -219,6 +219,22 @@ TEST(Containment, TheWatchdogIsFedWhileTheStrandLivesAndStarvedWhenACallbackHang
       << next.stderr_text();
 }
 
+TEST(Containment, UnreadableCrashRecordsStillNameTheCrashAndTheDaemonStillStarts) {
+  Daemon d;
+  const auto r = d.run_to_exit(site_with_crashy("segv_callback"));
+  ASSERT_EQ(r.signal, SIGSEGV) << r.err;
+  std::ofstream(d.state / "plugin-crashes.json") << "{\"instances\": 7}";
+  NotifyListener notify(d.dir.path() / "notify.sock");
+  Child daemon(d.argv(site_with_crashy("none")), {notify.env()});
+  ASSERT_TRUE(notify.wait_for("READY=1", std::chrono::seconds(15))) << daemon.stderr_text();
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.wait(), 0);
+  const auto log = daemon.stderr_text();
+  EXPECT_TRUE(contains(log, "plugin-crashes.json: not a crash record file")) << log;
+  EXPECT_TRUE(contains(log, "quarantine of crashing plugins is off for this run")) << log;
+  EXPECT_TRUE(contains(log, "instance crashy (plugin test-crashy) crashed pilecored during a timer callback (SIGSEGV); not counted")) << log;
+}
+
 TEST(CrashBook, CountsOnlyCrashesWithinTheWindowAndPersists) {
   TempDir dir;
   const CrashPolicy policy{3, std::chrono::minutes(10)};
