@@ -71,6 +71,9 @@ int main(int argc, char** argv) {
   options.status_interval = Duration(static_cast<std::int64_t>(status_interval_s * 1000));
   control_limits.idle_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(control_idle_s * 1000));
   options.control_limits = control_limits;
+  // A segfault or abort inside a plugin call is written to the state directory and named at the
+  // next start (crash attribution, quarantine: docs/architecture.md).
+  options.catch_fatal_signals = true;
   if (socket != "none") options.socket_path = socket.empty() ? default_socket_path(options.state_dir) : std::filesystem::path(socket);
   if (clock_speed != 1.0 || !clock_start.empty()) {
     TimePoint start = SystemClock().now();

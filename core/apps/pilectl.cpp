@@ -11,6 +11,7 @@
 
 #include "build_config.hpp"
 #include "control_socket.hpp"
+#include "crash_records.hpp"
 #include "demo.hpp"
 #include "ledger_commands.hpp"
 #include "money.hpp"
@@ -83,7 +84,7 @@ int main(int argc, char** argv) {
   reference->add_option("-o,--output", reference_out, "Write to this file instead of standard output");
 
   // plugins
-  auto* plugins = app.add_subcommand("plugins", "Installed plugins");
+  auto* plugins = app.add_subcommand("plugins", "Installed plugins, and the instances that crashed pilecored");
   plugins->require_subcommand(1);
   bool list_json = false;
   auto* list = plugins->add_subcommand("list", "Name, kind, version, API version and file of every installed plugin");
@@ -91,6 +92,14 @@ int main(int argc, char** argv) {
   std::string show_name;
   auto* show = plugins->add_subcommand("show", "A plugin's description and configuration keys, with types, defaults and ranges");
   show->add_option("NAME", show_name, "Plugin name (see `pilectl plugins list`)")->required();
+  std::string crashes_state_dir, enable_name;
+  bool crashes_json = false;
+  auto* crashes = plugins->add_subcommand("crashes", "Instances that crashed or hung pilecored, and those quarantined for it (from the state directory)");
+  crashes->add_option("--state-dir", crashes_state_dir, "pilecored's state directory (default: as pilecored)");
+  crashes->add_flag("--json", crashes_json, "Machine-readable output");
+  auto* enable = plugins->add_subcommand("enable", "Forget an instance's crashes and lift its quarantine; pilecored creates it again at its next start");
+  enable->add_option("INSTANCE", enable_name, "Instance name, as under `plugins:` in the site file")->required();
+  enable->add_option("--state-dir", crashes_state_dir, "pilecored's state directory (default: as pilecored)");
 
   // Talking to the running daemon.
   std::string socket_opt, state_dir_opt;
@@ -367,6 +376,47 @@ int main(int argc, char** argv) {
     if (list_json) std::printf("%s\n", j.dump(2).c_str());
     if (!list_json && names.empty()) std::printf("(no plugins in %s)\n", fmt::format("{}", fmt::join(reg.dirs(), ", ")).c_str());
     return refused ? 1 : 0;
+  }
+  if (*crashes || *enable) {
+    const auto state = crashes_state_dir.empty() ? default_state_dir() : std::filesystem::path(crashes_state_dir);
+    try {
+      CrashBook book(state / "plugin-crashes.json");
+      if (*enable) {
+        const bool was_quarantined = book.quarantined(enable_name);
+        if (!book.clear(enable_name)) {
+          std::printf("instance %s has no crash records in %s; nothing to enable\n", enable_name.c_str(), book.file().c_str());
+          return 0;
+        }
+        book.save();
+        std::printf("instance %s: crash records cleared%s; pilecored creates it at its next start (systemctl restart pilecore)\n",
+                    enable_name.c_str(), was_quarantined ? " and quarantine lifted" : "");
+        return 0;
+      }
+      if (crashes_json) {
+        nlohmann::json j = nlohmann::json::array();
+        for (const auto& [name, ic] : book.instances()) {
+          j.push_back({{"instance", name}, {"plugin", ic.plugin}, {"crashes", ic.crashes.size()}, {"quarantined", ic.quarantined}, {"reason", ic.reason},
+                       {"last_call", ic.crashes.empty() ? "" : ic.crashes.back().call}});
+        }
+        std::printf("%s\n", j.dump(2).c_str());
+        return 0;
+      }
+      if (book.instances().empty()) {
+        std::printf("no plugin instance has crashed pilecored (%s)\n", book.file().c_str());
+        return 0;
+      }
+      std::printf("%-14s %-16s %-8s %-12s %s\n", "INSTANCE", "PLUGIN", "CRASHES", "STATE", "LAST");
+      for (const auto& [name, ic] : book.instances()) {
+        const std::string last = ic.crashes.empty() ? std::string("-") : fmt::format("{} during {}", ic.crashes.back().kind, ic.crashes.back().call);
+        std::printf("%-14s %-16s %-8zu %-12s %s\n", name.c_str(), ic.plugin.c_str(), ic.crashes.size(), ic.quarantined ? "QUARANTINED" : "enabled",
+                    last.c_str());
+        if (ic.quarantined) std::printf("  %s; re-enable: pilectl plugins enable %s\n", ic.reason.c_str(), name.c_str());
+      }
+      return 0;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pilectl: %s\n", e.what());
+      return 1;
+    }
   }
   if (*show) {
     auto reg = registry();

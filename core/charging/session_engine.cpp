@@ -323,6 +323,13 @@ void SessionEngine::on_instance_failed(const std::string& instance, std::optiona
   }
 }
 
+void SessionEngine::on_instance_disabled(const std::string& instance, std::optional<std::uint32_t> bound_connector, const std::string& why) {
+  for (auto& [id, c] : connectors_) {
+    if (c->cfg.power != instance && c->cfg.meter != instance && bound_connector != id) continue;
+    apply(*c, ConnectorEvent::set_unavailable, fmt::format("instance '{}' {}", instance, why));
+  }
+}
+
 SessionEngine::Connector* SessionEngine::connector_of_meter(const std::string& instance) {
   for (auto& [id, c] : connectors_) {
     if (c->cfg.meter == instance) return c.get();

@@ -105,6 +105,9 @@ class SessionEngine {
   /// An instance failed at run time: fault the connectors it serves (as power stage, meter or
   /// bound by `connector:`); the runtime has already opened their contactors.
   void on_instance_failed(const std::string& instance, std::optional<std::uint32_t> bound_connector);
+  /// An instance is quarantined (never started): the connectors it serves go Unavailable with
+  /// `why`, so no session starts on them. Call after attach(), before recover().
+  void on_instance_disabled(const std::string& instance, std::optional<std::uint32_t> bound_connector, const std::string& why);
 
   /// For the benchmark: called right after close_contactor() returns, with the request time.
   std::function<void(std::uint32_t connector)> on_contactor_closed;

@@ -63,8 +63,16 @@ Field build_site_schema() {
   Field level = with_default(field("level", FieldType::enumeration, "Least severe log level written"), "info");
   level.allowed = {"trace", "debug", "info", "warn", "error"};
   Field log = group("log", FieldType::object, "Logging", {level});
+  Field containment = group(
+      "containment", FieldType::object, "What pilecored does about a plugin instance that crashes it or hangs it (docs/integrator-guide.md)",
+      {with_default(with_range(field("quarantine_after", FieldType::integer,
+                                     "Crashes (or hangs ended by the watchdog) of one instance within crash_window_s after which it starts "
+                                     "disabled, its connector Unavailable, until `pilectl plugins enable`"),
+                               1, 100),
+                    "3"),
+       with_default(with_range(field("crash_window_s", FieldType::integer, "The window in which an instance's crashes are counted"), 10, 604800, "s"), "600")});
   Field root = group("", FieldType::object, "pilecore site file",
-                     {site, connectors, plugins, storage, log, tariffs_field(), payment_field(), charging_field(),
+                     {site, connectors, plugins, storage, log, containment, tariffs_field(), payment_field(), charging_field(),
                       reserved("risk", "the risk engine"), reserved("links", "uplink routing"),
                       identity_schema()});
   return root;
@@ -227,7 +235,7 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
     return out;
   }
   if (!root.IsMap()) {
-    diags.error(position_of(root), "a site file is a mapping with the keys site, connectors, plugins, storage, log, tariffs, payment, charging, risk, links, identity");
+    diags.error(position_of(root), "a site file is a mapping with the keys site, connectors, plugins, storage, log, containment, tariffs, payment, charging, risk, links, identity");
     return out;
   }
   Validator validator(diags);
@@ -355,6 +363,12 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
   cfg.database = db.IsScalar() ? db.Scalar() : "pilecore.db";
   const YAML::Node lvl = member(member(root, "log"), "level");
   cfg.log_level = lvl.IsScalar() ? lvl.Scalar() : "info";
+  {
+    const Field& cf = schema.fields[5];
+    const YAML::Node c = member(root, "containment");
+    if (const YAML::Node n = member(c, "quarantine_after"); n.IsDefined() && !n.IsNull()) cfg.crash_policy.limit = static_cast<int>(integer_of(cf.fields[0], n));
+    if (const YAML::Node n = member(c, "crash_window_s"); n.IsDefined() && !n.IsNull()) cfg.crash_policy.window = std::chrono::seconds(integer_of(cf.fields[1], n));
+  }
   if (const YAML::Node identity = member(root, "identity"); identity.IsDefined() && !identity.IsNull()) cfg.identity = identity_config(identity);
   out.site = std::move(cfg);
   return out;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "crash_records.hpp"
 #include "diagnostics.hpp"
 #include "identity_config.hpp"
 #include "plugin_loader.hpp"
@@ -63,6 +64,7 @@ struct SiteConfig {
   std::vector<InstanceSpec> instances;  // in file order
   std::string database;                 // as written; relative paths are under the state dir
   std::string log_level;
+  CrashPolicy crash_policy;  // the `containment` section: when a crashing instance is quarantined
   SessionConfig session;
   std::optional<IdentityConfig> identity;  // the `identity` section, when the file has one: the ledger is kept
 };

@@ -12,6 +12,7 @@
 
 #include "build_config.hpp"
 #include "clocks.hpp"
+#include "inflight.hpp"
 #include "logging.hpp"
 #include "pilecore/pilecore.hpp"
 #include "ledger.hpp"
@@ -30,6 +31,7 @@ std::string_view to_string(InstanceState s) {
     case InstanceState::running: return "running";
     case InstanceState::failed: return "failed";
     case InstanceState::stopped: return "stopped";
+    case InstanceState::disabled: return "disabled";
   }
   return "unknown";
 }
@@ -66,7 +68,7 @@ class Instance final : public Host {
   void post(std::function<void()> fn) noexcept override {
     try {
       asio::post(rt_.strand(), [this, alive = alive_, fn = std::move(fn)]() {
-        if (alive->load()) guarded(fn);
+        if (alive->load()) guarded(fn, "a posted callback");
       });
     } catch (...) {
     }
@@ -81,7 +83,7 @@ class Instance final : public Host {
       timer->async_wait([this, alive = alive_, id, fn = std::move(fn)](const boost::system::error_code& ec) {
         if (ec || !alive->load()) return;
         timers_.erase(id);
-        guarded(fn);
+        guarded(fn, "a timer callback");
       });
       timers_.emplace(id, std::move(timer));
       return id;
@@ -120,7 +122,10 @@ class Instance final : public Host {
   std::string create() {
     const auto* d = spec_.loaded->descriptor;
     std::string error;
-    plugin_ = d->create(*this, &error);
+    {
+      const auto mark = in_flight("create");
+      plugin_ = d->create(*this, &error);
+    }
     if (plugin_ == nullptr) {
       if (error.empty()) {
         return fmt::format("instance '{}': plugin '{}' ({}) returned no instance and gave no reason; report this to its vendor ({})",
@@ -133,7 +138,10 @@ class Instance final : public Host {
   }
 
   std::string start() {
-    Status s = plugin_->start();
+    Status s = [&] {
+      const auto mark = in_flight("start");
+      return plugin_->start();
+    }();
     if (!s.ok()) {
       return fmt::format("instance '{}': plugin '{}' failed to start ({}): {}", spec_.name, spec_.plugin, pilecore::to_string(s.code()), s.message());
     }
@@ -145,7 +153,10 @@ class Instance final : public Host {
     if (state_ != InstanceState::running) return;
     alive_->store(false);
     cancel_all_timers();
-    plugin_->stop();
+    {
+      const auto mark = in_flight("stop");
+      plugin_->stop();
+    }
     state_ = InstanceState::stopped;
   }
 
@@ -153,7 +164,10 @@ class Instance final : public Host {
     if (state_ != InstanceState::running) return;
     alive_->store(false);
     cancel_all_timers();
-    plugin_->stop();
+    {
+      const auto mark = in_flight("stop after a failure");
+      plugin_->stop();
+    }
     state_ = InstanceState::failed;
     detail_ = reason;
     rt_.on_instance_failed(*this, reason);
@@ -163,10 +177,20 @@ class Instance final : public Host {
     if (plugin_ != nullptr) {
       alive_->store(false);
       cancel_all_timers();
+      const auto mark = in_flight("destroy");
       spec_.loaded->descriptor->destroy(plugin_);
       plugin_ = nullptr;
     }
   }
+
+  /// Quarantined: never created; the snapshot and the status show why.
+  void disable(const std::string& reason) {
+    state_ = InstanceState::disabled;
+    detail_ = reason;
+  }
+
+  /// Marks a call into this instance's plugin for crash attribution (inflight.hpp).
+  [[nodiscard]] InFlight in_flight(std::string_view call) const { return InFlight(spec_.name, spec_.plugin, call); }
 
   template <class T>
   T* as() {
@@ -182,8 +206,9 @@ class Instance final : public Host {
   std::string detail_;
 
  private:
-  void guarded(const std::function<void()>& fn) noexcept {
+  void guarded(const std::function<void()>& fn, std::string_view call) noexcept {
     try {
+      const auto mark = in_flight(call);
       fn();
     } catch (const std::exception& e) {
       fail(fmt::format("a callback threw: {}", e.what()));
@@ -241,6 +266,14 @@ std::string Runtime::start_error() const {
 bool Runtime::create_instances() {
   for (const auto& spec : site_.instances) {
     auto inst = std::make_unique<Instance>(*this, spec);
+    if (crash_book_ && crash_book_->quarantined(spec.name)) {
+      const auto& reason = crash_book_->instances().at(spec.name).reason;
+      inst->logger().error("not started: {}; the rest of the pile runs without it. Once the plugin is fixed: pilectl plugins enable {}", reason, spec.name);
+      inst->disable(reason);
+      instances_.push_back(std::move(inst));
+      update_snapshot(*instances_.back());
+      continue;
+    }
     if (auto err = inst->create(); !err.empty()) {
       spdlog::error("{}", err);
       std::lock_guard lock(snapshot_mutex_);
@@ -255,6 +288,7 @@ bool Runtime::create_instances() {
 
 void Runtime::start_instances() {
   for (auto& inst : instances_) {
+    if (inst->state() == InstanceState::disabled) continue;
     if (auto err = inst->start(); !err.empty()) {
       spdlog::error("{}", err);
       {
@@ -269,11 +303,12 @@ void Runtime::start_instances() {
   }
   for (const auto& inst : instances_) {
     const auto& s = inst->spec();
-    spdlog::info("instance {:<14} {:<9} {} {}{}", s.name, to_string(inst->kind()), s.plugin, s.loaded->descriptor->version,
-                 s.connector ? fmt::format(" (connector {})", *s.connector) : "");
+    spdlog::info("instance {:<14} {:<9} {} {}{}{}", s.name, to_string(inst->kind()), s.plugin, s.loaded->descriptor->version,
+                 s.connector ? fmt::format(" (connector {})", *s.connector) : "", inst->state() == InstanceState::disabled ? " DISABLED" : "");
   }
   for (const auto& inst : instances_) {
-    if (inst->kind() != Kind::indicator) continue;
+    if (inst->kind() != Kind::indicator || inst->state() != InstanceState::running) continue;
+    const auto mark = inst->in_flight("show");
     for (const auto& [id, st] : connector_status_) inst->as<indicator::Indicator>()->show(id, st);
   }
   SessionEngine::Hooks hooks;
@@ -316,6 +351,11 @@ void Runtime::start_instances() {
   };
   engine_ = std::make_unique<SessionEngine>(site_, *db_, *store_, *clock_, strand_, std::move(hooks));
   engine_->attach();
+  for (const auto& inst : instances_) {
+    // Before recovery: a session must not start on a connector whose plugin is quarantined, and
+    // recovery itself runs because the quarantined plugin is no longer started to crash it.
+    if (inst->state() == InstanceState::disabled) engine_->on_instance_disabled(inst->spec().name, inst->spec().connector, inst->detail_);
+  }
   if (!options_.socket_path.empty()) {
     try {
       control_ = std::make_unique<ControlSocket>(
@@ -508,7 +548,23 @@ int Runtime::run() {
     start_error_ = e.what();
     return 3;
   }
+  account_previous_crash();
+  if (options_.catch_fatal_signals) {
+    try {
+      install_crash_handler(options_.state_dir / "crash-inflight");
+    } catch (const std::exception& e) {
+      spdlog::error("{}; a plugin that crashes pilecored will not be named at the next start", e.what());
+    }
+  }
   if (!create_instances()) return 3;
+
+  if (options_.notify_systemd) {
+    std::uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+      spdlog::info("systemd watchdog: {} ms; fed from the core's strand every {} ms", usec / 1000, usec / 2000);
+      asio::post(strand_, [this, usec] { feed_watchdog(std::chrono::microseconds(usec / 2)); });
+    }
+  }
 
   asio::signal_set signals(io_, SIGINT, SIGTERM);
   signals.async_wait(asio::bind_executor(strand_, [this](const boost::system::error_code& e, int signo) {
@@ -530,6 +586,67 @@ int Runtime::run() {
     }
   }
   return exit_code_;
+}
+
+void Runtime::account_previous_crash() {
+  // The report first: the handler installed next truncates its file.
+  const std::optional<InFlightReport> report = take_crash_report(options_.state_dir / "crash-inflight");
+  try {
+    crash_book_ = std::make_unique<CrashBook>(options_.state_dir / "plugin-crashes.json");
+  } catch (const std::exception& e) {
+    spdlog::error("{}; quarantine of crashing plugins is off for this run", e.what());
+  }
+  if (!report) return;
+  const std::string sig = signal_name(report->signal);
+  if (report->kind == "unreadable") {
+    spdlog::error("the previous pilecored left an unreadable crash record; it is ignored");
+    return;
+  }
+  if (report->instance.empty() || (report->kind != "crash" && report->kind != "hang")) {
+    // Not attributable to an instance: nothing to quarantine, but the operator must hear of it.
+    spdlog::error("pilecored died of {} {}{}", sig,
+                  report->kind == "hang" ? "while hung outside any plugin call (the watchdog ended it)"
+                  : report->kind == "other_thread" ? "on a thread that was not calling a plugin (a plugin's own thread, or the core's)"
+                                                   : "outside any plugin call",
+                  report->instance.empty() ? "" : fmt::format("; the core was calling instance {} ({})", report->instance, report->call));
+    return;
+  }
+  std::string plugin = report->plugin;
+  if (plugin.empty()) {
+    for (const auto& s : site_.instances) {
+      if (s.name == report->instance) plugin = s.plugin;
+    }
+  }
+  const auto& policy = site_.crash_policy;
+  if (!crash_book_) {
+    spdlog::error("instance {} (plugin {}) {} pilecored during {} ({}); not counted: the crash records cannot be read", report->instance,
+                  plugin.empty() ? "unknown" : plugin, report->kind == "hang" ? "hung" : "crashed", report->call, sig);
+    return;
+  }
+  const int count = crash_book_->record(report->instance, plugin,
+                                        CrashEntry{clock_->now().time_since_epoch().count(), report->call, report->kind, report->signal}, policy,
+                                        clock_->now());
+  spdlog::error("instance {} (plugin {}) {} pilecored during {} ({}); {} of {} within {} before it is quarantined", report->instance,
+                plugin.empty() ? "unknown" : plugin, report->kind == "hang" ? "hung" : "crashed", report->call, sig, count, policy.limit,
+                describe_window(policy.window));
+  if (crash_book_->quarantined(report->instance)) {
+    spdlog::error("instance {}: {}", report->instance, crash_book_->instances().at(report->instance).reason);
+  }
+  try {
+    crash_book_->save();
+  } catch (const std::exception& e) {
+    spdlog::error("{}; this crash is not remembered at the next start", e.what());
+  }
+}
+
+void Runtime::feed_watchdog(std::chrono::microseconds interval) {
+  if (options_.notify_systemd) sd_notify(0, "WATCHDOG=1");
+  // Real time on purpose: systemd's watchdog does not follow a simulated clock.
+  watchdog_timer_ = std::make_unique<asio::steady_timer>(strand_);
+  watchdog_timer_->expires_after(interval);
+  watchdog_timer_->async_wait([this, interval](const boost::system::error_code& ec) {
+    if (!ec) feed_watchdog(interval);
+  });
 }
 
 void Runtime::request_stop() {
@@ -586,7 +703,9 @@ void Runtime::set_connector(std::uint32_t id, ConnectorStatus status, const std:
     connector_snapshot_ = connector_status_;
   }
   for (auto& inst : instances_) {
-    if (inst->kind() == Kind::indicator && inst->state() == InstanceState::running) inst->as<indicator::Indicator>()->show(id, status);
+    if (inst->kind() != Kind::indicator || inst->state() != InstanceState::running) continue;
+    const auto mark = inst->in_flight("show");
+    inst->as<indicator::Indicator>()->show(id, status);
   }
   publish_event({{"event", "connector"}, {"connector", id}, {"status", std::string(pilecore::to_string(status))}, {"why", why}});
 }
@@ -601,6 +720,7 @@ void Runtime::on_instance_failed(Instance& inst, const std::string& reason) {
     // through its power stage when that still runs, and take the connector out of service.
     for (auto& other : instances_) {
       if (other->kind() == Kind::power && other->spec().connector == s.connector && other->state() == InstanceState::running) {
+        const auto mark = other->in_flight("open_contactor");
         if (Status st = other->as<power::PowerStage>()->open_contactor(); !st.ok()) {
           other->logger().error("could not open the contactor: {}", st.message());
         }

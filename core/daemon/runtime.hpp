@@ -40,9 +40,13 @@ struct RuntimeOptions {
   /// starts anything, then moves signing off the commit path (a signer thread whose signatures
   /// the storage thread writes), and at shutdown drains the signer, then the storage thread.
   std::function<std::unique_ptr<Ledger>(sqlite3*)> make_ledger;
+  /// Install the fatal-signal handler that writes the in-flight plugin call to the state
+  /// directory (crash attribution). pilecored sets it; a test runtime inside gtest does not.
+  bool catch_fatal_signals = false;
 };
 
-enum class InstanceState { created, running, failed, stopped };
+/// disabled: quarantined after crashing pilecored too often; never created (see crash_records.hpp).
+enum class InstanceState { created, running, failed, stopped, disabled };
 std::string_view to_string(InstanceState s);
 
 struct InstanceInfo {
@@ -115,6 +119,13 @@ class Runtime {
   void set_connector(std::uint32_t id, ConnectorStatus status, const std::string& why);
   void schedule_status();
   void update_snapshot(const Instance& instance);
+  /// Reads what the previous process left in flight when it died, counts it against the
+  /// instance and quarantines it at the site's limit. An unusable record file is logged and the
+  /// start goes on: refusing to start would turn one bad file into a dead pile.
+  void account_previous_crash();
+  /// WATCHDOG=1 to systemd from a timer on the strand, at half the interval systemd asks for:
+  /// a strand that hangs stops feeding it, and systemd ends and restarts the daemon.
+  void feed_watchdog(std::chrono::microseconds interval);
 
   SiteConfig site_;
   RuntimeOptions options_;
@@ -134,6 +145,8 @@ class Runtime {
   std::atomic<std::uint64_t> samples_{0};
   int exit_code_ = 0;
   std::unique_ptr<boost::asio::steady_timer> status_timer_;
+  std::unique_ptr<boost::asio::steady_timer> watchdog_timer_;
+  std::unique_ptr<CrashBook> crash_book_;
   std::unique_ptr<SessionEngine> engine_;
   std::unique_ptr<ControlSocket> control_;
 

@@ -146,6 +146,16 @@ NotifyListener::~NotifyListener() {
   std::filesystem::remove(path_, ec);
 }
 
+int NotifyListener::count(const std::string& line, std::chrono::milliseconds during) {
+  const auto end = std::chrono::steady_clock::now() + during;
+  int n = 0;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return n;
+    if (wait_for(line, left)) ++n;
+  }
+}
+
 bool NotifyListener::wait_for(const std::string& line, std::chrono::milliseconds timeout) {
   const auto end = std::chrono::steady_clock::now() + timeout;
   char buf[4096];

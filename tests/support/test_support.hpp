@@ -142,6 +142,8 @@ class NotifyListener {
   [[nodiscard]] std::string env() const { return "NOTIFY_SOCKET=" + path_.string(); }
   /// Waits for a datagram containing the line `line` (e.g. "READY=1"); false on timeout.
   bool wait_for(const std::string& line, std::chrono::milliseconds timeout);
+  /// Counts the datagrams containing the line `line` (e.g. "WATCHDOG=1") that arrive within `during`.
+  int count(const std::string& line, std::chrono::milliseconds during);
 
  private:
   std::filesystem::path path_;
