@@ -84,21 +84,28 @@ struct LoadCase {
 const LoadCase kLoadCases[] = {
     {"no-entry",
      [](const std::string& f) {
-       return f + ": not a pilecore plugin: it exports no 'pilecore_plugin_v1' symbol. "
+       return f + ": not a pilecore plugin: it exports no 'pilecore_plugin_v2' symbol. "
                   "A plugin declares itself with PILECORE_PLUGIN(...) from <pilecore/plugin.hpp>.";
      }},
     {"api-major-next",
      [](const std::string& f) {
-       // With API 1.0: "...built for API 2.0, this pilecore provides API 1.0. Rebuild the plugin
-       // against pilecore-dev 1.x, or install a pilecore that provides API 2.x."
+       // With API 2.0: "...built for API 3.0, this pilecore provides API 2.0. Rebuild the plugin
+       // against pilecore-dev 2.x, or install a pilecore that provides API 3.x."
        return fmt::format("{}: plugin API mismatch: the plugin was built for API {}.0, this pilecore provides API {}.{}. "
                           "Rebuild the plugin against pilecore-dev {}.x, or install a pilecore that provides API {}.x.",
                           f, kMajor + 1, kMajor, kMinor, kMajor, kMajor + 1);
      }},
+    {"api-major-previous",
+     [](const std::string& f) {
+       // A plugin built against SDK 1.1 on a 2.0 core: refused, and told to rebuild against 2.x.
+       return fmt::format("{}: plugin API mismatch: the plugin was built for API {}.1, this pilecore provides API {}.{}. "
+                          "Rebuild the plugin against pilecore-dev {}.x, or install a pilecore that provides API {}.x.",
+                          f, kMajor - 1, kMajor, kMinor, kMajor, kMajor - 1);
+     }},
     {"api-minor-next",
      [](const std::string& f) {
-       // With API 1.0: "...needs API 1.1, this pilecore provides API 1.0. Upgrade pilecore, or
-       // rebuild the plugin against pilecore-dev 1.0."
+       // With API 2.0: "...needs API 2.1, this pilecore provides API 2.0. Upgrade pilecore, or
+       // rebuild the plugin against pilecore-dev 2.0."
        return fmt::format("{}: plugin API too new: the plugin needs API {}.{}, this pilecore provides API {}.{}. "
                           "Upgrade pilecore, or rebuild the plugin against pilecore-dev {}.{}.",
                           f, kMajor, kMinor + 1, kMajor, kMinor, kMajor, kMinor);
@@ -111,7 +118,7 @@ const LoadCase kLoadCases[] = {
      }},
     {"wrong-build-key",
      [](const std::string& f) {
-       return f + ": incompatible build: the plugin was built for 'aarch64;libc++;boost-108300', this pilecore for '" PILECORE_BUILD_KEY
+       return f + ": incompatible build: the plugin was built for 'aarch64;libc++', this pilecore for '" PILECORE_BUILD_KEY
                   "'. Rebuild the plugin with pilecore-dev on this system.";
      }},
     {"unknown-kind",

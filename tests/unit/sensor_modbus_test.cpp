@@ -577,7 +577,7 @@ TEST(SensorModbus, RtuOverAPseudoTerminalPair) {
   EXPECT_EQ(site.stop(), 0);
 }
 
-// refresh() (API 1.1) reads at once instead of waiting for the next poll.
+// refresh() reads at once instead of waiting for the next poll.
 TEST(SensorModbus, RefreshGivesAFreshReadingAtOnce) {
   auto server = ModbusServer::tcp();
   const auto set_kwh = [&](std::uint16_t hi, std::uint16_t lo) {

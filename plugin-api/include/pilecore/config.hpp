@@ -15,7 +15,7 @@
 #include <vector>
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 
 enum class ConfigType : std::uint32_t {
   string = 1,
@@ -80,5 +80,5 @@ class ConfigValues {
   }
 };
 
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

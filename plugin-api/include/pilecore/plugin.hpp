@@ -1,6 +1,6 @@
 // pilecore plugin SDK: the plugin base class, the descriptor and the entry point.
 //
-// A plugin is a shared object exporting exactly one symbol, pilecore_plugin_v1 (Boost.DLL
+// A plugin is a shared object exporting exactly one symbol, pilecore_plugin_v2 (Boost.DLL
 // alias), that points at a const PluginDescriptor. Write it with PILECORE_PLUGIN:
 //
 //   class HelloSensor final : public pilecore::sensor::Sensor {
@@ -28,7 +28,7 @@
 #include "pilecore/version.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 
 enum class Kind : std::uint32_t {
   payment = 1,
@@ -75,7 +75,6 @@ struct PluginDescriptor {
   std::uint32_t struct_size;  ///< sizeof(PluginDescriptor) in the plugin's SDK
   std::uint16_t api_major;
   std::uint16_t api_minor;
-  // --- API 1.0 ---
   Kind kind;
   const char* name;         ///< [a-z][a-z0-9-]*; the file is <name>.so
   const char* version;      ///< the plugin's own version, e.g. "1.2.0"
@@ -92,8 +91,8 @@ struct PluginDescriptor {
   const void* reserved[8];
 };
 
-/// Size of a descriptor with every API 1.0 member; the core refuses anything shorter.
-inline constexpr std::size_t descriptor_size_v1_0 = offsetof(PluginDescriptor, reserved) + sizeof(const void* [8]);
+/// Size of a descriptor with every API 2.0 member; the core refuses anything shorter.
+inline constexpr std::size_t descriptor_size_v2_0 = offsetof(PluginDescriptor, reserved) + sizeof(const void* [8]);
 
 /// What a plugin author fills in; PILECORE_PLUGIN turns it into the descriptor.
 struct PluginInfo {
@@ -133,7 +132,17 @@ void destroy_instance(Plugin* instance) noexcept {
 template <class T>
 constexpr PluginDescriptor make_descriptor(const PluginInfo& info) {
   static_assert(std::is_base_of_v<Plugin, T>, "a plugin class derives from one kind interface");
-  static_assert(std::is_constructible_v<T, Host&>, "a plugin class is constructible from pilecore::Host&");
+  static_assert(!std::is_abstract_v<T>,
+                "PILECORE_PLUGIN: the plugin class does not implement every method of its kind interface; "
+                "the compiler's notes below name each pure virtual method still missing an override");
+  if constexpr (std::is_abstract_v<T>) {
+    // Never evaluated: it is here for the compiler's diagnostic on it, which lists every missing
+    // method ("because the following virtual functions are pure within ..."). A static_assert
+    // alone stops the compiler before it says which.
+    (void)sizeof(new T(*static_cast<Host*>(nullptr)));
+  } else {
+    static_assert(std::is_constructible_v<T, Host&>, "a plugin class is constructible from pilecore::Host&");
+  }
   return PluginDescriptor{
       .struct_size = sizeof(PluginDescriptor),
       .api_major = PILECORE_API_MAJOR,
@@ -156,7 +165,7 @@ constexpr PluginDescriptor make_descriptor(const PluginInfo& info) {
 }
 
 }  // namespace detail
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore
 
 /// Declares the plugin class `ClassName` (derived from one kind interface) with the given
