@@ -51,8 +51,19 @@ plugins:
   soc:
     plugin: hello-sensor
     config: {path: $work/temp, interval_ms: 100}
+  power-1:
+    plugin: sim-power
+    connector: 1
 YAML
 "$prefix/bin/pilectl" config validate "$work/site.yaml"
+
+echo "== its validate runs in pilectl config validate (the descriptor's validate entry point)"
+sed 's|path: [^,]*,|path: relative/temp,|' "$work/site.yaml" > "$work/bad-site.yaml"
+if "$prefix/bin/pilectl" config validate "$work/bad-site.yaml" 2>"$work/bad.txt"; then
+  echo "a relative path was accepted"; exit 1
+fi
+grep -q "bad-site.yaml:11:20: error: 'plugins.soc.config.path': 'relative/temp' is not an absolute path" "$work/bad.txt" ||
+  { cat "$work/bad.txt"; echo "the plugin's validate did not report at the path key"; exit 1; }
 "$prefix/bin/pilecored" --config "$work/site.yaml" --state-dir "$work/state" --log-level debug 2>"$work/log" &
 pid=$!
 i=0

@@ -10,6 +10,10 @@
 //   };
 //   PILECORE_PLUGIN(HelloSensor, {.name = "hello-sensor", .version = "1.0.0", ...,
 //                                 .config = hello_keys})
+//
+// A class that also declares
+//   static void validate(const pilecore::ConfigValues& config, pilecore::ConfigReport& report);
+// gets it called at validate time (see ValidateFn).
 #pragma once
 
 #include <boost/dll/alias.hpp>
@@ -67,6 +71,12 @@ class Plugin {
 
 using CreateFn = Plugin* (*)(Host& host, std::string* error) noexcept;
 using DestroyFn = void (*)(Plugin* instance) noexcept;
+/// Checks an instance's configuration beyond what the declarations say (files it names exist
+/// and parse, formulas compile, combinations of keys make sense), before any instance is
+/// created: `pilectl config validate` and pilecored both call it, so a site file that validates
+/// is one pilecored starts. Reports each problem through `report`; called on the core's thread,
+/// with no Host (nothing has started yet).
+using ValidateFn = void (*)(const ConfigValues& config, ConfigReport& report) noexcept;
 
 /// What the entry symbol points at. The first three members are frozen for every API major, so
 /// a core can always read the version of a plugin built for another one. After them the layout
@@ -88,6 +98,7 @@ struct PluginDescriptor {
   std::uint32_t config_key_size;  ///< sizeof(ConfigKey) in the plugin's SDK
   CreateFn create;
   DestroyFn destroy;
+  ValidateFn validate;  ///< nullptr when the plugin has no checks beyond its declarations
   const void* reserved[8];
 };
 
@@ -129,6 +140,32 @@ void destroy_instance(Plugin* instance) noexcept {
   delete static_cast<T*>(instance);
 }
 
+/// A plugin class opts into deep validation with
+///   static void validate(const pilecore::ConfigValues& config, pilecore::ConfigReport& report);
+template <class T>
+concept HasValidate = requires(const ConfigValues& c, ConfigReport& r) { T::validate(c, r); };
+
+template <class T>
+void validate_instance(const ConfigValues& config, ConfigReport& report) noexcept {
+  // An exception is the plugin's bug, not the integrator's: it is reported, not propagated.
+  try {
+    T::validate(config, report);
+  } catch (const std::exception& e) {
+    report.error("", std::string("the plugin's validate failed: ") + e.what());
+  } catch (...) {
+    report.error("", "the plugin's validate failed with an unknown exception");
+  }
+}
+
+template <class T>
+constexpr ValidateFn validate_function() {
+  if constexpr (HasValidate<T>) {
+    return &validate_instance<T>;
+  } else {
+    return nullptr;
+  }
+}
+
 template <class T>
 constexpr PluginDescriptor make_descriptor(const PluginInfo& info) {
   static_assert(std::is_base_of_v<Plugin, T>, "a plugin class derives from one kind interface");
@@ -160,6 +197,7 @@ constexpr PluginDescriptor make_descriptor(const PluginInfo& info) {
       .config_key_size = sizeof(ConfigKey),
       .create = &create_instance<T>,
       .destroy = &destroy_instance<T>,
+      .validate = validate_function<T>(),
       .reserved = {},
   };
 }
