@@ -5,8 +5,11 @@
 #include <fmt/std.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <thread>
 
 #include "build_config.hpp"
 #include "ledger.hpp"
@@ -32,6 +35,7 @@ int main(int argc, char** argv) {
   std::string clock_start;
   double status_interval_s = 300;
   std::string socket;
+  bool check = false;
   app.add_option("-c,--config", config, "Site file (YAML)")->required()->check(CLI::ExistingFile);
   app.add_option("--state-dir", state_dir, "State directory (database); default $STATE_DIRECTORY, <build>/state or /var/lib/pilecore");
   app.add_option("--plugin-dir", plugin_dirs, "Plugin directory (repeatable); default $PILECORE_PLUGIN_PATH or the installed directory");
@@ -49,6 +53,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(4096, 1 << 30));
   app.add_option("--control-idle-timeout", control_idle_s, "Seconds after which a connection that is not watching and sends no complete request is closed (0 = never)")
       ->check(CLI::Range(0.0, 86400.0));
+  app.add_flag("--check", check,
+               "Start the pile (every plugin created and started), then stop at once: exit 0 when it started, 2 when the site file "
+               "is invalid, 3 when start-up failed");
   CLI11_PARSE(app, argc, argv);
 
   init_logging(log_level.empty() ? "info" : log_level);
@@ -113,7 +120,23 @@ int main(int argc, char** argv) {
   spdlog::info("pilecored {} starting: site file {}, state {}, plugins from {}", PILECORE_VERSION, config, options.state_dir.string(),
                [&] { std::string s; for (const auto& d : dirs) s += (s.empty() ? "" : ":") + d.string(); return s; }());
   Runtime runtime(std::move(*outcome.site), std::move(options));
+  // --check: what `pilectl config validate` promises ("pilecored will start"), proved by starting.
+  std::atomic<bool> finished{false};
+  std::thread checker;
+  if (check) {
+    checker = std::thread([&] {
+      while (!finished.load()) {
+        if (runtime.ready()) {
+          runtime.request_stop();
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    });
+  }
   const int rc = runtime.run();
+  finished = true;
+  if (checker.joinable()) checker.join();
   if (rc != 0) {
     std::fprintf(stderr, "pilecored: start-up failed: %s\n", runtime.start_error().empty() ? "see the messages above" : runtime.start_error().c_str());
   } else {

@@ -434,7 +434,7 @@ void SessionEngine::read_meter(Connector& c, std::function<void(std::optional<Me
   const std::uint64_t id = ++next_waiter_;
   c.waiters.push_back(Waiter{id, clock_.now(), std::move(done)});
   const auto ref = hooks_.find(c.cfg.meter);
-  if (ref.plugin && ref.kind == Kind::sensor && ref.api_minor >= 1) static_cast<sensor::Sensor*>(ref.plugin)->refresh();
+  if (ref.plugin && ref.kind == Kind::sensor) static_cast<sensor::Sensor*>(ref.plugin)->refresh();
   auto timer = timer_after(Duration(site_.session.charging.meter_timeout_ms), [this, &c, id] {
     for (auto it = c.waiters.begin(); it != c.waiters.end(); ++it) {
       if (it->id == id) {

@@ -25,6 +25,7 @@ std::string constraint(const Field& f) {
   if (!f.unit.empty()) parts.push_back(f.unit);
   if (!f.pattern_hint.empty() && f.type == FieldType::string) parts.push_back(f.pattern_hint);
   if (f.min_items > 0) parts.push_back(fmt::format("at least {} item(s)", f.min_items));
+  if (f.type == FieldType::instance_ref) parts.push_back(fmt::format("the name of a {} instance", f.ref_kind));
   if (f.secret) parts.push_back("secret");
   return fmt::format("{}", fmt::join(parts, "; "));
 }
@@ -35,9 +36,23 @@ std::string default_text(const Field& f) {
   return "optional";
 }
 
+/// The prefix of a nested field's keys: `tls.` under an object, `registers[].` under a list.
+std::string nested_prefix(const Field& f, const std::string& path) { return path + (f.type == FieldType::list ? "[]." : "."); }
+
 void table(std::string& out, const std::vector<Field>& fields, const std::string& prefix) {
   for (const auto& f : fields) {
     out += fmt::format("| `{}{}` | {} | {} | {} | {} |\n", prefix, f.key, type_name(f.type), default_text(f), constraint(f), f.description);
+    if (!f.fields.empty()) table(out, f.fields, nested_prefix(f, prefix + f.key));
+  }
+}
+
+void show_keys(std::string& out, const std::vector<Field>& fields, const std::string& prefix) {
+  for (const auto& f : fields) {
+    out += fmt::format("  {:<22} {:<12} {}\n", prefix + f.key, type_name(f.type), default_text(f));
+    const auto c = constraint(f);
+    if (!c.empty()) out += fmt::format("  {:<22} {}\n", "", c);
+    out += fmt::format("  {:<22} {}\n", "", f.description);
+    if (!f.fields.empty()) show_keys(out, f.fields, nested_prefix(f, prefix + f.key));
   }
 }
 
@@ -71,12 +86,7 @@ std::string plugin_description_text(const LoadedPlugin& p) {
     return out;
   }
   out += "Configuration keys (under plugins.<instance>.config):\n";
-  for (const auto& f : p.config_fields) {
-    out += fmt::format("  {:<22} {:<12} {}\n", f.key, type_name(f.type), default_text(f));
-    const auto c = constraint(f);
-    if (!c.empty()) out += fmt::format("  {:<22} {}\n", "", c);
-    out += fmt::format("  {:<22} {}\n", "", f.description);
-  }
+  show_keys(out, p.config_fields, "");
   return out;
 }
 

@@ -34,6 +34,11 @@ std::int64_t int_or(const YAML::Node& node, const Field& f, std::int64_t fallbac
   return fallback;
 }
 
+Field with_ref(Field f, std::string kind) {
+  f.ref_kind = std::move(kind);
+  return f;
+}
+
 const Field& child(const Field& f, std::string_view key) {
   for (const auto& c : f.fields) {
     if (c.key == key) return c;
@@ -157,9 +162,10 @@ Field charging_field() {
                                                     "takes at that power"),
                                               500, 3'600'000, "ms"),
                                    "120000"),
-                      field("ambient_sensor", FieldType::string,
+                      with_ref(field("ambient_sensor", FieldType::instance_ref,
                             "Instance whose 'temperature' channel is the strategies' ambient_temperature (default: any instance not bound to a "
-                            "connector that publishes 'temperature'); a reading older than 10 minutes counts as missing")});
+                            "connector that publishes 'temperature'); a reading older than 10 minutes counts as missing"),
+                               "sensor")});
 }
 
 std::optional<Tariff> parse_tariffs(const YAML::Node& tariffs, const std::string& time_zone, Diagnostics& diags) {
@@ -249,52 +255,79 @@ std::optional<Tariff> parse_tariffs(const YAML::Node& tariffs, const std::string
 SessionConfig parse_session_config(const YAML::Node& root, const std::string& time_zone, std::vector<ConnectorConfig>& connectors,
                                    const std::vector<InstanceSpec>& instances, Diagnostics& diags) {
   SessionConfig cfg;
-  auto kind_of_instance = [&](const std::string& name) -> std::optional<Kind> {
-    for (const auto& i : instances) {
-      if (i.name == name && i.loaded) return i.loaded->descriptor->kind;
-    }
-    return std::nullopt;
-  };
+  std::vector<std::string> named;
+  for (const auto& i : instances) named.push_back(i.name);
   auto check_instance = [&](const YAML::Node& node, const std::string& path, std::initializer_list<Kind> kinds) {
-    if (!node.IsScalar()) return;
-    const auto k = kind_of_instance(node.Scalar());
-    std::vector<std::string> candidates;
-    for (const auto& i : instances) {
-      if (!i.loaded) continue;
-      for (Kind want : kinds) {
-        if (i.loaded->descriptor->kind == want) candidates.push_back(i.name);
-      }
-    }
-    bool ok = false;
-    for (Kind want : kinds) ok = ok || (k && *k == want);
-    if (!ok) {
-      diags.error(position_of(node), fmt::format("'{}' is '{}', which is not {} instance in 'plugins'; {}: {}", path, node.Scalar(),
-                                                 k ? "a suitable" : "an", candidates.empty() ? "there are none" : "candidates",
-                                                 fmt::join(candidates, ", ")));
-    }
+    check_instance_reference(node, path, kinds, instances, named, diags);
   };
 
-  // Connectors: power stage and meter.
+  // Connectors: power stage and meter. A connector without a power stage could never charge,
+  // and a meter that bills another connector than the one it is bound to is a wiring mistake
+  // that would bill one plug from the other's register: both are refused here, not at run time.
   const YAML::Node conn_nodes = member(root, "connectors");
+  auto instance_of = [&](const std::string& name) -> const InstanceSpec* {
+    for (const auto& i : instances) {
+      if (i.name == name && i.loaded) return &i;
+    }
+    return nullptr;
+  };
+  std::vector<std::string> power_instances;
+  for (const auto& i : instances) {
+    if (i.loaded && i.loaded->descriptor->kind == Kind::power) power_instances.push_back(i.name);
+  }
   std::size_t idx = 0;
   for (auto& c : connectors) {
     const YAML::Node node = conn_nodes.IsSequence() && idx < conn_nodes.size() ? conn_nodes[idx] : YAML::Node();
+    const std::string where = fmt::format("connectors[{}]", idx);
     ++idx;
     const YAML::Node power = member(node, "power");
     const YAML::Node meter = member(node, "meter");
     if (power.IsScalar()) {
-      check_instance(power, fmt::format("connectors[{}].power", idx - 1), {Kind::power});
+      check_instance(power, where + ".power", {Kind::power});
       c.power = power.Scalar();
     } else {
+      std::vector<std::string> bound;
       for (const auto& i : instances) {
-        if (i.loaded && i.loaded->descriptor->kind == Kind::power && i.connector == c.id) c.power = i.name;
+        if (i.loaded && i.loaded->descriptor->kind == Kind::power && i.connector == c.id) bound.push_back(i.name);
+      }
+      if (bound.size() > 1) {
+        diags.error(position_of(node), fmt::format("'{}': connector {} has {} power stages bound to it ({}); name the one it uses with 'power'",
+                                                   where, c.id, bound.size(), fmt::join(bound, ", ")));
+      }
+      if (bound.empty()) {
+        diags.error(position_of(node),
+                    fmt::format("'{}': connector {} has no power stage: bind a power instance to it ('connector: {}') or name one with 'power'; {}",
+                                where, c.id, c.id,
+                                power_instances.empty() ? std::string("there is no power instance in 'plugins'")
+                                                        : fmt::format("power instances: {}", fmt::join(power_instances, ", "))));
+      } else {
+        c.power = bound.front();
       }
     }
     if (meter.IsScalar()) {
-      check_instance(meter, fmt::format("connectors[{}].meter", idx - 1), {Kind::sensor, Kind::power});
+      check_instance(meter, where + ".meter", {Kind::sensor, Kind::power});
       c.meter = meter.Scalar();
+      const InstanceSpec* m = instance_of(c.meter);
+      if (m != nullptr && m->connector && *m->connector != c.id) {
+        diags.error(position_of(meter), fmt::format("'{}.meter' is '{}', which is bound to connector {} ('plugins.{}.connector'), not to connector {}; "
+                                                    "a meter bills the connector it measures: bind it to {} or name connector {}'s own meter",
+                                                    where, c.meter, *m->connector, c.meter, c.id, c.id, c.id));
+      }
     } else {
       c.meter = c.power;
+    }
+  }
+  // A sensor bound to a connector that bills from something else: a meter whose readings would be
+  // ignored, unless it measures something other than energy (a plug's temperature). Said, not refused.
+  for (const auto& i : instances) {
+    if (!i.loaded || i.loaded->descriptor->kind != Kind::sensor || !i.connector) continue;
+    for (std::size_t n = 0; n < connectors.size(); ++n) {
+      const auto& c = connectors[n];
+      if (c.id != *i.connector || c.meter == i.name || c.meter.empty()) continue;
+      const YAML::Node at = member(member(member(root, "plugins"), i.name), "connector");
+      diags.warning(position_of(at), fmt::format("'plugins.{}.connector': sensor '{}' is bound to connector {}, which is billed from '{}'; "
+                                                 "if '{}' is that connector's meter, set 'connectors[{}].meter: {}'",
+                                                 i.name, i.name, c.id, c.meter, i.name, n, i.name));
     }
   }
 

@@ -6,10 +6,13 @@
 #include <fmt/ranges.h>
 #include <fmt/std.h>
 
+#include <algorithm>
+#include <charconv>
 #include <fstream>
 #include <regex>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 namespace pilecore::core {
 namespace fs = std::filesystem;
@@ -45,7 +48,11 @@ Field build_site_schema() {
                            {with_range(field("id", FieldType::integer, "Connector number, as printed on the pile (OCPP connectorId)", true), 1, 255),
                             ctype,
                             with_range(field("max_power_w", FieldType::integer, "Most power this connector may deliver", true), 1000, 1000000, "W"),
-                            field("power", FieldType::string, "Power stage instance (default: the power instance bound to this connector)"),
+                            [] {
+                              Field f = field("power", FieldType::instance_ref, "Power stage instance (default: the power instance bound to this connector)");
+                              f.ref_kind = "power";
+                              return f;
+                            }(),
                             field("meter", FieldType::string, "Instance whose energy_import channel bills this connector (default: the power stage)")},
                            true);
   connectors.min_items = 1;
@@ -103,11 +110,122 @@ std::string value_text(const Value& v) {
     std::string operator()(double d) const { return fmt::format("{}", d); }
     std::string operator()(bool b) const { return b ? "true" : "false"; }
     std::string operator()(const std::vector<std::string>& l) const { return fmt::format("[{}]", fmt::join(l, ", ")); }
+    std::string operator()(const std::vector<std::int64_t>& l) const { return fmt::format("[{}]", fmt::join(l, ", ")); }
   } visitor;
   return std::visit(visitor, v);
 }
 
+/// The node at `path` ("a", "a.b", "a[2].b") under `block`; undefined when not written.
+YAML::Node locate(const YAML::Node& block, std::string_view path) {
+  YAML::Node node = block;
+  std::size_t i = 0;
+  while (i < path.size() && node.IsDefined()) {
+    if (path[i] == '.') {
+      ++i;
+      continue;
+    }
+    if (path[i] == '[') {
+      const auto end = path.find(']', i);
+      if (end == std::string_view::npos) return YAML::Node(YAML::NodeType::Undefined);
+      std::size_t index = 0;
+      const auto [ptr, ec] = std::from_chars(path.data() + i + 1, path.data() + end, index);
+      if (ec != std::errc() || ptr != path.data() + end || !node.IsSequence() || index >= node.size()) return YAML::Node(YAML::NodeType::Undefined);
+      node = node[index];
+      i = end + 1;
+      continue;
+    }
+    const auto end = path.find_first_of(".[", i);
+    const std::string_view key = path.substr(i, end == std::string_view::npos ? std::string_view::npos : end - i);
+    node = member(node, key);
+    i = end == std::string_view::npos ? path.size() : end;
+  }
+  return node;
+}
+
+/// What a plugin's validate reports, turned into diagnostics at the key's place in the file.
+class SiteReport final : public ConfigReport {
+ public:
+  SiteReport(Diagnostics& diags, YAML::Node block, Position fallback, std::string path)
+      : diags_(diags), block_(std::move(block)), fallback_(fallback), path_(std::move(path)) {}
+
+  void error(std::string_view key, std::string_view message) noexcept override { add(Severity::error, key, message); }
+  void warning(std::string_view key, std::string_view message) noexcept override { add(Severity::warning, key, message); }
+
+ private:
+  void add(Severity severity, std::string_view key, std::string_view message) noexcept {
+    try {
+      const YAML::Node node = key.empty() ? block_ : locate(block_, key);
+      Position pos = position_of(node);
+      if (pos.line == 0) pos = fallback_;
+      const std::string where = key.empty() ? path_ : fmt::format("{}.{}", path_, key);
+      diags_.add(pos, severity, fmt::format("'{}': {}", where, message));
+    } catch (...) {
+      // Out of memory while reporting: the error count still says the file is not valid.
+      if (severity == Severity::error) diags_.error(fallback_, "a plugin reported a problem that could not be recorded");
+    }
+  }
+
+  Diagnostics& diags_;
+  YAML::Node block_;
+  Position fallback_;
+  std::string path_;
+};
+
+/// Every instance_ref value in a config block, with its path, for the wiring check.
+void collect_references(const std::vector<Field>& fields, const YAML::Node& block, const std::string& path,
+                        std::vector<std::tuple<YAML::Node, std::string, std::string>>& out) {
+  for (const auto& f : fields) {
+    const YAML::Node node = member(block, f.key);
+    if (!node.IsDefined()) continue;
+    const std::string here = path + "." + f.key;
+    if (f.type == FieldType::instance_ref && node.IsScalar()) out.emplace_back(node, here, f.ref_kind);
+    if (f.type == FieldType::object && node.IsMap()) collect_references(f.fields, node, here, out);
+    if (f.type == FieldType::list && node.IsSequence()) {
+      for (std::size_t i = 0; i < node.size(); ++i) collect_references(f.fields, node[i], fmt::format("{}[{}]", here, i), out);
+    }
+  }
+}
+
+std::optional<Kind> kind_named(std::string_view name) {
+  for (auto k = static_cast<std::uint32_t>(Kind::payment); k <= static_cast<std::uint32_t>(Kind::strategy); ++k) {
+    if (to_string(static_cast<Kind>(k)) == name) return static_cast<Kind>(k);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
+
+bool check_instance_reference(const YAML::Node& node, const std::string& path, std::initializer_list<Kind> kinds,
+                              const std::vector<InstanceSpec>& instances, const std::vector<std::string>& named, Diagnostics& diags) {
+  if (!node.IsScalar()) return false;
+  const std::string& name = node.Scalar();
+  std::vector<std::string> kind_names, candidates;
+  for (Kind k : kinds) kind_names.emplace_back(to_string(k));
+  const InstanceSpec* target = nullptr;
+  for (const auto& i : instances) {
+    if (!i.loaded) continue;
+    if (i.name == name) target = &i;
+    if (std::find(kinds.begin(), kinds.end(), i.loaded->descriptor->kind) != kinds.end()) candidates.push_back(i.name);
+  }
+  const std::string wanted = fmt::format("{}", fmt::join(kind_names, " or "));
+  const std::string listing = candidates.empty() ? fmt::format("there is no {} instance", wanted)
+                                                 : fmt::format("{} instances: {}", wanted, fmt::join(candidates, ", "));
+  if (target == nullptr) {
+    if (std::find(named.begin(), named.end(), name) != named.end()) return false;  // its plugin was refused: reported there
+    diags.error(position_of(node), fmt::format("'{}' is '{}', but there is no instance of that name in 'plugins'; {}{}", path, name,
+                                               suggestion(name, candidates), listing));
+    return false;
+  }
+  const Kind actual = target->loaded->descriptor->kind;
+  if (std::find(kinds.begin(), kinds.end(), actual) == kinds.end()) {
+    const std::string_view actual_name = to_string(actual);
+    const bool vowel = !actual_name.empty() && std::string_view("aeiou").find(actual_name.front()) != std::string_view::npos;
+    diags.error(position_of(node), fmt::format("'{}' is '{}', {} {} instance ({}), but it must name a {} instance; {}", path, name,
+                                               vowel ? "an" : "a", actual_name, target->plugin, wanted, listing));
+    return false;
+  }
+  return true;
+}
 
 const Field& site_schema() {
   static const Field schema = build_site_schema();
@@ -126,6 +244,17 @@ bool is_known_time_zone(std::string_view name) {
 InstanceConfig::InstanceConfig(const std::vector<Field>& fields, const YAML::Node& block) {
   for (const auto& f : fields) {
     const YAML::Node node = member(block, f.key);
+    if (f.type == FieldType::object) {
+      if (node.IsMap()) objects_.emplace(f.key, std::make_unique<const InstanceConfig>(f.fields, node));
+      continue;
+    }
+    if (f.type == FieldType::list) {
+      if (!node.IsSequence()) continue;
+      std::vector<std::unique_ptr<const InstanceConfig>> items;
+      for (const auto& item : node) items.push_back(std::make_unique<const InstanceConfig>(f.fields, item));
+      object_lists_.emplace(f.key, std::move(items));
+      continue;
+    }
     Value v;
     if (node.IsDefined() && !node.IsNull()) {
       if (parse_value(f, node, v)) v = std::monostate{};
@@ -136,7 +265,9 @@ InstanceConfig::InstanceConfig(const std::vector<Field>& fields, const YAML::Nod
   }
 }
 
-bool InstanceConfig::has(std::string_view key) const noexcept { return values_.find(key) != values_.end(); }
+bool InstanceConfig::has(std::string_view key) const noexcept {
+  return values_.find(key) != values_.end() || objects_.find(key) != objects_.end() || object_lists_.find(key) != object_lists_.end();
+}
 
 template <class T>
 static std::optional<T> get_as(const std::map<std::string, Value, std::less<>>& values, std::string_view key) {
@@ -162,13 +293,40 @@ std::optional<std::vector<std::string>> InstanceConfig::get_string_list(std::str
   return get_as<std::vector<std::string>>(values_, key);
 }
 
-std::map<std::string, std::string> InstanceConfig::describe(const std::vector<Field>& fields) const {
-  std::map<std::string, std::string> out;
+std::optional<std::vector<std::int64_t>> InstanceConfig::get_integer_list(std::string_view key) const {
+  return get_as<std::vector<std::int64_t>>(values_, key);
+}
+
+const ConfigValues* InstanceConfig::get_object(std::string_view key) const noexcept {
+  auto it = objects_.find(key);
+  return it == objects_.end() ? nullptr : it->second.get();
+}
+
+std::optional<std::vector<const ConfigValues*>> InstanceConfig::get_object_list(std::string_view key) const {
+  auto it = object_lists_.find(key);
+  if (it == object_lists_.end()) return std::nullopt;
+  std::vector<const ConfigValues*> out;
+  out.reserve(it->second.size());
+  for (const auto& item : it->second) out.push_back(item.get());
+  return out;
+}
+
+void InstanceConfig::describe_into(const std::vector<Field>& fields, const std::string& prefix, std::map<std::string, std::string>& out) const {
   for (const auto& f : fields) {
+    const std::string name = prefix + f.key;
+    if (auto o = objects_.find(f.key); o != objects_.end()) o->second->describe_into(f.fields, name + ".", out);
+    if (auto l = object_lists_.find(f.key); l != object_lists_.end()) {
+      for (std::size_t i = 0; i < l->second.size(); ++i) l->second[i]->describe_into(f.fields, fmt::format("{}[{}].", name, i), out);
+    }
     auto it = values_.find(f.key);
     if (it == values_.end()) continue;
-    out[f.key] = f.secret ? "***" : value_text(it->second);
+    out[name] = f.secret ? "***" : value_text(it->second);
   }
+}
+
+std::map<std::string, std::string> InstanceConfig::describe(const std::vector<Field>& fields) const {
+  std::map<std::string, std::string> out;
+  describe_into(fields, "", out);
   return out;
 }
 
@@ -308,6 +466,7 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
     }
     Field config_field = group("config", FieldType::object, "", loaded.plugin->config_fields);
     const std::string path = fmt::format("plugins.{}.config", m.key);
+    const std::size_t errors_before = diags.error_count();
     if (config_node.IsDefined()) {
       validator.validate(config_field, config_node, path);
     } else {
@@ -317,7 +476,27 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
     }
     spec.loaded = loaded.plugin;
     spec.config = std::make_shared<InstanceConfig>(loaded.plugin->config_fields, config_node);
+    // The plugin's own checks, on values that passed the declarations (so it never sees a key of
+    // the wrong type): the same call in pilectl and pilecored, so "valid" means "starts".
+    if (const ValidateFn validate = loaded.plugin->descriptor->validate; validate != nullptr && diags.error_count() == errors_before) {
+      const Position at = config_node.IsDefined() && position_of(config_node).line ? position_of(config_node) : position_of(m.value);
+      SiteReport report(diags, config_node.IsDefined() ? config_node : YAML::Node(YAML::NodeType::Map), at, path);
+      validate(*spec.config, report);
+    }
     instances.push_back(std::move(spec));
+  }
+
+  // Keys that name other instances: they must exist and be of the declared kind.
+  std::vector<std::string> named;
+  for (const auto& m : members_of(plugins)) {
+    if (m.key_node.IsScalar()) named.push_back(m.key);
+  }
+  for (const auto& spec : instances) {
+    std::vector<std::tuple<YAML::Node, std::string, std::string>> refs;
+    collect_references(spec.loaded->config_fields, member(member(plugins, spec.name), "config"), fmt::format("plugins.{}.config", spec.name), refs);
+    for (const auto& [node, where, kind] : refs) {
+      if (const auto k = kind_named(kind)) check_instance_reference(node, where, {*k}, instances, named, diags);
+    }
   }
 
   if (diags.has_errors()) {

@@ -26,7 +26,8 @@ struct ConnectorConfig {
   std::string meter;  // instance whose energy_import channel bills this connector (default: the power stage)
 };
 
-/// The validated values of one plugin instance; implements the SDK's ConfigValues.
+/// The validated values of one plugin instance (or one nested object); implements the SDK's
+/// ConfigValues.
 class InstanceConfig final : public ConfigValues {
  public:
   InstanceConfig() = default;
@@ -38,11 +39,18 @@ class InstanceConfig final : public ConfigValues {
   [[nodiscard]] std::optional<double> get_number(std::string_view key) const noexcept override;
   [[nodiscard]] std::optional<bool> get_boolean(std::string_view key) const noexcept override;
   [[nodiscard]] std::optional<std::vector<std::string>> get_string_list(std::string_view key) const override;
-  /// key -> value as text, secrets masked (for logs and pilectl).
+  [[nodiscard]] std::optional<std::vector<std::int64_t>> get_integer_list(std::string_view key) const override;
+  [[nodiscard]] const ConfigValues* get_object(std::string_view key) const noexcept override;
+  [[nodiscard]] std::optional<std::vector<const ConfigValues*>> get_object_list(std::string_view key) const override;
+  /// key -> value as text, secrets masked (for logs and pilectl); nested keys as "a.b", "a[0].b".
   [[nodiscard]] std::map<std::string, std::string> describe(const std::vector<Field>& fields) const;
 
  private:
+  void describe_into(const std::vector<Field>& fields, const std::string& prefix, std::map<std::string, std::string>& out) const;
+
   std::map<std::string, Value, std::less<>> values_;
+  std::map<std::string, std::unique_ptr<const InstanceConfig>, std::less<>> objects_;
+  std::map<std::string, std::vector<std::unique_ptr<const InstanceConfig>>, std::less<>> object_lists_;
 };
 
 struct InstanceSpec {
@@ -68,6 +76,13 @@ struct SiteConfig {
   SessionConfig session;
   std::optional<IdentityConfig> identity;  // the `identity` section, when the file has one: the ledger is kept
 };
+
+/// Checks that `node` (a scalar) names an instance in `plugins` of one of `kinds`, and reports
+/// at the node, with a "did you mean", when it does not. `named` holds every instance name in
+/// the file, `instances` those whose plugin loaded (whose kind is known): a name whose plugin was
+/// refused is not reported again. Returns whether the reference is good.
+bool check_instance_reference(const YAML::Node& node, const std::string& path, std::initializer_list<Kind> kinds,
+                              const std::vector<InstanceSpec>& instances, const std::vector<std::string>& named, Diagnostics& diags);
 
 /// The schema of the core's own sections (plugins' config blocks are checked separately).
 const Field& site_schema();

@@ -63,7 +63,6 @@ class Instance final : public Host {
     }
     return state_dir_;
   }
-  [[nodiscard]] asio::any_io_executor executor() const noexcept override { return rt_.strand(); }
 
   void post(std::function<void()> fn) noexcept override {
     try {

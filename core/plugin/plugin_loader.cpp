@@ -79,9 +79,9 @@ std::string check_descriptor(const fs::path& file, const PluginDescriptor& d, st
                        "Upgrade pilecore, or rebuild the plugin against pilecore-dev {}.{}.",
                        f, d.api_major, d.api_minor, PILECORE_API_MAJOR, PILECORE_API_MINOR, PILECORE_API_MAJOR, PILECORE_API_MINOR);
   }
-  if (d.struct_size < descriptor_size_v1_0) {
+  if (d.struct_size < descriptor_size_v2_0) {
     return fmt::format("{}: damaged descriptor: it is {} bytes, an API {}.{} descriptor has at least {}. "
-                       "Rebuild the plugin against pilecore-dev.", f, d.struct_size, d.api_major, d.api_minor, descriptor_size_v1_0);
+                       "Rebuild the plugin against pilecore-dev.", f, d.struct_size, d.api_major, d.api_minor, descriptor_size_v2_0);
   }
   if (d.build_key == nullptr || std::strcmp(d.build_key, PILECORE_BUILD_KEY) != 0) {
     return fmt::format("{}: incompatible build: the plugin was built for '{}', this pilecore for '{}'. "

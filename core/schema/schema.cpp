@@ -1,11 +1,14 @@
 #include "schema.hpp"
 
+#include "pilecore/plugin.hpp"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <regex>
 #include <set>
@@ -187,6 +190,8 @@ std::string_view type_name(FieldType t) {
     case FieldType::map: return "mapping of names";
     case FieldType::any_map: return "mapping";
     case FieldType::decimal: return "decimal";
+    case FieldType::integer_list: return "list of integers";
+    case FieldType::instance_ref: return "instance name";
   }
   return "unknown";
 }
@@ -250,12 +255,34 @@ std::optional<std::string> parse_value(const Field& f, const YAML::Node& node, V
     out = std::move(items);
     return std::nullopt;
   }
+  if (f.type == FieldType::integer_list) {
+    if (!node.IsSequence()) return fmt::format("must be a list of integers, got {}", kind_of(node));
+    Field item = f;
+    item.type = FieldType::integer;
+    std::vector<std::int64_t> items;
+    std::size_t i = 0;
+    for (const auto& n : node) {
+      Value v;
+      if (auto e = parse_value(item, n, v)) return fmt::format("item {} {}", i, *e);
+      items.push_back(std::get<std::int64_t>(v));
+      ++i;
+    }
+    if (items.size() < f.min_items) return fmt::format("needs at least {} item(s)", f.min_items);
+    out = std::move(items);
+    return std::nullopt;
+  }
   if (!node.IsScalar()) return fmt::format("must be {}, got {}", f.type == FieldType::integer ? "an integer" : "a " + std::string(type_name(f.type)), kind_of(node));
   const std::string& s = node.Scalar();
   const bool plain = is_plain(node);
   switch (f.type) {
     case FieldType::string: {
       if (auto e = check_pattern(f, s)) return e;
+      out = s;
+      return std::nullopt;
+    }
+    case FieldType::instance_ref: {
+      // That it names an instance of the right kind is checked by the site loader, which knows them.
+      if (s.empty()) return fmt::format("must name a {} instance in 'plugins', got nothing", f.ref_kind);
       out = s;
       return std::nullopt;
     }
@@ -450,7 +477,7 @@ void Validator::validate_members(const std::vector<Field>& fields, const YAML::N
   }
 }
 
-std::optional<std::string> field_from_config_key(const ConfigKey& key, Field& out) {
+std::optional<std::string> field_from_config_key(const ConfigKey& key, Field& out, std::size_t key_size, int depth) {
   if (key.key == nullptr) return "a key has no name";
   static const std::regex name_re("[a-z][a-z0-9_]*");
   if (!std::regex_match(key.key, name_re)) return fmt::format("key '{}': names must be lower case letters, digits and '_', starting with a letter", key.key);
@@ -463,7 +490,41 @@ std::optional<std::string> field_from_config_key(const ConfigKey& key, Field& ou
     case ConfigType::boolean: out.type = FieldType::boolean; break;
     case ConfigType::enumeration: out.type = FieldType::enumeration; break;
     case ConfigType::string_list: out.type = FieldType::string_list; break;
+    case ConfigType::integer_list: out.type = FieldType::integer_list; break;
+    case ConfigType::object: out.type = FieldType::object; break;
+    case ConfigType::object_list: out.type = FieldType::list; break;
+    case ConfigType::instance_ref: out.type = FieldType::instance_ref; break;
     default: return fmt::format("key '{}': unknown type {}", key.key, static_cast<unsigned>(key.type));
+  }
+  const bool nested = out.type == FieldType::object || out.type == FieldType::list;
+  if (nested) {
+    // Three levels are plenty for a device's settings; the bound also stops a table that
+    // (wrongly) contains itself.
+    if (depth >= 3) return fmt::format("key '{}': objects nest more than 3 levels deep", key.key);
+    if (key.fields == nullptr || key.field_count == 0) return fmt::format("key '{}': an object needs its nested keys (fields, field_count)", key.key);
+    if (key.field_count > 256) return fmt::format("key '{}': {} nested keys is more than the 256 allowed", key.key, key.field_count);
+    if (key.default_value != nullptr) return fmt::format("key '{}': an object or object list has no default (give its nested keys defaults)", key.key);
+    std::set<std::string> seen;
+    const auto* base = reinterpret_cast<const unsigned char*>(key.fields);
+    for (std::uint32_t i = 0; i < key.field_count; ++i) {
+      ConfigKey sub{};
+      std::memcpy(&sub, base + static_cast<std::size_t>(i) * key_size, std::min(key_size, sizeof(ConfigKey)));
+      Field child;
+      if (auto err = field_from_config_key(sub, child, key_size, depth + 1)) return fmt::format("in key '{}': {}", key.key, *err);
+      if (!seen.insert(child.key).second) return fmt::format("in key '{}': key '{}' is declared twice", key.key, child.key);
+      out.fields.push_back(std::move(child));
+    }
+  } else if (key.fields != nullptr || key.field_count != 0) {
+    return fmt::format("key '{}': nested keys are only for object and object_list", key.key);
+  }
+  if (out.type == FieldType::instance_ref) {
+    const auto k = static_cast<std::uint32_t>(key.ref_kind);
+    if (k < static_cast<std::uint32_t>(Kind::payment) || k > static_cast<std::uint32_t>(Kind::strategy)) {
+      return fmt::format("key '{}': an instance reference needs ref_kind, one of the plugin kinds (got {})", key.key, k);
+    }
+    out.ref_kind = std::string(to_string(key.ref_kind));
+  } else if (static_cast<std::uint32_t>(key.ref_kind) != 0) {
+    return fmt::format("key '{}': ref_kind is only for instance_ref", key.key);
   }
   if (std::isnan(key.min) || std::isnan(key.max) || key.min > key.max) {
     return fmt::format("key '{}': the range {} to {} is empty", key.key, key.min, key.max);
@@ -511,6 +572,7 @@ nlohmann::json to_json_schema(const Field& f) {
     if (const auto* d = std::get_if<double>(&v)) target["default"] = *d;
     if (const auto* b = std::get_if<bool>(&v)) target["default"] = *b;
     if (const auto* l = std::get_if<std::vector<std::string>>(&v)) target["default"] = *l;
+    if (const auto* l = std::get_if<std::vector<std::int64_t>>(&v)) target["default"] = *l;
   };
   auto object_of = [](const std::vector<Field>& fields) {
     nlohmann::json o = {{"type", "object"}, {"additionalProperties", false}};
@@ -566,6 +628,21 @@ nlohmann::json to_json_schema(const Field& f) {
     case FieldType::decimal:
       j["type"] = "number";
       j["minimum"] = 0;
+      break;
+    case FieldType::integer_list: {
+      nlohmann::json item = {{"type", "integer"}};
+      if (!std::isinf(f.min)) item["minimum"] = static_cast<std::int64_t>(f.min);
+      if (!std::isinf(f.max)) item["maximum"] = static_cast<std::int64_t>(f.max);
+      j["type"] = "array";
+      j["items"] = item;
+      if (f.min_items) j["minItems"] = f.min_items;
+      break;
+    }
+    case FieldType::instance_ref:
+      // JSON Schema cannot say "a key of plugins whose plugin is of this kind"; the loader checks it.
+      j["type"] = "string";
+      j["minLength"] = 1;
+      j["x-pilecore-instance-kind"] = f.ref_kind;
       break;
   }
   add_default(j);

@@ -31,6 +31,8 @@ enum class FieldType {
   map,       // a mapping from names (matching key_pattern) to objects with the members in `fields`
   any_map,   // a mapping not validated here (validated elsewhere, or reserved)
   decimal,   // a non-negative decimal kept as its exact text (prices), e.g. 100.44
+  integer_list,  // a sequence of integers; min/max apply to each
+  instance_ref,  // the name of an instance in `plugins` of kind `ref_kind` (checked by the site loader)
 };
 
 [[nodiscard]] std::string_view type_name(FieldType t);
@@ -51,6 +53,7 @@ struct Field {
   std::string key_pattern;  // map: names must match this
   std::size_t min_items = 0;  // list, map, string_list
   std::string reserved_note;  // any_map: when set, a warning is given that the section is ignored
+  std::string ref_kind;       // instance_ref: the kind's name ("power", "sensor", ...)
   std::vector<Field> fields;
 };
 
@@ -78,7 +81,7 @@ inline Field with_fields(Field f, std::vector<Field> fields) {
   return f;
 }
 
-using Value = std::variant<std::monostate, std::string, std::int64_t, double, bool, std::vector<std::string>>;
+using Value = std::variant<std::monostate, std::string, std::int64_t, double, bool, std::vector<std::string>, std::vector<std::int64_t>>;
 
 /// Converts one scalar (or string list) node according to `field`. Returns an error message
 /// (without position) when the node does not fit.
@@ -115,7 +118,9 @@ class Validator {
 
 /// Builds a Field from a plugin's ConfigKey; returns an error message when the declaration
 /// itself is invalid (bad key name, default out of range, enumeration without values, ...).
-std::optional<std::string> field_from_config_key(const ConfigKey& key, Field& out);
+/// `key_size` is sizeof(ConfigKey) in the plugin's SDK: the stride of nested `fields` tables,
+/// which are read to at most `depth` levels.
+std::optional<std::string> field_from_config_key(const ConfigKey& key, Field& out, std::size_t key_size = sizeof(ConfigKey), int depth = 0);
 
 /// JSON Schema (draft-07) for a field.
 nlohmann::json to_json_schema(const Field& field);

@@ -1,9 +1,11 @@
 // hello-sensor: the example third-party plugin. It reads a Linux thermal zone (on an RK3568
 // board, /sys/class/thermal/thermal_zone0/temp holds the SoC temperature in millidegrees) and
 // publishes it as the channel "soc_temperature". It shows the whole plugin contract: declared
-// configuration, a timer on the host clock, samples, alarms and health reports.
+// configuration and its deep validation, a timer on the host clock, samples, alarms and health
+// reports.
 #include <pilecore/pilecore.hpp>
 
+#include <array>
 #include <fstream>
 #include <string>
 
@@ -32,6 +34,14 @@ class HelloSensor final : public sensor::Sensor {
         interval_(host.config().integer("interval_ms")),
         alarm_above_(host.config().number("alarm_above_c")),
         channels_{{{"soc_temperature", "degC", 1000.0 / static_cast<double>(interval_.count())}}} {}
+
+  // What the declarations cannot say, checked by `pilectl config validate` and pilecored before
+  // anything starts, and reported at the key's line and column in the site file. The file itself
+  // may appear later (a driver loaded after boot), so only its form is checked here.
+  static void validate(const ConfigValues& config, ConfigReport& report) {
+    const std::string path = config.string("path");
+    if (path.empty() || path.front() != '/') report.error("path", "'" + path + "' is not an absolute path; write the full path, e.g. /sys/class/thermal/thermal_zone0/temp");
+  }
 
   Status start() noexcept override {
     read();

@@ -86,7 +86,87 @@ struct PollResult {
   std::vector<std::string> connects;  ///< connections (re)established during the poll
 };
 
-class ModbusSensor final : public sensor::Sensor {
+/// What the configuration says about the device and its map, once checked.
+struct Settings {
+  std::string host_name_;
+  int port_ = 502;
+  std::string device_;
+  int baud_ = 9600;
+  char parity_ = 'N';
+  int data_bits_ = 8;
+  int stop_bits_ = 1;
+  bool rs485_ = false;
+  std::string endpoint_;
+  MeterMap map_;
+  std::vector<Block> blocks_;
+};
+
+/// Reads and checks the settings that the declarations cannot: the map (shipped model or a file
+/// that must exist and parse), model and map_file together, the address each transport needs.
+/// Each problem goes to `problem(key, message)`; the validate entry point reports them all, the
+/// constructor keeps the first (pilectl and pilecored have already refused such a file).
+template <class Problem>
+void read_settings(const ConfigValues& c, Settings& out, Problem&& problem) {
+  const bool tcp = c.string("transport") == "tcp";
+  const int unit_id = static_cast<int>(c.integer("unit_id"));
+  const auto model = c.get_string("model");
+  const auto map_file = c.get_string("map_file");
+  bool have_map = false;
+  if (model && map_file) {
+    problem("map_file", "give either model or map_file, not both");
+  } else if (!model && !map_file) {
+    problem("model", fmt::format("no register map: set model (one of {}) or map_file", sensor_modbus::builtin_model_list()));
+  } else {
+    try {
+      if (model) {
+        auto m = sensor_modbus::builtin_map(*model);
+        if (!m) {
+          problem("model", fmt::format("model '{}' is not shipped; the shipped models are {}", *model, sensor_modbus::builtin_model_list()));
+        } else {
+          out.map_ = std::move(*m);
+          have_map = true;
+        }
+      } else if (map_file->empty() || map_file->front() != '/') {
+        problem("map_file", fmt::format("map_file '{}' must be an absolute path", *map_file));
+      } else {
+        out.map_ = sensor_modbus::load_map_file(std::string(*map_file));
+        have_map = true;
+      }
+    } catch (const sensor_modbus::MapError& e) {
+      problem(model ? "model" : "map_file", fmt::format("invalid meter map: {}", e.what()));
+    }
+  }
+  if (have_map) out.blocks_ = sensor_modbus::plan_reads(out.map_);
+
+  if (tcp) {
+    const auto h = c.get_string("host");
+    if (!h || h->empty()) {
+      problem("host", "transport tcp needs host (the meter's or gateway's address)");
+    } else {
+      out.host_name_ = std::string(*h);
+      out.port_ = static_cast<int>(c.integer("port"));
+      out.endpoint_ = fmt::format("{}:{} unit {}", out.host_name_, out.port_, unit_id);
+    }
+    return;
+  }
+  const auto d = c.get_string("device");
+  if (!d || d->empty()) problem("device", "transport rtu needs device (the serial port, e.g. /dev/ttyS3)");
+  out.device_ = d ? std::string(*d) : std::string();
+  out.baud_ = static_cast<int>(c.integer("baud"));
+  if (std::find(kBauds.begin(), kBauds.end(), out.baud_) == kBauds.end()) {
+    problem("baud", fmt::format("baud {} is not a standard serial speed; use one of 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, "
+                                "115200, 230400",
+                                out.baud_));
+  }
+  out.parity_ = c.string("parity").at(0);
+  out.data_bits_ = static_cast<int>(c.integer("data_bits"));
+  out.stop_bits_ = static_cast<int>(c.integer("stop_bits"));
+  out.rs485_ = c.boolean("rs485");
+  if (unit_id < 1 || unit_id > 247) problem("unit_id", fmt::format("unit_id {} is not a device address on an RTU line (1 to 247)", unit_id));
+  out.endpoint_ = fmt::format("{} {} {}{}{} unit {}", out.device_, out.baud_, out.data_bits_, out.parity_, out.stop_bits_, unit_id);
+}
+
+class ModbusSensor final : public sensor::Sensor, private Settings {
  public:
   explicit ModbusSensor(Host& host)
       : host_(host),
@@ -96,10 +176,18 @@ class ModbusSensor final : public sensor::Sensor {
         fail_after_(static_cast<unsigned>(host.config().integer("fail_after"))),
         tcp_(host.config().string("transport") == "tcp"),
         unit_id_(static_cast<int>(host.config().integer("unit_id"))) {
-    setup_error_ = configure();
+    read_settings(host.config(), *this, [this](std::string_view /*key*/, const std::string& message) {
+      if (setup_error_.empty()) setup_error_ = message;
+    });
     if (!setup_error_.empty()) return;
     const double rate = 1000.0 / static_cast<double>(poll_.count());
     for (const auto& r : map_.registers) channels_.push_back({.name = r.channel, .unit = r.unit, .rate_hz = rate});
+  }
+
+  /// Deep validation (see pilecore::ValidateFn): every problem read_settings finds.
+  static void validate(const ConfigValues& config, ConfigReport& report) {
+    Settings ignored;
+    read_settings(config, ignored, [&](std::string_view key, const std::string& message) { report.error(key, message); });
   }
 
   ~ModbusSensor() override { halt(); }
@@ -151,52 +239,6 @@ class ModbusSensor final : public sensor::Sensor {
   // configuration (constructor)
 
   /// Reads the settings and the map; returns what is wrong, or an empty string.
-  std::string configure() {
-    const ConfigValues& c = host_.config();
-    const auto model = c.get_string("model");
-    const auto map_file = c.get_string("map_file");
-    if (model && map_file) return "give either model or map_file, not both";
-    if (!model && !map_file) return fmt::format("no register map: set model (one of {}) or map_file", sensor_modbus::builtin_model_list());
-    try {
-      if (model) {
-        auto m = sensor_modbus::builtin_map(*model);
-        if (!m) return fmt::format("model '{}' is not shipped; the shipped models are {}", *model, sensor_modbus::builtin_model_list());
-        map_ = std::move(*m);
-      } else {
-        if (map_file->empty() || map_file->front() != '/') return fmt::format("map_file '{}' must be an absolute path", *map_file);
-        map_ = sensor_modbus::load_map_file(std::string(*map_file));
-      }
-    } catch (const sensor_modbus::MapError& e) {
-      return fmt::format("invalid meter map: {}", e.what());
-    }
-    blocks_ = sensor_modbus::plan_reads(map_);
-
-    if (tcp_) {
-      const auto h = c.get_string("host");
-      if (!h || h->empty()) return "transport tcp needs host (the meter's or gateway's address)";
-      host_name_ = std::string(*h);
-      port_ = static_cast<int>(c.integer("port"));
-      endpoint_ = fmt::format("{}:{} unit {}", host_name_, port_, unit_id_);
-    } else {
-      const auto d = c.get_string("device");
-      if (!d || d->empty()) return "transport rtu needs device (the serial port, e.g. /dev/ttyS3)";
-      device_ = std::string(*d);
-      baud_ = static_cast<int>(c.integer("baud"));
-      if (std::find(kBauds.begin(), kBauds.end(), baud_) == kBauds.end()) {
-        return fmt::format("baud {} is not a standard serial speed; use one of 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, "
-                           "115200, 230400",
-                           baud_);
-      }
-      parity_ = c.string("parity").at(0);
-      data_bits_ = static_cast<int>(c.integer("data_bits"));
-      stop_bits_ = static_cast<int>(c.integer("stop_bits"));
-      rs485_ = c.boolean("rs485");
-      if (unit_id_ < 1 || unit_id_ > 247) return fmt::format("unit_id {} is not a device address on an RTU line (1 to 247)", unit_id_);
-      endpoint_ = fmt::format("{} {} {}{}{} unit {}", device_, baud_, data_bits_, parity_, stop_bits_, unit_id_);
-    }
-    return {};
-  }
-
   [[nodiscard]] std::string describe() const { return fmt::format("{} at {}", map_.model, endpoint_); }
 
   // ---------------------------------------------------------------------------------------
@@ -410,17 +452,6 @@ class ModbusSensor final : public sensor::Sensor {
   unsigned fail_after_;
   bool tcp_;
   int unit_id_;
-  std::string host_name_;
-  int port_ = 502;
-  std::string device_;
-  int baud_ = 9600;
-  char parity_ = 'N';
-  int data_bits_ = 8;
-  int stop_bits_ = 1;
-  bool rs485_ = false;
-  std::string endpoint_;
-  MeterMap map_;
-  std::vector<Block> blocks_;
   std::vector<sensor::ChannelInfo> channels_;
   std::string setup_error_;
 

@@ -1,8 +1,9 @@
 // strategy-formula: the power setpoint is a formula from the site file, evaluated with muparser.
 //
 // The formula is parsed and checked in the constructor: a syntax error or a variable that is
-// neither standard nor declared under `variables` throws, and the core reports the message as a
-// start-up error, so a site with a broken formula never starts. At run time compute() copies the
+// neither standard nor declared under `variables` throws. validate() runs the same constructor
+// (without a host) when the site file is validated, so `pilectl config validate` and pilecored
+// both refuse a broken formula with file:line:column, before anything starts. At run time compute() copies the
 // variables the formula uses from the core's list into storage this object owns (muparser holds
 // pointers to it), evaluates, refuses NaN, infinite and negative results, rounds to whole watts and
 // applies min_power_w / max_power_w. The core clamps the answer to the connector's and the site's
@@ -112,23 +113,47 @@ std::string join(const std::vector<std::string>& names) {
   return out;
 }
 
+/// A configuration problem and the key it is about, so that validate can point at it.
+class KeyError : public std::invalid_argument {
+ public:
+  KeyError(std::string key, const std::string& message) : std::invalid_argument(message), key_(std::move(key)) {}
+  [[nodiscard]] const std::string& key() const noexcept { return key_; }
+
+ private:
+  std::string key_;
+};
+
 class FormulaStrategy final : public strategy::Strategy {
  public:
-  explicit FormulaStrategy(Host& host)
+  explicit FormulaStrategy(Host& host) : FormulaStrategy(&host, host.config()) {}
+
+  /// Deep validation (see pilecore::ValidateFn): the formula is compiled exactly as the instance
+  /// will compile it, so a formula that validates is one the instance accepts.
+  static void validate(const ConfigValues& config, ConfigReport& report) {
+    try {
+      const FormulaStrategy probe(nullptr, config);
+    } catch (const KeyError& e) {
+      report.error(e.key(), e.what());
+    }
+  }
+
+ private:
+  /// `host` is null only for validate, which never starts the instance.
+  FormulaStrategy(Host* host, const ConfigValues& config)
       : host_(host),
-        formula_(host.config().string("formula")),
-        min_w_(host.config().integer("min_power_w")),
-        max_w_(host.config().get_integer("max_power_w")),
-        zero_missing_(host.config().string("on_missing") == "zero") {
+        formula_(config.string("formula")),
+        min_w_(config.integer("min_power_w")),
+        max_w_(config.get_integer("max_power_w")),
+        zero_missing_(config.string("on_missing") == "zero") {
     if (max_w_ && *max_w_ < min_w_) {
-      throw std::invalid_argument(fmt::format("max_power_w ({} W) is below min_power_w ({} W)", *max_w_, min_w_));
+      throw KeyError("max_power_w", fmt::format("max_power_w ({} W) is below min_power_w ({} W)", *max_w_, min_w_));
     }
 
     // Every name the formula may use: the standard ones, then the declared ones.
     std::vector<std::string> names(kStandard.begin(), kStandard.end());
-    for (const auto& n : host.config().get_string_list("variables").value_or(std::vector<std::string>{})) {
+    for (const auto& n : config.get_string_list("variables").value_or(std::vector<std::string>{})) {
       if (!is_identifier(n)) {
-        throw std::invalid_argument(fmt::format(
+        throw KeyError("variables", fmt::format(
             "variables: '{}' is not a valid variable name (letters, digits and _, not starting with a digit)", n));
       }
       if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);  // standard or repeated: harmless
@@ -140,7 +165,7 @@ class FormulaStrategy final : public strategy::Strategy {
     try {
       for (std::size_t i = 0; i < names_.size(); ++i) parser_.DefineVar(names_[i], &values_[i]);
     } catch (const mu::Parser::exception_type& e) {
-      throw std::invalid_argument(fmt::format("variables: cannot define '{}': {}", e.GetToken(), parser_message(e)));
+      throw KeyError("variables", fmt::format("variables: cannot define '{}': {}", e.GetToken(), parser_message(e)));
     }
 
     try {
@@ -162,15 +187,17 @@ class FormulaStrategy final : public strategy::Strategy {
       // for the first compute().
       (void)parser_.Eval();
     } catch (const mu::Parser::exception_type& e) {
-      throw std::invalid_argument(fmt::format("formula \"{}\": {}", formula_, parser_message(e)));
+      throw KeyError("formula", fmt::format("formula \"{}\": {}", formula_, parser_message(e)));
     }
   }
 
+
+ public:
   Status start() noexcept override {
     try {
       std::vector<std::string> used;
       for (const auto& u : used_) used.push_back(u.name);
-      host_.report_state("up", fmt::format("setpoint = {} (uses {}), {} to {} W", formula_, used.empty() ? "no variables" : join(used),
+      host_->report_state("up", fmt::format("setpoint = {} (uses {}), {} to {} W", formula_, used.empty() ? "no variables" : join(used),
                                            min_w_, max_w_ ? fmt::format("{}", *max_w_) : "unbounded"));
       return Status::success();
     } catch (const std::exception& e) {
@@ -214,7 +241,7 @@ class FormulaStrategy final : public strategy::Strategy {
       std::int64_t watts = std::llround(result);
       watts = std::max(watts, min_w_);
       if (max_w_) watts = std::min(watts, *max_w_);
-      host_.log().debug("{} = {} -> {} W ({})", formula_, result, watts, inputs());
+      host_->log().debug("{} = {} -> {} W ({})", formula_, result, watts, inputs());
       return {.status = Status::success(), .watts = watts};
     } catch (const mu::Parser::exception_type& e) {
       return fail(StatusCode::failed, fmt::format("evaluating \"{}\": {}", formula_, parser_message(e)));
@@ -256,7 +283,7 @@ class FormulaStrategy final : public strategy::Strategy {
       what += fmt::format("{}{}", what.empty() ? "" : "; ", one);
     }
     std::vector<std::string> standard(kStandard.begin(), kStandard.end());
-    throw std::invalid_argument(fmt::format("formula \"{}\": {}. The standard variables are {}; declare others under 'variables'", formula_,
+    throw KeyError("formula", fmt::format("formula \"{}\": {}. The standard variables are {}; declare others under 'variables'", formula_,
                                             what, join(standard)));
   }
 
@@ -275,7 +302,7 @@ class FormulaStrategy final : public strategy::Strategy {
     }
   }
 
-  Host& host_;
+  Host* host_;
   std::string formula_;
   std::int64_t min_w_;
   std::optional<std::int64_t> max_w_;

@@ -1,5 +1,5 @@
-// A plugin built against a future SDK (API 2.0): it exports pilecore_plugin_v2, whose frozen
-// head (struct_size, api_major, api_minor) says 2.0.
+// A plugin built against a future SDK (API 3.0): it exports pilecore_plugin_v3, whose frozen
+// head (struct_size, api_major, api_minor) says 3.0.
 #include "broken.hpp"
 
 namespace {
@@ -11,4 +11,5 @@ constexpr pilecore::PluginDescriptor make() {
 }
 }  // namespace
 
-BROKEN_EXPORT(pilecore_plugin_v2, make())
+static_assert(PILECORE_API_MAJOR == 2, "the symbol below is pilecore_plugin_v<major + 1>");
+BROKEN_EXPORT(pilecore_plugin_v3, make())

@@ -1,4 +1,4 @@
-// A plugin that needs a newer minor of this major: pilecore_plugin_v1 with api_minor + 1.
+// A plugin that needs a newer minor of this major: the current entry symbol with api_minor + 1.
 #include "broken.hpp"
 
 namespace {
@@ -9,4 +9,4 @@ constexpr pilecore::PluginDescriptor make() {
 }
 }  // namespace
 
-BROKEN_EXPORT(pilecore_plugin_v1, make())
+BROKEN_EXPORT(PILECORE_ENTRY_SYMBOL, make())

@@ -11,4 +11,4 @@ constexpr pilecore::PluginDescriptor make() {
 }
 }  // namespace
 
-BROKEN_EXPORT(pilecore_plugin_v1, make())
+BROKEN_EXPORT(PILECORE_ENTRY_SYMBOL, make())

@@ -1,4 +1,4 @@
-// A descriptor whose struct_size is smaller than an API 1.0 descriptor (as if its SDK had no
+// A descriptor whose struct_size is smaller than an API 2.0 descriptor (as if its SDK had no
 // reserved slots).
 #include "broken.hpp"
 
@@ -12,4 +12,4 @@ constexpr pilecore::PluginDescriptor make() {
 }
 }  // namespace
 
-BROKEN_EXPORT(pilecore_plugin_v1, make())
+BROKEN_EXPORT(PILECORE_ENTRY_SYMBOL, make())

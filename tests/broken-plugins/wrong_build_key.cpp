@@ -4,9 +4,9 @@
 namespace {
 constexpr pilecore::PluginDescriptor make() {
   auto d = broken::good_descriptor("wrong-build-key");
-  d.build_key = "aarch64;libc++;boost-108300";
+  d.build_key = "aarch64;libc++";
   return d;
 }
 }  // namespace
 
-BROKEN_EXPORT(pilecore_plugin_v1, make())
+BROKEN_EXPORT(PILECORE_ENTRY_SYMBOL, make())

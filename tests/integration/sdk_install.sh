@@ -23,7 +23,7 @@ plugin_dir=$(find "$prefix" -type d -path '*/pilecore/plugins')
 test -f "$plugin_dir/hello-sensor.so" || { echo "hello-sensor.so was not installed into $plugin_dir"; exit 1; }
 # Its only export is the entry alias.
 exports=$(nm -D --defined-only "$plugin_dir/hello-sensor.so" | awk '{print $3}' | grep -v '^_' | tr '\n' ' ')
-[ "$exports" = "pilecore_plugin_v1 " ] || { echo "unexpected exports: $exports"; exit 1; }
+[ "$exports" = "pilecore_plugin_v2 " ] || { echo "unexpected exports: $exports"; exit 1; }
 
 echo "== build it again with pkg-config alone"
 PKG_CONFIG_PATH=$(dirname "$(find "$prefix" -name pilecore.pc)")
@@ -34,7 +34,7 @@ g++ $(pkg-config --cflags pilecore) $(pkg-config --variable=plugin_cflags pileco
 
 echo "== pilectl (installed) lists and shows it"
 "$prefix/bin/pilectl" plugins list | tee "$work/list.txt"
-grep -q '^hello-sensor  *sensor  *1.0.0  *1.1  ' "$work/list.txt"
+grep -q '^hello-sensor  *sensor  *1.0.0  *2.0  ' "$work/list.txt"
 "$prefix/bin/pilectl" plugins show hello-sensor | grep -q 'alarm_above_c'
 
 echo "== pilecored (installed) loads and runs it"
@@ -51,8 +51,19 @@ plugins:
   soc:
     plugin: hello-sensor
     config: {path: $work/temp, interval_ms: 100}
+  power-1:
+    plugin: sim-power
+    connector: 1
 YAML
 "$prefix/bin/pilectl" config validate "$work/site.yaml"
+
+echo "== its validate runs in pilectl config validate (the descriptor's validate entry point)"
+sed 's|path: [^,]*,|path: relative/temp,|' "$work/site.yaml" > "$work/bad-site.yaml"
+if "$prefix/bin/pilectl" config validate "$work/bad-site.yaml" 2>"$work/bad.txt"; then
+  echo "a relative path was accepted"; exit 1
+fi
+grep -q "bad-site.yaml:11:20: error: 'plugins.soc.config.path': 'relative/temp' is not an absolute path" "$work/bad.txt" ||
+  { cat "$work/bad.txt"; echo "the plugin's validate did not report at the path key"; exit 1; }
 "$prefix/bin/pilecored" --config "$work/site.yaml" --state-dir "$work/state" --log-level debug 2>"$work/log" &
 pid=$!
 i=0

@@ -47,7 +47,8 @@ std::string describe(const ProcessResult& r) {
 
 ProcessResult run_program(const std::vector<std::string>& argv) { return pilecore::test::run_process(argv, {}, std::chrono::seconds(60)); }
 
-/// A minimal valid site with one instance, 'probe', of `plugin`.
+/// A minimal valid site with one instance, 'probe', of `plugin`, and the connector's power stage
+/// (from the production plugin directory, searched after the broken one).
 std::string site_text(const std::string& plugin) {
   return fmt::format(
       "site:\n"
@@ -61,7 +62,10 @@ std::string site_text(const std::string& plugin) {
       "    max_power_w: 60000\n"
       "plugins:\n"
       "  probe:\n"
-      "    plugin: {}\n",
+      "    plugin: {}\n"
+      "  power:\n"
+      "    plugin: sim-power\n"
+      "    connector: 1\n",
       plugin);
 }
 constexpr int kPluginLine = 12;  // line of "plugin: ..." in site_text()
@@ -84,34 +88,41 @@ struct LoadCase {
 const LoadCase kLoadCases[] = {
     {"no-entry",
      [](const std::string& f) {
-       return f + ": not a pilecore plugin: it exports no 'pilecore_plugin_v1' symbol. "
+       return f + ": not a pilecore plugin: it exports no 'pilecore_plugin_v2' symbol. "
                   "A plugin declares itself with PILECORE_PLUGIN(...) from <pilecore/plugin.hpp>.";
      }},
     {"api-major-next",
      [](const std::string& f) {
-       // With API 1.0: "...built for API 2.0, this pilecore provides API 1.0. Rebuild the plugin
-       // against pilecore-dev 1.x, or install a pilecore that provides API 2.x."
+       // With API 2.0: "...built for API 3.0, this pilecore provides API 2.0. Rebuild the plugin
+       // against pilecore-dev 2.x, or install a pilecore that provides API 3.x."
        return fmt::format("{}: plugin API mismatch: the plugin was built for API {}.0, this pilecore provides API {}.{}. "
                           "Rebuild the plugin against pilecore-dev {}.x, or install a pilecore that provides API {}.x.",
                           f, kMajor + 1, kMajor, kMinor, kMajor, kMajor + 1);
      }},
+    {"api-major-previous",
+     [](const std::string& f) {
+       // A plugin built against SDK 1.1 on a 2.0 core: refused, and told to rebuild against 2.x.
+       return fmt::format("{}: plugin API mismatch: the plugin was built for API {}.1, this pilecore provides API {}.{}. "
+                          "Rebuild the plugin against pilecore-dev {}.x, or install a pilecore that provides API {}.x.",
+                          f, kMajor - 1, kMajor, kMinor, kMajor, kMajor - 1);
+     }},
     {"api-minor-next",
      [](const std::string& f) {
-       // With API 1.0: "...needs API 1.1, this pilecore provides API 1.0. Upgrade pilecore, or
-       // rebuild the plugin against pilecore-dev 1.0."
+       // With API 2.0: "...needs API 2.1, this pilecore provides API 2.0. Upgrade pilecore, or
+       // rebuild the plugin against pilecore-dev 2.0."
        return fmt::format("{}: plugin API too new: the plugin needs API {}.{}, this pilecore provides API {}.{}. "
                           "Upgrade pilecore, or rebuild the plugin against pilecore-dev {}.{}.",
                           f, kMajor, kMinor + 1, kMajor, kMinor, kMajor, kMinor);
      }},
     {"short-descriptor",
      [](const std::string& f) {
-       // 104 and 168 are the sizes on LP64 targets (x86_64, aarch64, riscv64); see the test.
-       return fmt::format("{}: damaged descriptor: it is 104 bytes, an API {}.{} descriptor has at least 168. "
+       // 112 and 176 are the sizes on LP64 targets (x86_64, aarch64, riscv64); see the test.
+       return fmt::format("{}: damaged descriptor: it is 112 bytes, an API {}.{} descriptor has at least 176. "
                           "Rebuild the plugin against pilecore-dev.", f, kMajor, kMinor);
      }},
     {"wrong-build-key",
      [](const std::string& f) {
-       return f + ": incompatible build: the plugin was built for 'aarch64;libc++;boost-108300', this pilecore for '" PILECORE_BUILD_KEY
+       return f + ": incompatible build: the plugin was built for 'aarch64;libc++', this pilecore for '" PILECORE_BUILD_KEY
                   "'. Rebuild the plugin with pilecore-dev on this system.";
      }},
     {"unknown-kind",
@@ -165,7 +176,7 @@ TEST_P(BrokenPluginLoad, LoaderRefusesWithExactMessage) {
 }
 
 TEST_P(BrokenPluginLoad, SiteValidationReportsTheRefusalAtThePluginKey) {
-  PluginRegistry registry({PILECORE_BROKEN_PLUGIN_DIR});
+  PluginRegistry registry({PILECORE_BROKEN_PLUGIN_DIR, PILECORE_PLUGIN_DIR});
   const auto outcome = load_site_text(site_text(GetParam().name), "site.yaml", registry);
   EXPECT_FALSE(outcome.site);
   EXPECT_EQ(outcome.diagnostics.format(), fmt::format("site.yaml:{}:{}: error: 'plugins.probe.plugin': plugin '{}' is refused: {}\n",
@@ -177,7 +188,7 @@ TEST_P(BrokenPluginLoad, DaemonDoesNotStartAndNamesTheFileAndTheFix) {
   const fs::path site = write_site(tmp, GetParam().name);
   const fs::path state = tmp.path() / "state";
   const auto r = run_program({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", site.string(), "--plugin-dir",
-                              PILECORE_BROKEN_PLUGIN_DIR, "--state-dir", state.string()});
+                              PILECORE_BROKEN_PLUGIN_DIR, "--plugin-dir", PILECORE_PLUGIN_DIR, "--state-dir", state.string()});
   ASSERT_EQ(r.signal, 0) << describe(r);
   EXPECT_EQ(r.exit_code, 2) << describe(r);
   EXPECT_EQ(r.err, fmt::format("{}:{}:{}: error: 'plugins.probe.plugin': plugin '{}' is refused: {}\n"
@@ -261,7 +272,7 @@ TEST_P(BrokenPluginCreate, LoaderAcceptsIt) {
 
 TEST_P(BrokenPluginCreate, RuntimeRefusesToStart) {
   TempDir tmp;
-  PluginRegistry registry({PILECORE_BROKEN_PLUGIN_DIR});
+  PluginRegistry registry({PILECORE_BROKEN_PLUGIN_DIR, PILECORE_PLUGIN_DIR});
   auto outcome = load_site_text(site_text(GetParam().name), "site.yaml", registry);
   ASSERT_TRUE(outcome.site) << outcome.diagnostics.format();
   RuntimeOptions options;
@@ -277,7 +288,7 @@ TEST_P(BrokenPluginCreate, DaemonExitsNonZeroAndSaysWhy) {
   TempDir tmp;
   const fs::path site = write_site(tmp, GetParam().name);
   const auto r = run_program({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", site.string(), "--plugin-dir",
-                              PILECORE_BROKEN_PLUGIN_DIR, "--state-dir", (tmp.path() / "state").string()});
+                              PILECORE_BROKEN_PLUGIN_DIR, "--plugin-dir", PILECORE_PLUGIN_DIR, "--state-dir", (tmp.path() / "state").string()});
   ASSERT_EQ(r.signal, 0) << describe(r);
   EXPECT_EQ(r.exit_code, 3) << describe(r);
   const std::string last_line = "pilecored: start-up failed: " + expected_ + "\n";
@@ -290,7 +301,8 @@ TEST_P(BrokenPluginCreate, ValidateAcceptsTheSiteFile) {
   TempDir tmp;
   const fs::path site = write_site(tmp, GetParam().name);
   const auto r = run_program(
-      {std::string(PILECORE_BIN_DIR) + "/pilectl", "--plugin-dir", PILECORE_BROKEN_PLUGIN_DIR, "config", "validate", "-q", site.string()});
+      {std::string(PILECORE_BIN_DIR) + "/pilectl", "--plugin-dir", PILECORE_BROKEN_PLUGIN_DIR, "--plugin-dir", PILECORE_PLUGIN_DIR, "config",
+       "validate", "-q", site.string()});
   ASSERT_EQ(r.signal, 0) << describe(r);
   EXPECT_EQ(r.exit_code, 0) << describe(r);
 }

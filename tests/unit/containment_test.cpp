@@ -46,7 +46,11 @@ plugins:
     plugin: test-crashy
     connector: 2
     config: {mode: )" +
-         mode + ", after_ms: " + std::to_string(after_ms) + "}\n" + extra;
+         mode + ", after_ms: " + std::to_string(after_ms) + "}\n" +
+         // Every connector has a power stage (a site without one is refused); a test that drives
+         // connector 1 brings its own power-1.
+         (extra.find("power-1:") == std::string::npos ? "  power-1:\n    plugin: sim-power\n    connector: 1\n" : "") +
+         "  power-2:\n    plugin: sim-power\n    connector: 2\n" + extra;
 }
 
 struct Daemon {

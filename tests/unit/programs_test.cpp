@@ -27,6 +27,9 @@ plugins:
   cabinet:
     plugin: sim-sensor
     config: {interval_ms: 50}
+  power-1:
+    plugin: sim-power
+    connector: 1
 )";
 
 std::string slurp(const fs::path& p) {
@@ -77,7 +80,7 @@ TEST(Pilectl, ValidateExitsZeroForValidAndOneForInvalid) {
   TempDir dir;
   auto ok = run_process({pilectl, "config", "validate", dir.write("ok.yaml", small_site).string()});
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
-  EXPECT_NE(ok.out.find("valid: site PROG-1, 1 connector(s), 1 plugin instance(s)"), std::string::npos) << ok.out;
+  EXPECT_NE(ok.out.find("valid: site PROG-1, 1 connector(s), 2 plugin instance(s)"), std::string::npos) << ok.out;
   auto quiet = run_process({pilectl, "config", "validate", "--quiet", dir.write("ok.yaml", small_site).string()});
   EXPECT_EQ(quiet.exit_code, 0);
   EXPECT_EQ(quiet.out, "");
@@ -113,7 +116,7 @@ TEST(Pilectl, HelpAtEveryLevel) {
 TEST(Pilectl, PluginsListAndShow) {
   auto list = run_process({pilectl, "plugins", "list"});
   EXPECT_EQ(list.exit_code, 0) << list.out << list.err;
-  EXPECT_NE(list.out.find("sim-sensor         sensor     0.1.0     1.1   "), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("sim-sensor         sensor     0.1.0     2.0   "), std::string::npos) << list.out;
   auto json = run_process({pilectl, "plugins", "list", "--json"});
   EXPECT_EQ(json.exit_code, 0);
   EXPECT_NE(json.out.find("\"name\": \"sim-sensor\""), std::string::npos) << json.out;

@@ -23,7 +23,13 @@ connectors:
   - {id: 1, type: gbt-dc, max_power_w: 60000}
   - {id: 2, type: gbt-dc, max_power_w: 60000}
 plugins:
-)" + plugins;
+)" + plugins + R"(  power-1:
+    plugin: sim-power
+    connector: 1
+  power-2:
+    plugin: sim-power
+    connector: 2
+)";
 }
 
 std::vector<std::filesystem::path> dirs() { return {PILECORE_PLUGIN_DIR, PILECORE_TEST_PLUGIN_DIR}; }
@@ -73,7 +79,8 @@ TEST(Runtime, StartsIdlesAndStopsCleanly) {
   ASSERT_TRUE(eventually([&] { return site.runtime().ready(); }));
   EXPECT_TRUE(eventually([&] { return site.runtime().samples_received() >= 4; }));
   const auto all = site.runtime().instances();
-  ASSERT_EQ(all.size(), 1u);
+  ASSERT_EQ(all.size(), 3u);  // cabinet and the two connectors' power stages
+  EXPECT_EQ(all[0].name, "cabinet");
   EXPECT_EQ(all[0].state, InstanceState::running);
   EXPECT_EQ(all[0].health, "up");
   EXPECT_EQ(site.stop(), 0);

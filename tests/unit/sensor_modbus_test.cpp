@@ -37,6 +37,8 @@
 #include <vector>
 
 #include "pilecore/pilecore.hpp"
+#include "plugin_loader.hpp"
+#include "site_config.hpp"
 #include "test_support.hpp"
 
 using namespace pilecore;
@@ -334,6 +336,12 @@ connectors:
   - {id: 1, type: gbt-dc, max_power_w: 60000}
   - {id: 2, type: gbt-dc, max_power_w: 60000}
 plugins:
+  power-1:
+    plugin: sim-power
+    connector: 1
+  power-2:
+    plugin: sim-power
+    connector: 2
 )" + plugins;
 }
 
@@ -620,7 +628,7 @@ TEST(SensorModbus, RtuOverAPseudoTerminalPair) {
   EXPECT_EQ(site.stop(), 0);
 }
 
-// refresh() (API 1.1) reads at once instead of waiting for the next poll.
+// refresh() reads at once instead of waiting for the next poll.
 TEST(SensorModbus, RefreshGivesAFreshReadingAtOnce) {
   auto server = ModbusServer::tcp();
   const auto set_kwh = [&](std::uint16_t hi, std::uint16_t lo) {
@@ -650,8 +658,9 @@ TEST(SensorModbus, RefreshGivesAFreshReadingAtOnce) {
   EXPECT_EQ(site.stop(), 0);
 }
 
-// A map with a mistake is refused before the instance starts, with a message naming the file, the
-// line and the entry; so are contradictory settings.
+// A map with a mistake is refused when the site file is validated (pilectl config validate and
+// pilecored alike), with a message naming the file, the line and the entry, at the map_file key;
+// so are contradictory settings, each at the key concerned.
 TEST(SensorModbus, MalformedMapFileIsRefusedWithFileLineAndEntry) {
   struct Case {
     std::string name;
@@ -684,29 +693,35 @@ TEST(SensorModbus, MalformedMapFileIsRefusedWithFileLineAndEntry) {
     SCOPED_TRACE(c.name);
     TempDir dir;
     const auto file = dir.write(c.name, c.yaml);
-    RunningSite site(dir, site_with(tcp_instance("meter", server->port(), "map_file: " + file.string())), plugin_dirs());
-    ASSERT_TRUE(eventually([&] { return !site.runtime().start_error().empty(); }, 5s));
-    EXPECT_EQ(site.stop(), 3) << "the daemon does not start";
-    const std::string err = site.runtime().start_error();
+    core::PluginRegistry registry(plugin_dirs());
+    const auto outcome = core::load_site_text(site_with(tcp_instance("meter", server->port(), "map_file: " + file.string())), "site.yaml", registry);
+    EXPECT_FALSE(outcome.site) << "the site file is not valid";
+    const std::string err = outcome.diagnostics.format();
+    // At the map_file value: line 22 of the site file, after "      map_file: ".
+    EXPECT_EQ(err.rfind("site.yaml:22:17: error: 'plugins.meter.config.map_file': invalid meter map: ", 0), 0u) << err;
     EXPECT_NE(err.find(file.string()), std::string::npos) << err;
     for (const auto& e : c.expect) EXPECT_NE(err.find(e), std::string::npos) << "missing '" << e << "' in: " << err;
-    EXPECT_FALSE(site.runtime().ready());
   }
 
   // Settings that contradict each other are refused the same way.
   const std::vector<std::pair<std::string, std::string>> settings = {
       {tcp_instance("meter", server->port(), "model: xy-md02", Options::with_config("      map_file: /etc/pilecore/meters/x.yaml\n")),
-       "either model or map_file, not both"},
-      {"  meter:\n    plugin: sensor-modbus\n    config: {transport: tcp, model: xy-md02}\n", "transport tcp needs host"},
-      {"  meter:\n    plugin: sensor-modbus\n    config: {transport: rtu, device: /dev/null, baud: 1234, model: xy-md02}\n", "baud 1234"},
-      {"  meter:\n    plugin: sensor-modbus\n    config: {transport: tcp, host: 127.0.0.1, map_file: meters/x.yaml}\n", "absolute path"},
+       "site.yaml:25:17: error: 'plugins.meter.config.map_file': give either model or map_file, not both\n"},
+      {"  meter:\n    plugin: sensor-modbus\n    config: {transport: tcp, model: xy-md02}\n",
+       "site.yaml:18:13: error: 'plugins.meter.config.host': transport tcp needs host (the meter's or gateway's address)\n"},
+      {"  meter:\n    plugin: sensor-modbus\n    config: {transport: rtu, device: /dev/null, baud: 1234, model: xy-md02, unit_id: 0}\n",
+       // yaml-cpp reports no position for the value 0 here; the problem is then shown at the config block.
+       "site.yaml:18:13: error: 'plugins.meter.config.unit_id': unit_id 0 is not a device address on an RTU line (1 to 247)\n"
+       "site.yaml:18:55: error: 'plugins.meter.config.baud': baud 1234 is not a standard serial speed; use one of 300, 600, 1200, 2400, 4800, "
+       "9600, 19200, 38400, 57600, 115200, 230400\n"},
+      {"  meter:\n    plugin: sensor-modbus\n    config: {transport: tcp, host: 127.0.0.1, map_file: meters/x.yaml}\n",
+       "site.yaml:18:57: error: 'plugins.meter.config.map_file': map_file 'meters/x.yaml' must be an absolute path\n"},
   };
   for (const auto& [yaml, expect] : settings) {
-    TempDir dir;
-    RunningSite site(dir, site_with(yaml), plugin_dirs());
-    ASSERT_TRUE(eventually([&] { return !site.runtime().start_error().empty(); }, 5s));
-    EXPECT_EQ(site.stop(), 3);
-    EXPECT_NE(site.runtime().start_error().find(expect), std::string::npos) << site.runtime().start_error();
+    core::PluginRegistry registry(plugin_dirs());
+    const auto outcome = core::load_site_text(site_with(yaml), "site.yaml", registry);
+    EXPECT_FALSE(outcome.site);
+    EXPECT_EQ(outcome.diagnostics.format(), expect);
   }
 }
 

@@ -11,6 +11,7 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <chrono>
@@ -23,6 +24,7 @@
 #include <mutex>
 #include <optional>
 #include <regex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -47,6 +49,26 @@ constexpr double kSpeed = 1000;           // clock seconds per real second
 constexpr auto kWait = std::chrono::seconds(5);  // real time; a test fails rather than hangs
 
 
+/// Every connector needs a power stage: a sim-power instance for each of the test site's two
+/// connectors that `plugins_yaml` does not already bind one to.
+std::string power_stages_missing_from(const std::string& plugins_yaml) {
+  std::set<std::string> bound;
+  try {
+    const YAML::Node plugins = YAML::Load("plugins:\n" + plugins_yaml)["plugins"];
+    for (const auto& i : plugins) {
+      if (i.second["plugin"] && i.second["plugin"].as<std::string>() == "sim-power" && i.second["connector"]) {
+        bound.insert(i.second["connector"].as<std::string>());
+      }
+    }
+  } catch (const YAML::Exception&) {
+  }
+  std::string out;
+  for (const char* c : {"1", "2"}) {
+    if (!bound.count(c)) out += fmt::format("  site-power-{}:\n    plugin: sim-power\n    connector: {}\n", c, c);
+  }
+  return out;
+}
+
 /// A site with the given plugin instances, running on its own thread.
 class SimSite {
  public:
@@ -67,7 +89,7 @@ class SimSite {
                            "  - {id: 1, type: gbt-dc, max_power_w: 60000}\n"
                            "  - {id: 2, type: gbt-dc, max_power_w: 60000}\n"
                            "plugins:\n"
-                        << plugins_yaml;
+                        << power_stages_missing_from(plugins_yaml) << plugins_yaml;
     PluginRegistry registry({PILECORE_PLUGIN_DIR});
     auto outcome = load_site(file, registry);
     if (!outcome.site) {

@@ -1,6 +1,7 @@
 // The malformed site-file corpus (tests/corpus/site): every X.yaml is validated with the
 // plugins of the build tree and its diagnostics must equal X.expected exactly; `pilectl config
-// validate` must exit 1 for every malformed file, 0 for the valid-*.yaml ones, and never crash.
+// validate` must exit 1 for every malformed file, 0 for the valid-*.yaml ones, and never crash;
+// and pilecored must agree with it on every file (it starts exactly on the valid ones).
 // One ctest case per file (see tests/corpus/site/README.md for the format).
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -104,6 +105,40 @@ TEST_P(SiteCorpus, PilectlValidateExitCode) {
   }
 }
 
+/// The diagnostic lines of a program's stderr ("F:L:C: error: ..."), without its own verdict.
+std::vector<std::string> diagnostic_lines(const std::string& err, const std::string& file) {
+  std::vector<std::string> out;
+  std::istringstream lines(err);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(file + ":", 0) == 0 && (line.find(": error: ") != std::string::npos || line.find(": warning: ") != std::string::npos)) {
+      out.push_back(line);
+    }
+  }
+  return out;
+}
+
+// "valid" means "pilecored starts": for every corpus file, pilectl config validate and a real
+// pilecored (started with --check: every plugin created and started, then stopped) agree, and
+// say the same things about the file.
+TEST_P(SiteCorpus, PilecoredAgreesWithValidate) {
+  const auto validate = pilecore::test::run_process(
+      {std::string(PILECORE_BIN_DIR) + "/pilectl", "--plugin-dir", PILECORE_PLUGIN_DIR, "config", "validate", file().string()}, {},
+      std::chrono::seconds(60));
+  pilecore::test::TempDir tmp;
+  const auto daemon = pilecore::test::run_process({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", file().string(), "--plugin-dir",
+                                                   PILECORE_PLUGIN_DIR, "--state-dir", (tmp.path() / "state").string(), "--socket", "none",
+                                                   "--check"},
+                                                  {}, std::chrono::seconds(60));
+  ASSERT_EQ(validate.signal, 0) << validate.err;
+  ASSERT_EQ(daemon.signal, 0) << daemon.err;
+  if (validate.exit_code == 0) {
+    EXPECT_EQ(daemon.exit_code, 0) << "pilectl config validate said valid, but pilecored did not start:\n" << daemon.err;
+  } else {
+    EXPECT_EQ(daemon.exit_code, 2) << "pilectl config validate refused the file, pilecored did not refuse it the same way:\n" << daemon.err;
+  }
+  EXPECT_EQ(diagnostic_lines(daemon.err, file().string()), diagnostic_lines(validate.err + validate.out, file().string()));
+}
+
 INSTANTIATE_TEST_SUITE_P(Corpus, SiteCorpus, testing::ValuesIn(corpus_files()), test_name);
 
 TEST(SiteCorpusRegression, LeadingZerosAreDecimalEverywhere) {
@@ -119,8 +154,11 @@ TEST(SiteCorpusRegression, LeadingZerosAreDecimalEverywhere) {
   EXPECT_EQ(site.connectors[0].max_power_w, 7000);
   EXPECT_EQ(site.connectors[1].id, 10u);
   EXPECT_EQ(site.connectors[1].max_power_w, 60000);
-  ASSERT_EQ(site.instances.size(), 1u);
+  ASSERT_EQ(site.instances.size(), 3u);
   EXPECT_EQ(site.instances[0].connector, std::optional<std::uint32_t>(10));
+  EXPECT_EQ(site.instances[1].connector, std::optional<std::uint32_t>(9));
+  EXPECT_EQ(site.connectors[0].power, "power-9");
+  EXPECT_EQ(site.connectors[1].power, "power-10");
   EXPECT_EQ(site.instances[0].config->get_integer("interval_ms"), std::optional<std::int64_t>(1000));
 }
 

@@ -1,7 +1,8 @@
 // strategy-formula through the real loader and runtime: a site file in a temp directory, checked
 // by load_site against the built plugins, run by core::Runtime; the plugin object is reached on
-// the core's strand with Runtime::dispatch. Formula errors are start-up errors (Runtime::run()
-// returns 3 with start_error()), and `pilectl config validate` is run as an integrator runs it.
+// the core's strand with Runtime::dispatch. Formula errors are refused when the site file is
+// validated (the plugin's validate: pilectl and pilecored alike), at the formula key, and
+// `pilectl config validate` is run as an integrator runs it.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -32,6 +33,9 @@ std::string site_with(const std::string& strategy_config) {
 connectors:
   - {id: 1, type: gbt-dc, max_power_w: 60000}
 plugins:
+  power-1:
+    plugin: sim-power
+    connector: 1
   strat:
     plugin: strategy-formula
     config:
@@ -73,24 +77,12 @@ class FormulaSite {
   bool ready_ = false;
 };
 
-/// Loads the site and runs the runtime on this thread, expecting start-up to fail: returns
-/// start_error().
-std::string start_error_of(const std::string& config) {
-  TempDir dir;
+/// Validates the site, expecting the plugin's validate to refuse it: returns the diagnostics.
+std::string refusal_of(const std::string& config) {
   PluginRegistry registry(dirs());
-  auto outcome = load_site(dir.write("site.yaml", site_with(config)), registry);
-  if (!outcome.site) {
-    ADD_FAILURE() << "the site file should be valid (the formula is checked at start-up):\n" << outcome.diagnostics.format();
-    return {};
-  }
-  RuntimeOptions options;
-  options.state_dir = dir.path() / "state";
-  options.notify_systemd = false;
-  options.status_interval = Duration(0);
-  Runtime rt(std::move(*outcome.site), options);
-  EXPECT_EQ(rt.run(), 3) << "start-up must fail";
-  EXPECT_FALSE(rt.ready());
-  return rt.start_error();
+  auto outcome = load_site_text(site_with(config), "site.yaml", registry);
+  EXPECT_FALSE(outcome.site) << "the site file must be refused when it is validated";
+  return outcome.diagnostics.format();
 }
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
@@ -116,10 +108,11 @@ TEST(StrategyFormula, SeedFormulaScalesBasePowerWithBatteryTemperature) {
 
   // The instance reports what it evaluates.
   const auto all = site.site().runtime().instances();
-  ASSERT_EQ(all.size(), 1u);
-  EXPECT_EQ(all[0].health, "up");
-  EXPECT_TRUE(contains(all[0].detail, "base_power * (1 + 0.02 * battery_temperature)")) << all[0].detail;
-  EXPECT_TRUE(contains(all[0].detail, "base_power, battery_temperature")) << all[0].detail;
+  ASSERT_EQ(all.size(), 2u);  // the connector's power stage, then the strategy
+  EXPECT_EQ(all[1].name, "strat");
+  EXPECT_EQ(all[1].health, "up");
+  EXPECT_TRUE(contains(all[1].detail, "base_power * (1 + 0.02 * battery_temperature)")) << all[1].detail;
+  EXPECT_TRUE(contains(all[1].detail, "base_power, battery_temperature")) << all[1].detail;
   EXPECT_EQ(site.site().stop(), 0);
 }
 
@@ -145,28 +138,26 @@ TEST(StrategyFormula, WithoutBoundsTheResultIsOnlyRounded) {
   EXPECT_EQ(site.compute({{"soc", 90}, {"base_power", 45000}}).watts, 7000);
 }
 
-TEST(StrategyFormula, MaxBelowMinIsAStartUpError) {
-  const auto err = start_error_of(kSeed + "      min_power_w: 5000\n      max_power_w: 4000\n");
-  EXPECT_TRUE(contains(err, "max_power_w (4000 W) is below min_power_w (5000 W)")) << err;
+TEST(StrategyFormula, MaxBelowMinIsRefusedAtValidation) {
+  const auto err = refusal_of(kSeed + "      min_power_w: 5000\n      max_power_w: 4000\n");
+  EXPECT_TRUE(contains(err, "site.yaml:17:20: error: 'plugins.strat.config.max_power_w': max_power_w (4000 W) is below min_power_w (5000 W)")) << err;
 }
 
-TEST(StrategyFormula, SyntaxErrorFailsStartUpWithMuparsersMessageAndPosition) {
-  auto err = start_error_of("      formula: \"base_power * (1 + \"\n");
-  EXPECT_TRUE(contains(err, "instance 'strat'")) << err;
-  EXPECT_TRUE(contains(err, "strategy-formula")) << err;
-  EXPECT_TRUE(contains(err, "formula \"base_power * (1 + \"")) << err;
+TEST(StrategyFormula, SyntaxErrorIsRefusedAtTheFormulaWithMuparsersMessageAndPosition) {
+  auto err = refusal_of("      formula: \"base_power * (1 + \"\n");
+  EXPECT_EQ(err.rfind("site.yaml:15:16: error: 'plugins.strat.config.formula': formula \"base_power * (1 + \"", 0), 0u) << err;
   EXPECT_TRUE(contains(err, "Unexpected end of expression at position 19")) << err;
 
-  err = start_error_of("      formula: base_power ** 2\n");
+  err = refusal_of("      formula: base_power ** 2\n");
   EXPECT_TRUE(contains(err, "Unexpected operator \"*\" found at position 12")) << err;
 
   // muparser's message for an unbalanced parenthesis has no position: the plugin adds it.
-  err = start_error_of("      formula: (base_power\n");
+  err = refusal_of("      formula: (base_power\n");
   EXPECT_TRUE(contains(err, "Missing parenthesis at position 12")) << err;
 }
 
-TEST(StrategyFormula, UnknownVariableFailsStartUpNamingIt) {
-  const auto err = start_error_of("      formula: base_power * (1 + 0.02 * batery_temperature) + grid_bonus\n");
+TEST(StrategyFormula, UnknownVariableIsRefusedNamingIt) {
+  const auto err = refusal_of("      formula: base_power * (1 + 0.02 * batery_temperature) + grid_bonus\n");
   EXPECT_TRUE(contains(err, "unknown variable \"batery_temperature\" at position 25 (did you mean \"battery_temperature\"?)")) << err;
   EXPECT_TRUE(contains(err, "unknown variable \"grid_bonus\" at position 47")) << err;
   EXPECT_TRUE(contains(err, "declare others under 'variables'")) << err;
@@ -188,9 +179,9 @@ TEST(StrategyFormula, DeclaredExtraVariablesMayBeUsed) {
   EXPECT_TRUE(unused.compute({{"base_power", 1}}).status.ok());
 }
 
-TEST(StrategyFormula, InvalidDeclaredVariableNameFailsStartUp) {
-  const auto err = start_error_of(kSeed + "      variables: [grid-price]\n");
-  EXPECT_TRUE(contains(err, "variables: 'grid-price' is not a valid variable name")) << err;
+TEST(StrategyFormula, InvalidDeclaredVariableNameIsRefused) {
+  const auto err = refusal_of(kSeed + "      variables: [grid-price]\n");
+  EXPECT_TRUE(contains(err, "'plugins.strat.config.variables': variables: 'grid-price' is not a valid variable name")) << err;
 }
 
 TEST(StrategyFormula, MissingVariableIsAnErrorByDefault) {
@@ -257,7 +248,7 @@ TEST(StrategyFormula, PilectlValidatesASiteUsingIt) {
                                                                 "      max_power_w: 60000\n      on_missing: zero\n"))
                              .string()});
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
-  EXPECT_TRUE(contains(ok.out, "valid: site FORMULA-1, 1 connector(s), 1 plugin instance(s)")) << ok.out;
+  EXPECT_TRUE(contains(ok.out, "valid: site FORMULA-1, 1 connector(s), 2 plugin instance(s)")) << ok.out;
 
   const auto bad_file = dir.write("bad.yaml", site_with("      on_missing: skip\n      max_power_w: -1\n")).string();
   auto bad = run_process({pilectl, "config", "validate", bad_file});

@@ -1,12 +1,13 @@
 // pilecore plugin SDK: the build key.
 //
-// Objects of the SDK (std::string, std::function, Boost.Asio executors) cross the plugin
-// boundary, so a plugin must share the core's C++ standard library ABI, architecture and Boost
-// version. The compiler itself is not part of the key: on Linux, g++ and clang++ follow the same
-// Itanium C++ ABI, and what breaks binaries is the library underneath.
+// Objects of the C++ standard library (std::string, std::function, std::vector) cross the
+// plugin boundary, so a plugin must share the core's C++ standard library ABI and architecture.
+// No Boost type crosses it (Boost.DLL only places the entry alias), so the Boost version is not
+// part of the key: a plugin built on a system with another Boost loads. The compiler itself is
+// not part of the key either: on Linux, g++ and clang++ follow the same Itanium C++ ABI, and what
+// breaks binaries is the library underneath.
 #pragma once
 
-#include <boost/version.hpp>
 #include <cstddef>
 
 #include "pilecore/version.hpp"
@@ -35,9 +36,8 @@
 #define PILECORE_BUILD_CXXLIB "unknown-cxxlib"
 #endif
 
-/// e.g. "x86_64;libstdc++-cxx11;boost-107400"
-#define PILECORE_BUILD_KEY \
-  PILECORE_BUILD_ARCH ";" PILECORE_BUILD_CXXLIB ";boost-" PILECORE_DETAIL_STR(BOOST_VERSION)
+/// e.g. "x86_64;libstdc++-cxx11"
+#define PILECORE_BUILD_KEY PILECORE_BUILD_ARCH ";" PILECORE_BUILD_CXXLIB
 
 #if defined(__clang__)
 #define PILECORE_BUILD_COMPILER "clang-" PILECORE_DETAIL_STR(__clang_major__)

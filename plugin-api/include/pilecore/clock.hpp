@@ -9,7 +9,7 @@
 #include <cstdint>
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 
 using Duration = std::chrono::milliseconds;
 /// A UTC instant with millisecond resolution.
@@ -26,5 +26,5 @@ class Clock {
   [[nodiscard]] virtual double speed() const noexcept = 0;
 };
 
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

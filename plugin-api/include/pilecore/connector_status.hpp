@@ -6,7 +6,7 @@
 #include <string_view>
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 
 enum class ConnectorStatus : std::uint8_t {
   available,
@@ -36,5 +36,5 @@ constexpr std::string_view to_string(ConnectorStatus s) noexcept {
   return "Unknown";
 }
 
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

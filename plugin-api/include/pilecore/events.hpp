@@ -7,7 +7,7 @@
 #include "pilecore/clock.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 
 /// One measurement on a named channel. Physical quantities (V, A, W, degC, %RH) are doubles;
 /// energy registers are published in integer Wh, which a double holds exactly below 2^53.
@@ -28,5 +28,5 @@ struct Alarm {
   bool active = true;        ///< false clears a previously raised alarm with the same code
 };
 
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

@@ -1,14 +1,26 @@
 // pilecore plugin SDK: the services the core gives each plugin instance.
 //
-// Threading: the core runs one event loop. Every call the core makes into a plugin, and every
-// callback it runs for a plugin (post, schedule), happens on that loop's strand, one at a time.
-// A plugin with a blocking driver (serial, libmodbus, libnfc) runs it on its own thread and
-// hands results back with post(); it never blocks the loop. An exception that escapes a
-// callback is caught by the host: the instance is marked failed, its connector or link goes to
-// a safe state and the daemon keeps running.
+// Threading. The core runs one event loop; its state lives on one strand. The rules:
+//  - Every call the core makes into a plugin (constructor, start, stop, every interface method)
+//    and every callback it runs for a plugin (post, schedule, the sinks and receivers a plugin
+//    is given) happens on that strand, one at a time. So a plugin needs no lock for state that
+//    only the strand touches.
+//  - Never block the strand. A plugin with blocking or asynchronous I/O (serial, libmodbus,
+//    libnfc, HTTPS, MQTT) runs it on a thread it owns, started in start() and joined in stop(),
+//    and hands each result back with post(). No Boost type crosses the plugin boundary: the
+//    core's event loop is not the plugin's to run I/O on.
+//  - From any thread: post(), log(), clock(), config(), instance_name(), connector().
+//  - Only on the strand: schedule(), cancel(), publish(), raise(), report_state(), state_dir(),
+//    and every callback the core hands the plugin (a link's `done`, a risk rule's answer, ...).
+//    From a driver thread, post() a lambda that makes the call.
+//  - A callback the core passes to a plugin (e.g. link::Link::send's `done`) is called exactly
+//    once, on the strand, either before the call returns (synchronously) or later. Never twice,
+//    never not at all: where a deadline applies the core enforces it and ignores a late answer,
+//    but the plugin still answers. Each SDK call that takes a callback says so.
+//  - An exception that escapes a callback is caught by the host: the instance is marked failed,
+//    its connector or link goes to a safe state and the daemon keeps running.
 #pragma once
 
-#include <boost/asio/any_io_executor.hpp>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -21,7 +33,7 @@
 #include "pilecore/log.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 
 class Host {
  public:
@@ -31,32 +43,32 @@ class Host {
   [[nodiscard]] virtual std::string_view instance_name() const noexcept = 0;
   /// The connector this instance serves, when the site file binds it to one.
   [[nodiscard]] virtual std::optional<std::uint32_t> connector() const noexcept = 0;
-  /// A logger whose lines are tagged [kind:plugin:instance].
+  /// A logger whose lines are tagged [kind:plugin:instance]. Any thread.
   [[nodiscard]] virtual Logger& log() noexcept = 0;
-  /// The host clock; never read the system clock directly.
+  /// The host clock; never read the system clock directly. Any thread.
   [[nodiscard]] virtual const Clock& clock() const noexcept = 0;
-  /// This instance's validated configuration, defaults filled in.
+  /// This instance's validated configuration, defaults filled in. Immutable: any thread.
   [[nodiscard]] virtual const ConfigValues& config() const noexcept = 0;
   /// A directory the instance may write to (under the daemon's state directory); created on
-  /// first call.
+  /// first call. Strand only (call it in the constructor or start() and keep the path).
   [[nodiscard]] virtual std::string_view state_dir() noexcept = 0;
 
-  /// The core's executor (a strand), for plugins that do asynchronous I/O with Boost.Asio.
-  /// Prefer post() and schedule(): they contain exceptions and attribute them to the plugin.
-  [[nodiscard]] virtual boost::asio::any_io_executor executor() const noexcept = 0;
-  /// Runs `fn` on the core's strand. Safe to call from any thread.
+  /// Runs `fn` on the core's strand, later (never inside this call). Safe from any thread: the
+  /// one way a driver thread hands results to the core. `fn` runs at most once, and not at all
+  /// once the instance has stopped, so it may capture `this`.
   virtual void post(std::function<void()> fn) noexcept = 0;
-  /// Runs `fn` on the core's strand after `delay` of host-clock time. Returns 0 when the instance
-  /// is stopping and the timer was not set.
+  /// Runs `fn` once on the core's strand after `delay` of host-clock time. Strand only. Returns
+  /// 0 when the instance is stopping and the timer was not set.
   virtual TimerId schedule(Duration delay, std::function<void()> fn) noexcept = 0;
-  /// Cancels a timer; harmless when it has already fired.
+  /// Cancels a timer; harmless when it has already fired. Strand only.
   virtual void cancel(TimerId id) noexcept = 0;
 
-  /// Publishes a measurement. Call on the core's strand (use post() from a driver thread).
+  /// Publishes a measurement. Strand only (post() from a driver thread).
   virtual void publish(const Sample& sample) noexcept = 0;
-  /// Raises or clears an alarm.
+  /// Raises or clears an alarm. Strand only.
   virtual void raise(const Alarm& alarm) noexcept = 0;
-  /// Reports the instance's health in a word ("up", "down", "degraded") and a detail.
+  /// Reports the instance's health in a word ("up", "down", "degraded") and a detail. Strand
+  /// only.
   virtual void report_state(std::string_view state, std::string_view detail) noexcept = 0;
   /// Presents a token (a card at the reader, a recognised face) to the core, which sends it to
   /// the payment method the site binds its type to and starts authentication on its connector.
@@ -64,5 +76,5 @@ class Host {
   virtual void present(const identification::Token& token) noexcept = 0;
 };
 
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

@@ -16,7 +16,7 @@
 #include "pilecore/status.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 namespace identification {
 
 /// A short-lived channel to a card or wallet still in the reader's field (ISO 7816-4 APDUs over
@@ -55,5 +55,5 @@ struct Token {
 };
 
 }  // namespace identification
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

@@ -8,7 +8,7 @@
 #include "pilecore/plugin.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 namespace indicator {
 
 class Indicator : public Plugin {
@@ -24,5 +24,5 @@ class Indicator : public Plugin {
 };
 
 }  // namespace indicator
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

@@ -15,7 +15,7 @@
 #include "pilecore/plugin.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 namespace link {
 
 enum class TrafficClass : std::uint8_t {
@@ -50,5 +50,5 @@ class Link : public Plugin {
 };
 
 }  // namespace link
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

@@ -11,7 +11,7 @@
 #include <utility>
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 
 enum class LogLevel : std::uint8_t { trace, debug, info, warn, error, critical };
 
@@ -37,5 +37,5 @@ class Logger {
   template <class... A> void error(fmt::format_string<A...> f, A&&... a) noexcept { log(LogLevel::error, f, std::forward<A>(a)...); }
 };
 
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

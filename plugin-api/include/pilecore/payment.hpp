@@ -27,7 +27,7 @@
 #include "pilecore/plugin.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 namespace payment {
 
 enum class Decision : std::uint8_t {
@@ -176,5 +176,5 @@ class Method : public Plugin {
 };
 
 }  // namespace payment
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

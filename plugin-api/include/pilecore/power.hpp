@@ -9,7 +9,7 @@
 #include "pilecore/plugin.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 namespace power {
 
 enum class Event : std::uint8_t {
@@ -58,5 +58,5 @@ class PowerStage : public Plugin {
 };
 
 }  // namespace power
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

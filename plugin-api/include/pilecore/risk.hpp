@@ -16,7 +16,7 @@
 #include "pilecore/plugin.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 namespace risk {
 
 enum class Verdict : std::uint8_t { allow, step_up, deny };
@@ -70,5 +70,5 @@ class Rule : public Plugin {
 };
 
 }  // namespace risk
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

@@ -10,7 +10,7 @@
 #include "pilecore/plugin.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 namespace sensor {
 
 struct ChannelInfo {
@@ -26,14 +26,13 @@ class Sensor : public Plugin {
   /// Valid for the life of the instance.
   [[nodiscard]] virtual std::span<const ChannelInfo> channels() const noexcept = 0;
 
-  // --- API 1.1 ---
   /// Take and publish a fresh sample of every channel as soon as possible, instead of waiting
   /// for the next poll. The core calls it when it needs a reading now: a meter at the start and
-  /// stop of a session and at a tariff boundary. Never called on plugins built against API 1.0
-  /// (their objects have no such function), so those are read at their own pace.
+  /// stop of a session and at a tariff boundary. The default does nothing, for sensors that are
+  /// only ever read at their own pace.
   virtual void refresh() noexcept {}
 };
 
 }  // namespace sensor
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

@@ -7,7 +7,7 @@
 #include <utility>
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 
 enum class StatusCode : std::uint8_t {
   ok = 0,
@@ -53,5 +53,5 @@ constexpr std::string_view to_string(StatusCode c) noexcept {
   return "unknown";
 }
 
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

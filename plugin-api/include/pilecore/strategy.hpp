@@ -12,7 +12,7 @@
 #include "pilecore/plugin.hpp"
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 namespace strategy {
 
 struct Variable {
@@ -33,5 +33,5 @@ class Strategy : public Plugin {
 };
 
 }  // namespace strategy
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore

@@ -1,12 +1,12 @@
 // pilecore plugin SDK: API version.
 //
 // A plugin is accepted when its API major equals the core's and its minor is not above the
-// core's. The major is also part of the entry symbol's name (pilecore_plugin_v1), so a plugin
+// core's. The major is also part of the entry symbol's name (pilecore_plugin_v2), so a plugin
 // recompiled against a new major cannot pretend to be an old one.
 #pragma once
 
-#define PILECORE_API_MAJOR 1
-#define PILECORE_API_MINOR 1
+#define PILECORE_API_MAJOR 2
+#define PILECORE_API_MINOR 0
 
 #define PILECORE_DETAIL_STR2(x) #x
 #define PILECORE_DETAIL_STR(x) PILECORE_DETAIL_STR2(x)
@@ -18,8 +18,8 @@
 #define PILECORE_ENTRY_SYMBOL_NAME PILECORE_DETAIL_STR(PILECORE_ENTRY_SYMBOL)
 
 namespace pilecore {
-inline namespace v1 {
+inline namespace v2 {
 inline constexpr unsigned api_major = PILECORE_API_MAJOR;
 inline constexpr unsigned api_minor = PILECORE_API_MINOR;
-}  // namespace v1
+}  // namespace v2
 }  // namespace pilecore
