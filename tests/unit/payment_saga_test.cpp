@@ -1,0 +1,367 @@
+// The payment saga on a manual clock: a real SQLite database and storage thread, a fake payment
+// method whose answers the test gives (or withholds), and time that moves only when the test
+// says so. The specification of core/payment/payment_saga.hpp.
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <mutex>
+#include <set>
+
+#include "money_operations.hpp"
+#include "payment_saga.hpp"
+#include "scheduler.hpp"
+#include "statement.hpp"
+#include "store_worker.hpp"
+#include "test_support.hpp"
+
+namespace pilecore::core {
+namespace {
+
+using namespace std::chrono_literals;
+using test::TempDir;
+
+/// A payment method that keeps every callback until the test answers it.
+class FakeMethod final : public payment::Method {
+ public:
+  Status start() noexcept override { return {}; }
+  void stop() noexcept override {}
+  [[nodiscard]] payment::Capabilities capabilities() const noexcept override { return {}; }
+  void authorize(const payment::AuthorizationRequest& r, payment::AuthorizationCallback done) noexcept override {
+    authorizations.push_back({std::string(r.operation_id), r.amount_fen, std::move(done)});
+  }
+  void answer_step_up(std::string_view operation_id, const payment::StepUpAnswer& a, payment::AuthorizationCallback done) noexcept override {
+    step_up_answers.push_back({std::string(operation_id), a.value, std::move(done)});
+  }
+  void capture(const payment::CaptureRequest& r, payment::OperationCallback done) noexcept override {
+    operations.push_back({"capture", std::string(r.operation_id), r.amount_fen, std::move(done)});
+  }
+  void cancel(const payment::VoidRequest& r, payment::OperationCallback done) noexcept override {
+    operations.push_back({"cancel", std::string(r.operation_id), 0, std::move(done)});
+  }
+  void refund(const payment::RefundRequest& r, payment::OperationCallback done) noexcept override {
+    operations.push_back({"refund", std::string(r.operation_id), r.amount_fen, std::move(done)});
+  }
+
+  struct Auth {
+    std::string op;
+    std::int64_t fen;
+    payment::AuthorizationCallback done;
+  };
+  struct StepUp {
+    std::string op;
+    std::string pin;
+    payment::AuthorizationCallback done;
+  };
+  struct Op {
+    std::string call;
+    std::string op;
+    std::int64_t fen;
+    payment::OperationCallback done;
+  };
+  std::vector<Auth> authorizations;
+  std::vector<StepUp> step_up_answers;
+  std::vector<Op> operations;
+};
+
+payment::AuthorizationResult approve(std::int64_t fen) { return {.decision = payment::Decision::approved, .authorized_fen = fen, .reference = "REF-1", .reason = {}, .challenge = {}}; }
+payment::OperationResult confirmed(std::int64_t fen) { return {.state = payment::OperationState::confirmed, .amount_fen = fen, .reference = "REF-1", .reason = {}}; }
+payment::OperationResult pending() { return {.state = payment::OperationState::pending, .amount_fen = 0, .reference = "REF-1", .reason = "settling"}; }
+
+const TimePoint kStart = TimePoint{std::chrono::duration_cast<Duration>(std::chrono::sys_days{std::chrono::year{2026} / 12 / 1}.time_since_epoch())};
+
+class SagaTest : public ::testing::Test {
+ protected:
+  SagaTest() { open(); }
+  ~SagaTest() override { close(); }
+
+  void open() {
+    db = std::make_unique<Database>(dir.path() / "pilecore.db");
+    store = std::make_unique<StoreWorker>(*db, [this](std::function<void()> fn) {
+      std::lock_guard lock(mutex);
+      posted.push_back(std::move(fn));
+    });
+    reader = std::make_unique<Database>(dir.path() / "pilecore.db", Database::ReadOnly{});
+    PaymentSaga::Hooks hooks;
+    hooks.method = [this](std::string_view name) -> payment::Method* { return name == "pay" && running ? &method : nullptr; };
+    hooks.settled = [this](const MoneyOperation& op) { settled.push_back(op); };
+    saga = std::make_unique<PaymentSaga>(*store, reader->handle(), clock, clock,
+                                         PaymentSaga::Settings{.authorize_timeout = 30s, .operation_timeout = 30s, .retry_first = 5s, .retry_max = 60s},
+                                         std::move(hooks));
+  }
+  /// What a kill -9 leaves: the saga and its threads gone, the database as committed.
+  void close() {
+    saga.reset();
+    if (store) store->stop();
+    pump();
+    store.reset();
+    reader.reset();
+    db.reset();
+  }
+  /// Runs what the storage thread posted to the "strand" until nothing more comes.
+  void pump() {
+    for (;;) {
+      if (store) store->run_sync([](Database&) {});  // every earlier work committed and its done posted
+      std::deque<std::function<void()>> now;
+      {
+        std::lock_guard lock(mutex);
+        now.swap(posted);
+      }
+      if (now.empty()) return;
+      for (auto& fn : now) fn();
+    }
+  }
+  void advance(Duration d) {
+    clock.advance(d);
+    pump();
+  }
+  std::optional<MoneyOperation> op(const std::string& id) {
+    pump();
+    return operations::find(reader->handle(), id);
+  }
+  void write_transaction(const std::string& txn) {
+    store->submit(
+        [txn](Database& d) {
+          Stmt(d, "INSERT INTO transactions(id, connector, method, user_token, authorized_fen, status, started_ms, meter_start_wh) "
+                  "VALUES(?, 1, 'pay', 'card:1', 5000, 'closed', 0, 0)")
+              .bind(1, txn)
+              .step();
+        },
+        [](const Status& st) { ASSERT_TRUE(st.ok()) << st.message(); });
+    pump();
+  }
+
+  TempDir dir;
+  ManualScheduler clock{kStart};
+  FakeMethod method;
+  bool running = true;
+  std::mutex mutex;
+  std::deque<std::function<void()>> posted;
+  std::unique_ptr<Database> db;
+  std::unique_ptr<StoreWorker> store;
+  std::unique_ptr<Database> reader;
+  std::unique_ptr<PaymentSaga> saga;
+  std::vector<MoneyOperation> settled;
+};
+
+const identification::Token kCard{.type = "card", .id = "04A1", .connector = 1, .evidence = {}, .exchange = nullptr};
+
+TEST_F(SagaTest, TheIntentIsOnDiskBeforeThePluginIsAskedAndTheOutcomeAfter) {
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [&](PaymentSaga::Authorization a) { result = a; });
+  EXPECT_TRUE(method.authorizations.empty()) << "asked before the intent committed";
+  pump();
+  ASSERT_EQ(method.authorizations.size(), 1u);
+  EXPECT_EQ(op("T-1/authorize")->state, OperationStateRow::intent);
+  method.authorizations[0].done(approve(5000));
+  pump();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->decision, payment::Decision::approved);
+  const auto row = op("T-1/authorize");
+  EXPECT_EQ(row->state, OperationStateRow::confirmed);
+  EXPECT_EQ(row->amount_fen, 5000);
+  EXPECT_EQ(row->reference, "REF-1");
+}
+
+TEST_F(SagaTest, APluginThatNeverAnswersCannotHoldTheAuthorisation) {
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [&](PaymentSaga::Authorization a) { result = a; });
+  pump();
+  advance(29s);
+  EXPECT_FALSE(result) << "answered before the deadline";
+  advance(1s);
+  ASSERT_TRUE(result);
+  EXPECT_TRUE(result->timed_out);
+  EXPECT_EQ(result->decision, payment::Decision::declined);
+  EXPECT_EQ(op("T-1/authorize")->state, OperationStateRow::failed);
+  // Released, since the acquirer may still approve it.
+  ASSERT_EQ(method.operations.size(), 1u);
+  EXPECT_EQ(method.operations[0].call, "cancel");
+  EXPECT_EQ(method.operations[0].op, "T-1/void");
+  // The late approval changes nothing.
+  method.authorizations[0].done(approve(5000));
+  pump();
+  EXPECT_EQ(op("T-1/authorize")->state, OperationStateRow::failed);
+  method.operations[0].done(confirmed(5000));
+  pump();
+  EXPECT_EQ(op("T-1/void")->state, OperationStateRow::confirmed);
+}
+
+TEST_F(SagaTest, AStepUpIsRelayedAndItsAnswerDecides) {
+  std::optional<payment::Challenge> challenge;
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, [&](const payment::Challenge& c) { challenge = c; }, [&](PaymentSaga::Authorization a) { result = a; });
+  pump();
+  EXPECT_FALSE(saga->answer_step_up("T-1", {.kind = payment::ChallengeKind::pin, .value = "1234", .confirmed = false}).ok()) << "nothing waits yet";
+  method.authorizations[0].done({.decision = payment::Decision::step_up, .authorized_fen = 0, .reference = {}, .reason = "PIN",
+                                 .challenge = {.kind = payment::ChallengeKind::pin, .prompt = "enter your PIN", .deadline = clock.now() + 60s, .methods = {}}});
+  pump();
+  ASSERT_TRUE(challenge);
+  EXPECT_EQ(challenge->prompt, "enter your PIN");
+  EXPECT_FALSE(result);
+  EXPECT_TRUE(saga->awaiting_step_up("T-1"));
+  EXPECT_EQ(op("T-1/authorize")->state, OperationStateRow::pending);
+  ASSERT_TRUE(saga->answer_step_up("T-1", {.kind = payment::ChallengeKind::pin, .value = "1234", .confirmed = false}).ok());
+  ASSERT_EQ(method.step_up_answers.size(), 1u);
+  EXPECT_EQ(method.step_up_answers[0].pin, "1234") << "the answer comes back to the plugin";
+  EXPECT_EQ(method.step_up_answers[0].op, "T-1/authorize");
+  method.step_up_answers[0].done(approve(5000));
+  pump();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->decision, payment::Decision::approved);
+  EXPECT_EQ(op("T-1/authorize")->state, OperationStateRow::confirmed);
+}
+
+TEST_F(SagaTest, AStepUpRefusedIsDeclinedAndReleased) {
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, [](const payment::Challenge&) {}, [&](PaymentSaga::Authorization a) { result = a; });
+  pump();
+  method.authorizations[0].done({.decision = payment::Decision::step_up, .authorized_fen = 0, .reference = {}, .reason = {},
+                                 .challenge = {.kind = payment::ChallengeKind::pin, .prompt = "PIN", .deadline = clock.now() + 60s, .methods = {}}});
+  pump();
+  ASSERT_TRUE(saga->answer_step_up("T-1", {.kind = payment::ChallengeKind::pin, .value = "0000", .confirmed = false}).ok());
+  method.step_up_answers[0].done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = "wrong PIN", .challenge = {}});
+  pump();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->decision, payment::Decision::declined);
+  EXPECT_EQ(result->reason, "wrong PIN");
+  EXPECT_EQ(op("T-1/authorize")->state, OperationStateRow::failed);
+  ASSERT_FALSE(method.operations.empty());
+  EXPECT_EQ(method.operations.back().op, "T-1/void");
+}
+
+TEST_F(SagaTest, AStepUpNotCompletedInTimeEndsTheAuthorisation) {
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, [](const payment::Challenge&) {}, [&](PaymentSaga::Authorization a) { result = a; });
+  pump();
+  method.authorizations[0].done({.decision = payment::Decision::step_up, .authorized_fen = 0, .reference = {}, .reason = {},
+                                 .challenge = {.kind = payment::ChallengeKind::app_confirmation, .prompt = "confirm in the app",
+                                               .deadline = clock.now() + 90s, .methods = {}}});
+  pump();
+  advance(89s);
+  EXPECT_FALSE(result);
+  advance(1s);
+  ASSERT_TRUE(result);
+  EXPECT_TRUE(result->timed_out);
+  EXPECT_EQ(result->reason, "the step-up was not completed in time");
+  EXPECT_FALSE(saga->answer_step_up("T-1", {.kind = payment::ChallengeKind::app_confirmation, .value = {}, .confirmed = true}).ok()) << "too late";
+  EXPECT_EQ(op("T-1/authorize")->state, OperationStateRow::failed);
+}
+
+TEST_F(SagaTest, APendingCaptureIsAskedAgainUntilItIsConfirmed) {
+  write_transaction("T-1");
+  const MoneyOperation intent = saga->capture_intent("T-1", "pay", 4321);
+  store->submit([intent](Database& d) { operations::insert_intent(d, intent); }, [](const Status&) {});
+  pump();
+  std::vector<MoneyOperation> first;
+  saga->execute(intent, [&](const MoneyOperation& o) { first.push_back(o); });
+  ASSERT_EQ(method.operations.size(), 1u);
+  method.operations[0].done(pending());
+  pump();
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].state, OperationStateRow::pending) << "the first answer is pending, not 0 captured";
+  EXPECT_EQ(op("T-1/capture")->state, OperationStateRow::pending);
+  EXPECT_EQ(op("T-1/capture")->attempts, 1);
+  advance(4999ms);
+  EXPECT_EQ(method.operations.size(), 1u) << "asked again before the backoff";
+  advance(1ms);
+  ASSERT_EQ(method.operations.size(), 2u);
+  EXPECT_EQ(method.operations[1].op, "T-1/capture") << "the same operation id";
+  method.operations[1].done(pending());
+  pump();
+  advance(10s);  // doubled
+  ASSERT_EQ(method.operations.size(), 3u);
+  method.operations[2].done(confirmed(4321));
+  pump();
+  const auto row = op("T-1/capture");
+  EXPECT_EQ(row->state, OperationStateRow::confirmed);
+  EXPECT_EQ(row->amount_fen, 4321);
+  EXPECT_EQ(row->attempts, 3);
+  ASSERT_EQ(settled.size(), 1u);
+  EXPECT_EQ(settled[0].id, "T-1/capture");
+}
+
+TEST_F(SagaTest, ACaptureWithNoAnswerOrNoPluginStaysPendingAndIsRetried) {
+  write_transaction("T-1");
+  const MoneyOperation intent = saga->capture_intent("T-1", "pay", 1000);
+  store->submit([intent](Database& d) { operations::insert_intent(d, intent); }, [](const Status&) {});
+  pump();
+  saga->execute(intent, {});
+  advance(30s);  // no answer: the deadline makes it pending
+  EXPECT_EQ(op("T-1/capture")->state, OperationStateRow::pending);
+  running = false;  // the payment plugin failed
+  advance(5s);
+  EXPECT_EQ(op("T-1/capture")->state, OperationStateRow::pending);
+  EXPECT_EQ(op("T-1/capture")->amount_fen, 1000) << "never recorded as 0 captured";
+  running = true;
+  advance(10s);
+  ASSERT_EQ(method.operations.size(), 2u);
+  method.operations[0].done(confirmed(1000));  // the first, late: ignored
+  pump();
+  EXPECT_EQ(op("T-1/capture")->state, OperationStateRow::pending);
+  method.operations[1].done(confirmed(1000));
+  pump();
+  EXPECT_EQ(op("T-1/capture")->state, OperationStateRow::confirmed);
+}
+
+TEST_F(SagaTest, RefundsArePartialRepeatedAndEachHasItsOwnId) {
+  write_transaction("T-1");
+  std::vector<MoneyOperation> done;
+  saga->refund("T-1", "pay", 300, "short charge", [&](const MoneyOperation& o) { done.push_back(o); });
+  saga->refund("T-1", "pay", 200, "goodwill", [&](const MoneyOperation& o) { done.push_back(o); });
+  pump();
+  ASSERT_EQ(method.operations.size(), 2u);
+  EXPECT_EQ(method.operations[0].op, "T-1/refund/1");
+  EXPECT_EQ(method.operations[1].op, "T-1/refund/2");
+  EXPECT_EQ(method.operations[0].fen, 300);
+  method.operations[0].done(confirmed(300));
+  method.operations[1].done(confirmed(200));
+  pump();
+  ASSERT_EQ(done.size(), 2u);
+  std::int64_t refunded = 0;
+  for (const auto& o : operations::of_transaction(reader->handle(), "T-1")) {
+    if (o.kind == OperationKind::refund && o.state == OperationStateRow::confirmed) refunded += o.amount_fen;
+  }
+  EXPECT_EQ(refunded, 500);
+}
+
+TEST_F(SagaTest, AfterAKillEveryOperationWithoutAnOutcomeIsResumed) {
+  write_transaction("T-cap");
+  write_transaction("T-ref");
+  // T-auth: authorised, killed before an answer. T-cap: capture intent. T-ref: refund pending.
+  // T-void: release intent. T-orphan: approved, but its session never started.
+  saga->authorize("T-auth", 1, "pay", kCard, 5000, {}, [](PaymentSaga::Authorization) {});
+  saga->authorize("T-orphan", 1, "pay", kCard, 5000, {}, [](PaymentSaga::Authorization) {});
+  const MoneyOperation cap = saga->capture_intent("T-cap", "pay", 700);
+  store->submit([cap](Database& d) { operations::insert_intent(d, cap); }, [](const Status&) {});
+  saga->refund("T-ref", "pay", 100, "", {});
+  pump();
+  method.authorizations[1].done(approve(5000));  // T-orphan approved
+  for (auto& o : method.operations) {
+    if (o.op == "T-ref/refund/1") o.done(pending());
+  }
+  pump();
+  EXPECT_EQ(op("T-ref/refund/1")->state, OperationStateRow::pending);
+  close();  // the kill
+
+  method = FakeMethod{};
+  open();
+  saga->resume();
+  pump();
+  EXPECT_EQ(op("T-auth/authorize")->state, OperationStateRow::failed) << "an interrupted authorisation is ended";
+  std::set<std::string> asked;
+  for (const auto& o : method.operations) asked.insert(o.op);
+  EXPECT_TRUE(asked.count("T-auth/void")) << "and released";
+  EXPECT_TRUE(asked.count("T-orphan/void")) << "a hold whose session never started is released";
+  EXPECT_TRUE(asked.count("T-cap/capture")) << "a capture intent is asked";
+  EXPECT_TRUE(asked.count("T-ref/refund/1")) << "a pending refund is asked again";
+  EXPECT_TRUE(method.authorizations.empty()) << "an authorisation is never repeated";
+  for (auto& o : method.operations) o.done(confirmed(o.fen));
+  pump();
+  for (const auto& id : {"T-auth/void", "T-orphan/void", "T-cap/capture", "T-ref/refund/1"}) {
+    EXPECT_EQ(op(id)->state, OperationStateRow::confirmed) << id;
+  }
+  EXPECT_TRUE(operations::unfinished(reader->handle()).empty());
+}
+
+}  // namespace
+}  // namespace pilecore::core
