@@ -124,6 +124,20 @@ int main(int argc, char** argv) {
   session_stop->add_option("CONNECTOR", session_connector, "Connector id")->required();
   session_stop->add_option("--reason", stop_reason, "Stop reason")->check(CLI::IsMember({"Local", "Remote"}));
   add_socket_options(session_stop);
+  std::string answer_pin;
+  bool answer_confirm = false;
+  auto* session_answer = session->add_subcommand("answer", "Answer the step-up a session start waits for: the PIN typed at the pile, or a confirmation");
+  session_answer->add_option("CONNECTOR", session_connector, "Connector id")->required();
+  auto* pin_opt = session_answer->add_option("--pin", answer_pin, "The PIN the driver typed");
+  session_answer->add_flag("--confirm", answer_confirm, "The driver confirmed (in the app, or by paying with the other method)")->excludes(pin_opt);
+  add_socket_options(session_answer);
+  std::string refund_txn, refund_reason;
+  std::int64_t refund_fen = 0;
+  auto* refund = app.add_subcommand("refund", "Refund part or all of a transaction's capture (a refund id of its own; several per transaction)");
+  refund->add_option("TXN", refund_txn, "Transaction id")->required();
+  refund->add_option("FEN", refund_fen, "Amount in fen")->required()->check(CLI::PositiveNumber);
+  refund->add_option("--reason", refund_reason, "Why, for the ledger and the receipt");
+  add_socket_options(refund);
   std::string receipt_txn;
   bool receipt_json = false;
   auto* receipt = app.add_subcommand("receipt", "The itemised receipt of a transaction");
@@ -310,6 +324,25 @@ int main(int argc, char** argv) {
     nlohmann::json r;
     if (!request({{"cmd", "session_stop"}, {"connector", session_connector}, {"reason", stop_reason}}, r)) return 1;
     std::fputs(format_receipt_text(r["receipt"]).c_str(), stdout);
+    return 0;
+  }
+  if (*session_answer) {
+    nlohmann::json req = {{"cmd", "session_answer"}, {"connector", session_connector}};
+    if (!answer_pin.empty()) {
+      req["pin"] = answer_pin;
+    } else {
+      req["confirmed"] = answer_confirm;
+    }
+    nlohmann::json r;
+    if (!request(req, r)) return 1;
+    std::printf("connector %u: answer passed on for %s\n", session_connector, r.value("transaction", "").c_str());
+    return 0;
+  }
+  if (*refund) {
+    nlohmann::json r;
+    if (!request({{"cmd", "refund"}, {"transaction", refund_txn}, {"amount_fen", refund_fen}, {"reason", refund_reason}}, r)) return 1;
+    std::printf("%s: %s yuan, %s\n", r.value("operation", "").c_str(), format_yuan(r.value("amount_fen", std::int64_t{0})).c_str(),
+                r.value("state", "").c_str());
     return 0;
   }
   if (*receipt) {

@@ -358,3 +358,57 @@ TEST(Strategy, AStrategyWithoutAnAnswerFallsBackLowNotToFullPower) {
   EXPECT_EQ(setpoint_of(site, 1), 3500);
   EXPECT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][0].value("power_w", 0) == 3500; }));
 }
+
+namespace {
+
+// The step-up path end to end: the payment method asks for a PIN, the start waits, the answer
+// on the control socket goes back to the method, and the session starts. Then two partial
+// refunds of the closed transaction, each an operation of its own, and one too many.
+TEST(Session, AStepUpIsAnsweredAtThePileAndRefundsArePartialAndRepeated) {
+  TempDir dir;
+  std::string yaml = site_yaml();
+  const std::string plain = "config: {latency_ms: 0}";
+  yaml.replace(yaml.find(plain), plain.size(), "config: {latency_ms: 0, step_up_tokens: [card:NEW1]}");
+  RunningSite site(dir, yaml, {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
+  ASSERT_TRUE(eventually([&] { return site.runtime().ready() && request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+
+  EXPECT_EQ(request(site, {{"cmd", "session_answer"}, {"connector", 1}, {"pin", "1234"}})["error"], "connector 1 has no step-up waiting for an answer");
+  std::promise<nlohmann::json> started;
+  auto started_f = started.get_future();
+  site.runtime().dispatch([&] {
+    site.runtime().handle_request({{"cmd", "session_start"}, {"connector", 1}, {"token", "card:NEW1"}}, [&](nlohmann::json r) { started.set_value(std::move(r)); });
+  });
+  // The start waits for the driver; the answer goes through once the challenge is out.
+  ASSERT_TRUE(eventually([&] { return request(site, {{"cmd", "session_answer"}, {"connector", 1}, {"pin", "1234"}}).value("ok", false); }));
+  ASSERT_EQ(started_f.wait_for(10s), std::future_status::ready);
+  const auto s = started_f.get();
+  ASSERT_TRUE(s.value("ok", false)) << s.dump();
+  const std::string txn = s["transaction"];
+
+  std::this_thread::sleep_for(300ms);  // three minutes of charging
+  const auto stopped = request(site, {{"cmd", "session_stop"}, {"connector", 1}});
+  ASSERT_TRUE(stopped.value("ok", false)) << stopped.dump();
+  const std::int64_t captured = stopped["receipt"].value("captured_fen", std::int64_t{0});
+  ASSERT_GT(captured, 100) << stopped.dump();
+
+  const auto r1 = request(site, {{"cmd", "refund"}, {"transaction", txn}, {"amount_fen", 60}, {"reason", "short charge"}});
+  EXPECT_EQ(r1.value("operation", ""), txn + "/refund/1") << r1.dump();
+  EXPECT_EQ(r1.value("state", ""), "confirmed");
+  const auto r2 = request(site, {{"cmd", "refund"}, {"transaction", txn}, {"amount_fen", 40}});
+  EXPECT_EQ(r2.value("operation", ""), txn + "/refund/2") << r2.dump();
+  const auto too_much = request(site, {{"cmd", "refund"}, {"transaction", txn}, {"amount_fen", captured}});
+  EXPECT_FALSE(too_much.value("ok", true)) << "above what is left to refund";
+
+  const auto receipt = request(site, {{"cmd", "receipt"}, {"transaction", txn}});
+  std::map<std::string, std::string> states;
+  std::int64_t refunded = 0;
+  for (const auto& op : receipt["operations"]) {
+    states[op["kind"]] = op["state"];
+    if (op["kind"] == "refund" && op["state"] == "confirmed") refunded += op["amount_fen"].get<std::int64_t>();
+  }
+  EXPECT_EQ(states["authorize"], "confirmed") << receipt.dump(2);
+  EXPECT_EQ(states["capture"], "confirmed");
+  EXPECT_EQ(refunded, 100);
+}
+
+}  // namespace
