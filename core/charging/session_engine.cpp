@@ -10,6 +10,7 @@
 
 #include "clocks.hpp"
 #include "crypto.hpp"
+#include "inflight.hpp"
 #include "money_operations.hpp"
 #include "statement.hpp"
 #include "token_privacy.hpp"
@@ -434,7 +435,10 @@ void SessionEngine::read_meter(Connector& c, std::function<void(std::optional<Me
   const std::uint64_t id = ++next_waiter_;
   c.waiters.push_back(Waiter{id, clock_.now(), std::move(done)});
   const auto ref = hooks_.find(c.cfg.meter);
-  if (ref.plugin && ref.kind == Kind::sensor) static_cast<sensor::Sensor*>(ref.plugin)->refresh();
+  if (ref.plugin && ref.kind == Kind::sensor) {
+    InFlight mark(c.cfg.meter, "refresh");
+    static_cast<sensor::Sensor*>(ref.plugin)->refresh();
+  }
   auto timer = timer_after(Duration(site_.session.charging.meter_timeout_ms), [this, &c, id] {
     for (auto it = c.waiters.begin(); it != c.waiters.end(); ++it) {
       if (it->id == id) {
@@ -727,7 +731,12 @@ void SessionEngine::begin_charging(Connector& c) {
     return;
   }
   update_setpoint(c);
-  if (Status st = static_cast<power::PowerStage*>(ref.plugin)->close_contactor(); !st.ok()) {
+  Status closed_st;
+  {
+    InFlight mark(c.cfg.power, "close_contactor");
+    closed_st = static_cast<power::PowerStage*>(ref.plugin)->close_contactor();
+  }
+  if (Status st = std::move(closed_st); !st.ok()) {
     spdlog::error("connector {}: the contactor did not close: {}", c.cfg.id, st.message());
     stop(c.cfg.id, StopReason::fault, [](const nlohmann::json&) {});
     return;
@@ -767,6 +776,7 @@ void SessionEngine::update_setpoint(Connector& c) {
       vars.push_back({"ambient_temperature", ambient_->value});
     }
     if (sref.plugin) {
+      InFlight mark(strategies.front(), "compute");
       const strategy::Setpoint sp = static_cast<strategy::Strategy*>(sref.plugin)->compute(vars);
       if (sp.status.ok()) {
         watts = sp.watts;
@@ -783,6 +793,7 @@ void SessionEngine::update_setpoint(Connector& c) {
   if (watts != c.session->setpoint_w || !c.session->has_setpoint) {
     c.session->setpoint_w = watts;
     c.session->has_setpoint = true;
+    InFlight mark(c.cfg.power, "set_power_limit");
     if (Status st = stage->set_power_limit(watts); !st.ok()) spdlog::warn("connector {}: set_power_limit: {}", c.cfg.id, st.message());
   }
 }

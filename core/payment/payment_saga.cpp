@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "inflight.hpp"
+
 namespace pilecore::core {
 
 /// One operation between its call to the plugin and its final outcome.
@@ -112,6 +114,7 @@ void PaymentSaga::ask_authorize(const std::shared_ptr<Flight>& f, const identifi
   });
   payment::AuthorizationRequest req{.operation_id = f->op.id, .transaction_id = f->op.txn, .connector = f->connector, .token = &token,
                                     .channel = f->op.channel, .amount_fen = f->op.amount_fen, .deadline = deadline};
+  InFlight mark(f->op.method, "authorize");  // a crash in the plugin is attributed to it
   m->authorize(req, [this, f, attempt, alive = alive_](payment::AuthorizationResult r) {
     if (!*alive || f->attempt != attempt || f->answered) return;  // late: the deadline already decided
     f->answered = true;
@@ -183,6 +186,7 @@ Status PaymentSaga::answer_step_up(const std::string& txn, const payment::StepUp
                              .reason = "the payment method did not answer the step-up in time", .timed_out = true},
                          OperationStateRow::failed);
   });
+  InFlight mark(f->op.method, "answer_step_up");
   m->answer_step_up(f->op.id, answer, [this, f, attempt, alive = alive_](payment::AuthorizationResult r) {
     if (!*alive || f->attempt != attempt || f->answered) return;
     f->answered = true;
@@ -256,6 +260,7 @@ void PaymentSaga::attempt(const std::string& op_id) {
   auto cb = [this, op_id, attempt, alive = alive_](payment::OperationResult r) {
     if (*alive) on_result(op_id, attempt, std::move(r));
   };
+  InFlight mark(f->op.method, to_string(f->op.kind));
   switch (f->op.kind) {
     case OperationKind::capture:
     case OperationKind::debit:
