@@ -208,6 +208,18 @@ nlohmann::json sample_ledger_record(int i, const std::string& id, const std::str
           {"outcome", outcome}};
 }
 
+std::string one_connector_sim_site(const std::string& id, const std::string& name) {
+  return "site: {id: " + id + ", name: " + name + R"(, location: {lat: 31.2, lon: 121.5}, timezone: Asia/Shanghai}
+connectors:
+  - {id: 1, type: gbt-dc, max_power_w: 60000}
+plugins:
+  power-1:
+    plugin: sim-power
+    connector: 1
+    config: {arrive_after_s: 0, ev_ready_delay_ms: 0, battery_capacity_wh: 200000, initial_soc_pct: 10, tick_ms: 1000}
+)" + sim_payment_and_flat_tariff();
+}
+
 std::string sim_payment_and_flat_tariff(std::int64_t preauth_fen) {
   return R"(  sim:
     plugin: sim-payment

@@ -187,6 +187,9 @@ nlohmann::json sample_ledger_record(int i, const std::string& id, const std::str
 /// under `plugins:`), one flat tariff all week (69.50 + 80.00 fen/kWh) and the payment section
 /// with `preauth_fen`. Charging settings, if any, follow it.
 std::string sim_payment_and_flat_tariff(std::int64_t preauth_fen = 30000);
+/// A whole site: one 60 kW connector whose sim-power vehicle arrives at once and asks for energy,
+/// then sim_payment_and_flat_tariff().
+std::string one_connector_sim_site(const std::string& id, const std::string& name);
 
 ProcessResult run_process(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
                           std::chrono::seconds timeout = std::chrono::seconds(30));

@@ -27,17 +27,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::string site_yaml() {
-  return R"(site: {id: PRIV-1, name: Privacy test, location: {lat: 31.2, lon: 121.5}, timezone: Asia/Shanghai}
-connectors:
-  - {id: 1, type: gbt-dc, max_power_w: 60000}
-plugins:
-  power-1:
-    plugin: sim-power
-    connector: 1
-    config: {arrive_after_s: 0, ev_ready_delay_ms: 0, battery_capacity_wh: 200000, initial_soc_pct: 10, tick_ms: 1000}
-)" + sim_payment_and_flat_tariff();
-}
+std::string site_yaml() { return one_connector_sim_site("PRIV-1", "Privacy test"); }
 
 mode_t mode_of(const fs::path& p) {
   struct stat st {};
