@@ -311,9 +311,13 @@ void PaymentSaga::on_result(const std::string& op_id, std::uint64_t attempt_no, 
   // Who waits for the first answer hears it once it is on disk: a receipt read then shows it.
   auto waiting = std::move(f->first);
   f->first.clear();
-  record(f->op, [this, op = f->op, waiting = std::move(waiting)](const Status&) {
-    for (const auto& w : waiting) w(op);
-    check_drained();
+  record(f->op, [this, op = f->op, waiting = std::move(waiting), alive = alive_](const Status&) {
+    // A waiter may end the daemon's shutdown, and with it this saga: look before each step.
+    for (const auto& w : waiting) {
+      if (!*alive) return;
+      w(op);
+    }
+    if (*alive) check_drained();
   });
   check_drained();
 }

@@ -142,8 +142,13 @@ TEST(ControlLimits, StalledWatchersHoldBoundedMemoryAndGiveItBack) {
                            kWatchers, cycles, rss_before, rss_peak, rss_peak - rss_before, rss_after, rss_after - rss_before, peak_queued, kQueueBytes);
   // The issue saw 15 MB grow to 818 MB and stay there. What the daemon may hold is the queue
   // bound plus the connections' own buffers and bookkeeping.
+#if defined(__SANITIZE_ADDRESS__)
+  // Under AddressSanitizer freed memory waits in its quarantine and every byte has a shadow: the
+  // daemon's RSS measures the sanitizer, not the bound. The plain build (make test) checks it.
+#else
   EXPECT_LT(rss_peak - rss_before, 48 * 1024) << "peak growth, kB";
   EXPECT_LT(rss_after - rss_before, 16 * 1024) << "growth left after the watchers went, kB";
+#endif
   EXPECT_NE(daemon.stderr_text().find("watcher(s) past their share of the 4194304 bytes queued for all watchers disconnected"), std::string::npos);
   daemon.signal(SIGTERM);
   EXPECT_EQ(daemon.wait(), 0) << daemon.stderr_text();

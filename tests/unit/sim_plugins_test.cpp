@@ -1013,9 +1013,10 @@ TEST(SimPower, VehiclesComeOnScheduleAndOneAfterAnother) {
   Events ev;
   site.on_strand([&] { site.plugin<power::PowerStage>("p5")->set_event_sink(ev.sink()); });
   const TimePoint start = TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}} + 8h;
-  EXPECT_FALSE(ev.has(power::Event::plugged)) << "07:00 was before the start";
+  // 07:00 was before the start: the first vehicle is the 08:01 one. (Asked as "no plug yet" right
+  // after start-up, this failed under a sanitizer, whose slow start let the clock reach 08:01.)
   ASSERT_TRUE(ev.wait_for(power::Event::plugged));
-  EXPECT_GE(site.now(), start + 60s);
+  EXPECT_GE(site.now(), start + 60s) << "07:00 was before the start";
   ASSERT_TRUE(ev.wait_for(power::Event::fault, 10s));
   EXPECT_GE(site.now(), start + 100s);
   ASSERT_TRUE(ev.wait_for(power::Event::unplugged, 10s));
