@@ -195,12 +195,8 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
     conn->guard.emplace(site_.session.charging.meter, c.max_power_w);
     connectors_.emplace(c.id, std::move(conn));
   }
-  if (sqlite3_open_v2(db_.path().c_str(), &reader_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
-    const std::string msg = reader_ ? sqlite3_errmsg(reader_) : "out of memory";
-    sqlite3_close(reader_);
-    throw std::runtime_error(fmt::format("{}: cannot open a reading connection: {}", db_.path().string(), msg));
-  }
-  sqlite3_busy_timeout(reader_, 5000);
+  reader_db_ = std::make_unique<Database>(db_.path(), Database::ReadOnly{});
+  reader_ = reader_db_->handle();
   {
     Stmt s(reader_, "SELECT value FROM meta WHERE key='txn_seq'");
     if (s.step()) txn_seq_ = std::stoll(s.text(0));
@@ -239,7 +235,7 @@ SessionEngine::~SessionEngine() {
   *alive_ = false;
   saga_.reset();
   scheduler_.reset();
-  sqlite3_close_v2(reader_);
+  reader_db_.reset();
 }
 
 std::unique_ptr<asio::steady_timer> SessionEngine::timer_after(Duration d, std::function<void()> fn) {

@@ -158,7 +158,8 @@ class SessionEngine {
   StoreWorker& store_;
   /// Reads on the strand (status, receipts, recovery, risk history): a connection of its own, so
   /// the storage thread owns the writing one.
-  sqlite3* reader_ = nullptr;
+  std::unique_ptr<Database> reader_db_;
+  sqlite3* reader_ = nullptr;  ///< reader_db_'s handle
   std::int64_t txn_seq_ = 0;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<PaymentSaga> saga_;

@@ -93,9 +93,6 @@ class PaymentSaga {
   /// plugins stop. The caller bounds the wait.
   void drain(std::function<void()> done);
 
-  /// Operations started and not yet final (for status and tests).
-  [[nodiscard]] std::size_t in_flight() const { return flights_.size(); }
-
  private:
   struct Flight;
   void ask_authorize(const std::shared_ptr<Flight>& f, const identification::Token& token);
