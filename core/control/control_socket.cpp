@@ -358,7 +358,10 @@ nlohmann::json control_request(const std::filesystem::path& socket_path, const n
   }
   const std::string line = request.dump() + "\n";
   asio::write(socket, asio::buffer(line), ec);
-  if (ec) throw std::runtime_error(fmt::format("{}: {}", socket_path.string(), ec.message()));
+  // A daemon that refuses the connection (over its connection limit) says why and closes,
+  // possibly before the request is written: the write then fails with a broken pipe, but the
+  // reason is still waiting to be read, and is what the user should see.
+  const auto write_error = ec;
   asio::streambuf buf;
   std::string reply;
   bool done = false;
@@ -369,7 +372,7 @@ nlohmann::json control_request(const std::filesystem::path& socket_path, const n
   });
   io.run_for(timeout);
   if (!done) throw std::runtime_error(fmt::format("{}: no reply within {} ms", socket_path.string(), timeout.count()));
-  if (ec) throw std::runtime_error(fmt::format("{}: {}", socket_path.string(), ec.message()));
+  if (ec) throw std::runtime_error(fmt::format("{}: {}", socket_path.string(), (write_error ? write_error : ec).message()));
   auto j = nlohmann::json::parse(reply, nullptr, false);
   if (j.is_discarded()) throw std::runtime_error(fmt::format("{}: unreadable reply", socket_path.string()));
   return j;
@@ -392,12 +395,17 @@ ControlWatch::ControlWatch(const std::filesystem::path& socket, std::chrono::mil
     throw std::runtime_error(fmt::format("cannot reach pilecored at {}: {} (is it running? give --socket or --state-dir)", p, std::strerror(e)));
   }
   const std::string req = "{\"cmd\":\"watch\"}\n";
-  if (::send(fd_, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
-    const int e = errno;
+  // As in control_request: a refused connection may be closed before the request is sent; its
+  // reason is still readable below.
+  [[maybe_unused]] const auto sent = ::send(fd_, req.data(), req.size(), MSG_NOSIGNAL);
+  std::optional<std::string> ack;
+  try {
+    ack = line(timeout);
+  } catch (const std::exception&) {
     ::close(fd_);
-    throw std::runtime_error(fmt::format("{}: {}", p, std::strerror(e)));
+    fd_ = -1;
+    throw;
   }
-  const auto ack = line(timeout);
   const auto j = ack ? nlohmann::json::parse(*ack, nullptr, false) : nlohmann::json();
   if (!j.is_object() || !j.value("watching", false)) {
     ::close(fd_);
