@@ -77,4 +77,85 @@ kill -TERM $pid
 wait $pid
 cat "$work/log"
 grep -q "\[sensor:hello-sensor:soc\] up: $work/temp" "$work/log"
-echo "sdk install test: 1 passed, 0 failed"
+
+echo "== the example payment method, built out of tree, takes a PIN, a pending capture and two refunds"
+cp -r "$src/examples/hello-payment" "$work/hello-payment"
+cmake -S "$work/hello-payment" -B "$work/pay-build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CXX_FLAGS="-Wall -Wextra -Werror" >/dev/null
+cmake --build "$work/pay-build" >/dev/null
+cmake --install "$work/pay-build" >/dev/null
+test -f "$plugin_dir/hello-payment.so" || { echo "hello-payment.so was not installed into $plugin_dir"; exit 1; }
+cat > "$work/pay.yaml" <<YAML
+site:
+  id: SDK-PAY
+  name: SDK payment test
+  location: {lat: 31.2, lon: 121.5}
+  timezone: Asia/Shanghai
+connectors:
+  - {id: 1, type: gbt-dc, max_power_w: 60000}
+plugins:
+  power-1:
+    plugin: sim-power
+    connector: 1
+    config: {arrive_after_s: 0, ev_ready_delay_ms: 0, battery_capacity_wh: 200000, initial_soc_pct: 10, tick_ms: 1000}
+  members:
+    plugin: hello-payment
+    config: {opening_balance_fen: 30000, pin_above_fen: 5000, pin: "2468", settle_later: true, latency_ms: 20}
+tariffs:
+  plans:
+    all:
+      prices: {flat: {electricity: 69.50, service: 80.00}}
+      periods: [{from: "00:00", to: "24:00", type: flat}]
+payment: {default_method: members, preauth_fen: 20000}
+YAML
+"$prefix/bin/pilectl" config validate "$work/pay.yaml"
+ctl() { "$prefix/bin/pilectl" "$@" --state-dir "$work/pay-state"; }
+"$prefix/bin/pilecored" --config "$work/pay.yaml" --state-dir "$work/pay-state" --clock-speed 20 \
+  --clock-start 2026-03-02T03:00:00Z --status-interval 0 2>"$work/pay.log" &
+pid=$!
+i=0
+until ctl status 2>/dev/null | grep -q Preparing; do
+  i=$((i + 1))
+  [ $i -lt 100 ] || { cat "$work/pay.log"; kill $pid; echo "connector 1 never became Preparing"; exit 1; }
+  sleep 0.1
+done
+# The hold is above pin_above_fen: the start waits for the PIN typed at the pile.
+ctl session start 1 --token card:0457AB12 >"$work/start.txt" 2>&1 &
+start=$!
+i=0
+until ctl session answer 1 --pin 2468 >/dev/null 2>&1; do
+  i=$((i + 1))
+  [ $i -lt 100 ] || { cat "$work/pay.log"; kill $pid; echo "the step-up never came"; exit 1; }
+  sleep 0.1
+done
+wait $start || { cat "$work/start.txt" "$work/pay.log"; kill $pid; echo "the session did not start"; exit 1; }
+txn=$(sed -n 's/.*session \([^ ]*\) started.*/\1/p' "$work/start.txt" | head -n 1)
+[ -n "$txn" ] || { cat "$work/start.txt"; kill $pid; echo "no transaction id in the start reply"; exit 1; }
+sleep 2  # 40 s of charging at 60 kW: about 1 yuan
+ctl session stop 1 >"$work/stop.txt"
+# settle_later: the capture was answered pending; the core asks again (5 s of clock time) and
+# the second answer confirms it.
+ops() {  # the receipt's operations as "kind state amount" lines
+  python3 -c 'import json,sys
+r = json.load(open(sys.argv[1]))
+print("captured", r["captured_fen"])
+for o in r["operations"]: print(o["kind"], o["state"], o["amount_fen"])' "$work/receipt.json"
+}
+i=0
+until ctl receipt "$txn" --json >"$work/receipt.json" 2>&1 && ops | grep -q '^capture confirmed'; do
+  i=$((i + 1))
+  [ $i -lt 100 ] || { cat "$work/receipt.json" "$work/pay.log"; kill $pid; echo "the pending capture was never confirmed"; exit 1; }
+  sleep 0.1
+done
+ctl refund "$txn" 30 --reason "short charge" >/dev/null
+ctl refund "$txn" 20 >/dev/null
+ctl receipt "$txn" --json >"$work/receipt.json"
+[ "$(ops | grep -c '^refund confirmed')" -eq 2 ] || { ops; kill $pid; echo "the two refunds are not both confirmed"; exit 1; }
+kill -TERM $pid
+wait $pid
+# The method's own book: debited by the capture, credited by the refunds.
+captured=$(ops | sed -n 's/^captured //p')
+balance=$(sed -n 's/^a 0457AB12 //p' "$work/pay-state/plugins/members/accounts")
+[ "$balance" -eq $((30000 - captured + 50)) ] || { echo "balance $balance, captured $captured"; exit 1; }
+! grep -q 0457AB12 "$work/pay.log" || { echo "the card id is in the log in clear"; exit 1; }
+echo "sdk install test: 2 passed, 0 failed"
