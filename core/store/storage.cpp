@@ -82,6 +82,16 @@ const char* const migrations[] = {
     // Risk history is kept by a salted hash of the user's token, never the token.
     "ALTER TABLE transactions ADD COLUMN user_hash TEXT NOT NULL DEFAULT '';"
     "CREATE INDEX transactions_user_hash ON transactions(user_hash, started_ms);",
+    // 5: the payment router (core/payment/router.hpp): each channel's attempts in window buckets,
+    // so success rates survive a restart; and each operation's routing decision, for the receipt.
+    "CREATE TABLE routing_stats("
+    " method TEXT NOT NULL,"
+    " channel TEXT NOT NULL,"
+    " bucket_ms INTEGER NOT NULL,"
+    " ok INTEGER NOT NULL,"
+    " failed INTEGER NOT NULL,"
+    " PRIMARY KEY(method, channel, bucket_ms));"
+    "ALTER TABLE operations ADD COLUMN routing TEXT NOT NULL DEFAULT '';",
 };
 }  // namespace
 
