@@ -17,7 +17,7 @@ std::int64_t ms_of(TimePoint t) { return t.time_since_epoch().count(); }
 TimePoint tp_of(std::int64_t ms) { return TimePoint{Duration{ms}}; }
 
 constexpr const char* columns =
-    "SELECT id, txn_id, kind, amount_fen, method, channel, state, reference, reason, attempts, created_ms, updated_ms, next_attempt_ms "
+    "SELECT id, txn_id, kind, amount_fen, method, channel, state, reference, reason, attempts, created_ms, updated_ms, next_attempt_ms, routing "
     "FROM operations ";
 
 MoneyOperation row(const Stmt& s) {
@@ -35,6 +35,7 @@ MoneyOperation row(const Stmt& s) {
   op.created = tp_of(s.i64(10));
   op.updated = tp_of(s.i64(11));
   if (!s.null(12)) op.next_attempt = tp_of(s.i64(12));
+  op.routing = s.text(13);
   return op;
 }
 
@@ -75,10 +76,10 @@ namespace operations {
 
 void insert_intent(Database& db, const MoneyOperation& op) {
   Stmt(db,
-       "INSERT INTO operations(id, txn_id, kind, amount_fen, method, channel, state, reference, reason, attempts, created_ms, updated_ms) "
-       "VALUES(?,?,?,?,?,?,'intent','','',0,?,?) ON CONFLICT(id) DO NOTHING")
+       "INSERT INTO operations(id, txn_id, kind, amount_fen, method, channel, state, reference, reason, attempts, created_ms, updated_ms, routing) "
+       "VALUES(?,?,?,?,?,?,'intent','','',0,?,?,?) ON CONFLICT(id) DO NOTHING")
       .bind(1, op.id).bind(2, op.txn).bind(3, to_string(op.kind)).bind(4, op.amount_fen).bind(5, op.method).bind(6, op.channel)
-      .bind(7, ms_of(op.created)).bind(8, ms_of(op.created))
+      .bind(7, ms_of(op.created)).bind(8, ms_of(op.created)).bind(9, op.routing)
       .step();
 }
 
@@ -115,9 +116,16 @@ std::vector<MoneyOperation> unfinished(sqlite3* db) {
 std::vector<MoneyOperation> orphan_holds(sqlite3* db) {
   Stmt s(db, (std::string(columns) +
               "WHERE kind='authorize' AND state='confirmed' AND txn_id NOT IN (SELECT id FROM transactions) "
-              "AND txn_id NOT IN (SELECT txn_id FROM operations WHERE kind='void') ORDER BY created_ms, rowid")
+              "AND replace(id, '/authorize', '/void') NOT IN (SELECT id FROM operations WHERE kind='void') ORDER BY created_ms, rowid")
                  .c_str());
   return rows(s);
+}
+
+std::optional<MoneyOperation> confirmed_authorization(sqlite3* db, std::string_view txn) {
+  Stmt s(db, (std::string(columns) + "WHERE txn_id=? AND kind='authorize' AND state='confirmed' ORDER BY created_ms DESC, rowid DESC LIMIT 1").c_str());
+  s.bind(1, txn);
+  if (!s.step()) return std::nullopt;
+  return row(s);
 }
 
 std::string next_refund_id(sqlite3* db, std::string_view txn) {

@@ -27,7 +27,10 @@ std::optional<OperationKind> operation_kind_from(std::string_view s);
 std::optional<OperationStateRow> operation_state_from(std::string_view s);
 
 struct MoneyOperation {
-  std::string id;   ///< "<txn>/authorize", "<txn>/capture", "<txn>/void", "<txn>/refund/<n>", "<txn>/debit"
+  /// "<txn>/authorize" ("<txn>/authorize/<n>" for the n-th channel a failover tried), "<txn>/capture",
+  /// "<txn>/void" (releasing "<txn>/authorize"; "<txn>/void/<n>" releases "<txn>/authorize/<n>"),
+  /// "<txn>/refund/<n>", "<txn>/debit"
+  std::string id;
   std::string txn;
   OperationKind kind = OperationKind::authorize;
   std::int64_t amount_fen = 0;  ///< asked (intent) or moved (confirmed)
@@ -40,6 +43,7 @@ struct MoneyOperation {
   TimePoint created{};
   TimePoint updated{};
   std::optional<TimePoint> next_attempt;
+  std::string routing;  ///< authorisations routed by the payment router: its decision and reasons
 };
 
 /// The `operations` table. Writers throw std::runtime_error naming the SQL on failure.
@@ -56,6 +60,8 @@ std::vector<MoneyOperation> unfinished(sqlite3* db);
 /// Confirmed authorisations whose transaction never started and that have no void: holds a
 /// crash left at the acquirer.
 std::vector<MoneyOperation> orphan_holds(sqlite3* db);
+/// The confirmed authorisation of a transaction (the last, when a failover made several).
+std::optional<MoneyOperation> confirmed_authorization(sqlite3* db, std::string_view txn);
 /// The next refund id of a transaction: "<txn>/refund/<n>".
 std::string next_refund_id(sqlite3* db, std::string_view txn);
 }  // namespace operations

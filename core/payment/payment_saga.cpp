@@ -22,7 +22,22 @@ struct PaymentSaga::Flight {
   AuthorizationDone auth_done;
   ChallengeSink challenged;
   bool awaiting_answer = false;    ///< a step-up challenge waits for the driver
+  bool stepped_up = false;         ///< the channel answered once already (a step-up): not counted again
+  identification::Token token;     ///< kept for a failover to the next channel
+  std::string key;                 ///< "<txn>/authorize": the flight's name whatever attempt it is on
+  std::shared_ptr<identification::Exchange> exchange;  ///< the card's channel, while the authorisation lasts
+  std::vector<std::string> route;  ///< the router's order of channels (empty: not routed)
+  std::size_t route_pos = 0;
+  TimePoint overall_deadline{};    ///< the method's deadline, across failovers
 };
+
+namespace {
+/// "<txn>/void" releases "<txn>/authorize"; "<txn>/void/<n>" releases "<txn>/authorize/<n>".
+std::string swap_part(std::string id, std::string_view from, std::string_view to) {
+  if (const auto at = id.rfind(from); at != std::string::npos) id.replace(at, from.size(), to);
+  return id;
+}
+}  // namespace
 
 PaymentSaga::PaymentSaga(StoreWorker& store, sqlite3* reader, const Clock& clock, Scheduler& scheduler, Settings settings, Hooks hooks)
     : store_(store),
@@ -69,31 +84,89 @@ void PaymentSaga::authorize(const std::string& txn, std::uint32_t connector, con
   auto f = std::make_shared<Flight>();
   f->op = {.id = txn + "/authorize", .txn = txn, .kind = OperationKind::authorize, .amount_fen = amount_fen, .method = method,
            .channel = {}, .state = OperationStateRow::intent, .reference = {}, .reason = {}, .attempts = 1, .created = clock_.now(),
-           .updated = clock_.now(), .next_attempt = std::nullopt};
+           .updated = clock_.now(), .next_attempt = std::nullopt, .routing = {}};
+  f->key = f->op.id;
   f->connector = connector;
   f->auth_done = std::move(done);
   f->challenged = std::move(challenged);
-  if (flights_.count(f->op.id) != 0) {
+  f->token = token;
+  f->exchange = token.exchange;
+  f->overall_deadline = clock_.now() + settings_.authorize_timeout;
+  if (flights_.count(f->key) != 0) {
     f->auth_done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = "already being authorised", .timed_out = false});
     return;
   }
-  flights_[f->op.id] = f;
+  if (router_ != nullptr && router_->routes(method)) {
+    // The user's preferred channel, when the token names one (a wallet app's choice).
+    const std::string preferred(token.find("channel").value_or(""));
+    const RoutingDecision d = router_->choose(method, preferred, clock_.now());
+    f->route = d.order;
+    f->op.channel = f->route.front();
+    f->op.routing = d.summary();
+  }
+  flights_[f->key] = f;
   // The intent is on disk before the acquirer is asked: a crash after this line leaves a row that
   // resume() releases.
   store_.submit([op = f->op](Database& db) { operations::insert_intent(db, op); },
-                [this, f, token, alive = alive_](Status st) {
+                [this, f, alive = alive_](Status st) {
                   if (!*alive) return;
                   if (!st.ok()) {
-                    flights_.erase(f->op.id);
+                    flights_.erase(f->key);
                     f->auth_done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {},
                                   .reason = fmt::format("database: {}", st.message()), .timed_out = false});
                     return;
                   }
-                  ask_authorize(f, token);
+                  ask_authorize(f);
                 });
 }
 
-void PaymentSaga::ask_authorize(const std::shared_ptr<Flight>& f, const identification::Token& token) {
+bool PaymentSaga::can_fail_over(const Flight& f) const { return f.route_pos + 1 < f.route.size() && clock_.now() < f.overall_deadline; }
+
+void PaymentSaga::route_outcome(const Flight& f, bool ok) {
+  if (router_ == nullptr || f.route.empty()) return;
+  const RoutingBucket b = router_->record(f.op.method, f.op.channel, ok, clock_.now());
+  if (b.channel.empty()) return;
+  store_.submit([b](Database& db) { routing_stats::save(db, b); },
+                [b](const Status& st) {
+                  if (!st.ok()) spdlog::warn("routing counts of {}/{} not saved: {}", b.method, b.channel, st.message());
+                });
+}
+
+void PaymentSaga::fail_over(const std::shared_ptr<Flight>& f, const std::string& why, bool release) {
+  const std::string from = f->op.channel;
+  MoneyOperation failed = f->op;
+  failed.state = OperationStateRow::failed;
+  failed.amount_fen = 0;
+  failed.reason = fmt::format("channel {}: {}; failed over to {}", from, why, f->route[f->route_pos + 1]);
+  failed.updated = clock_.now();
+  if (release) {
+    start_void(failed, why, true);
+  } else {
+    record(failed, {});
+  }
+  spdlog::warn("{}: channel {} of '{}': {}; trying {}", f->op.txn, from, f->op.method, why, f->route[f->route_pos + 1]);
+  ++f->route_pos;
+  f->op.id = fmt::format("{}/authorize/{}", f->op.txn, f->route_pos + 1);
+  f->op.channel = f->route[f->route_pos];
+  f->op.routing = fmt::format("{}; failed over from {} ({})", f->op.routing, from, why);
+  f->op.state = OperationStateRow::intent;
+  f->op.reference.clear();
+  f->op.reason.clear();
+  f->op.created = f->op.updated = clock_.now();
+  store_.submit([op = f->op](Database& db) { operations::insert_intent(db, op); },
+                [this, f, alive = alive_](Status st) {
+                  if (!*alive) return;
+                  if (!st.ok()) {
+                    finish_authorization(f, {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {},
+                                             .reason = fmt::format("database: {}", st.message()), .timed_out = false},
+                                         OperationStateRow::failed);
+                    return;
+                  }
+                  ask_authorize(f);
+                });
+}
+
+void PaymentSaga::ask_authorize(const std::shared_ptr<Flight>& f) {
   payment::Method* m = hooks_.method ? hooks_.method(f->op.method) : nullptr;
   if (m == nullptr) {
     finish_authorization(f, {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {},
@@ -103,16 +176,27 @@ void PaymentSaga::ask_authorize(const std::shared_ptr<Flight>& f, const identifi
   }
   const std::uint64_t attempt = ++f->attempt;
   f->answered = false;
-  const TimePoint deadline = clock_.now() + settings_.authorize_timeout;
-  f->deadline = scheduler_.after(settings_.authorize_timeout, [this, f, attempt] {
+  // Routed: each channel gets channel_timeout of what is left of the method's deadline, so a
+  // silent one leaves time for the next.
+  Duration wait = std::chrono::duration_cast<Duration>(f->overall_deadline - clock_.now());
+  if (!f->route.empty() && can_fail_over(*f)) wait = std::min(wait, std::chrono::duration_cast<Duration>(router_->rule().channel_timeout));
+  wait = std::max(wait, Duration(1));
+  const TimePoint deadline = clock_.now() + wait;
+  f->deadline = scheduler_.after(wait, [this, f, attempt] {
     if (f->attempt != attempt || f->answered) return;
     f->answered = true;
+    route_outcome(*f, false);
+    if (can_fail_over(*f)) {
+      fail_over(f, "no answer in time", true);
+      return;
+    }
     spdlog::warn("{}: '{}' did not answer the authorisation in time; releasing whatever it may hold", f->op.txn, f->op.method);
     finish_authorization(f, {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {},
                              .reason = "the payment method did not answer in time", .timed_out = true},
                          OperationStateRow::failed);
   });
-  payment::AuthorizationRequest req{.operation_id = f->op.id, .transaction_id = f->op.txn, .connector = f->connector, .token = &token,
+  f->token.exchange = f->exchange;
+  payment::AuthorizationRequest req{.operation_id = f->op.id, .transaction_id = f->op.txn, .connector = f->connector, .token = &f->token,
                                     .channel = f->op.channel, .amount_fen = f->op.amount_fen, .deadline = deadline};
   InFlight mark(f->op.method, "authorize");  // a crash in the plugin is attributed to it
   m->authorize(req, [this, f, attempt, alive = alive_](payment::AuthorizationResult r) {
@@ -124,13 +208,24 @@ void PaymentSaga::ask_authorize(const std::shared_ptr<Flight>& f, const identifi
 }
 
 void PaymentSaga::on_authorization(const std::shared_ptr<Flight>& f, payment::AuthorizationResult r) {
+  if (!f->stepped_up) route_outcome(*f, r.decision != payment::Decision::unavailable);
   switch (r.decision) {
+    case payment::Decision::unavailable:
+      // The channel failed and holds nothing: the next one, or declined with what failed.
+      if (can_fail_over(*f)) {
+        fail_over(f, r.reason.empty() ? std::string("unavailable") : r.reason, false);
+        return;
+      }
+      finish_authorization(f, {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = r.reference,
+                               .reason = fmt::format("the payment could not be taken: {}", r.reason.empty() ? "unavailable" : r.reason),
+                               .timed_out = false},
+                           OperationStateRow::failed);
+      return;
     case payment::Decision::approved:
       if (r.authorized_fen <= 0) {
         finish_authorization(f, {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = r.reference,
                                  .reason = "approved for nothing", .timed_out = false},
-                             OperationStateRow::failed);
-        start_void(f->op.txn, f->op.method, "an approval for 0 fen", std::nullopt);
+                             OperationStateRow::failed, true);
         return;
       }
       finish_authorization(f, {.decision = payment::Decision::approved, .authorized_fen = std::min(r.authorized_fen, f->op.amount_fen),
@@ -151,6 +246,7 @@ void PaymentSaga::on_authorization(const std::shared_ptr<Flight>& f, payment::Au
       if (until <= now || until > now + settings_.authorize_timeout * 10) until = now + settings_.authorize_timeout * 4;
       r.challenge.deadline = until;
       f->awaiting_answer = true;
+      f->stepped_up = true;
       f->op.state = OperationStateRow::pending;
       f->op.reason = fmt::format("step-up: {}", to_string(r.challenge.kind));
       f->op.updated = now;
@@ -202,14 +298,17 @@ bool PaymentSaga::awaiting_step_up(const std::string& txn) const {
 }
 
 void PaymentSaga::finish_authorization(const std::shared_ptr<Flight>& f, Authorization a, OperationStateRow state, bool release) {
-  flights_.erase(f->op.id);
+  flights_.erase(f->key);
+  f->exchange.reset();
+  f->token.exchange.reset();
   f->op.state = state;
   f->op.amount_fen = state == OperationStateRow::confirmed ? a.authorized_fen : 0;
   f->op.reference = a.reference;
   f->op.reason = a.reason;
   f->op.updated = clock_.now();
+  if (state == OperationStateRow::confirmed) approved_[f->op.txn] = f->op;
   if (a.timed_out || release) {
-    start_void(f->op.txn, f->op.method, a.timed_out ? "no answer in time" : "declined", f->op);
+    start_void(f->op, a.timed_out ? "no answer in time" : a.reason == "approved for nothing" ? "an approval for 0 fen" : "declined", true);
   } else {
     // Not waited for: whatever the caller commits next (the transaction row) is ordered after it.
     record(f->op, {});
@@ -221,9 +320,12 @@ void PaymentSaga::finish_authorization(const std::shared_ptr<Flight>& f, Authori
 // --- capture, void, refund ---------------------------------------------------------------------
 
 MoneyOperation PaymentSaga::capture_intent(const std::string& txn, const std::string& method, std::int64_t amount_fen) const {
-  return {.id = txn + "/capture", .txn = txn, .kind = OperationKind::capture, .amount_fen = amount_fen, .method = method, .channel = {},
+  // Captured where it was authorised (the router's channel, after any failover).
+  const auto approved = approved_.find(txn);
+  std::string channel = approved != approved_.end() ? approved->second.channel : std::string();
+  return {.id = txn + "/capture", .txn = txn, .kind = OperationKind::capture, .amount_fen = amount_fen, .method = method, .channel = std::move(channel),
           .state = OperationStateRow::intent, .reference = {}, .reason = {}, .attempts = 0, .created = clock_.now(), .updated = clock_.now(),
-          .next_attempt = std::nullopt};
+          .next_attempt = std::nullopt, .routing = {}};
 }
 
 void PaymentSaga::execute(MoneyOperation op, OperationDone first) {
@@ -231,6 +333,7 @@ void PaymentSaga::execute(MoneyOperation op, OperationDone first) {
     if (first) it->second->first.push_back(std::move(first));
     return;
   }
+  if (op.kind == OperationKind::capture) approved_.erase(op.txn);  // nothing left to release
   auto f = std::make_shared<Flight>();
   f->op = std::move(op);
   if (first) f->first.push_back(std::move(first));
@@ -266,9 +369,12 @@ void PaymentSaga::attempt(const std::string& op_id) {
     case OperationKind::debit:
       m->capture({.operation_id = f->op.id, .transaction_id = f->op.txn, .amount_fen = f->op.amount_fen, .deadline = deadline}, cb);
       break;
-    case OperationKind::void_:
-      m->cancel({.operation_id = f->op.id, .transaction_id = f->op.txn, .deadline = deadline}, cb);
+    case OperationKind::void_: {
+      const std::string authorization = swap_part(f->op.id, "/void", "/authorize");
+      m->cancel({.operation_id = f->op.id, .transaction_id = f->op.txn, .deadline = deadline, .authorization_id = authorization, .channel = f->op.channel},
+                cb);
       break;
+    }
     case OperationKind::refund:
       m->refund({.operation_id = f->op.id, .transaction_id = f->op.txn, .amount_fen = f->op.amount_fen, .reason = f->op.reason, .deadline = deadline}, cb);
       break;
@@ -337,13 +443,27 @@ void PaymentSaga::check_drained() {
   for (auto& w : waiting) w();
 }
 
-void PaymentSaga::start_void(const std::string& txn, const std::string& method, const std::string& why, std::optional<MoneyOperation> authorization) {
-  MoneyOperation op{.id = txn + "/void", .txn = txn, .kind = OperationKind::void_, .amount_fen = 0, .method = method, .channel = {},
-                    .state = OperationStateRow::intent, .reference = {}, .reason = why, .attempts = 0, .created = clock_.now(),
-                    .updated = clock_.now(), .next_attempt = std::nullopt};
+MoneyOperation PaymentSaga::authorization_of(const std::string& txn, const std::string& method) const {
+  if (auto it = approved_.find(txn); it != approved_.end()) return it->second;
+  if (auto op = operations::confirmed_authorization(reader_, txn)) return *op;
+  MoneyOperation op;
+  op.id = txn + "/authorize";
+  op.txn = txn;
+  op.method = method;
+  return op;
+}
+
+void PaymentSaga::start_void(const MoneyOperation& authorization, const std::string& why, bool write_outcome) {
+  approved_.erase(authorization.txn);
+  MoneyOperation op{.id = swap_part(authorization.id, "/authorize", "/void"), .txn = authorization.txn, .kind = OperationKind::void_,
+                    .amount_fen = 0, .method = authorization.method, .channel = authorization.channel, .state = OperationStateRow::intent,
+                    .reference = {}, .reason = why, .attempts = 0, .created = clock_.now(), .updated = clock_.now(),
+                    .next_attempt = std::nullopt, .routing = {}};
+  std::optional<MoneyOperation> outcome;
+  if (write_outcome) outcome = authorization;
   // The authorisation's end and the release's intent commit together: a crash between them
   // would leave a hold that nothing releases.
-  store_.submit([op, authorization, recorded = hooks_.recorded](Database& db) {
+  store_.submit([op, authorization = outcome, recorded = hooks_.recorded](Database& db) {
                   if (authorization) {
                     operations::update(db, *authorization);
                     if (recorded) recorded(db, *authorization);
@@ -360,13 +480,13 @@ void PaymentSaga::start_void(const std::string& txn, const std::string& method, 
                 });
 }
 
-void PaymentSaga::release(const std::string& txn, const std::string& method) { start_void(txn, method, "not captured", std::nullopt); }
+void PaymentSaga::release(const std::string& txn, const std::string& method) { start_void(authorization_of(txn, method), "not captured", false); }
 
 void PaymentSaga::refund(const std::string& txn, const std::string& method, std::int64_t amount_fen, const std::string& reason, OperationDone done) {
   auto op = std::make_shared<MoneyOperation>(MoneyOperation{.id = {}, .txn = txn, .kind = OperationKind::refund, .amount_fen = amount_fen,
                                                             .method = method, .channel = {}, .state = OperationStateRow::intent, .reference = {},
                                                             .reason = reason, .attempts = 0, .created = clock_.now(), .updated = clock_.now(),
-                                                            .next_attempt = std::nullopt});
+                                                            .next_attempt = std::nullopt, .routing = {}});
   // The id is chosen on the storage thread, where refunds are numbered without a race.
   store_.submit(
       [op](Database& db) {
@@ -393,7 +513,7 @@ void PaymentSaga::resume() {
       op.state = OperationStateRow::failed;
       op.reason = "interrupted by a restart";
       op.updated = clock_.now();
-      start_void(op.txn, op.method, "interrupted by a restart", op);
+      start_void(op, "interrupted by a restart", true);
       continue;
     }
     spdlog::warn("{}: {} of {} fen at '{}' has no outcome yet; asking again", op.txn, to_string(op.kind), op.amount_fen, op.method);
@@ -401,7 +521,7 @@ void PaymentSaga::resume() {
   }
   for (const MoneyOperation& op : operations::orphan_holds(reader_)) {
     spdlog::warn("{}: authorised at '{}' for a session that never started; releasing the hold", op.txn, op.method);
-    start_void(op.txn, op.method, "the session never started", std::nullopt);
+    start_void(op, "the session never started", false);
   }
 }
 

@@ -11,6 +11,12 @@
 //  - A capture that is unavailable or timed out is pending, never "0 captured".
 //  - resume() (at start-up) carries on every operation that has no outcome: an authorisation cut
 //    off by a crash is released, a capture, void or refund is asked again.
+//  - With a router (set_router), a method with channels is authorised on the channel the router
+//    chose; a channel that answers unavailable, or does not answer within the rule's
+//    channel_timeout, fails over to the next channel of the decision while the method's deadline
+//    lasts (an authorisation of its own, "<txn>/authorize/<n>"; the silent one is released with
+//    "<txn>/void/<n>"). A decline is the payer's answer and never fails over. Every attempt's
+//    outcome goes back to the router, which persists it.
 // Everything runs on the core's strand; writes go through the StoreWorker.
 #pragma once
 
@@ -23,6 +29,7 @@
 #include <string>
 
 #include "money_operations.hpp"
+#include "router.hpp"
 #include "pilecore/payment.hpp"
 #include "scheduler.hpp"
 #include "store_worker.hpp"
@@ -63,6 +70,10 @@ class PaymentSaga {
   PaymentSaga(const PaymentSaga&) = delete;
   PaymentSaga& operator=(const PaymentSaga&) = delete;
 
+  /// Routes the authorisations of methods with channels through `router` (nullptr: none). The
+  /// router outlives the saga.
+  void set_router(Router* router) noexcept { router_ = router; }
+
   /// Authorises `amount_fen` for transaction `txn`. A step-up calls `challenged` (the core shows
   /// the prompt and relays the answer through answer_step_up); `done` is called once, with the
   /// final decision, a decline, or a timeout.
@@ -95,7 +106,12 @@ class PaymentSaga {
 
  private:
   struct Flight;
-  void ask_authorize(const std::shared_ptr<Flight>& f, const identification::Token& token);
+  void ask_authorize(const std::shared_ptr<Flight>& f);
+  /// The channel of the current attempt failed (`why`); tries the next one. `release`: the
+  /// channel may hold something (it did not answer), so this attempt is released.
+  void fail_over(const std::shared_ptr<Flight>& f, const std::string& why, bool release);
+  [[nodiscard]] bool can_fail_over(const Flight& f) const;
+  void route_outcome(const Flight& f, bool ok);
   void on_authorization(const std::shared_ptr<Flight>& f, payment::AuthorizationResult r);
   void finish_authorization(const std::shared_ptr<Flight>& f, Authorization a, OperationStateRow state, bool release = false);
   void attempt(const std::string& op_id);
@@ -103,7 +119,11 @@ class PaymentSaga {
   void record(MoneyOperation op, std::function<void(Status)> after);
   /// Writes the intent of a release (with, in the same commit, the end of the authorisation it
   /// releases, when given) and executes it.
-  void start_void(const std::string& txn, const std::string& method, const std::string& why, std::optional<MoneyOperation> authorization);
+  /// `authorization` is the authorisation released (its id names the void: "/authorize" ->
+  /// "/void"); `write_outcome`: its outcome is written in the same commit.
+  void start_void(const MoneyOperation& authorization, const std::string& why, bool write_outcome);
+  /// The authorisation a release of `txn` releases: the approved one when known.
+  [[nodiscard]] MoneyOperation authorization_of(const std::string& txn, const std::string& method) const;
   [[nodiscard]] Duration backoff(int attempts) const;
 
   StoreWorker& store_;
@@ -113,7 +133,9 @@ class PaymentSaga {
   Settings settings_;
   Hooks hooks_;
   void check_drained();
-  std::map<std::string, std::shared_ptr<Flight>> flights_;  ///< by operation id
+  std::map<std::string, std::shared_ptr<Flight>> flights_;  ///< by operation id ("<txn>/authorize" for every attempt of one)
+  std::map<std::string, MoneyOperation> approved_;            ///< by transaction: its approved authorisation, until released or captured
+  Router* router_ = nullptr;
   std::vector<std::function<void()>> drained_;
   std::shared_ptr<bool> alive_;
 };

@@ -50,6 +50,7 @@ struct RoutingRule {
   Duration window = std::chrono::hours(1);  ///< the sliding window success rates are measured over
   int min_attempts = 20;                    ///< fewer in the window: the rate is not known yet
   int probe_every = 50;                     ///< one payment in this many probes an under-sampled channel (0: never)
+  Duration channel_timeout = std::chrono::seconds(10);  ///< a channel silent this long fails over (within the method's deadline)
 };
 
 /// One channel as the router saw it when it decided.

@@ -9,6 +9,7 @@
 
 #include "money_operations.hpp"
 #include "payment_saga.hpp"
+#include "router.hpp"
 #include "scheduler.hpp"
 #include "statement.hpp"
 #include "store_worker.hpp"
@@ -27,25 +28,26 @@ class FakeMethod final : public payment::Method {
   void stop() noexcept override {}
   [[nodiscard]] payment::Capabilities capabilities() const noexcept override { return {}; }
   void authorize(const payment::AuthorizationRequest& r, payment::AuthorizationCallback done) noexcept override {
-    authorizations.push_back({std::string(r.operation_id), r.amount_fen, std::move(done)});
+    authorizations.push_back({std::string(r.operation_id), r.amount_fen, std::move(done), std::string(r.channel)});
   }
   void answer_step_up(std::string_view operation_id, const payment::StepUpAnswer& a, payment::AuthorizationCallback done) noexcept override {
     step_up_answers.push_back({std::string(operation_id), a.value, std::move(done)});
   }
   void capture(const payment::CaptureRequest& r, payment::OperationCallback done) noexcept override {
-    operations.push_back({"capture", std::string(r.operation_id), r.amount_fen, std::move(done)});
+    operations.push_back({"capture", std::string(r.operation_id), r.amount_fen, std::move(done), {}});
   }
   void cancel(const payment::VoidRequest& r, payment::OperationCallback done) noexcept override {
-    operations.push_back({"cancel", std::string(r.operation_id), 0, std::move(done)});
+    operations.push_back({"cancel", std::string(r.operation_id), 0, std::move(done), std::string(r.authorization_id) + "@" + std::string(r.channel)});
   }
   void refund(const payment::RefundRequest& r, payment::OperationCallback done) noexcept override {
-    operations.push_back({"refund", std::string(r.operation_id), r.amount_fen, std::move(done)});
+    operations.push_back({"refund", std::string(r.operation_id), r.amount_fen, std::move(done), {}});
   }
 
   struct Auth {
     std::string op;
     std::int64_t fen;
     payment::AuthorizationCallback done;
+    std::string channel;
   };
   struct StepUp {
     std::string op;
@@ -57,6 +59,7 @@ class FakeMethod final : public payment::Method {
     std::string op;
     std::int64_t fen;
     payment::OperationCallback done;
+    std::string released = {};  ///< cancel: "<authorization id>@<channel>"
   };
   std::vector<Auth> authorizations;
   std::vector<StepUp> step_up_answers;
@@ -361,6 +364,122 @@ TEST_F(SagaTest, AfterAKillEveryOperationWithoutAnOutcomeIsResumed) {
     EXPECT_EQ(op(id)->state, OperationStateRow::confirmed) << id;
   }
   EXPECT_TRUE(operations::unfinished(reader->handle()).empty());
+}
+
+// --- routing: the router's channels, failover on an error or silence, never on a decline ---------
+
+payment::AuthorizationResult unavailable(const std::string& why) {
+  return {.decision = payment::Decision::unavailable, .authorized_fen = 0, .reference = {}, .reason = why, .challenge = {}};
+}
+
+class RoutedSagaTest : public SagaTest {
+ protected:
+  RoutedSagaTest() : router(rule(), {{"pay", {{"wechat-sp", 3000}, {"alipay-sp", 3800}, {"unionpay", 5500}}}}) { saga->set_router(&router); }
+  static RoutingRule rule() {
+    RoutingRule r;
+    r.probe_every = 0;
+    r.channel_timeout = 10s;
+    return r;
+  }
+  Router router;
+};
+
+TEST_F(RoutedSagaTest, AChannelErrorFailsOverToTheNextChannelAsAnAuthorisationOfItsOwn) {
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [&](PaymentSaga::Authorization a) { result = a; });
+  pump();
+  ASSERT_EQ(method.authorizations.size(), 1u);
+  EXPECT_EQ(method.authorizations[0].channel, "wechat-sp") << "cold start: the lowest fee";
+  EXPECT_EQ(op("T-1/authorize")->routing.substr(0, 11), "wechat-sp: ");
+  method.authorizations[0].done(unavailable("acquirer returned HTTP 503"));
+  pump();
+  ASSERT_EQ(method.authorizations.size(), 2u);
+  EXPECT_EQ(method.authorizations[1].op, "T-1/authorize/2");
+  EXPECT_EQ(method.authorizations[1].channel, "alipay-sp");
+  EXPECT_FALSE(result);
+  method.authorizations[1].done(approve(5000));
+  pump();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->decision, payment::Decision::approved);
+  const auto first = op("T-1/authorize"), second = op("T-1/authorize/2");
+  EXPECT_EQ(first->state, OperationStateRow::failed);
+  EXPECT_EQ(first->reason, "channel wechat-sp: acquirer returned HTTP 503; failed over to alipay-sp");
+  EXPECT_EQ(second->state, OperationStateRow::confirmed);
+  EXPECT_EQ(second->channel, "alipay-sp");
+  EXPECT_NE(second->routing.find("failed over from wechat-sp (acquirer returned HTTP 503)"), std::string::npos) << second->routing;
+  EXPECT_TRUE(method.operations.empty()) << "an unavailable channel holds nothing: no release";
+  // The router counted both, and the counts are on disk.
+  const auto views = router.channels("pay", clock.now());
+  EXPECT_EQ(views[0].failures, 1);
+  EXPECT_EQ(views[1].attempts, 1);
+  EXPECT_EQ(routing_stats::load(reader->handle(), clock.now() - 1h).size(), 2u);
+  // The capture goes where the money is held.
+  EXPECT_EQ(saga->capture_intent("T-1", "pay", 4000).channel, "alipay-sp");
+}
+
+TEST_F(RoutedSagaTest, ASilentChannelIsReleasedAndTheNextOneAskedWithinTheMethodsDeadline) {
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [&](PaymentSaga::Authorization a) { result = a; });
+  pump();
+  advance(10s);
+  ASSERT_EQ(method.authorizations.size(), 2u);
+  ASSERT_EQ(method.operations.size(), 1u);
+  EXPECT_EQ(method.operations[0].call, "cancel");
+  EXPECT_EQ(method.operations[0].op, "T-1/void");
+  EXPECT_EQ(method.operations[0].released, "T-1/authorize@wechat-sp") << "only the silent channel's hold";
+  advance(10s);
+  ASSERT_EQ(method.authorizations.size(), 3u);
+  EXPECT_EQ(method.authorizations[2].channel, "unionpay");
+  EXPECT_EQ(method.operations[1].released, "T-1/authorize/2@alipay-sp");
+  // The last channel has what is left of the 30 s, and no fourth comes.
+  advance(9s);
+  EXPECT_FALSE(result);
+  advance(1s);
+  ASSERT_TRUE(result);
+  EXPECT_TRUE(result->timed_out);
+  EXPECT_EQ(method.authorizations.size(), 3u);
+  EXPECT_EQ(op("T-1/void/3")->kind, OperationKind::void_);
+}
+
+TEST_F(RoutedSagaTest, ADeclineIsThePayersAnswerAndNeverFailsOver) {
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [&](PaymentSaga::Authorization a) { result = a; });
+  pump();
+  method.authorizations[0].done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = "insufficient funds", .challenge = {}});
+  pump();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->decision, payment::Decision::declined);
+  EXPECT_EQ(result->reason, "insufficient funds");
+  EXPECT_EQ(method.authorizations.size(), 1u);
+  EXPECT_EQ(router.channels("pay", clock.now())[0].failures, 0) << "the channel worked: the payer said no";
+}
+
+TEST_F(RoutedSagaTest, AReleaseAfterAFailoverReleasesTheAuthorisationThatHolds) {
+  saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [](PaymentSaga::Authorization) {});
+  pump();
+  method.authorizations[0].done(unavailable("timeout at the acquirer"));
+  pump();
+  method.authorizations[1].done(approve(5000));
+  pump();
+  saga->release("T-1", "pay");
+  pump();
+  ASSERT_EQ(method.operations.size(), 1u);
+  EXPECT_EQ(method.operations[0].op, "T-1/void/2");
+  EXPECT_EQ(method.operations[0].released, "T-1/authorize/2@alipay-sp");
+}
+
+TEST_F(RoutedSagaTest, WhenEveryChannelFailsTheAnswerSaysWhat) {
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [&](PaymentSaga::Authorization a) { result = a; });
+  for (int i = 0; i < 3; ++i) {
+    pump();
+    ASSERT_EQ(method.authorizations.size(), static_cast<std::size_t>(i + 1));
+    method.authorizations[static_cast<std::size_t>(i)].done(unavailable("down"));
+  }
+  pump();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->decision, payment::Decision::declined);
+  EXPECT_EQ(result->reason, "the payment could not be taken: down");
 }
 
 }  // namespace

@@ -237,7 +237,7 @@ payment::OperationResult refund(SimSite& site, std::string id, std::int64_t fen,
 payment::OperationResult cancel(SimSite& site, std::string id) {
   Answer<payment::OperationResult> a;
   const std::string op = id + "/void";
-  site.on_strand([&] { site.plugin<payment::Method>("pay")->cancel({.operation_id = op, .transaction_id = id, .deadline = {}}, a.callback()); });
+  site.on_strand([&] { site.plugin<payment::Method>("pay")->cancel({.operation_id = op, .transaction_id = id, .deadline = {}, .authorization_id = {}, .channel = {}}, a.callback()); });
   return a.get();
 }
 bool confirmed(const payment::OperationResult& r) { return r.state == payment::OperationState::confirmed; }

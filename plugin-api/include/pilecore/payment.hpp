@@ -34,6 +34,9 @@ enum class Decision : std::uint8_t {
   approved,  ///< funds are held (or credit is granted) up to authorized_fen
   declined,  ///< no; `reason` says why in words a driver understands
   step_up,   ///< more proof is needed first: `challenge` says what; the answer comes to answer_step_up()
+  unavailable,  ///< the channel could not take it (unreachable, an error at the acquirer) and holds
+                ///< nothing: the core may fail over to the method's next channel. `reason` says what
+                ///< failed. Not for the payer's refusal: that is declined, and never fails over.
 };
 
 constexpr std::string_view to_string(Decision d) noexcept {
@@ -41,6 +44,7 @@ constexpr std::string_view to_string(Decision d) noexcept {
     case Decision::approved: return "approved";
     case Decision::declined: return "declined";
     case Decision::step_up: return "step_up";
+    case Decision::unavailable: return "unavailable";
   }
   return "unknown";
 }
@@ -130,6 +134,10 @@ struct VoidRequest {
   std::string_view operation_id;
   std::string_view transaction_id;
   TimePoint deadline{};
+  /// The authorisation to release (its operation id). A transaction whose first channel did not
+  /// answer in time and that was authorised on the next has two; release only this one.
+  std::string_view authorization_id;
+  std::string_view channel;  ///< the channel that authorisation went to (empty: the method's own)
 };
 
 struct RefundRequest {
