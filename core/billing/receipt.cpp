@@ -50,6 +50,18 @@ std::string format_receipt_text(const nlohmann::json& r, const std::string& zone
   if (r.contains("captured_fen")) {
     out += fmt::format("  paid {} yuan ({})\n", format_yuan(r.value("captured_fen", std::int64_t{0})), r.value("capture_status", ""));
   }
+  if (r.contains("operations") && r["operations"].is_array() && !r["operations"].empty()) {
+    // Every money operation, with the channel it went through and, for a routed authorisation,
+    // why the router chose that channel.
+    out += "  money operations:\n";
+    for (const auto& op : r["operations"]) {
+      const std::string channel = op.value("channel", "");
+      out += fmt::format("    {:<22} {:<9} {:<9} {:>10} yuan{}{}\n", op.value("operation", ""), op.value("kind", ""), op.value("state", ""),
+                         format_yuan(op.value("amount_fen", std::int64_t{0})), channel.empty() ? "" : "  via " + channel,
+                         op.value("reason", "").empty() ? "" : "  (" + op.value("reason", "") + ")");
+      if (!op.value("routing", "").empty()) out += fmt::format("      routed: {}\n", op.value("routing", ""));
+    }
+  }
   return out;
 }
 

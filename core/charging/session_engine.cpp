@@ -646,6 +646,8 @@ void SessionEngine::authorized(Connector& c, const std::string& txn, const std::
   });
 }
 
+void SessionEngine::set_router(Router* router) noexcept { saga_->set_router(router); }
+
 void SessionEngine::present(const identification::Token& token, std::optional<std::uint32_t> presenter_connector) {
   const auto connector_id = token.connector ? token.connector : presenter_connector;
   const auto& bindings = site_.session.payment.token_methods;
@@ -1216,8 +1218,11 @@ nlohmann::json SessionEngine::receipt(const std::string& txn) const {
   if (!s.null(14)) j["bill"] = nlohmann::json::parse(s.text(14), nullptr, false);
   nlohmann::json ops = nlohmann::json::array();
   for (const auto& op : operations::of_transaction(reader_, txn)) {
-    ops.push_back({{"operation", op.id}, {"kind", std::string(to_string(op.kind))}, {"state", std::string(to_string(op.state))},
-                   {"amount_fen", op.amount_fen}, {"method", op.method}, {"reference", op.reference}, {"reason", op.reason}, {"attempts", op.attempts}});
+    nlohmann::json o{{"operation", op.id}, {"kind", std::string(to_string(op.kind))}, {"state", std::string(to_string(op.state))},
+                     {"amount_fen", op.amount_fen}, {"method", op.method}, {"reference", op.reference}, {"reason", op.reason}, {"attempts", op.attempts}};
+    if (!op.channel.empty()) o["channel"] = op.channel;
+    if (!op.routing.empty()) o["routing"] = op.routing;  // the router's decision and its reasons
+    ops.push_back(std::move(o));
   }
   j["operations"] = ops;
   return j;

@@ -81,6 +81,8 @@ class SessionEngine {
   ~SessionEngine();
 
   /// Connects the power stages' event sinks. Call once, after the instances started.
+  /// Routes payments of methods with channels through `router` (outlives the engine).
+  void set_router(Router* router) noexcept;
   void attach();
   /// Closes every transaction a crash left open or stopping, as 'recovered', then calls done.
   void recover(std::function<void()> done);

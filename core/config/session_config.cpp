@@ -5,6 +5,7 @@
 
 #include <array>
 #include <map>
+#include <set>
 
 #include "site_config.hpp"
 
@@ -111,6 +112,31 @@ Field payment_field() {
                                                     "declined and released, a capture, void or refund is asked again later"),
                                               100, 600000, "ms"),
                                    "30000"),
+                      with_fields(field("channels", FieldType::list,
+                                        "The channels (acquirers) each payment method settles through, with their fee rates: the payment "
+                                        "router chooses among a method's channels for each payment (docs/payments.md). A method with none "
+                                        "listed uses the channels it declares itself when there are two or more"),
+                                  {with_ref(field("method", FieldType::instance_ref, "The payment instance", true), "payment"),
+                                   [] {
+                                     Field f = field("name", FieldType::string, "The channel's name, as the payment plugin knows it", true);
+                                     f.pattern = "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}";
+                                     f.pattern_hint = "letters, digits, '_', '.', '-'; up to 64";
+                                     return f;
+                                   }(),
+                                   with_range(field("fee_pct", FieldType::decimal, "Fee rate in percent of the amount, e.g. 0.38", true), 0, 100, "%")}),
+                      with_fields(field("routing", FieldType::object, "The payment router's rule (the seed's: fee < 0.6% and success > 99%, then the user's preferred channel, then the lowest fee)"),
+                                  {with_default(with_range(field("max_fee_pct", FieldType::decimal, "A channel is eligible with a fee rate strictly below this"), 0, 100, "%"), "0.6"),
+                                   with_default(with_range(field("min_success_pct", FieldType::decimal, "...and a success rate strictly above this, measured over the window"), 0, 100, "%"), "99"),
+                                   with_default(field("order", FieldType::string_list,
+                                                      "How eligible channels are ordered, first key first: preferred (the user's channel), lowest_fee, highest_success"),
+                                                "[preferred, lowest_fee]"),
+                                   with_default(with_range(field("window_s", FieldType::integer, "The sliding window success rates are measured over"), 60, 7 * 86400, "s"), "3600"),
+                                   with_default(with_range(field("min_attempts", FieldType::integer, "Fewer attempts in the window: the rate is not known and the channel is probed"), 1, 100000), "20"),
+                                   with_default(with_range(field("probe_every", FieldType::integer, "One payment in this many goes first to the least-tried channel whose rate is not known (0: never)"), 0, 1000000), "50"),
+                                   with_default(with_range(field("channel_timeout_ms", FieldType::integer,
+                                                                 "A channel that has not answered by then fails over to the next, within authorize_timeout_ms"),
+                                                           100, 600000, "ms"),
+                                                "10000")}),
                       [] {
                         Field f = with_fields(field("tokens", FieldType::map,
                                                     "Which payment method takes each token type a reader or camera presents (card, face, wallet, ...): "
@@ -347,6 +373,62 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
     if (!target.IsScalar()) continue;
     check_instance(target, fmt::format("payment.tokens.{}.method", m.key), {Kind::payment});
     cfg.payment.token_methods[m.key] = target.Scalar();
+  }
+  auto percent_ppm = [](const std::string& text) -> std::optional<std::uint32_t> {
+    // An exact decimal ("0.38", "99", "99.5"): to parts per million, up to four decimals.
+    const auto dot = text.find('.');
+    const std::string whole = text.substr(0, dot), frac = dot == std::string::npos ? std::string() : text.substr(dot + 1);
+    if (whole.empty() || frac.size() > 4 || whole.size() > 3) return std::nullopt;
+    std::uint32_t v = static_cast<std::uint32_t>(std::stoul(whole)) * 10'000;
+    std::string f = frac;
+    f.resize(4, '0');
+    v += static_cast<std::uint32_t>(std::stoul(f));
+    return v;
+  };
+  auto percent_field = [&](const YAML::Node& node, const std::string& where, std::uint32_t fallback) {
+    if (!node.IsScalar()) return fallback;
+    const auto ppm = node.Scalar().find_first_not_of("0123456789.") == std::string::npos ? percent_ppm(node.Scalar()) : std::nullopt;
+    if (!ppm) {
+      diags.error(position_of(node), fmt::format("'{}' is '{}'; write a percentage with up to four decimals, e.g. 0.38", where, node.Scalar()));
+      return fallback;
+    }
+    return *ppm;
+  };
+  if (const YAML::Node channels = member(pay, "channels"); channels.IsSequence()) {
+    std::set<std::pair<std::string, std::string>> seen;
+    for (std::size_t i = 0; i < channels.size(); ++i) {
+      const YAML::Node c = channels[i];
+      const YAML::Node m = member(c, "method"), n = member(c, "name");
+      if (!m.IsScalar() || !n.IsScalar()) continue;
+      const std::string where = fmt::format("payment.channels[{}]", i);
+      check_instance(m, where + ".method", {Kind::payment});
+      if (!seen.emplace(m.Scalar(), n.Scalar()).second) {
+        diags.error(position_of(n), fmt::format("'{}.name': '{}' is listed twice for '{}'", where, n.Scalar(), m.Scalar()));
+        continue;
+      }
+      cfg.payment.channels.push_back({m.Scalar(), n.Scalar(), percent_field(member(c, "fee_pct"), where + ".fee_pct", 0)});
+    }
+  }
+  if (const YAML::Node routing = member(pay, "routing"); routing.IsMap()) {
+    const Field rf = child(pf, "routing");
+    auto& r = cfg.payment.routing;
+    r.max_fee_ppm = percent_field(member(routing, "max_fee_pct"), "payment.routing.max_fee_pct", r.max_fee_ppm);
+    r.min_success_ppm = percent_field(member(routing, "min_success_pct"), "payment.routing.min_success_pct", r.min_success_ppm);
+    if (const YAML::Node order = member(routing, "order"); order.IsSequence()) {
+      r.order.clear();
+      for (const auto& o : order) {
+        if (!o.IsScalar()) continue;
+        if (o.Scalar() != "preferred" && o.Scalar() != "lowest_fee" && o.Scalar() != "highest_success") {
+          diags.error(position_of(o), fmt::format("'payment.routing.order' has '{}'; allowed: preferred, lowest_fee, highest_success", o.Scalar()));
+          continue;
+        }
+        r.order.push_back(o.Scalar());
+      }
+    }
+    r.window_s = int_or(member(routing, "window_s"), child(rf, "window_s"), r.window_s);
+    r.min_attempts = int_or(member(routing, "min_attempts"), child(rf, "min_attempts"), r.min_attempts);
+    r.probe_every = int_or(member(routing, "probe_every"), child(rf, "probe_every"), r.probe_every);
+    r.channel_timeout_ms = int_or(member(routing, "channel_timeout_ms"), child(rf, "channel_timeout_ms"), r.channel_timeout_ms);
   }
   const YAML::Node autostart = member(pay, "autostart");
   cfg.payment.autostart = autostart.IsScalar() && (autostart.Scalar() == "true" || autostart.Scalar() == "True" || autostart.Scalar() == "TRUE");

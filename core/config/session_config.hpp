@@ -19,6 +19,24 @@ namespace pilecore::core {
 struct InstanceSpec;
 struct ConnectorConfig;
 
+/// One channel (acquirer) of a payment method: `payment.channels`.
+struct ChannelSetting {
+  std::string method;  ///< the payment instance
+  std::string name;
+  std::uint32_t fee_ppm = 0;  ///< parts per million: 0.38% = 3800
+};
+
+/// The payment router's rule: `payment.routing` (core/payment/router.hpp).
+struct RoutingSettings {
+  std::uint32_t max_fee_ppm = 6000;
+  std::uint32_t min_success_ppm = 990'000;
+  std::vector<std::string> order{"preferred", "lowest_fee"};
+  std::int64_t window_s = 3600;
+  std::int64_t min_attempts = 20;
+  std::int64_t probe_every = 50;
+  std::int64_t channel_timeout_ms = 10000;
+};
+
 struct PaymentSettings {
   std::string default_method;      // payment instance used by autostart and `pilectl session start` without --method
   std::int64_t preauth_fen = 20000;
@@ -26,6 +44,8 @@ struct PaymentSettings {
   bool autostart = false;          // start a session with default_method when a vehicle plugs in
   std::int64_t risk_timeout_ms = 2000;        // risk rules not answered by then count as step_up
   std::int64_t authorize_timeout_ms = 30000;  // the payment method's deadline
+  std::vector<ChannelSetting> channels;       // payment.channels
+  RoutingSettings routing;                    // payment.routing
 };
 
 /// What a billing meter's energy_import reading must satisfy (core/charging/meter_guard.hpp).

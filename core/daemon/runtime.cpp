@@ -338,7 +338,7 @@ void Runtime::start_instances() {
       ledger_->append(op.id, op.txn,
                       {{"entry", op.id}, {"transaction", op.txn}, {"site", site_.id}, {"operation", std::string(to_string(op.kind))},
                        {"state", std::string(to_string(op.state))}, {"amount_fen", op.amount_fen}, {"method", op.method}, {"channel", op.channel},
-                       {"reference", op.reference}, {"reason", op.reason}, {"attempts", op.attempts},
+                       {"reference", op.reference}, {"reason", op.reason}, {"attempts", op.attempts}, {"routing", op.routing},
                        {"time_ms", op.updated.time_since_epoch().count()}});
     };
   }
@@ -349,6 +349,8 @@ void Runtime::start_instances() {
     }
   };
   engine_ = std::make_unique<SessionEngine>(site_, *db_, *store_, *clock_, strand_, std::move(hooks));
+  make_router();
+  if (router_) engine_->set_router(router_.get());
   engine_->attach();
   for (const auto& inst : instances_) {
     // Before recovery: a session must not start on a connector whose plugin is quarantined, and
@@ -373,6 +375,41 @@ void Runtime::start_instances() {
     }
   }
   engine_->recover([this] { announce_ready(); });
+}
+
+void Runtime::make_router() {
+  // A method's channels: those the site lists, else those the plugin declares when it has a
+  // choice to make (two or more).
+  std::map<std::string, std::vector<ChannelSpec>> channels;
+  for (const auto& c : site_.session.payment.channels) channels[c.method].push_back({c.name, c.fee_ppm});
+  for (const auto& inst : instances_) {
+    if (inst->kind() != Kind::payment || inst->state() != InstanceState::running || channels.count(inst->spec().name) != 0) continue;
+    const auto mark = inst->in_flight("capabilities");
+    const auto caps = inst->as<payment::Method>()->capabilities();
+    if (caps.channels.size() < 2) continue;
+    for (const auto& c : caps.channels) channels[inst->spec().name].push_back({c.name, c.fee_ppm});
+  }
+  if (channels.empty()) return;
+  const auto& r = site_.session.payment.routing;
+  RoutingRule rule;
+  rule.max_fee_ppm = r.max_fee_ppm;
+  rule.min_success_ppm = r.min_success_ppm;
+  rule.order.clear();
+  for (const auto& o : r.order) {
+    if (auto k = route_order_from(o)) rule.order.push_back(*k);
+  }
+  rule.window = std::chrono::seconds(r.window_s);
+  rule.min_attempts = static_cast<int>(r.min_attempts);
+  rule.probe_every = static_cast<int>(r.probe_every);
+  rule.channel_timeout = std::chrono::milliseconds(r.channel_timeout_ms);
+  for (const auto& [method, list] : channels) {
+    std::string names;
+    for (const auto& c : list) names += fmt::format("{}{} ({}.{:02}%)", names.empty() ? "" : ", ", c.name, c.fee_ppm / 10'000, c.fee_ppm % 10'000 / 100);
+    spdlog::info("payment router: '{}' over {}", method, names);
+  }
+  router_ = std::make_unique<Router>(std::move(rule), std::move(channels));
+  router_->restore(routing_buckets_);
+  routing_buckets_.clear();
 }
 
 void Runtime::announce_ready() {
@@ -536,6 +573,8 @@ int Runtime::run() {
         spdlog::warn("ledger: signed {} record(s) that the last run committed but had not signed", signed_now);
       }
     }
+    // The payment router's counts: read now, while db_ is still this thread's.
+    routing_buckets_ = routing_stats::load(db_->handle(), clock_->now() - std::chrono::seconds(site_.session.payment.routing.window_s) - std::chrono::hours(1));
     // From here on db_ belongs to the storage thread.
     store_ = std::make_unique<StoreWorker>(*db_, [this](std::function<void()> fn) { asio::post(strand_, std::move(fn)); });
     // The signatures are made on the signer thread (a TPM's 50-200 ms never on the strand) and

@@ -18,6 +18,7 @@
 #include "pilecore/connector_status.hpp"
 #include "pilecore/plugin.hpp"
 #include "control_socket.hpp"
+#include "router.hpp"
 #include "session_engine.hpp"
 #include "site_config.hpp"
 
@@ -113,6 +114,8 @@ class Runtime {
   void finish_shutdown();
   void stop_storage();
   void announce_ready();
+  /// The payment router over the channels of the site file and of the running payment methods.
+  void make_router();
   void dispatch_request(const nlohmann::json& request, std::function<void(nlohmann::json)>& reply);
   /// Sends an event (with the clock's time) to the control socket's watchers.
   void publish_event(nlohmann::json event);
@@ -147,6 +150,8 @@ class Runtime {
   std::unique_ptr<boost::asio::steady_timer> status_timer_;
   std::unique_ptr<boost::asio::steady_timer> watchdog_timer_;
   std::unique_ptr<CrashBook> crash_book_;
+  std::unique_ptr<Router> router_;              ///< the payment router, when a method has channels; outlives engine_
+  std::vector<RoutingBucket> routing_buckets_;  ///< its counts, read at start
   std::unique_ptr<SessionEngine> engine_;
   std::unique_ptr<ControlSocket> control_;
 
