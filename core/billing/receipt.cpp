@@ -28,6 +28,17 @@ std::string time_of(const nlohmann::json& r, const char* ms_key, const char* tex
 }
 }  // namespace
 
+nlohmann::json bill_json(const Bill& b) {
+  nlohmann::json lines = nlohmann::json::array();
+  for (const auto& l : b.lines) {
+    lines.push_back({{"period", std::string(to_string(l.type))}, {"plan", l.plan}, {"wh", l.wh},
+                     {"electricity_price", l.price.electricity}, {"service_price", l.price.service},
+                     {"electricity_fen", l.electricity_fen}, {"service_fen", l.service_fen}, {"total_fen", l.total_fen()}});
+  }
+  return {{"energy_wh", b.energy_wh}, {"lines", lines}, {"electricity_fen", b.electricity_fen}, {"service_fen", b.service_fen},
+          {"total_fen", b.total_fen}, {"price_decimals", b.decimals}};
+}
+
 std::string format_receipt_text(const nlohmann::json& r, const std::string& zone) {
   std::string out;
   out += fmt::format("Receipt {}  connector {}  {}\n", r.value("transaction", ""), r.value("connector", 0), r.value("outcome", r.value("status", "")));

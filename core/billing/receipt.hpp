@@ -4,7 +4,13 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "bill.hpp"
+
 namespace pilecore::core {
+
+/// The bill as a document: what the `bill` column stores, the ledger signs and receipts show.
+/// One writer, so the three never differ.
+nlohmann::json bill_json(const Bill& b);
 
 /// An itemised receipt: energy, electricity and service per period, each rounded to the fen,
 /// and the totals. Accepts a ledger record or a `receipt` reply. Times are shown in

@@ -1,6 +1,8 @@
-// The session engine: per connector, the state machine, the session (authorise, commit,
-// charge, checkpoint, split at tariff boundaries, stop, bill, capture, ledger) and recovery of
-// sessions a crash or power cut left open. Everything runs on the core's strand.
+// The session engine, the coordinator: per connector a state machine and a ChargingSession
+// (charging_session.hpp: the meter path, checkpoints, tariff boundaries, the close), and across
+// them the start (authorise, then commit), stop routing, recovery of sessions a crash or power
+// cut left open, and shutdown. Everything runs on the core's strand. It answers with the types of
+// session_results.hpp; JSON is built only at the control socket (core/control/wire.hpp).
 //
 // The money side (authorisation with step-up, capture, void, refund, each a durable money
 // operation with its deadline) is the PaymentSaga's (core/payment); this engine calls it.
@@ -27,15 +29,14 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/io_context.hpp>
 #include <functional>
-#include <list>
 #include <map>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "bill.hpp"
+#include "charging_session.hpp"
 #include "payment_saga.hpp"
 #include "scheduler.hpp"
 #include "store_worker.hpp"
@@ -43,15 +44,15 @@
 #include "meter_guard.hpp"
 #include "pilecore/pilecore.hpp"
 #include "site_config.hpp"
+#include "reading_repository.hpp"
+#include "session_results.hpp"
 #include "storage.hpp"
 
 namespace pilecore::core {
 
-enum class StopReason { local, remote, ev_full, ev_disconnected, funds_exhausted, fault, shutdown };
-std::string_view to_string(StopReason r);
-std::optional<StopReason> stop_reason_from(std::string_view s);
-
-using Reply = std::function<void(nlohmann::json)>;
+using StartDone = std::function<void(StartOutcome)>;
+using AnswerDone = std::function<void(AnswerOutcome)>;
+using RefundDone = std::function<void(RefundOutcome)>;
 
 class SessionEngine {
  public:
@@ -64,14 +65,14 @@ class SessionEngine {
     std::function<PluginRef(std::string_view instance)> find;             // running instances only
     std::function<std::vector<std::string>(Kind)> running_of_kind;
     std::function<void(std::uint32_t, ConnectorStatus, const std::string&)> status_changed;
-    /// Inside an open SQLite transaction: append the signed ledger record (may be empty).
-    std::function<void(const std::string& txn, const nlohmann::json& record)> ledger_append;
+    /// Inside the close's work (storage thread): append the session's signed ledger record, which
+    /// names the user's token in clear, as the transaction row does (may be empty).
+    std::function<void(const SessionRecord& record)> ledger_append;
     std::function<bool(const std::string& txn)> ledger_contains;
     /// Inside the work that records a money operation's final outcome: its own ledger record (may be empty).
     std::function<void(Database&, const MoneyOperation&)> ledger_operation;
-    /// A session event for watchers ("session_started", "tariff_boundary", "session_stopping",
-    /// "session_closed", "recovering"); the runtime adds the time.
-    std::function<void(nlohmann::json)> event;
+    /// An event for watchers (session_results.hpp); the runtime adds the time.
+    std::function<void(const Event&)> event;
     /// Speaks or shows a message on a connector's indicators (a step-up prompt, a refusal). May be empty.
     std::function<void(std::uint32_t, const std::string&)> announce;
   };
@@ -90,17 +91,18 @@ class SessionEngine {
   /// the meter timeout at the latest; sessions not closed by then are recovered at next start.
   void stop_all(std::function<void()> done);
 
-  void start(std::uint32_t connector, std::string method, std::string token, Reply done);
+  void start(std::uint32_t connector, std::string method, std::string token, StartDone done);
   /// A token presented by a reader or camera: starts authentication on its connector with the
   /// method the site binds its type to.
   void present(const identification::Token& token, std::optional<std::uint32_t> presenter_connector);
   /// The driver's answer to the step-up waiting on a connector's start.
-  void answer_step_up(std::uint32_t connector, payment::StepUpAnswer answer, Reply done);
+  void answer_step_up(std::uint32_t connector, payment::StepUpAnswer answer, AnswerDone done);
   /// Refunds part or all of a closed transaction's capture (its own refund id).
-  void refund(const std::string& txn, std::int64_t amount_fen, const std::string& reason, Reply done);
-  void stop(std::uint32_t connector, StopReason reason, Reply done);
-  [[nodiscard]] nlohmann::json status() const;
-  [[nodiscard]] nlohmann::json receipt(const std::string& txn) const;
+  void refund(const std::string& txn, std::int64_t amount_fen, const std::string& reason, RefundDone done);
+  void stop(std::uint32_t connector, StopReason reason, StopDone done);
+  /// Tokens only as token_ref(), in status and receipts alike.
+  [[nodiscard]] StatusSnapshot status() const;
+  [[nodiscard]] Receipt receipt(const std::string& txn) const;
 
   void on_sample(const std::string& instance, const Sample& sample);
   void on_alarm(const std::string& instance, const Alarm& alarm);
@@ -115,44 +117,33 @@ class SessionEngine {
   std::function<void(std::uint32_t connector)> on_contactor_closed;
 
  private:
-  struct Session;
   struct Connector;
-  struct Waiter {
-    std::uint64_t id;
-    TimePoint after;
-    std::function<void(std::optional<MeterReading>)> done;
-  };
+  struct StartRequest;
 
   Connector* connector(std::uint32_t id);
-  Connector* connector_of_meter(const std::string& instance);
+  static bool charging_now(const Connector& c);  ///< a session runs and is not stopping
   void apply(Connector& c, ConnectorEvent e, const std::string& why);
   void on_power_event(Connector& c, power::Event e, std::string_view detail);
-  void read_meter(Connector& c, std::function<void(std::optional<MeterReading>)> done);
   void begin_charging(Connector& c);
+  /// The strategy's setpoint, clamped to the connector's and what the site leaves it.
   void update_setpoint(Connector& c);
-  void checkpoint(Connector& c, const MeterReading& r);
   /// The guard's verdict on a reading or a stall: the meter.implausible alarm, and the fault.
   void on_meter_check(Connector& c, const MeterCheck& check, double value);
-  /// Whether the meter holds while the power stage delivers (MeterGuard::check_power).
-  void check_stall(Connector& c);
-  void arm_boundary(Connector& c);
-  void arm_setpoint(Connector& c);
-  void finish(Connector& c, std::optional<MeterReading> final_reading, Reply done);
-  void close_transaction(const std::string& txn, std::uint32_t connector, const std::string& method, std::vector<MeterReading> readings,
-                         const std::string& outcome, std::int64_t authorized_fen, std::function<void(nlohmann::json)> done);
   void evaluate_risk(const risk::Context& ctx, std::function<void(risk::Verdict, std::string)> done);
-  void authorized(Connector& c, const std::string& txn, const std::string& method, const std::string& token, const PaymentSaga::Authorization& a,
-                  const Reply& done);
+  // The start's steps, in order (start() runs the checks and the risk rules).
+  void start_authorize(const std::shared_ptr<StartRequest>& req, risk::Verdict verdict, const std::string& reasons);
+  void start_read_meter(const std::shared_ptr<StartRequest>& req, PaymentSaga::Authorization a);
+  void start_commit(const std::shared_ptr<StartRequest>& req, std::optional<MeterReading> start_reading);
+  void start_session(const std::shared_ptr<StartRequest>& req, const Status& committed);
+  void start_refused(Connector& c, const std::shared_ptr<StartRequest>& req, StartOutcome outcome);
   std::string next_transaction_id(std::uint32_t connector);
   [[nodiscard]] std::string user_hash(std::string_view token) const;
-  /// Submits a reading (start, checkpoint, boundary, stop, recovery) through the storage thread.
-  void insert_reading(Database& db, const std::string& txn, int seq, const MeterReading& r, const char* kind) const;
   std::unique_ptr<boost::asio::steady_timer> timer_after(Duration d, std::function<void()> fn);
   /// Keeps a timer alive until it fires (or the engine is destroyed, which cancels it).
   void keep_until_fired(std::unique_ptr<boost::asio::steady_timer> timer);
   [[nodiscard]] std::vector<MeterReading> stored_readings(const std::string& txn) const;
-  void emit(nlohmann::json event) const {
-    if (hooks_.event) hooks_.event(std::move(event));
+  void emit(const Event& event) const {
+    if (hooks_.event) hooks_.event(event);
   }
 
   const SiteConfig& site_;
@@ -165,12 +156,12 @@ class SessionEngine {
   std::int64_t txn_seq_ = 0;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<PaymentSaga> saga_;
+  std::unique_ptr<SessionCloser> closer_;  ///< none without tariffs (no session starts then)
   const Clock& clock_;
   Strand& strand_;
   Hooks hooks_;
   std::map<std::uint32_t, std::unique_ptr<Connector>> connectors_;
   std::optional<Sample> ambient_;  ///< the latest ambient temperature reading
-  std::uint64_t next_waiter_ = 0;
   std::uint64_t next_timer_ = 0;
   std::map<std::uint64_t, std::unique_ptr<boost::asio::steady_timer>> detached_;
   std::shared_ptr<bool> alive_;

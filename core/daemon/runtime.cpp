@@ -20,6 +20,7 @@
 #include "storage.hpp"
 #include "store_worker.hpp"
 #include "token_privacy.hpp"
+#include "wire.hpp"
 
 namespace pilecore::core {
 namespace asio = boost::asio;
@@ -329,7 +330,7 @@ void Runtime::start_instances() {
   };
   hooks.status_changed = [this](std::uint32_t id, ConnectorStatus st, const std::string& why) { set_connector(id, st, why); };
   if (ledger_) {
-    hooks.ledger_append = [this](const std::string& txn, const nlohmann::json& r) { ledger_->append(txn, r); };
+    hooks.ledger_append = [this](const SessionRecord& r) { ledger_->append(r.transaction, to_json(r)); };
     hooks.ledger_contains = [this](const std::string& txn) { return ledger_->contains(txn); };
     // Each money operation's outcome is a record of its own, chained after the session's: a
     // refund days later is as verifiable as the capture.
@@ -342,7 +343,7 @@ void Runtime::start_instances() {
                        {"time_ms", op.updated.time_since_epoch().count()}});
     };
   }
-  hooks.event = [this](nlohmann::json e) { publish_event(std::move(e)); };
+  hooks.event = [this](const Event& e) { publish_event(to_json(e)); };
   hooks.announce = [this](std::uint32_t id, const std::string& message) {
     for (auto& inst : instances_) {
       if (inst->kind() == Kind::indicator && inst->state() == InstanceState::running) inst->as<indicator::Indicator>()->announce(id, message);
@@ -499,7 +500,7 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     return;
   }
   if (cmd == "status") {
-    auto st = engine_->status();
+    auto st = to_json(engine_->status());
     nlohmann::json inst = nlohmann::json::array();
     for (const auto& i : instances()) {
       inst.push_back({{"name", i.name}, {"plugin", i.plugin}, {"kind", i.kind}, {"state", std::string(to_string(i.state))}, {"health", i.health}, {"detail", i.detail}});
@@ -514,7 +515,7 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     const auto connector = connector_of();
     auto method = text("method");
     auto token = text("token");
-    engine_->start(connector, std::move(method), std::move(token), std::move(reply));
+    engine_->start(connector, std::move(method), std::move(token), [reply](const StartOutcome& o) { reply(to_json(o)); });
   } else if (cmd == "session_stop") {
     const std::string reason = text("reason");
     const auto r = reason.empty() ? std::optional<StopReason>(StopReason::local) : stop_reason_from(reason);
@@ -526,7 +527,7 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
       return;
     }
     const auto connector = connector_of();
-    engine_->stop(connector, *r, std::move(reply));
+    engine_->stop(connector, *r, [reply](const StopOutcome& o) { reply(to_json(o)); });
   } else if (cmd == "session_answer") {
     // The driver's answer to a step-up: a PIN typed at the pile, or a confirmation.
     const auto connector = connector_of();
@@ -538,12 +539,12 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
       answer.kind = payment::ChallengeKind::app_confirmation;
       answer.confirmed = req.value("confirmed", false);
     }
-    engine_->answer_step_up(connector, std::move(answer), std::move(reply));
+    engine_->answer_step_up(connector, std::move(answer), [reply](const AnswerOutcome& o) { reply(to_json(o)); });
   } else if (cmd == "refund") {
     if (!req.contains("amount_fen") || !req["amount_fen"].is_number_integer()) throw std::invalid_argument("\"amount_fen\" must be an integer");
-    engine_->refund(text("transaction"), req["amount_fen"].get<std::int64_t>(), text("reason"), std::move(reply));
+    engine_->refund(text("transaction"), req["amount_fen"].get<std::int64_t>(), text("reason"), [reply](const RefundOutcome& o) { reply(to_json(o)); });
   } else if (cmd == "receipt") {
-    reply(engine_->receipt(text("transaction")));
+    reply(to_json(engine_->receipt(text("transaction"))));
   } else {
     reply({{"ok", false}, {"error", fmt::format("unknown command '{}'; commands: status, session_start, session_stop, session_answer, refund, receipt, watch", cmd)}});
   }

@@ -110,6 +110,48 @@ TEST(TokenPrivacy, NoFullCardUidInTheLogOrTheEventStream) {
   EXPECT_NE(log.find("start requested (" + user + " via sim)"), std::string::npos) << log;
 }
 
+TEST(TokenPrivacy, StatusReceiptsAndTheWatchStreamNameATokenOnlyMasked) {
+  const std::string uid = "04DEADBEEF";
+  TempDir dir;
+  const auto file = dir.write("site.yaml", site_yaml());
+  NotifyListener notify(dir.path() / "n.sock");
+  Child daemon({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", file.string(), "--state-dir", (dir.path() / "state").string(), "--clock-speed",
+                "600", "--clock-start", "2026-03-02T03:00:00Z"},
+               {notify.env()});
+  ASSERT_TRUE(notify.wait_for("READY=1", 10s)) << daemon.stderr_text();
+  const fs::path sock = dir.path() / "state" / "pilecored.sock";
+  ControlWatch watch(sock);
+  ASSERT_TRUE(eventually([&] { return control_request(sock, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+  const auto started = control_request(sock, {{"cmd", "session_start"}, {"connector", 1}, {"token", "card:" + uid}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  const std::string salt = load_or_create_token_salt(dir.path() / "state");
+  const std::string ref = "card:******BEEF #" + token_hash(salt, "card:" + uid).substr(0, 12);
+  // Everything a client can read while the session runs, when it stops, and afterwards.
+  nlohmann::json status;
+  ASSERT_TRUE(eventually([&] {
+    status = control_request(sock, {{"cmd", "status"}});
+    return status["connectors"][0].contains("session");
+  }));
+  EXPECT_EQ(status["connectors"][0]["session"]["user"], ref);
+  const auto stopped = control_request(sock, {{"cmd", "session_stop"}, {"connector", 1}});
+  ASSERT_TRUE(stopped.value("ok", false)) << stopped.dump();
+  EXPECT_EQ(stopped["receipt"]["user"], ref);
+  const auto receipt = control_request(sock, {{"cmd", "receipt"}, {"transaction", started["transaction"]}});
+  ASSERT_TRUE(receipt.value("ok", false)) << receipt.dump();
+  EXPECT_EQ(receipt["user"], ref);
+  std::vector<nlohmann::json> events;
+  for (;;) {
+    auto ev = watch.next(5s);
+    ASSERT_TRUE(ev) << "no session_closed event";
+    events.push_back(*ev);
+    if ((*ev)["event"] == "session_closed") break;
+  }
+  for (const auto& doc : {status, stopped, receipt}) EXPECT_EQ(doc.dump().find("DEADBEEF"), std::string::npos) << doc.dump();
+  for (const auto& e : events) EXPECT_EQ(e.dump().find("DEADBEEF"), std::string::npos) << e.dump();
+  daemon.signal(SIGTERM);
+  ASSERT_EQ(daemon.wait(), 0);
+}
+
 TEST(Permissions, StateDirectoryAndDatabaseAreOwnerOnlyWhateverTheUmask) {
   TempDir dir;
   const auto file = dir.write("site.yaml", site_yaml());

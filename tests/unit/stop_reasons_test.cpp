@@ -8,6 +8,7 @@
 
 #include "session_engine.hpp"
 #include "test_support.hpp"
+#include "wire.hpp"
 
 using namespace pilecore;
 using namespace pilecore::core;
@@ -72,7 +73,7 @@ TEST(StopReasons, EveryStopLeavesTheConnectorWithoutASession) {
     const std::string txn = start_charging(site);
     // Straight into the engine, as the pile's own handlers and any future caller would stop.
     std::promise<nlohmann::json> done;
-    site.on_strand([&, reason = reason] { site.runtime().engine()->stop(1, reason, [&done](nlohmann::json r) { done.set_value(std::move(r)); }); });
+    site.on_strand([&, reason = reason] { site.runtime().engine()->stop(1, reason, [&done](const StopOutcome& r) { done.set_value(to_json(r)); }); });
     auto f = done.get_future();
     ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
     const auto receipt = f.get();

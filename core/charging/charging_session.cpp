@@ -1,0 +1,394 @@
+#include "charging_session.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "clocks.hpp"
+#include "reading_repository.hpp"
+#include "receipt.hpp"
+#include "tariff.hpp"
+#include "token_privacy.hpp"
+#include "transaction_repository.hpp"
+
+namespace pilecore::core {
+
+std::string_view to_string(StopReason r) {
+  switch (r) {
+    case StopReason::local: return "Local";
+    case StopReason::remote: return "Remote";
+    case StopReason::ev_full: return "EVFull";
+    case StopReason::ev_disconnected: return "EVDisconnected";
+    case StopReason::funds_exhausted: return "FundsExhausted";
+    case StopReason::fault: return "Fault";
+    case StopReason::shutdown: return "Shutdown";
+  }
+  return "Other";
+}
+
+std::optional<StopReason> stop_reason_from(std::string_view s) {
+  for (auto r : {StopReason::local, StopReason::remote, StopReason::ev_full, StopReason::ev_disconnected, StopReason::funds_exhausted, StopReason::fault,
+                 StopReason::shutdown}) {
+    if (to_string(r) == s) return r;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+/// Runs a work through the storage thread and only logs a failure (the stop mark, boundary
+/// readings: the close's final reading covers what they record).
+void submit_logged(StoreWorker& store, std::string what, StoreWorker::Work work) {
+  store.submit(std::move(work), [what = std::move(what)](const Status& st) {
+    if (!st.ok()) spdlog::error("{} not committed: {}", what, st.message());
+  });
+}
+
+bool follows(const MeterReading& r, const MeterReading& last) { return r.time >= last.time && r.wh >= last.wh; }
+
+}  // namespace
+
+// ---- SessionCloser ----
+
+SessionCloser::SessionCloser(std::string site_id, const Tariff& tariff, StoreWorker& store, PaymentSaga& saga, Hooks hooks)
+    : site_id_(std::move(site_id)), tariff_(tariff), store_(store), saga_(saga), hooks_(std::move(hooks)), alive_(std::make_shared<bool>(true)) {}
+
+SessionCloser::~SessionCloser() { *alive_ = false; }
+
+void SessionCloser::close(const std::string& txn, std::uint32_t connector, const std::string& method, std::vector<MeterReading> readings,
+                          const std::string& outcome, std::int64_t authorized, StopDone done) {
+  Bill bill;
+  try {
+    bill = compute_bill(tariff_, readings);
+  } catch (const std::exception& e) {
+    spdlog::critical("{}: cannot bill: {}", txn, e.what());
+    bill = Bill{};
+  }
+  const std::int64_t capture = std::min(bill.total_fen, authorized);
+  const MoneyOperation op = saga_.capture_intent(txn, method, capture);
+  auto record = std::make_shared<SessionRecord>();
+  // One transaction: the final reading, the bill, 'closed', the session's ledger record and the
+  // capture's intent. The capture is asked only once all of that is on disk. The work runs on the
+  // storage thread and may outlive this object: it holds copies, not `this`.
+  store_.submit(
+      [txn, connector, method, readings, outcome, bill, capture, op, record, site = site_id_, append = hooks_.ledger_append,
+       contains = hooks_.ledger_contains](Database& db) {
+        TransactionRepository transactions(db);
+        const auto row = transactions.find(txn);
+        if (!row) throw std::runtime_error(fmt::format("no transaction '{}'", txn));
+        if (row->status == "closed") throw std::runtime_error(fmt::format("{} is already closed", txn));
+        *record = SessionRecord{.transaction = txn,
+                                .site = site,
+                                .connector = connector,
+                                .method = method,
+                                .user = row->user_token,
+                                .payment_ref = row->payment_ref,
+                                .started = row->started,
+                                .stop_reason = row->stop_reason.empty() ? std::string("Recovered") : row->stop_reason,
+                                .stopped = row->stopped.value_or(readings.back().time),
+                                .meter_start_wh = readings.front().wh,
+                                .meter_stop_wh = readings.back().wh,
+                                .bill = bill,
+                                .capture_fen = capture,
+                                .capture_operation = op.id,
+                                .outcome = outcome};
+        ReadingRepository reading_rows(db);
+        reading_rows.insert(txn, reading_rows.next_seq(txn), {readings.back().time, readings.back().wh},
+                            outcome == "recovered" ? ReadingKind::recovery : ReadingKind::stop);
+        transactions.close(txn, {.outcome = outcome,
+                                 .meter_stop_wh = readings.back().wh,
+                                 .energy_wh = bill.energy_wh,
+                                 .electricity_fen = bill.electricity_fen,
+                                 .service_fen = bill.service_fen,
+                                 .total_fen = bill.total_fen,
+                                 .capture_status = capture > 0 ? "pending" : "nothing to capture",
+                                 .bill_document = bill_json(bill).dump(),
+                                 .stopped = readings.back().time});
+        if (capture > 0) operations::insert_intent(db, op);
+        if (append && !(contains && contains(txn))) append(*record);
+      },
+      [this, txn, connector, method, bill, capture, op, outcome, record, done = std::move(done), alive = alive_](const Status& st) {
+        if (!*alive) return;
+        if (!st.ok()) {
+          spdlog::critical("{}: could not close the transaction: {}; the session stays open and the close is retried", txn, st.message());
+          done(StopOutcome::not_committed(st.message(), txn));
+          return;
+        }
+        spdlog::info("connector {}: {}: {} {} Wh, {} fen; capturing {} fen", connector, txn, outcome, bill.energy_wh, bill.total_fen, capture);
+        auto closed = [this, txn, connector, bill, outcome, record, done, alive](const MoneyOperation* captured) {
+          if (!*alive) return;
+          CloseReceipt r{.record = *record,
+                         .captured_fen = captured && captured->state == OperationStateRow::confirmed ? captured->amount_fen : 0,
+                         .capture_status = captured == nullptr                               ? "nothing to capture"
+                                           : captured->state == OperationStateRow::confirmed ? "captured"
+                                           : captured->state == OperationStateRow::pending   ? fmt::format("pending: {}", captured->reason)
+                                                                                             : fmt::format("failed: {}", captured->reason)};
+          r.record.user = token_ref(r.record.user);  // the ledger keeps the token; a reply names it only masked
+          if (hooks_.emit) {
+            hooks_.emit(events::SessionClosed{.connector = connector,
+                                              .transaction = txn,
+                                              .outcome = outcome,
+                                              .stop_reason = r.record.stop_reason,
+                                              .energy_wh = bill.energy_wh,
+                                              .total_fen = bill.total_fen,
+                                              .captured_fen = r.captured_fen,
+                                              .capture_status = r.capture_status});
+          }
+          done(StopOutcome::closed(txn, std::move(r)));
+        };
+        if (capture <= 0) {
+          saga_.release(txn, method);
+          closed(nullptr);
+          return;
+        }
+        saga_.execute(op, [closed](const MoneyOperation& result) { closed(&result); });
+      });
+}
+
+// ---- ChargingSession ----
+
+ChargingSession::ChargingSession(Settings settings, MeterPlausibility plausibility, std::int64_t max_power_w, StoreWorker& store, Scheduler& scheduler,
+                                 const Clock& clock, SessionCloser* closer, Hooks hooks)
+    : settings_(std::move(settings)),
+      guard_(plausibility, max_power_w),
+      store_(store),
+      scheduler_(scheduler),
+      clock_(clock),
+      closer_(closer),
+      hooks_(std::move(hooks)),
+      alive_(std::make_shared<bool>(true)) {}
+
+ChargingSession::~ChargingSession() {
+  *alive_ = false;
+  cancel_timers();
+  if (close_retry_) scheduler_.cancel(close_retry_);
+  for (const auto& w : waiters_) scheduler_.cancel(w.timeout);
+}
+
+void ChargingSession::cancel_timers() {
+  if (boundary_timer_) scheduler_.cancel(boundary_timer_);
+  if (setpoint_timer_) scheduler_.cancel(setpoint_timer_);
+  boundary_timer_ = setpoint_timer_ = 0;
+}
+
+void ChargingSession::on_sample(TimePoint time, double value_wh) {
+  const MeterCheck chk = guard_.check(time, value_wh, running_.has_value());
+  if (hooks_.meter_check) hooks_.meter_check(chk, value_wh);
+  check_stall();  // after the reading: it may just have moved
+  if (!chk.plausible) return;  // never committed, billed, nor handed to a waiter
+  const MeterReading r = chk.reading;
+  last_ = r;
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    if (r.time >= it->after) {
+      auto done = std::move(it->done);
+      scheduler_.cancel(it->timeout);
+      it = waiters_.erase(it);
+      done(r);
+    } else {
+      ++it;
+    }
+  }
+  if (running_ && !running_->stopping) checkpoint(r);
+}
+
+void ChargingSession::read_meter(ReadingDone done) {
+  const std::uint64_t id = ++next_waiter_;
+  const std::int64_t timeout_ms = settings_.charging.meter_timeout_ms;
+  // The timer first: a meter that publishes inside refresh() serves the waiter at once.
+  const TimerId timeout = scheduler_.after(Duration(timeout_ms), [this, id, timeout_ms] {
+    for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+      if (it->id == id) {
+        auto cb = std::move(it->done);
+        waiters_.erase(it);
+        spdlog::error("connector {}: meter '{}' gave no reading within {} ms", settings_.connector, settings_.meter, timeout_ms);
+        cb(std::nullopt);
+        return;
+      }
+    }
+  });
+  waiters_.push_back(Waiter{id, clock_.now(), std::move(done), timeout});
+  if (hooks_.refresh_meter) hooks_.refresh_meter();
+}
+
+void ChargingSession::check_stall() {
+  if (!hooks_.power_w) return;
+  const auto power = hooks_.power_w();
+  if (!power) return;
+  if (auto stalled = guard_.check_power(clock_.now(), *power); stalled && hooks_.meter_check) {
+    hooks_.meter_check(*stalled, static_cast<double>(last_ ? last_->wh : 0));
+  }
+}
+
+void ChargingSession::open(const Opening& o, const MeterReading& start, std::function<void(const Status&)> committed) {
+  store_.submit(
+      [o, start, connector = settings_.connector](Database& db) {
+        TransactionRepository(db).insert({.id = o.txn,
+                                          .connector = connector,
+                                          .method = o.method,
+                                          .user_token = o.token,
+                                          .user_hash = o.user_hash,
+                                          .payment_ref = o.payment_ref,
+                                          .authorized_fen = o.authorized_fen,
+                                          .started = start.time,
+                                          .meter_start_wh = start.wh});
+        ReadingRepository(db).insert(o.txn, 0, {start.time, start.wh}, ReadingKind::start);
+      },
+      // synchronous=FULL: on disk before the contactor closes
+      [this, o, start, committed = std::move(committed), alive = alive_](const Status& st) {
+        if (!*alive) return;
+        if (st.ok()) {
+          Running& run = running_.emplace();
+          run.id = o.txn;
+          run.method = o.method;
+          run.token = o.token;
+          run.authorized_fen = o.authorized_fen;
+          run.readings = {start};
+          run.last_checkpoint = start;
+          arm_boundary();
+        }
+        committed(st);
+      });
+}
+
+bool ChargingSession::start_charging() {
+  if (!running_ || running_->charging_started) return false;
+  running_->charging_started = true;
+  return true;
+}
+
+void ChargingSession::contactor_closed() { arm_setpoint(); }
+
+void ChargingSession::set_setpoint(std::int64_t watts) {
+  if (!running_) return;
+  running_->setpoint_w = watts;
+  running_->has_setpoint = true;
+}
+
+void ChargingSession::checkpoint(const MeterReading& r) {
+  if (!running_ || running_->stopping) return;
+  Running& s = *running_;
+  const auto& ch = settings_.charging;
+  if (r.time - s.last_checkpoint.time < Duration(ch.checkpoint_interval_ms) && r.wh - s.last_checkpoint.wh < ch.checkpoint_wh) return;
+  // The guard let no reading below the last plausible one through; an older time stamp can still
+  // come (a reading published before the last committed one): not a later reading, skipped.
+  if (!follows(r, s.readings.back())) {
+    spdlog::warn("connector {}: {}: reading {} Wh at {} precedes the committed {} Wh; not committed", settings_.connector, s.id, r.wh, format_utc(r.time),
+                 s.readings.back().wh);
+    return;
+  }
+  // Kept at once: the final reading, committed with the close, covers it whether or not this
+  // commit succeeds; its sequence number is never reused.
+  const int seq = static_cast<int>(s.readings.size());
+  s.readings.push_back(r);
+  s.last_checkpoint = r;
+  submit_logged(store_, fmt::format("connector {}: {}: checkpoint", settings_.connector, s.id),
+                [txn = s.id, seq, r](Database& db) { ReadingRepository(db).insert(txn, seq, {r.time, r.wh}, ReadingKind::checkpoint); });
+  // Funds: stop when the bill so far reaches what was authorised.
+  const Bill so_far = compute_bill(*settings_.tariff, s.readings);
+  if (so_far.total_fen >= s.authorized_fen) {
+    spdlog::info("connector {}: {}: bill {} fen reached the authorised {} fen", settings_.connector, s.id, so_far.total_fen, s.authorized_fen);
+    if (hooks_.stop) hooks_.stop(StopReason::funds_exhausted);
+  }
+}
+
+void ChargingSession::arm_boundary() {
+  if (!running_) return;
+  const Slot slot = settings_.tariff->slot_at(clock_.now());
+  boundary_timer_ = scheduler_.after(std::chrono::duration_cast<Duration>(slot.end - clock_.now()), [this, boundary = slot.end, txn = running_->id] {
+    boundary_timer_ = 0;
+    if (!running_ || running_->stopping || running_->id != txn) return;
+    // A fresh reading at the boundary, so each period bills what flowed in it.
+    read_meter([this, boundary, txn, alive = alive_](std::optional<MeterReading> m) {
+      if (*alive && running_ && running_->id == txn) on_boundary(boundary, m);
+    });
+  });
+}
+
+void ChargingSession::on_boundary(TimePoint boundary, std::optional<MeterReading> m) {
+  if (running_->stopping) return;
+  Running& s = *running_;
+  if (m && follows(*m, s.readings.back())) {
+    const int seq = static_cast<int>(s.readings.size());
+    s.readings.push_back(*m);
+    s.last_checkpoint = *m;
+    submit_logged(store_, fmt::format("connector {}: {}: boundary reading", settings_.connector, s.id),
+                  [txn = s.id, seq, r = *m](Database& db) { ReadingRepository(db).insert(txn, seq, {r.time, r.wh}, ReadingKind::boundary); });
+    spdlog::info("connector {}: {}: tariff boundary at {}: meter {} Wh", settings_.connector, s.id, format_utc(boundary), m->wh);
+    const Slot next = settings_.tariff->slot_at(boundary);
+    if (hooks_.emit) {
+      hooks_.emit(events::TariffBoundary{.connector = settings_.connector,
+                                         .transaction = s.id,
+                                         .meter_wh = m->wh,
+                                         .boundary = boundary,
+                                         .period = std::string(to_string(next.type)),
+                                         .plan = next.plan});
+    }
+  }
+  arm_boundary();
+}
+
+void ChargingSession::arm_setpoint() {
+  if (!running_) return;
+  setpoint_timer_ = scheduler_.after(Duration(settings_.charging.setpoint_interval_ms), [this] {
+    setpoint_timer_ = 0;
+    if (!running_ || running_->stopping) return;
+    check_stall();  // also when the meter has stopped publishing altogether
+    if (!running_ || running_->stopping) return;
+    if (hooks_.setpoint_due) hooks_.setpoint_due();
+    arm_setpoint();
+  });
+}
+
+void ChargingSession::begin_stop(StopReason reason) {
+  if (!running_ || running_->stopping) return;
+  running_->stopping = true;
+  cancel_timers();
+  submit_logged(store_, fmt::format("connector {}: {}: the stop", settings_.connector, running_->id),
+                [txn = running_->id, why = std::string(to_string(reason)), at = clock_.now()](Database& db) {
+                  TransactionRepository(db).mark_stopping(txn, why, at);
+                });
+}
+
+void ChargingSession::close(std::optional<MeterReading> final_reading, StopDone done) {
+  if (!running_) return;
+  Running& s = *running_;
+  std::vector<MeterReading> readings = s.readings;
+  // Only the guard's plausible readings reach here: a lying meter bills to its last honest one.
+  const auto& last = guard_.last();
+  if (!final_reading && last && follows(*last, readings.back())) final_reading = last;
+  if (final_reading && follows(*final_reading, readings.back())) {
+    readings.push_back(*final_reading);
+  } else {
+    spdlog::error("connector {}: {}: no final meter reading; billing to the last committed one ({} Wh)", settings_.connector, s.id, readings.back().wh);
+    readings.push_back(readings.back());
+  }
+  const std::string txn = s.id;
+  closer_->close(txn, settings_.connector, s.method, readings, "completed", s.authorized_fen,
+                 [this, txn, last_reading = readings.back(), done = std::move(done), alive = alive_](StopOutcome outcome) mutable {
+                   if (!*alive) return;
+                   if (!outcome.ok && outcome.retry && running_ && running_->id == txn) {
+                     // Not on disk (a full disk): the session stays, so nothing starts on this
+                     // connector and nothing is billed twice, and the close is tried again.
+                     if (++close_failures_ == 1 && hooks_.emit) {
+                       hooks_.emit(events::CloseFailed{.connector = settings_.connector,
+                                                       .message = fmt::format("{} cannot be closed: {}; retried", txn, outcome.error)});
+                     }
+                     done(std::move(outcome));
+                     if (close_retry_) scheduler_.cancel(close_retry_);
+                     close_retry_ = scheduler_.after(Duration(settings_.charging.meter_timeout_ms + 1000), [this, txn, last_reading] {
+                       close_retry_ = 0;
+                       if (running_ && running_->id == txn) close(last_reading, [](const StopOutcome&) {});
+                     });
+                     return;
+                   }
+                   close_failures_ = 0;
+                   if (running_ && running_->id == txn) running_.reset();
+                   auto waiting = std::move(on_closed_);
+                   on_closed_.clear();
+                   done(std::move(outcome));
+                   for (auto& w : waiting) w();  // last: the final one may finish the shutdown, destroying the engine
+                 });
+}
+
+}  // namespace pilecore::core

@@ -1,0 +1,191 @@
+#include "wire.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "clocks.hpp"
+#include "receipt.hpp"
+
+namespace pilecore::core {
+namespace {
+
+std::int64_t ms_of(TimePoint t) { return t.time_since_epoch().count(); }
+
+nlohmann::json refusal(const std::string& error) { return {{"ok", false}, {"error", error}}; }
+
+template <class... F>
+struct overloaded : F... {
+  using F::operator()...;
+};
+template <class... F>
+overloaded(F...) -> overloaded<F...>;
+
+}  // namespace
+
+nlohmann::json to_json(const StartOutcome& o) {
+  nlohmann::json j = {{"ok", o.ok}};
+  if (!o.ok) j["error"] = o.error;
+  if (!o.transaction.empty()) j["transaction"] = o.transaction;
+  if (o.verdict) j["verdict"] = *o.verdict;
+  if (o.connector) j["connector"] = *o.connector;
+  if (o.meter_start_wh) j["meter_start_wh"] = *o.meter_start_wh;
+  return j;
+}
+
+nlohmann::json to_json(const SessionRecord& r) {
+  return {{"transaction", r.transaction},
+          {"site", r.site},
+          {"connector", r.connector},
+          {"method", r.method},
+          {"user", r.user},
+          {"payment_ref", r.payment_ref},
+          {"started_ms", ms_of(r.started)},
+          {"stop_reason", r.stop_reason},
+          {"stopped_ms", ms_of(r.stopped)},
+          {"meter_start_wh", r.meter_start_wh},
+          {"meter_stop_wh", r.meter_stop_wh},
+          {"bill", bill_json(r.bill)},
+          {"capture_fen", r.capture_fen},
+          {"capture_operation", r.capture_operation},
+          {"outcome", r.outcome}};
+}
+
+nlohmann::json to_json(const CloseReceipt& r) {
+  nlohmann::json j = to_json(r.record);
+  j["captured_fen"] = r.captured_fen;
+  j["capture_status"] = r.capture_status;
+  return j;
+}
+
+nlohmann::json to_json(const StopOutcome& o) {
+  if (o.ok) {
+    nlohmann::json j = {{"ok", true}, {"transaction", o.transaction}};
+    if (o.receipt) j["receipt"] = to_json(*o.receipt);
+    return j;
+  }
+  nlohmann::json j = refusal(o.error);
+  if (!o.transaction.empty()) j["transaction"] = o.transaction;
+  if (o.retry) j["retry"] = true;
+  return j;
+}
+
+nlohmann::json to_json(const AnswerOutcome& o) {
+  if (!o.ok) return refusal(o.error);
+  return {{"ok", true}, {"transaction", o.transaction}};
+}
+
+nlohmann::json to_json(const RefundOutcome& o) {
+  if (!o.operation) return refusal(o.error);
+  const MoneyOperation& op = *o.operation;
+  return {{"ok", o.ok}, {"operation", op.id}, {"state", std::string(to_string(op.state))}, {"amount_fen", op.amount_fen}, {"error", o.error}};
+}
+
+nlohmann::json to_json(const StatusSnapshot& s) {
+  nlohmann::json conns = nlohmann::json::array();
+  for (const auto& c : s.connectors) {
+    nlohmann::json j = {{"id", c.id}, {"status", std::string(pilecore::to_string(c.status))}, {"plugged", c.plugged}};
+    if (c.meter_wh) j["meter_wh"] = *c.meter_wh;
+    if (c.power_w) j["power_w"] = *c.power_w;
+    if (c.soc_pct) j["soc_pct"] = *c.soc_pct;
+    if (c.session) {
+      const auto& ss = *c.session;
+      nlohmann::json sj = {{"transaction", ss.transaction}, {"method", ss.method}, {"user", ss.user}, {"started", format_utc(ss.started)},
+                           {"setpoint_w", ss.setpoint_w}, {"stopping", ss.stopping}};
+      if (ss.energy_wh) sj["energy_wh"] = *ss.energy_wh;
+      if (ss.amount_fen) sj["amount_fen"] = *ss.amount_fen;
+      j["session"] = sj;
+    }
+    conns.push_back(j);
+  }
+  return {{"ok", true}, {"site", s.site}, {"time", format_utc(s.time)}, {"connectors", conns}};
+}
+
+nlohmann::json to_json(const Receipt& r) {
+  if (!r.ok) return refusal(r.error);
+  nlohmann::json j = {{"ok", true},
+                      {"transaction", r.transaction},
+                      {"connector", r.connector},
+                      {"method", r.method},
+                      {"user", r.user},
+                      {"status", r.status},
+                      {"outcome", r.outcome},
+                      {"stop_reason", r.stop_reason},
+                      {"started", format_utc(r.started)},
+                      {"meter_start_wh", r.meter_start_wh}};
+  if (r.stopped) j["stopped"] = format_utc(*r.stopped);
+  if (r.meter_stop_wh) j["meter_stop_wh"] = *r.meter_stop_wh;
+  if (r.energy_wh) j["energy_wh"] = *r.energy_wh;
+  if (r.total_fen) j["total_fen"] = *r.total_fen;
+  if (r.captured_fen) j["captured_fen"] = *r.captured_fen;
+  j["capture_status"] = r.capture_status;
+  if (r.bill_document) j["bill"] = nlohmann::json::parse(*r.bill_document, nullptr, false);
+  nlohmann::json ops = nlohmann::json::array();
+  for (const auto& op : r.operations) {
+    nlohmann::json o{{"operation", op.id}, {"kind", std::string(to_string(op.kind))}, {"state", std::string(to_string(op.state))},
+                     {"amount_fen", op.amount_fen}, {"method", op.method}, {"reference", op.reference}, {"reason", op.reason}, {"attempts", op.attempts}};
+    if (!op.channel.empty()) o["channel"] = op.channel;
+    if (!op.routing.empty()) o["routing"] = op.routing;  // the router's decision and its reasons
+    ops.push_back(std::move(o));
+  }
+  j["operations"] = ops;
+  return j;
+}
+
+nlohmann::json to_json(const Event& e) {
+  return std::visit(
+      overloaded{
+          [](const events::SessionStarted& v) -> nlohmann::json {
+            return {{"event", "session_started"}, {"connector", v.connector}, {"transaction", v.transaction}, {"method", v.method}, {"user", v.user},
+                    {"authorized_fen", v.authorized_fen}, {"payment_ref", v.payment_ref}, {"meter_start_wh", v.meter_start_wh}};
+          },
+          [](const events::StepUp& v) -> nlohmann::json {
+            return {{"event", "step_up"}, {"connector", v.connector}, {"transaction", v.transaction}, {"kind", v.kind},
+                    {"prompt", v.prompt}, {"deadline", format_utc(v.deadline)}, {"methods", v.methods}};
+          },
+          [](const events::StartRefused& v) -> nlohmann::json {
+            return {{"event", "start_refused"}, {"connector", v.connector}, {"transaction", v.transaction}, {"reason", v.reason}};
+          },
+          [](const events::TariffBoundary& v) -> nlohmann::json {
+            return {{"event", "tariff_boundary"}, {"connector", v.connector}, {"transaction", v.transaction}, {"meter_wh", v.meter_wh},
+                    {"boundary", format_utc(v.boundary)}, {"period", v.period}, {"plan", v.plan}};
+          },
+          [](const events::SessionStopping& v) -> nlohmann::json {
+            return {{"event", "session_stopping"}, {"connector", v.connector}, {"transaction", v.transaction}, {"reason", v.reason}};
+          },
+          [](const events::SessionClosed& v) -> nlohmann::json {
+            return {{"event", "session_closed"}, {"connector", v.connector}, {"transaction", v.transaction}, {"outcome", v.outcome},
+                    {"stop_reason", v.stop_reason}, {"energy_wh", v.energy_wh}, {"total_fen", v.total_fen}, {"captured_fen", v.captured_fen},
+                    {"capture_status", v.capture_status}};
+          },
+          [](const events::Recovering& v) -> nlohmann::json { return {{"event", "recovering"}, {"transactions", v.transactions}}; },
+          [](const events::OperationSettled& v) -> nlohmann::json {
+            const auto& op = v.operation;
+            return {{"event", "operation"}, {"transaction", op.txn}, {"operation", op.id}, {"kind", std::string(to_string(op.kind))},
+                    {"state", std::string(to_string(op.state))}, {"amount_fen", op.amount_fen}, {"method", op.method}};
+          },
+          [](const events::MeterImplausible& v) -> nlohmann::json {
+            nlohmann::json j = {{"event", "alarm"}, {"code", "meter.implausible"}, {"severity", "critical"}, {"active", v.active},
+                                {"instance", v.instance}, {"connector", v.connector}, {"message", v.message}};
+            if (!v.active) {
+              if (v.meter_wh) j["meter_wh"] = *v.meter_wh;
+              return j;
+            }
+            j["problem"] = v.problem;
+            j["consecutive"] = v.consecutive;
+            j["fault_after"] = v.fault_after;
+            // JSON has no NaN or infinity: those go as text.
+            if (std::isfinite(v.reading_wh)) j["reading_wh"] = v.reading_wh;
+            else j["reading_wh"] = fmt::format("{}", v.reading_wh);
+            if (v.last_plausible_wh) j["last_plausible_wh"] = *v.last_plausible_wh;
+            return j;
+          },
+          [](const events::CloseFailed& v) -> nlohmann::json {
+            return {{"event", "alarm"}, {"code", "storage.close_failed"}, {"severity", "critical"}, {"connector", v.connector}, {"active", true},
+                    {"message", v.message}};
+          },
+      },
+      e);
+}
+
+}  // namespace pilecore::core
