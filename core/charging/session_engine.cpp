@@ -188,7 +188,14 @@ struct SessionEngine::Connector {
 };
 
 SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& store, const Clock& clock, Strand& strand, Hooks hooks)
-    : site_(site), db_(db), store_(store), clock_(clock), strand_(strand), hooks_(std::move(hooks)), alive_(std::make_shared<bool>(true)) {
+    : site_(site),
+      db_(db),
+      store_(store),
+      clock_(clock),
+      strand_(strand),
+      hooks_(std::move(hooks)),
+      alive_(std::make_shared<bool>(true)),
+      checkpoint_health_(site.storage.checkpoint_pause_after) {
   for (const auto& c : site_.connectors) {
     auto conn = std::make_unique<Connector>();
     conn->cfg = c;
@@ -535,6 +542,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   if (!site_.session.tariff) return fail("no tariffs in the site file: sessions cannot be billed, so none can start");
   if (shutting_down_) return fail("pilecored is stopping: no session starts");
   if (c.recovering > 0) return fail(fmt::format("connector {} is still closing a transaction left open by an unclean stop; try again shortly", id));
+  if (checkpoint_health_.paused()) return fail(fmt::format("charging is paused: meter checkpoints cannot be committed ({}); no session starts", checkpoint_health_.error()));
   if (c.session || c.starting) return fail(fmt::format("connector {} already has a session", id));
   if (const auto t = c.fsm.check(ConnectorEvent::authorized_start); !t.allowed) {
     return fail(fmt::format("connector {} is {}: a session cannot start", id, pilecore::to_string(c.fsm.status())));
@@ -785,6 +793,7 @@ void SessionEngine::update_setpoint(Connector& c) {
       }
     }
   }
+  if (checkpoint_health_.paused()) watts = 0;  // energy that could not be recorded would only be known to memory
   watts = std::clamp<std::int64_t>(watts, 0, limit);  // the core always clamps
   if (watts != c.session->setpoint_w || !c.session->has_setpoint) {
     c.session->setpoint_w = watts;
@@ -821,13 +830,34 @@ void SessionEngine::checkpoint(Connector& c, const MeterReading& r) {
   const int seq = static_cast<int>(s.readings.size());
   s.readings.push_back(r);
   s.last_checkpoint = r;
-  submit_logged(store_, fmt::format("connector {}: {}: checkpoint", c.cfg.id, s.id),
-                [this, txn = s.id, seq, r](Database& db) { insert_reading(db, txn, seq, r, "checkpoint"); });
+  store_.submit([this, txn = s.id, seq, r](Database& db) { insert_reading(db, txn, seq, r, "checkpoint"); },
+                [this, what = fmt::format("connector {}: {}: checkpoint", c.cfg.id, s.id), alive = alive_](const Status& st) {
+                  if (!*alive) return;
+                  if (!st.ok()) spdlog::error("{} not committed: {}", what, st.message());
+                  on_checkpoint_commit(st);
+                });
   // Funds: stop when the bill so far reaches what was authorised.
   const Bill so_far = compute_bill(*site_.session.tariff, s.readings);
   if (so_far.total_fen >= s.authorized_fen) {
     spdlog::info("connector {}: {}: bill {} fen reached the authorised {} fen", c.cfg.id, s.id, so_far.total_fen, s.authorized_fen);
     stop(c.cfg.id, StopReason::funds_exhausted, [](const nlohmann::json&) {});
+  }
+}
+
+void SessionEngine::on_checkpoint_commit(const Status& st) {
+  const CheckpointVerdict v = st.ok() ? checkpoint_health_.committed() : checkpoint_health_.failed(st.message());
+  if (v.raise || v.pause || v.clear) emit(checkpoint_health_.alarm_event());
+  if (v.pause) spdlog::critical("{} meter checkpoints in a row not committed ({}): charging paused, sessions kept", checkpoint_health_.failures(), st.message());
+  if (v.resume) spdlog::warn("a meter checkpoint committed again: charging resumes");
+  if (!v.pause && !v.resume) return;
+  for (auto& [id, c] : connectors_) {
+    if (!c->session || c->session->stopping || !c->session->charging_started) continue;
+    const ConnectorStatus now = c->fsm.status();
+    if (v.pause && (now == ConnectorStatus::charging || now == ConnectorStatus::suspended_ev)) {
+      apply(*c, ConnectorEvent::evse_suspend, fmt::format("storage.checkpoint_failed: meter checkpoints cannot be committed ({})", st.message()));
+    }
+    if (v.resume && now == ConnectorStatus::suspended_evse) apply(*c, ConnectorEvent::evse_resume, "meter checkpoints commit again");
+    update_setpoint(*c);  // 0 W while paused
   }
 }
 
@@ -937,8 +967,13 @@ void SessionEngine::finish(Connector& c, std::optional<MeterReading> final_readi
       });
       return;
     }
+    if (c.close_failures > 0) {
+      emit({{"event", "alarm"}, {"code", "storage.close_failed"}, {"severity", "critical"}, {"connector", c.cfg.id}, {"active", false},
+            {"message", fmt::format("{} closed after {} failed attempt(s)", txn, c.close_failures)}});
+    }
     c.close_failures = 0;
     if (c.session && c.session->id == txn) c.session.reset();
+    on_checkpoint_commit(Status::success());  // the close is the session's last checkpoint
     auto waiting = std::move(c.on_closed);
     c.on_closed.clear();
     done(std::move(receipt));
