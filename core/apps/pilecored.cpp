@@ -56,6 +56,10 @@ int main(int argc, char** argv) {
   app.add_flag("--check", check,
                "Start the pile (every plugin created and started), then stop at once: exit 0 when it started, 2 when the site file "
                "is invalid, 3 when start-up failed");
+  bool diag_storage_limit = false;
+  // Test-only (docs/architecture.md, "A full disk"): the control socket accepts diag_max_pages,
+  // which caps the database's size for a real SQLITE_FULL. No group: hidden from --help.
+  app.add_flag("--diag-storage-limit", diag_storage_limit, "")->group("");
   CLI11_PARSE(app, argc, argv);
 
   init_logging(log_level.empty() ? "info" : log_level);
@@ -78,6 +82,7 @@ int main(int argc, char** argv) {
   options.status_interval = Duration(static_cast<std::int64_t>(status_interval_s * 1000));
   control_limits.idle_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(control_idle_s * 1000));
   options.control_limits = control_limits;
+  options.storage_diagnostics = diag_storage_limit;
   // A segfault or abort inside a plugin call is written to the state directory and named at the
   // next start (crash attribution, quarantine: docs/architecture.md).
   options.catch_fatal_signals = true;

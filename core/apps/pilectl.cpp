@@ -307,6 +307,15 @@ int main(int argc, char** argv) {
                     format_yuan(s.value("amount_fen", std::int64_t{0})).c_str(), s.value("stopping", false) ? " (stopping)" : "");
       }
     }
+    if (r.contains("storage") && r["storage"].contains("free_bytes")) {
+      const auto& d = r["storage"];
+      std::printf("storage %s: %.1f MiB free of %.1f MiB%s\n", d.value("path", "").c_str(), static_cast<double>(d.value("free_bytes", std::uint64_t{0})) / 1048576.0,
+                  static_cast<double>(d.value("total_bytes", std::uint64_t{0})) / 1048576.0, d.value("low", false) ? " (LOW)" : "");
+    }
+    for (const auto& a : r.value("alarms", nlohmann::json::array())) {
+      std::printf("alarm %s %s since %s: %s\n", a.value("code", "").c_str(), a.value("severity", "").c_str(), a.value("since", "").c_str(),
+                  a.value("message", "").c_str());
+    }
     for (const auto& i : r["instances"]) {
       std::printf("instance %-14s %-9s %-14s %-8s %s%s%s\n", i.value("name", "").c_str(), i.value("kind", "").c_str(), i.value("plugin", "").c_str(),
                   i.value("state", "").c_str(), i.value("health", "").c_str(), i.value("detail", "").empty() ? "" : ": ", i.value("detail", "").c_str());

@@ -282,8 +282,12 @@ void ChargingSession::checkpoint(const MeterReading& r) {
   const int seq = static_cast<int>(s.readings.size());
   s.readings.push_back(r);
   s.last_checkpoint = r;
-  submit_logged(store_, fmt::format("connector {}: {}: checkpoint", settings_.connector, s.id),
-                [txn = s.id, seq, r](Database& db) { ReadingRepository(db).insert(txn, seq, {r.time, r.wh}, ReadingKind::checkpoint); });
+  store_.submit([txn = s.id, seq, r](Database& db) { ReadingRepository(db).insert(txn, seq, {r.time, r.wh}, ReadingKind::checkpoint); },
+                [this, what = fmt::format("connector {}: {}: checkpoint", settings_.connector, s.id), alive = alive_](const Status& st) {
+                  if (!*alive) return;
+                  if (!st.ok()) spdlog::error("{} not committed: {}", what, st.message());
+                  if (hooks_.checkpoint_committed) hooks_.checkpoint_committed(st);
+                });
   // Funds: stop when the bill so far reaches what was authorised.
   const Bill so_far = compute_bill(*settings_.tariff, s.readings);
   if (so_far.total_fen >= s.authorized_fen) {
@@ -372,7 +376,8 @@ void ChargingSession::close(std::optional<MeterReading> final_reading, StopDone 
                      // connector and nothing is billed twice, and the close is tried again.
                      if (++close_failures_ == 1 && hooks_.emit) {
                        hooks_.emit(events::CloseFailed{.connector = settings_.connector,
-                                                       .message = fmt::format("{} cannot be closed: {}; retried", txn, outcome.error)});
+                                                       .message = fmt::format("{} cannot be closed: {}; retried", txn, outcome.error),
+                                                       .active = true});
                      }
                      done(std::move(outcome));
                      if (close_retry_) scheduler_.cancel(close_retry_);
@@ -382,8 +387,14 @@ void ChargingSession::close(std::optional<MeterReading> final_reading, StopDone 
                      });
                      return;
                    }
+                   if (close_failures_ > 0 && hooks_.emit) {
+                     hooks_.emit(events::CloseFailed{.connector = settings_.connector,
+                                                     .message = fmt::format("{} closed after {} failed attempt(s)", txn, close_failures_),
+                                                     .active = false});
+                   }
                    close_failures_ = 0;
                    if (running_ && running_->id == txn) running_.reset();
+                   if (outcome.ok && hooks_.checkpoint_committed) hooks_.checkpoint_committed(Status::success());  // the close is the last checkpoint
                    auto waiting = std::move(on_closed_);
                    on_closed_.clear();
                    done(std::move(outcome));

@@ -88,6 +88,9 @@ class ChargingSession {
     std::function<void(StopReason)> stop;
     /// Time for a new setpoint (every setpoint_interval_ms once the contactor closed).
     std::function<void()> setpoint_due;
+    /// A checkpoint's commit outcome (and a close's, the session's last checkpoint): the
+    /// coordinator pauses charging while checkpoints cannot commit. May be empty.
+    std::function<void(const Status&)> checkpoint_committed;
   };
   /// A transaction authorised and about to be opened.
   struct Opening {

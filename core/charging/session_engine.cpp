@@ -128,7 +128,8 @@ struct SessionEngine::Connector {
 };
 
 SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& store, const Clock& clock, Strand& strand, Hooks hooks)
-    : site_(site), db_(db), store_(store), clock_(clock), strand_(strand), hooks_(std::move(hooks)), alive_(std::make_shared<bool>(true)) {
+    : site_(site), db_(db), store_(store), clock_(clock), strand_(strand), hooks_(std::move(hooks)), alive_(std::make_shared<bool>(true)),
+      checkpoint_health_(site.storage.checkpoint_pause_after) {
   reader_db_ = std::make_unique<Database>(db_.path(), Database::ReadOnly{});
   reader_ = reader_db_->handle();
   txn_seq_ = TransactionRepository(*reader_db_).last_sequence();
@@ -181,6 +182,7 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
     h.meter_check = [this, c](const MeterCheck& chk, double value) { on_meter_check(*c, chk, value); };
     h.stop = [this, id = cfg.id](StopReason r) { stop(id, r, [](const StopOutcome&) {}); };
     h.setpoint_due = [this, c] { update_setpoint(*c); };
+    h.checkpoint_committed = [this](const Status& st) { on_checkpoint_commit(st); };
     conn->charging = std::make_unique<ChargingSession>(
         ChargingSession::Settings{.connector = cfg.id, .meter = cfg.meter, .charging = site_.session.charging,
                                   .tariff = site_.session.tariff ? &*site_.session.tariff : nullptr},
@@ -459,6 +461,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   if (!site_.session.tariff) return fail("no tariffs in the site file: sessions cannot be billed, so none can start");
   if (shutting_down_) return fail("pilecored is stopping: no session starts");
   if (c.recovering > 0) return fail(fmt::format("connector {} is still closing a transaction left open by an unclean stop; try again shortly", id));
+  if (checkpoint_health_.paused()) return fail(fmt::format("charging is paused: meter checkpoints cannot be committed ({}); no session starts", checkpoint_health_.error()));
   if (c.charging->active() || c.starting) return fail(fmt::format("connector {} already has a session", id));
   if (const auto t = c.fsm.check(ConnectorEvent::authorized_start); !t.allowed) {
     return fail(fmt::format("connector {} is {}: a session cannot start", id, pilecore::to_string(c.fsm.status())));
@@ -720,11 +723,30 @@ void SessionEngine::update_setpoint(Connector& c) {
       }
     }
   }
+  if (checkpoint_health_.paused()) watts = 0;  // energy that could not be recorded would only be known to memory
   watts = std::clamp<std::int64_t>(watts, 0, limit);  // the core always clamps
   if (watts != run->setpoint_w || !run->has_setpoint) {
     c.charging->set_setpoint(watts);
     InFlight mark(c.cfg.power, "set_power_limit");
     if (Status st = stage->set_power_limit(watts); !st.ok()) spdlog::warn("connector {}: set_power_limit: {}", c.cfg.id, st.message());
+  }
+}
+
+void SessionEngine::on_checkpoint_commit(const Status& st) {
+  const CheckpointVerdict v = st.ok() ? checkpoint_health_.committed() : checkpoint_health_.failed(st.message());
+  if (v.raise || v.pause || v.clear) emit(checkpoint_health_.alarm_event());
+  if (v.pause) spdlog::critical("{} meter checkpoints in a row not committed ({}): charging paused, sessions kept", checkpoint_health_.failures(), st.message());
+  if (v.resume) spdlog::warn("a meter checkpoint committed again: charging resumes");
+  if (!v.pause && !v.resume) return;
+  for (auto& [id, c] : connectors_) {
+    const auto* r = c->charging->running();
+    if (!r || r->stopping || !r->charging_started) continue;
+    const ConnectorStatus now = c->fsm.status();
+    if (v.pause && (now == ConnectorStatus::charging || now == ConnectorStatus::suspended_ev)) {
+      apply(*c, ConnectorEvent::evse_suspend, fmt::format("storage.checkpoint_failed: meter checkpoints cannot be committed ({})", st.message()));
+    }
+    if (v.resume && now == ConnectorStatus::suspended_evse) apply(*c, ConnectorEvent::evse_resume, "meter checkpoints commit again");
+    update_setpoint(*c);  // 0 W while paused
   }
 }
 

@@ -37,6 +37,7 @@
 
 #include "bill.hpp"
 #include "charging_session.hpp"
+#include "checkpoint_health.hpp"
 #include "payment_saga.hpp"
 #include "scheduler.hpp"
 #include "store_worker.hpp"
@@ -127,6 +128,9 @@ class SessionEngine {
   void begin_charging(Connector& c);
   /// The strategy's setpoint, clamped to the connector's and what the site leaves it.
   void update_setpoint(Connector& c);
+  /// A checkpoint's (or a close's) commit outcome: the storage.checkpoint_failed alarm, and
+  /// pausing and resuming charging (checkpoint_health.hpp).
+  void on_checkpoint_commit(const Status& st);
   /// The guard's verdict on a reading or a stall: the meter.implausible alarm, and the fault.
   void on_meter_check(Connector& c, const MeterCheck& check, double value);
   void evaluate_risk(const risk::Context& ctx, std::function<void(risk::Verdict, std::string)> done);
@@ -168,6 +172,7 @@ class SessionEngine {
   /// Set by stop_all(): no session starts any more, and a capture that a stopping payment method
   /// leaves unconfirmed is not closed as failed but left to recovery (see close_transaction).
   bool shutting_down_ = false;
+  CheckpointHealth checkpoint_health_;
 };
 
 /// The token of a control request: "card:04A1B2" is type "card", id "04A1B2"; text without a type

@@ -251,14 +251,25 @@ struct MeterImplausible {
   std::optional<std::int64_t> last_plausible_wh;  ///< raised only
   std::optional<std::int64_t> meter_wh;     ///< cleared only: the plausible reading
 };
-/// storage.close_failed: a close that did not commit; retried.
+/// storage.close_failed: a close that did not commit; retried (active), or closed at last.
 struct CloseFailed {
   std::uint32_t connector = 0;
   std::string message;
+  bool active = true;
+};
+/// storage.checkpoint_failed: meter checkpoints not committed (a full disk); charging pauses
+/// after pause_after of them in a row and resumes when one commits (checkpoint_health.hpp).
+struct CheckpointFailed {
+  bool active = true;
+  std::string message;
+  std::string error;  ///< SQLite's, while active
+  std::int64_t consecutive = 0, pause_after = 0;
+  bool paused = false;
 };
 }  // namespace events
 
 using Event = std::variant<events::SessionStarted, events::StepUp, events::StartRefused, events::TariffBoundary, events::SessionStopping,
-                           events::SessionClosed, events::Recovering, events::OperationSettled, events::MeterImplausible, events::CloseFailed>;
+                           events::SessionClosed, events::Recovering, events::OperationSettled, events::MeterImplausible, events::CloseFailed,
+                           events::CheckpointFailed>;
 
 }  // namespace pilecore::core

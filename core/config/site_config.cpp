@@ -65,8 +65,22 @@ Field build_site_schema() {
   plugins.key_pattern = "[a-z0-9][a-z0-9_-]{0,31}";
   plugins.pattern_hint = "use 1 to 32 lower case letters, digits, '_' or '-', starting with a letter or digit";
   plugins.min_items = 1;
-  Field storage = group("storage", FieldType::object, "Where pilecore keeps its state",
-                        {with_default(field("database", FieldType::string, "SQLite database; a relative path is under the state directory"), "pilecore.db")});
+  Field storage = group(
+      "storage", FieldType::object, "Where pilecore keeps its state, and what it does when the disk fills (docs/integrator-guide.md)",
+      {with_default(field("database", FieldType::string, "SQLite database; a relative path is under the state directory"), "pilecore.db"),
+       with_default(with_range(field("checkpoint_pause_after", FieldType::integer,
+                                     "Consecutive meter checkpoints that cannot be committed (a full disk) after which charging pauses "
+                                     "(setpoint 0, connectors SuspendedEVSE, sessions kept); it resumes when a checkpoint commits again"),
+                               1, 1000, ""),
+                    "3"),
+       with_default(with_range(field("low_disk_bytes", FieldType::integer,
+                                     "Free space of the state directory's file system below which the storage.low_disk alarm is "
+                                     "raised (cleared above it); 0: no alarm"),
+                               0, 1e15, "bytes"),
+                    "67108864"),
+       with_default(with_range(field("disk_check_interval_s", FieldType::integer, "How often the free space of the state directory is checked"), 1,
+                               86400, "s"),
+                    "60")});
   Field level = with_default(field("level", FieldType::enumeration, "Least severe log level written"), "info");
   level.allowed = {"trace", "debug", "info", "warn", "error"};
   Field log = group("log", FieldType::object, "Logging", {level});
@@ -540,6 +554,13 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
   if (diags.has_errors()) return out;
   const YAML::Node db = member(member(root, "storage"), "database");
   cfg.database = db.IsScalar() ? db.Scalar() : "pilecore.db";
+  {
+    const Field& sf = schema.fields[3];
+    const YAML::Node s = member(root, "storage");
+    if (const YAML::Node n = member(s, "checkpoint_pause_after"); n.IsDefined() && !n.IsNull()) cfg.storage.checkpoint_pause_after = static_cast<int>(integer_of(sf.fields[1], n));
+    if (const YAML::Node n = member(s, "low_disk_bytes"); n.IsDefined() && !n.IsNull()) cfg.storage.low_disk_bytes = integer_of(sf.fields[2], n);
+    if (const YAML::Node n = member(s, "disk_check_interval_s"); n.IsDefined() && !n.IsNull()) cfg.storage.disk_check_interval = std::chrono::seconds(integer_of(sf.fields[3], n));
+  }
   const YAML::Node lvl = member(member(root, "log"), "level");
   cfg.log_level = lvl.IsScalar() ? lvl.Scalar() : "info";
   {

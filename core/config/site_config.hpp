@@ -61,6 +61,13 @@ struct InstanceSpec {
   std::shared_ptr<const InstanceConfig> config;
 };
 
+/// The `storage` section's keys for a disk that fills (the database's path is SiteConfig::database).
+struct StorageSettings {
+  int checkpoint_pause_after = 3;                 ///< consecutive failed checkpoints before charging pauses
+  std::int64_t low_disk_bytes = 64 * 1024 * 1024;  ///< free bytes below which storage.low_disk is raised; 0: never
+  Duration disk_check_interval = std::chrono::seconds(60);
+};
+
 struct SiteConfig {
   std::filesystem::path file;
   std::string id;
@@ -71,6 +78,7 @@ struct SiteConfig {
   std::vector<ConnectorConfig> connectors;
   std::vector<InstanceSpec> instances;  // in file order
   std::string database;                 // as written; relative paths are under the state dir
+  StorageSettings storage;              // the rest of the `storage` section
   std::string log_level;
   CrashPolicy crash_policy;  // the `containment` section: when a crashing instance is quarantined
   SessionConfig session;

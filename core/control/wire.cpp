@@ -181,8 +181,14 @@ nlohmann::json to_json(const Event& e) {
             return j;
           },
           [](const events::CloseFailed& v) -> nlohmann::json {
-            return {{"event", "alarm"}, {"code", "storage.close_failed"}, {"severity", "critical"}, {"connector", v.connector}, {"active", true},
+            return {{"event", "alarm"}, {"code", "storage.close_failed"}, {"severity", "critical"}, {"connector", v.connector}, {"active", v.active},
                     {"message", v.message}};
+          },
+          [](const events::CheckpointFailed& v) -> nlohmann::json {
+            nlohmann::json j = {{"event", "alarm"},     {"code", "storage.checkpoint_failed"}, {"severity", "critical"}, {"active", v.active},
+                                {"message", v.message}, {"consecutive", v.consecutive},        {"pause_after", v.pause_after}, {"paused", v.paused}};
+            if (v.active) j["error"] = v.error;
+            return j;
           },
       },
       e);

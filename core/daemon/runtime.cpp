@@ -12,12 +12,15 @@
 
 #include "build_config.hpp"
 #include "clocks.hpp"
+#include "disk_space.hpp"
 #include "inflight.hpp"
 #include "logging.hpp"
 #include "pilecore/pilecore.hpp"
 #include "ledger.hpp"
 #include "private_files.hpp"
+#include "statement.hpp"
 #include "storage.hpp"
+#include "strand_scheduler.hpp"
 #include "store_worker.hpp"
 #include "token_privacy.hpp"
 #include "wire.hpp"
@@ -353,6 +356,11 @@ void Runtime::start_instances() {
   make_router();
   if (router_) engine_->set_router(router_.get());
   engine_->attach();
+  scheduler_ = std::make_unique<StrandScheduler>(strand_, *clock_);
+  disk_ = std::make_unique<LowDiskMonitor>(
+      *scheduler_, options_.state_dir, site_.storage.disk_check_interval, site_.storage.low_disk_bytes,
+      [dir = options_.state_dir](std::string& error) { return disk_space(dir, error); }, [this](nlohmann::json e) { publish_event(std::move(e)); });
+  disk_->start();
   for (const auto& inst : instances_) {
     // Before recovery: a session must not start on a connector whose plugin is quarantined, and
     // recovery itself runs because the quarantined plugin is no longer started to crash it.
@@ -426,6 +434,20 @@ void Runtime::announce_ready() {
 }
 
 void Runtime::publish_event(nlohmann::json event) {
+  if (event.value("event", "") == "alarm") {
+    std::string key = event.value("code", "");
+    if (event.contains("instance")) key += "/" + event["instance"].get<std::string>();
+    if (event.contains("connector")) key += "/" + event["connector"].dump();
+    if (event.value("active", false)) {
+      nlohmann::json a = event;
+      a.erase("event");
+      a["since"] = format_utc(clock_->now());
+      if (auto it = active_alarms_.find(key); it != active_alarms_.end()) a["since"] = it->second["since"];  // an update, not a new alarm
+      active_alarms_[key] = std::move(a);
+    } else {
+      active_alarms_.erase(key);
+    }
+  }
   if (!control_) return;
   event["time"] = format_utc(clock_->now());
   control_->publish(event);
@@ -463,6 +485,7 @@ void Runtime::shutdown() {
 void Runtime::finish_shutdown() {
   spdlog::info("stopping {} instance(s)", instances_.size());
   control_.reset();
+  disk_.reset();
   for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) {
     (*it)->stop();
     update_snapshot(**it);
@@ -510,6 +533,10 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     st["dropped_watchers"] = control_ ? control_->dropped_watchers() : 0;
     if (control_) st["control"] = control_->stats();
     st["ready"] = ready_.load();
+    nlohmann::json alarms = nlohmann::json::array();
+    for (const auto& [key, a] : active_alarms_) alarms.push_back(a);
+    st["alarms"] = alarms;
+    if (disk_) st["storage"] = disk_->status();
     reply(std::move(st));
   } else if (cmd == "session_start") {
     const auto connector = connector_of();
@@ -545,9 +572,40 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     engine_->refund(text("transaction"), req["amount_fen"].get<std::int64_t>(), text("reason"), [reply](const RefundOutcome& o) { reply(to_json(o)); });
   } else if (cmd == "receipt") {
     reply(to_json(engine_->receipt(text("transaction"))));
+  } else if (cmd == "diag_max_pages" && options_.storage_diagnostics) {
+    diag_max_pages(req, std::move(reply));
   } else {
     reply({{"ok", false}, {"error", fmt::format("unknown command '{}'; commands: status, session_start, session_stop, session_answer, refund, receipt, watch", cmd)}});
   }
+}
+
+void Runtime::diag_max_pages(const nlohmann::json& req, std::function<void(nlohmann::json)> reply) {
+  // {"headroom_pages": N}: the database may grow N pages past its size now (0: full now);
+  // {"headroom_pages": null} or absent: SQLite's own limit again. On the writing connection, in
+  // the storage thread's order, so every write submitted after the reply sees it.
+  std::optional<std::int64_t> headroom;
+  if (req.contains("headroom_pages") && !req["headroom_pages"].is_null()) {
+    if (!req["headroom_pages"].is_number_integer() || req["headroom_pages"].get<std::int64_t>() < 0) {
+      throw std::invalid_argument("\"headroom_pages\" must be a non-negative integer or null");
+    }
+    headroom = req["headroom_pages"].get<std::int64_t>();
+  }
+  auto result = std::make_shared<std::pair<std::int64_t, std::int64_t>>();
+  store_->submit(
+      [headroom, result](Database& db) {
+        auto scalar = [&db](const std::string& sql) {
+          Stmt q(db.handle(), sql.c_str());
+          q.step();
+          return q.i64(0);
+        };
+        result->first = scalar("PRAGMA page_count");
+        result->second = scalar(fmt::format("PRAGMA max_page_count={}", headroom ? result->first + *headroom : std::int64_t{4294967294}));
+      },
+      [result, reply = std::move(reply)](const Status& st) {
+        if (!st.ok()) return reply({{"ok", false}, {"error", st.message()}});
+        spdlog::warn("diagnostics: the database may grow to {} pages (now {})", result->second, result->first);
+        reply({{"ok", true}, {"page_count", result->first}, {"max_page_count", result->second}});
+      });
 }
 
 int Runtime::run() {

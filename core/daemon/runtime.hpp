@@ -26,6 +26,8 @@ namespace pilecore::core {
 
 class Instance;
 class Database;
+class LowDiskMonitor;
+class StrandScheduler;
 class Ledger;
 class StoreWorker;
 
@@ -44,6 +46,11 @@ struct RuntimeOptions {
   /// Install the fatal-signal handler that writes the in-flight plugin call to the state
   /// directory (crash attribution). pilecored sets it; a test runtime inside gtest does not.
   bool catch_fatal_signals = false;
+  /// Test-only: accept the `diag_max_pages` control command, which caps the database's size
+  /// (PRAGMA max_page_count on the writing connection) so a test gets a real SQLITE_FULL where it
+  /// cannot mount a small file system, and lifts the cap to "free the space". pilecored's hidden
+  /// --diag-storage-limit sets it; never in production.
+  bool storage_diagnostics = false;
 };
 
 /// disabled: quarantined after crashing pilecored too often; never created (see crash_records.hpp).
@@ -119,6 +126,8 @@ class Runtime {
   void dispatch_request(const nlohmann::json& request, std::function<void(nlohmann::json)>& reply);
   /// Sends an event (with the clock's time) to the control socket's watchers.
   void publish_event(nlohmann::json event);
+  /// The test-only `diag_max_pages` command (RuntimeOptions::storage_diagnostics).
+  void diag_max_pages(const nlohmann::json& request, std::function<void(nlohmann::json)> reply);
   void set_connector(std::uint32_t id, ConnectorStatus status, const std::string& why);
   void schedule_status();
   void update_snapshot(const Instance& instance);
@@ -154,6 +163,10 @@ class Runtime {
   std::vector<RoutingBucket> routing_buckets_;  ///< its counts, read at start
   std::unique_ptr<SessionEngine> engine_;
   std::unique_ptr<ControlSocket> control_;
+  std::unique_ptr<StrandScheduler> scheduler_;
+  std::unique_ptr<LowDiskMonitor> disk_;  ///< storage.low_disk
+  /// Active alarms (the core's and the plugins'), by code and instance or connector: `status` shows them.
+  std::map<std::string, nlohmann::json> active_alarms_;
 
   mutable std::mutex snapshot_mutex_;
   std::vector<InstanceInfo> snapshot_;
