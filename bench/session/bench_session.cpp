@@ -54,16 +54,16 @@
 #include <thread>
 #include <vector>
 
-#include "plugin_loader.hpp"
 #include "runtime.hpp"
-#include "site_config.hpp"
 #include "storage.hpp"
 #include "../common/bench_env.hpp"
+#include "../common/bench_runtime.hpp"
 
 using namespace pilecore;
 using namespace pilecore::core;
 using pilecore::bench::fs_type;
 using pilecore::bench::loadavg;
+using pilecore::bench::wait_until;
 namespace fs = std::filesystem;
 using SteadyClock = std::chrono::steady_clock;
 
@@ -222,54 +222,14 @@ RunResult run(const fs::path& db_base, const fs::path& tmpfs_base, int sessions,
   spdlog::set_default_logger(loggers.front());
   spdlog::set_level(spdlog::level::info);
 
-  PluginRegistry registry({PILECORE_BENCH_PLUGIN_DIR, PILECORE_BENCH_OWN_PLUGIN_DIR});
   const fs::path site_file = state_root / "site.yaml";
   std::ofstream(site_file) << site_yaml(db_dir / "pilecore.db");
-  auto outcome = load_site(site_file, registry);
-  if (!outcome.site) throw std::runtime_error("site file invalid:\n" + outcome.diagnostics.format());
   RuntimeOptions options;
   options.state_dir = state_root / "state";
-  options.notify_systemd = false;
-  options.status_interval = Duration(0);
-  Runtime rt(std::move(*outcome.site), std::move(options));
-  int exit_code = -1;
-  std::thread loop([&] { exit_code = rt.run(); });
-  struct Joiner {
-    Runtime& rt;
-    std::thread& t;
-    ~Joiner() {
-      if (t.joinable()) {
-        rt.request_stop();
-        t.join();
-      }
-    }
-  } joiner{rt, loop};
-
-  auto wait_for = [](const std::function<bool()>& pred, std::chrono::milliseconds limit) {
-    const auto end = SteadyClock::now() + limit;
-    while (!pred()) {
-      if (SteadyClock::now() > end) return false;
-      std::this_thread::sleep_for(std::chrono::microseconds(500));
-    }
-    return true;
-  };
-  auto on_strand = [&rt](auto fn) {
-    std::promise<void> p;
-    rt.dispatch([&] {
-      fn();
-      p.set_value();
-    });
-    p.get_future().get();
-  };
-  auto request = [&rt](const nlohmann::json& req) {
-    auto p = std::make_shared<std::promise<nlohmann::json>>();
-    auto f = p->get_future();
-    rt.dispatch([&rt, req, p] { rt.handle_request(req, [p](nlohmann::json reply) { p->set_value(std::move(reply)); }); });
-    return f.get();
-  };
-  if (!wait_for([&] { return rt.ready() || !rt.start_error().empty(); }, std::chrono::seconds(30)) || !rt.ready()) {
-    throw std::runtime_error("the runtime did not start: " + rt.start_error());
-  }
+  pilecore::bench::BenchRuntime bench(site_file, {PILECORE_BENCH_PLUGIN_DIR, PILECORE_BENCH_OWN_PLUGIN_DIR}, std::move(options));
+  Runtime& rt = bench.rt();
+  auto on_strand = [&bench](const std::function<void()>& fn) { bench.on_strand(fn); };
+  auto request = [&bench](const nlohmann::json& req) { return bench.request(req); };
 
   std::atomic<std::int64_t> closed_ns{0};
   on_strand([&] { rt.engine()->on_contactor_closed = [&closed_ns](std::uint32_t) { closed_ns.store(now_ns()); }; });
@@ -288,7 +248,7 @@ RunResult run(const fs::path& db_base, const fs::path& tmpfs_base, int sessions,
   };
   r.load_before = loadavg();
   for (int i = 0; i < warmup + sessions; ++i) {
-    if (!wait_for(idle, std::chrono::seconds(10))) throw std::runtime_error("the connector did not come back to Preparing with no session");
+    if (!wait_until(idle, std::chrono::seconds(10))) throw std::runtime_error("the connector did not come back to Preparing with no session");
     std::this_thread::sleep_for(std::chrono::milliseconds(3));  // let the last close's I/O settle
     const double base = baseline.commit_ms();
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -309,7 +269,7 @@ RunResult run(const fs::path& db_base, const fs::path& tmpfs_base, int sessions,
       --i;
       continue;
     }
-    if (!wait_for([&] { return closed_ns.load() != 0; }, std::chrono::seconds(10))) {
+    if (!wait_until([&] { return closed_ns.load() != 0; }, std::chrono::seconds(10))) {
       throw std::runtime_error("the contactor did not close after " + reply.dump());
     }
     const std::int64_t t1 = sink->decided_ns.load(), t2 = closed_ns.load();
@@ -320,9 +280,7 @@ RunResult run(const fs::path& db_base, const fs::path& tmpfs_base, int sessions,
     r.baseline_ms.push_back(base);
   }
   r.load_after = loadavg();
-  rt.request_stop();
-  loop.join();
-  if (exit_code != 0) throw std::runtime_error("the runtime did not stop cleanly");
+  if (bench.stop() != 0) throw std::runtime_error("the runtime did not stop cleanly");
   r.warnings = sink->warnings.load();
   spdlog::drop_all();
   spdlog::set_default_logger(std::make_shared<spdlog::logger>("null"));

@@ -197,7 +197,9 @@ Ledger::Ledger(sqlite3* db, SigningKey key, HashAlgorithm hash, SignFunction sig
 Ledger::~Ledger() { stop_signer(false); }
 
 void Ledger::sign_off_path(StoreWorker& store) {
-  sign_off_path([&store](StoreWorker::Work work, StoreWorker::Done done) { store.submit(std::move(work), std::move(done)); });
+  // Deferred: a signature rides in the commit of the next session's write instead of costing an
+  // fsync of its own (nobody waits on it; a crash leaves the row to sign_pending()).
+  sign_off_path([&store](StoreWorker::Work work, StoreWorker::Done done) { store.submit_deferred(std::move(work), std::move(done)); });
 }
 
 void Ledger::sign_off_path(Submit submit) {

@@ -22,8 +22,10 @@
 // Signing off the commit path. A signature by a TPM takes 50-200 ms; the commit that closes a
 // session must not wait for it. With sign_off_path(store), append() computes the hash, inserts
 // the row with signature NULL and hands prev_hash || seq || record to the ledger's signer thread;
-// the signer signs and submits `UPDATE ... SET signature` to the storage thread, so it is written
-// by a later group commit: signing record N+1 overlaps the fsync of N. The chain (hash, prev_hash)
+// the signer signs and submits `UPDATE ... SET signature` to the storage thread as a deferred
+// work, so it is written by a later group commit and never by a commit of its own while other
+// writes keep coming (StoreWorker::submit_deferred): signing record N overlaps the fsync of N and
+// N+1, and a signature costs no fsync. The chain (hash, prev_hash)
 // is complete at once; only the signature lags. A crash in between leaves the newest rows
 // unsigned: sign_pending() signs them (after checking their hashes and links, so it never blesses
 // an edited row) when the daemon starts, before it is ready.

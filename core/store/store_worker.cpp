@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -23,6 +25,7 @@ constexpr std::size_t kMaxGroup = 512;
 struct Submitted {
   StoreWorker::Work work;
   StoreWorker::Done done;
+  bool deferred = false;
 };
 struct Sync {
   const std::function<void(Database&)>* fn;
@@ -37,10 +40,11 @@ int raw_exec(sqlite3* db, const char* sql) { return sqlite3_exec(db, sql, nullpt
 }  // namespace
 
 struct StoreWorker::Impl {
-  Impl(Database& d, Poster p) : db(d), post(std::move(p)) {}
+  Impl(Database& d, Poster p, std::chrono::milliseconds l) : db(d), post(std::move(p)), linger(l) {}
 
   Database& db;
   Poster post;
+  const std::chrono::milliseconds linger;
   std::mutex mutex;
   std::condition_variable wake;
   std::deque<Item> queue;
@@ -49,6 +53,9 @@ struct StoreWorker::Impl {
   std::thread thread;
   std::atomic<std::uint64_t> commits{0};
   std::atomic<std::uint64_t> works{0};
+  std::atomic<std::uint64_t> deferred_only{0};
+
+  void enqueue(Work work, Done done, bool deferred);
 
   void post_done(Done done, Status st) {
     if (!done) return;
@@ -56,34 +63,62 @@ struct StoreWorker::Impl {
   }
 
   void loop() {
+    // Deferred works taken from the queue and not written yet, all older than anything queued.
+    std::vector<Submitted> held;
+    // The linger is a bound on how long a signature waits for company on this thread, not a time
+    // the core reasons about: the steady clock of the wait, not the core's injectable Clock.
+    std::chrono::steady_clock::time_point held_until{};
+    auto flush_held = [&] {
+      if (held.empty()) return;
+      ++deferred_only;
+      write(held);
+      held.clear();
+    };
     for (;;) {
       std::vector<Submitted> group;
       std::optional<Sync> sync_item;
+      bool stop_now = false;
       {
         std::unique_lock lock(mutex);
-        wake.wait(lock, [&] { return !queue.empty() || stopping; });
-        if (queue.empty()) return;  // stopping, and everything submitted is written
-        if (auto* s = std::get_if<Sync>(&queue.front())) {
+        auto ready = [&] { return !queue.empty() || stopping; };
+        if (held.empty()) wake.wait(lock, ready);
+        else wake.wait_until(lock, held_until, ready);
+        if (queue.empty()) {
+          stop_now = stopping;  // everything submitted is written once `held` is
+        } else if (auto* s = std::get_if<Sync>(&queue.front())) {
           sync_item = *s;
           queue.pop_front();
         } else {
           // Everything queued while the previous commit's fsync ran goes into this one, up to a
           // run_sync (which must see the works submitted before it committed).
-          while (!queue.empty() && group.size() < kMaxGroup && std::holds_alternative<Submitted>(queue.front())) {
+          while (!queue.empty() && held.size() + group.size() < kMaxGroup && std::holds_alternative<Submitted>(queue.front())) {
             group.push_back(std::move(std::get<Submitted>(queue.front())));
             queue.pop_front();
           }
         }
       }
+      if (stop_now) {
+        flush_held();
+        return;
+      }
       if (sync_item) {
+        flush_held();  // run_sync sees every work submitted before it, deferred ones too
         try {
           (*sync_item->fn)(db);
           sync_item->finished->set_value();
         } catch (...) {
           sync_item->finished->set_exception(std::current_exception());
         }
-      } else {
-        write(group);
+        continue;
+      }
+      const bool someone_waits = std::any_of(group.begin(), group.end(), [](const Submitted& w) { return !w.deferred; });
+      if (held.empty() && !group.empty() && !someone_waits) held_until = std::chrono::steady_clock::now() + linger;
+      for (auto& w : group) held.push_back(std::move(w));
+      if (someone_waits) {
+        write(held);  // the deferred ones ride along: no commit of their own
+        held.clear();
+      } else if (held.size() >= kMaxGroup || std::chrono::steady_clock::now() >= held_until) {
+        flush_held();
       }
     }
   }
@@ -151,22 +186,27 @@ struct StoreWorker::Impl {
   }
 };
 
-StoreWorker::StoreWorker(Database& db, Poster post_to_strand) : impl_(std::make_unique<Impl>(db, std::move(post_to_strand))) {
+StoreWorker::StoreWorker(Database& db, Poster post_to_strand, std::chrono::milliseconds linger)
+    : impl_(std::make_unique<Impl>(db, std::move(post_to_strand), linger)) {
   impl_->thread = std::thread([impl = impl_.get()] { impl->loop(); });
 }
 
 StoreWorker::~StoreWorker() { stop(); }
 
-void StoreWorker::submit(Work work, Done done) {
+void StoreWorker::submit(Work work, Done done) { impl_->enqueue(std::move(work), std::move(done), false); }
+
+void StoreWorker::submit_deferred(Work work, Done done) { impl_->enqueue(std::move(work), std::move(done), true); }
+
+void StoreWorker::Impl::enqueue(Work work, Done done, bool deferred) {
   {
-    std::lock_guard lock(impl_->mutex);
-    if (!impl_->stopping) {
-      impl_->queue.emplace_back(Submitted{std::move(work), std::move(done)});
-      impl_->wake.notify_one();
+    std::lock_guard lock(mutex);
+    if (!stopping) {
+      queue.emplace_back(Submitted{std::move(work), std::move(done), deferred});
+      wake.notify_one();
       return;
     }
   }
-  impl_->post_done(std::move(done), Status::error(StatusCode::unavailable, "the storage thread has stopped"));
+  post_done(std::move(done), Status::error(StatusCode::unavailable, "the storage thread has stopped"));
 }
 
 void StoreWorker::run_sync(const std::function<void(Database&)>& fn) {
@@ -201,5 +241,6 @@ void StoreWorker::stop() {
 
 std::uint64_t StoreWorker::commits() const { return impl_->commits.load(); }
 std::uint64_t StoreWorker::works() const { return impl_->works.load(); }
+std::uint64_t StoreWorker::deferred_only_commits() const { return impl_->deferred_only.load(); }
 
 }  // namespace pilecore::core

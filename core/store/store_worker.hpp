@@ -16,8 +16,15 @@
 //    start-up (recovery reads) and tests, never on the strand of a running daemon.
 //  - stop() finishes every submitted work, then joins the thread; later submits fail at once
 //    (their `done` gets an error, still posted).
+//  - submit_deferred(work, done): the same, for a write nobody waits on (the ledger's signatures).
+//    It never costs an fsync of its own while other works keep coming: it rides in the next
+//    commit of a submit()ted work. Only when none comes within `linger` (or when deferred works
+//    fill a group) is it committed alone. run_sync() and stop() write it first. Order holds
+//    across both kinds: a deferred work is applied before every work submitted after it.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -34,18 +41,26 @@ class StoreWorker {
   /// Runs a function on the core's strand (Runtime: asio::post(strand, fn)). Thread-safe.
   using Poster = std::function<void(std::function<void()>)>;
 
-  StoreWorker(Database& db, Poster post_to_strand);
+  /// How long a deferred work waits for a submitted one to ride with. Longer saves more fsyncs on
+  /// a quiet pile; it is also how long a signature may stay unwritten (a crash then leaves the row
+  /// for sign_pending(), nothing is lost).
+  static constexpr std::chrono::milliseconds kDefaultLinger{200};
+
+  StoreWorker(Database& db, Poster post_to_strand, std::chrono::milliseconds linger = kDefaultLinger);
   ~StoreWorker();
   StoreWorker(const StoreWorker&) = delete;
   StoreWorker& operator=(const StoreWorker&) = delete;
 
   void submit(Work work, Done done);
+  void submit_deferred(Work work, Done done);
   void run_sync(const std::function<void(Database&)>& fn);
   void stop();
 
-  /// Commits made and works written, for the benchmarks and tests.
+  /// Commits made and works written, and the commits that held deferred works only (the linger
+  /// ran out), for the benchmarks and tests.
   [[nodiscard]] std::uint64_t commits() const;
   [[nodiscard]] std::uint64_t works() const;
+  [[nodiscard]] std::uint64_t deferred_only_commits() const;
 
  private:
   struct Impl;

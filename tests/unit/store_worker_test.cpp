@@ -4,10 +4,13 @@
 // or inside submit(), is seen.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "storage.hpp"
 #include "store_worker.hpp"
@@ -102,6 +105,11 @@ class StoreWorkerTest : public ::testing::Test {
   void TearDown() override {
     worker_.reset();
     db_.reset();
+  }
+  // A worker whose deferred works wait `linger` for company (the fixture's has the default).
+  void restart_with_linger(std::chrono::milliseconds linger) {
+    worker_.reset();
+    worker_ = std::make_unique<StoreWorker>(*db_, strand_.poster(), linger);
   }
   std::int64_t rows() {
     std::int64_t n = 0;
@@ -280,6 +288,66 @@ TEST_F(StoreWorkerTest, AReaderConnectionReadsCommittedRowsWhileTheWriterIsInATr
   gate.open();
   strand_.run_until(2);
   EXPECT_EQ(count(reader, "SELECT count(*) FROM t"), 2);
+}
+
+// The ledger's signatures: nobody waits on them, so they must not cost an fsync each.
+TEST_F(StoreWorkerTest, ADeferredWorkRidesInTheCommitOfTheNextSubmittedWork) {
+  restart_with_linger(std::chrono::hours(1));
+  std::vector<std::string> done_order;
+  worker_->submit_deferred([](Database& db) { insert(db, 1); }, [&](const Status& st) { done_order.push_back(st.ok() ? "deferred" : st.message()); });
+  Gate gate;
+  std::int64_t seen_inside = -1;
+  worker_->submit(
+      [&](Database& db) {
+        seen_inside = count(db, "SELECT count(*) FROM t");
+        insert(db, 2);
+        gate.wait_inside();
+      },
+      [&](const Status& st) { done_order.push_back(st.ok() ? "submitted" : st.message()); });
+  gate.until_entered();
+  EXPECT_EQ(worker_->commits(), 0u);  // the deferred work was not committed on its own
+  EXPECT_EQ(seen_inside, 1);          // it is in the same transaction, before the later work
+  gate.open();
+  strand_.run_until(2);
+  EXPECT_EQ(done_order, (std::vector<std::string>{"deferred", "submitted"}));
+  EXPECT_EQ(worker_->commits(), 1u);
+  EXPECT_EQ(worker_->works(), 2u);
+  EXPECT_EQ(worker_->deferred_only_commits(), 0u);
+}
+
+TEST_F(StoreWorkerTest, ADeferredWorkWithNoCompanyIsCommittedAloneWhenTheLingerRunsOut) {
+  restart_with_linger(std::chrono::milliseconds(1));
+  Status result = Status::error(StatusCode::failed, "not run");
+  worker_->submit_deferred([](Database& db) { insert(db, 1); }, [&](const Status& st) { result = st; });
+  strand_.run_until(1);  // no other work ever comes: the linger alone gets it written
+  EXPECT_TRUE(result.ok()) << result.message();
+  EXPECT_EQ(worker_->commits(), 1u);
+  EXPECT_EQ(worker_->deferred_only_commits(), 1u);
+  EXPECT_EQ(rows(), 1);
+}
+
+TEST_F(StoreWorkerTest, RunSyncAndStopWriteTheDeferredWorksHeldBeforeThem) {
+  restart_with_linger(std::chrono::hours(1));
+  int ok = 0;
+  worker_->submit_deferred([](Database& db) { insert(db, 1); }, [&](const Status& st) { ok += st.ok() ? 1 : 0; });
+  EXPECT_EQ(rows(), 1);  // run_sync sees it
+  worker_->submit_deferred([](Database& db) { insert(db, 2); }, [&](const Status& st) { ok += st.ok() ? 1 : 0; });
+  worker_->stop();
+  strand_.run_until(2);
+  EXPECT_EQ(ok, 2);
+  EXPECT_EQ(count(*db_, "SELECT count(*) FROM t"), 2);
+}
+
+TEST_F(StoreWorkerTest, AFailingDeferredWorkFailsAloneInTheCommitItRidesIn) {
+  restart_with_linger(std::chrono::hours(1));
+  std::vector<Status> results(2);
+  worker_->submit_deferred([](Database& db) { db.exec("UPDATE no_such_table SET x = 1"); }, [&](const Status& st) { results[0] = st; });
+  worker_->submit([](Database& db) { insert(db, 2); }, [&](const Status& st) { results[1] = st; });
+  strand_.run_until(2);
+  EXPECT_FALSE(results[0].ok());
+  EXPECT_NE(results[0].message().find("no_such_table"), std::string::npos) << results[0].message();
+  EXPECT_TRUE(results[1].ok()) << results[1].message();
+  EXPECT_EQ(rows(), 1);
 }
 
 TEST(StoreReader, RefusesADatabaseThatDoesNotExist) {
