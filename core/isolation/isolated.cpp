@@ -444,6 +444,13 @@ std::string Isolated::spawn() {
                {"now", time_json(hooks_.host->clock().now())},
                {"speed", hooks_.host->clock().speed()}};
   if (options_.connector) init["connector"] = *options_.connector;
+  // The child drops what the core's logger would drop, before it crosses the socket.
+  for (int l = 0; l <= static_cast<int>(LogLevel::critical); ++l) {
+    if (hooks_.host->log().enabled(static_cast<LogLevel>(l))) {
+      init["log_level"] = l;
+      break;
+    }
+  }
   std::string why;
   auto r = call("init", std::move(init), &why, options_.start_deadline);
   if (!r) {
@@ -634,9 +641,7 @@ void Isolated::restart() {
     if (!s.ok()) err = s.message();
   }
   if (!err.empty()) {
-    kill_child();
-    fail_pending();
-    if (hooks_.failed && hooks_.failed(fmt::format("its isolated process failed to restart: {}", err))) schedule_restart();
+    fail_and_restart(fmt::format("failed to restart: {}", err));
     return;
   }
   if (options_.kind == Kind::power) {
@@ -651,10 +656,10 @@ void Isolated::restart() {
 }
 
 void Isolated::fail_and_restart(const std::string& why) {
-  kill_child();
+  const std::string how = kill_child();
   fail_pending();
   started_ = false;
-  if (!stopping_ && hooks_.failed && hooks_.failed(why)) schedule_restart();
+  if (!stopping_ && hooks_.failed && hooks_.failed(how.empty() ? why : fmt::format("its isolated {} ({})", how, why))) schedule_restart();
 }
 
 json Isolated::on_request(const json& r) {

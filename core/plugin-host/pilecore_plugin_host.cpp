@@ -371,6 +371,13 @@ class ChildHost final : public Host {
 
 }  // namespace
 
+#if defined(__SANITIZE_ADDRESS__)
+// In a sanitizer build a plugin's segfault must still end this process with the signal, as in
+// production, so that the core sees (and the tests check) a crash and not an exit status; the
+// instrumentation still reports every memory error it finds.
+extern "C" const char* __asan_default_options() { return "handle_segv=0:handle_sigbus=0:handle_abort=0"; }
+#endif
+
 int main(int argc, char** argv) {
   int fd = -1;
   for (int i = 1; i + 1 < argc; ++i) {
