@@ -49,13 +49,22 @@ class BenchHost final : public Host {
   [[nodiscard]] std::string_view state_dir() noexcept override { return dir_.native(); }
   void post(std::function<void()> fn) noexcept override { asio::post(io_, std::move(fn)); }
   TimerId schedule(Duration delay, std::function<void()> fn) noexcept override {
+    const TimerId id = ++next_;
     auto t = std::make_shared<asio::steady_timer>(io_, delay);
-    t->async_wait([t, fn = std::move(fn)](const boost::system::error_code& ec) {
+    timers_[id] = t;
+    t->async_wait([this, id, t, fn = std::move(fn)](const boost::system::error_code& ec) {
+      timers_.erase(id);
       if (!ec) fn();
     });
-    return ++next_;
+    return id;
   }
-  void cancel(TimerId) noexcept override {}
+  void cancel(TimerId id) noexcept override {
+    if (auto it = timers_.find(id); it != timers_.end()) it->second->cancel();
+  }
+  /// The in-process instance is gone: nothing of it may run any more.
+  void cancel_all() {
+    for (auto& [id, t] : timers_) t->cancel();
+  }
   void publish(const Sample&) noexcept override {}
   void raise(const Alarm&) noexcept override {}
   void report_state(std::string_view, std::string_view) noexcept override {}
@@ -68,6 +77,7 @@ class BenchHost final : public Host {
   SystemClock clock_;
   PluginLogger logger_;
   TimerId next_ = 0;
+  std::map<TimerId, std::shared_ptr<asio::steady_timer>> timers_;
 };
 
 struct Figures {
@@ -121,6 +131,7 @@ int main(int argc, char** argv) {
   measure(*static_cast<power::PowerStage*>(in_process), calls / 10);  // warm-up
   const Figures local = measure(*static_cast<power::PowerStage*>(in_process), calls);
   in_process->stop();
+  host.cancel_all();
   loaded.plugin->descriptor->destroy(in_process);
 
   // In its own process, through the proxy.
