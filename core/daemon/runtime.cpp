@@ -803,7 +803,7 @@ bool Runtime::on_isolated_failed(Instance& inst, const std::string& reason) {
   }
   if (!crash_book_) return true;
   const bool hang = reason.find("hung") != std::string::npos;
-  const int count = crash_book_->record(s.name, s.plugin, CrashEntry{clock_->now().time_since_epoch().count(), "its isolated process", hang ? "hang" : "crash", 0},
+  const int count = crash_book_->record(s.name, s.plugin, CrashEntry{clock_->now().time_since_epoch().count(), "its isolated process" /* crash_records.cpp words its quarantine by it */, hang ? "hang" : "crash", 0},
                                         site_.crash_policy, clock_->now());
   try {
     crash_book_->save();

@@ -441,6 +441,9 @@ std::string Isolated::spawn() {
                {"config", options_.config},
                {"state_dir", options_.state_dir.string()},
                {"paths", options_.paths},
+#if !defined(__SANITIZE_ADDRESS__)
+               {"memory_mb", options_.memory_mb},
+#endif
                {"now", time_json(hooks_.host->clock().now())},
                {"speed", hooks_.host->clock().speed()}};
   if (options_.connector) init["connector"] = *options_.connector;

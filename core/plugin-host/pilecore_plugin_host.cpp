@@ -6,6 +6,7 @@
 // unchanged: it sees a Host and an event loop of its own, with the SDK's threading rules.
 #include <fmt/format.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
@@ -201,8 +202,17 @@ class ChildHost final : public Host {
 
     SandboxPlan plan{state_dir_, file.parent_path().string(), {}};
     for (const auto& p : member(a, "paths")) plan.paths.push_back(p.get<std::string>());
-    const SandboxOutcome sandbox = enter_sandbox(plan);
+    SandboxOutcome sandbox = enter_sandbox(plan);
     if (!sandbox.error.empty()) return {{"error", fmt::format("the sandbox could not be set up: {}", sandbox.error)}};
+    // The caps were set between fork and exec, where nothing can be reported: check them here
+    // (a seccomp filter that refuses setrlimit would leave them unset).
+    rlimit core_limit{}, as_limit{};
+    ::getrlimit(RLIMIT_CORE, &core_limit);
+    ::getrlimit(RLIMIT_AS, &as_limit);
+    if (core_limit.rlim_max != 0) sandbox.warnings.push_back("core dumps could not be turned off for the isolated process");
+    if (a.contains("memory_mb") && integer(a, "memory_mb") > 0 && as_limit.rlim_max == RLIM_INFINITY) {
+      sandbox.warnings.push_back(fmt::format("the {} MiB memory cap could not be set for the isolated process", integer(a, "memory_mb")));
+    }
 
     auto loaded = load_plugin_file(file);
     if (!loaded.plugin) return {{"error", loaded.error}};

@@ -108,7 +108,7 @@ TEST(Isolation, ASegfaultInACallbackFailsOnlyTheInstanceWhichRestartsWithBackoff
       << d.instance("crashy").dump() << d.child->stderr_text();
   const auto last = d.instance("crashy");
   EXPECT_EQ(last.value("restarts", 0), 2) << last.dump();
-  EXPECT_TRUE(contains(last.value("detail", ""), "quarantined")) << last.dump();
+  EXPECT_EQ(last.value("detail", ""), "quarantined: its isolated process failed 3 times within 10 min, last by crashing") << last.dump();
   // The failure faulted its connector; quarantined, it stays out of service until enabled.
   EXPECT_EQ(d.connector(2), "Faulted");
   EXPECT_EQ(d.connector(1), "Available") << "the other connector is still in service";
