@@ -107,6 +107,10 @@ int main(int argc, char** argv) {
     cmd->add_option("--socket", socket_opt, "pilecored's control socket (default: /run/pilecore/pilecored.sock, else <state dir>/pilecored.sock)");
     cmd->add_option("--state-dir", state_dir_opt, "pilecored's state directory, to find its socket");
   };
+  bool running_json = false;
+  auto* running = plugins->add_subcommand("running", "The running daemon's instances: state, and for isolated ones their process and restarts");
+  running->add_flag("--json", running_json, "Machine-readable output");
+  add_socket_options(running);
   bool status_json = false;
   auto* status = app.add_subcommand("status", "Connectors, sessions, live power and energy, plugin instances");
   status->add_flag("--json", status_json, "Machine-readable output");
@@ -286,6 +290,24 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "pilectl: %s\n", e.what());
       return 1;
     }
+  }
+  if (*running) {
+    nlohmann::json r;
+    if (!request({{"cmd", "status"}}, r)) return 1;
+    if (running_json) {
+      std::printf("%s\n", r.value("instances", nlohmann::json::array()).dump(2).c_str());
+      return 0;
+    }
+    std::printf("%-16s %-18s %-10s %-9s %-9s %-8s %-8s %s\n", "INSTANCE", "PLUGIN", "KIND", "STATE", "PROCESS", "PID", "RESTARTS", "DETAIL");
+    for (const auto& i : r.value("instances", nlohmann::json::array())) {
+      const bool iso = i.value("isolated", false);
+      const int pid = i.value("pid", 0);
+      std::printf("%-16s %-18s %-10s %-9s %-9s %-8s %-8s %s\n", i.value("name", "").c_str(), i.value("plugin", "").c_str(), i.value("kind", "").c_str(),
+                  i.value("state", "").c_str(), iso ? "isolated" : "pilecored", iso && pid > 0 ? std::to_string(pid).c_str() : "-",
+                  iso ? std::to_string(i.value("restarts", 0)).c_str() : "-",
+                  (iso && !i.value("sandbox", "").empty() && i.value("detail", "").empty() ? i.value("sandbox", "") : i.value("detail", "")).c_str());
+    }
+    return 0;
   }
   if (*status) {
     nlohmann::json r;

@@ -49,8 +49,16 @@ int CrashBook::record(const std::string& instance, const std::string& plugin, co
   if (!ic.quarantined && count >= policy.limit) {
     ic.quarantined = true;
     ic.since_ms = now.time_since_epoch().count();
-    ic.reason = fmt::format("quarantined: crashed pilecored {} time{} within {}, last during {} ({})", count, count == 1 ? "" : "s", describe_window(policy.window),
-                            entry.call.empty() ? "an unnamed call" : entry.call, entry.kind == "hang" ? "a hang ended by the watchdog" : "a crash");
+    // The call the runtime records for a failure of an instance's own process.
+    if (entry.call == "its isolated process") {
+      // `isolate: true`: pilecored did not crash; the instance's own process did.
+      ic.reason = fmt::format("quarantined: its isolated process failed {} time{} within {}, last by {}", count, count == 1 ? "" : "s",
+                              describe_window(policy.window), entry.kind == "hang" ? "hanging" : "crashing");
+    } else {
+      ic.reason = fmt::format("quarantined: crashed pilecored {} time{} within {}, last during {} ({})", count, count == 1 ? "" : "s",
+                              describe_window(policy.window), entry.call.empty() ? "an unnamed call" : entry.call,
+                              entry.kind == "hang" ? "a hang ended by the watchdog" : "a crash");
+    }
   }
   return count;
 }

@@ -287,6 +287,13 @@ void SessionEngine::on_instance_failed(const std::string& instance, std::optiona
   }
 }
 
+void SessionEngine::on_instance_restored(const std::string& instance, std::optional<std::uint32_t> bound_connector) {
+  for (auto& [id, c] : connectors_) {
+    if (c->cfg.power != instance && c->cfg.meter != instance && bound_connector != id) continue;
+    apply(*c, ConnectorEvent::fault_cleared, fmt::format("instance '{}' runs again", instance));
+  }
+}
+
 void SessionEngine::on_instance_disabled(const std::string& instance, std::optional<std::uint32_t> bound_connector, const std::string& why) {
   for (auto& [id, c] : connectors_) {
     if (c->cfg.power != instance && c->cfg.meter != instance && bound_connector != id) continue;

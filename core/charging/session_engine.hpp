@@ -112,6 +112,8 @@ class SessionEngine {
   void on_instance_failed(const std::string& instance, std::optional<std::uint32_t> bound_connector);
   /// An instance is quarantined (never started): the connectors it serves go Unavailable with
   /// `why`, so no session starts on them. Call after attach(), before recover().
+  /// An isolated instance's process runs again: the connectors its failure faulted are cleared.
+  void on_instance_restored(const std::string& instance, std::optional<std::uint32_t> bound_connector);
   void on_instance_disabled(const std::string& instance, std::optional<std::uint32_t> bound_connector, const std::string& why);
 
   /// For the benchmark: called right after close_contactor() returns, with the request time.

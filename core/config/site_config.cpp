@@ -60,7 +60,18 @@ Field build_site_schema() {
   Field plugins = group("plugins", FieldType::map, "Plugin instances by name",
                         {field("plugin", FieldType::string, "Which installed plugin this instance runs (see `pilectl plugins list`)", true),
                          instance_connector,
-                         field("config", FieldType::any_map, "The plugin's own keys (see `pilectl plugins show PLUGIN`)")},
+                         field("config", FieldType::any_map, "The plugin's own keys (see `pilectl plugins show PLUGIN`)"),
+                         with_default(field("isolate", FieldType::boolean,
+                                            "Run this instance in its own sandboxed process (pilecore-plugin-host): its crash or hang fails "
+                                            "only the instance, which is restarted with backoff (docs/plugin-guide.md, Isolation)"),
+                                      "false"),
+                         with_default(with_range(field("isolate_memory_mb", FieldType::integer,
+                                                       "Isolated only: the address space the instance's process may use; 0 for no cap"),
+                                                 0, 65536, "MiB"),
+                                      "256"),
+                         field("isolate_paths", FieldType::string_list,
+                               "Isolated only: absolute paths (devices, sockets, directories) the process may read and write besides its state "
+                               "directory")},
                         true);
   plugins.key_pattern = "[a-z0-9][a-z0-9_-]{0,31}";
   plugins.pattern_hint = "use 1 to 32 lower case letters, digits, '_' or '-', starting with a letter or digit";
@@ -461,6 +472,17 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
           diags.error(position_of(connector_node), fmt::format("'plugins.{}.connector' is {}, but there is no such connector; connectors: {}",
                                                                m.key, c, ids.empty() ? "none" : fmt::format("{}", fmt::join(ids, ", "))));
         }
+      }
+    }
+    {
+      const auto& fields = site_schema().fields[2].fields;
+      Value v;
+      if (const YAML::Node n = member(m.value, "isolate"); n.IsScalar() && !parse_value(fields[3], n, v)) spec.isolate = std::get<bool>(v);
+      if (const YAML::Node n = member(m.value, "isolate_memory_mb"); n.IsScalar() && !parse_value(fields[4], n, v)) {
+        spec.isolate_memory_mb = std::get<std::int64_t>(v);
+      }
+      if (const YAML::Node n = member(m.value, "isolate_paths"); n.IsSequence() && !parse_value(fields[5], n, v)) {
+        spec.isolate_paths = std::get<std::vector<std::string>>(v);
       }
     }
     if (!plugin_node.IsScalar()) continue;  // reported by the schema

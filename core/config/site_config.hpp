@@ -59,6 +59,9 @@ struct InstanceSpec {
   std::optional<std::uint32_t> connector;
   std::shared_ptr<const LoadedPlugin> loaded;
   std::shared_ptr<const InstanceConfig> config;
+  bool isolate = false;                    // in its own process (core/isolation)
+  std::int64_t isolate_memory_mb = 256;    // that process's address-space cap; 0: none
+  std::vector<std::string> isolate_paths;  // what it may write besides its state directory
 };
 
 /// The `storage` section's keys for a disk that fills (the database's path is SiteConfig::database).

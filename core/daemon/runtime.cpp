@@ -14,6 +14,7 @@
 #include "clocks.hpp"
 #include "disk_space.hpp"
 #include "inflight.hpp"
+#include "isolated.hpp"
 #include "logging.hpp"
 #include "pilecore/pilecore.hpp"
 #include "ledger.hpp"
@@ -124,6 +125,7 @@ class Instance final : public Host {
   /// Returns an empty string on success, else the reason.
   std::string create() {
     const auto* d = spec_.loaded->descriptor;
+    if (spec_.isolate) return create_isolated();
     std::string error;
     {
       const auto mark = in_flight("create");
@@ -177,6 +179,11 @@ class Instance final : public Host {
   }
 
   void destroy() {
+    if (isolated_) {
+      plugin_ = nullptr;
+      isolated_.reset();
+      return;
+    }
     if (plugin_ != nullptr) {
       alive_->store(false);
       cancel_all_timers();
@@ -200,6 +207,12 @@ class Instance final : public Host {
     return static_cast<T*>(plugin_);
   }
   [[nodiscard]] Plugin* plugin() const { return plugin_; }
+  [[nodiscard]] isolation::Isolated* isolated() const { return isolated_.get(); }
+  /// An isolated instance whose process died (failed) or came back (running).
+  void set_isolated_state(InstanceState s, std::string detail) {
+    state_ = s;
+    detail_ = std::move(detail);
+  }
 
   [[nodiscard]] const InstanceSpec& spec() const { return spec_; }
   [[nodiscard]] Kind kind() const { return spec_.loaded->descriptor->kind; }
@@ -220,6 +233,33 @@ class Instance final : public Host {
     }
   }
 
+  std::string create_isolated() {
+    isolation::Options o;
+    o.host_program = rt_.plugin_host();
+    o.plugin_file = spec_.loaded->file;
+    o.instance = spec_.name;
+    o.plugin = spec_.plugin;
+    o.kind = kind();
+    o.connector = spec_.connector;
+    o.config = isolation::config_to_json(spec_.loaded->config_fields, *spec_.config);
+    o.state_dir = std::string(state_dir());
+    o.paths = spec_.isolate_paths;
+    o.memory_mb = spec_.isolate_memory_mb;
+    isolation::Isolated::Hooks hooks;
+    hooks.host = this;
+    hooks.failed = [this](const std::string& reason) { return rt_.on_isolated_failed(*this, reason); };
+    hooks.restored = [this] { rt_.on_isolated_restored(*this); };
+    isolated_ = std::make_unique<isolation::Isolated>(rt_.strand(), std::move(o), std::move(hooks));
+    if (auto err = isolated_->create(); !err.empty()) {
+      isolated_.reset();
+      return fmt::format("instance '{}': plugin '{}' ({}) could not be started in its own process: {}", spec_.name, spec_.plugin,
+                         spec_.loaded->file.string(), err);
+    }
+    plugin_ = isolated_->plugin();
+    logger_->info("isolated in process {} ({})", isolated_->pid(), isolated_->sandbox());
+    return {};
+  }
+
   void cancel_all_timers() {
     for (auto& [id, t] : timers_) t->cancel();
     timers_.clear();
@@ -235,6 +275,7 @@ class Instance final : public Host {
   std::map<TimerId, std::unique_ptr<asio::steady_timer>> timers_;
   TimerId next_timer_ = 0;
   std::string state_dir_;
+  std::unique_ptr<isolation::Isolated> isolated_;
 };
 
 Runtime::Runtime(SiteConfig site, RuntimeOptions options)
@@ -292,7 +333,12 @@ bool Runtime::create_instances() {
 void Runtime::start_instances() {
   for (auto& inst : instances_) {
     if (inst->state() == InstanceState::disabled) continue;
-    if (auto err = inst->start(); !err.empty()) {
+    if (auto err = inst->start(); !err.empty() && inst->isolated()) {
+      // Contained like a crash: the instance fails, the pile starts without it, and its
+      // process is started again after the backoff.
+      inst->isolated()->fail_and_restart(err);
+      continue;
+    } else if (!err.empty()) {
       spdlog::error("{}", err);
       {
         std::lock_guard lock(snapshot_mutex_);
@@ -365,6 +411,7 @@ void Runtime::start_instances() {
     // Before recovery: a session must not start on a connector whose plugin is quarantined, and
     // recovery itself runs because the quarantined plugin is no longer started to crash it.
     if (inst->state() == InstanceState::disabled) engine_->on_instance_disabled(inst->spec().name, inst->spec().connector, inst->detail_);
+    if (inst->state() == InstanceState::failed) engine_->on_instance_failed(inst->spec().name, inst->spec().connector);
   }
   if (!options_.socket_path.empty()) {
     try {
@@ -527,6 +574,7 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     nlohmann::json inst = nlohmann::json::array();
     for (const auto& i : instances()) {
       inst.push_back({{"name", i.name}, {"plugin", i.plugin}, {"kind", i.kind}, {"state", std::string(to_string(i.state))}, {"health", i.health}, {"detail", i.detail}});
+      if (i.isolated) inst.back().update({{"isolated", true}, {"pid", i.pid}, {"restarts", i.restarts}, {"sandbox", i.sandbox}});
     }
     st["instances"] = inst;
     st["rejected_requests"] = control_ ? control_->rejected() : 0;
@@ -775,7 +823,13 @@ void Runtime::update_snapshot(const Instance& inst) {
     it = std::prev(snapshot_.end());
   }
   *it = InstanceInfo{s.name, s.plugin, std::string(to_string(inst.kind())), s.loaded->descriptor->version, s.connector, inst.state(),
-                     inst.health, inst.detail_};
+                     inst.health, inst.detail_, s.isolate, 0, 0, {}};
+
+  if (const auto* iso = inst.isolated()) {
+    it->pid = iso->up() ? iso->pid() : 0;
+    it->restarts = iso->restarts();
+    it->sandbox = iso->sandbox();
+  }
 }
 
 std::vector<InstanceInfo> Runtime::instances() const {
@@ -827,6 +881,54 @@ void Runtime::on_instance_failed(Instance& inst, const std::string& reason) {
   }
   if (engine_) engine_->on_instance_failed(s.name, s.connector);
   if (inst.kind() == Kind::link) spdlog::warn("link '{}' is down; uplink traffic stays queued for the other links", s.name);
+}
+
+std::filesystem::path Runtime::plugin_host() const {
+  if (!options_.plugin_host.empty()) return options_.plugin_host;
+  std::error_code ec;
+  return fs::read_symlink("/proc/self/exe", ec).parent_path() / "pilecore-plugin-host";
+}
+
+bool Runtime::on_isolated_failed(Instance& inst, const std::string& reason) {
+  const auto& s = inst.spec();
+  const bool was_running = inst.state() == InstanceState::running;
+  inst.set_isolated_state(InstanceState::failed, reason);
+  if (was_running) {
+    on_instance_failed(inst, reason);
+  } else {
+    inst.logger().error("{}", reason);
+    update_snapshot(inst);
+  }
+  if (!crash_book_) return true;
+  const bool hang = reason.find("hung") != std::string::npos;
+  const int count = crash_book_->record(s.name, s.plugin, CrashEntry{clock_->now().time_since_epoch().count(), "its isolated process" /* crash_records.cpp words its quarantine by it */, hang ? "hang" : "crash", 0},
+                                        site_.crash_policy, clock_->now());
+  try {
+    crash_book_->save();
+  } catch (const std::exception& e) {
+    spdlog::error("{}; this crash is not remembered at the next start", e.what());
+  }
+  if (!crash_book_->quarantined(s.name)) {
+    inst.logger().warn("{} of {} failures within {} before it is quarantined", count, site_.crash_policy.limit, describe_window(site_.crash_policy.window));
+    return true;
+  }
+  const std::string why = crash_book_->instances().at(s.name).reason;
+  inst.logger().error("{}; not restarted. Once the plugin is fixed: pilectl plugins enable {}", why, s.name);
+  inst.disable(why);
+  update_snapshot(inst);
+  if (engine_) engine_->on_instance_disabled(s.name, s.connector, why);
+  return false;
+}
+
+void Runtime::on_isolated_restored(Instance& inst) {
+  const auto& s = inst.spec();
+  inst.set_isolated_state(InstanceState::running, fmt::format("restarted {} time(s)", inst.isolated() ? inst.isolated()->restarts() : 0));
+  update_snapshot(inst);
+  publish_event({{"event", "instance_restarted"}, {"instance", s.name}, {"pid", inst.isolated() ? inst.isolated()->pid() : 0}});
+  if (inst.kind() == Kind::indicator) {
+    for (const auto& [id, st] : connector_status_) inst.as<indicator::Indicator>()->show(id, st);
+  }
+  if (engine_) engine_->on_instance_restored(s.name, s.connector);
 }
 
 void Runtime::on_sample(Instance& inst, const Sample& sample) {

@@ -51,6 +51,9 @@ struct RuntimeOptions {
   /// cannot mount a small file system, and lifts the cap to "free the space". pilecored's hidden
   /// --diag-storage-limit sets it; never in production.
   bool storage_diagnostics = false;
+  /// pilecore-plugin-host, for instances with `isolate: true`; empty: the one beside this
+  /// program (/proc/self/exe).
+  std::filesystem::path plugin_host;
 };
 
 /// disabled: quarantined after crashing pilecored too often; never created (see crash_records.hpp).
@@ -66,6 +69,10 @@ struct InstanceInfo {
   InstanceState state = InstanceState::created;
   std::string health;  // last report_state()
   std::string detail;  // failure reason or health detail
+  bool isolated = false;  // `isolate: true`: in its own process
+  int pid = 0;            // isolated: its process now (0: none)
+  unsigned restarts = 0;  // isolated: how often its process was started again
+  std::string sandbox;    // isolated: what confines it
 };
 
 class Runtime {
@@ -103,6 +110,11 @@ class Runtime {
 
   // Used by the host services of the instances (on the strand).
   void on_instance_failed(Instance& instance, const std::string& reason);
+  /// An isolated instance's process died or hung: fail the instance, count it in the crash
+  /// book; returns whether to start its process again (false once quarantined).
+  bool on_isolated_failed(Instance& instance, const std::string& reason);
+  void on_isolated_restored(Instance& instance);
+  [[nodiscard]] std::filesystem::path plugin_host() const;
   void on_sample(Instance& instance, const Sample& sample);
   void on_alarm(Instance& instance, const Alarm& alarm);
   void on_state(Instance& instance, std::string_view state, std::string_view detail);
