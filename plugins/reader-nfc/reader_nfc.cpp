@@ -53,8 +53,9 @@ constexpr ConfigKey keys[] = {
                     "of them with 90 00 is presented as wallet_token_type"},
     {.key = "wallet_token_type", .type = ConfigType::string, .default_value = "wallet",
      .description = "Token type of a target that answers SELECT of a wallet AID"},
-    {.key = "exchange_timeout_ms", .type = ConfigType::integer, .default_value = "1000", .min = 50, .max = 30000,
-     .description = "How long the reader waits for a card's answer to one APDU before the reader counts as failed (real time)", .unit = "ms"},
+    {.key = "exchange_timeout_ms", .type = ConfigType::integer, .default_value = "1000", .min = 50, .max = 5000,
+     .description = "How long the reader waits for a card's answer to one APDU before the reader counts as failed; stopping the "
+                    "instance waits for at most one such exchange (real time)", .unit = "ms"},
     {.key = "reopen_min_ms", .type = ConfigType::integer, .default_value = "500", .min = 10, .max = 600000,
      .description = "First wait before reopening a reader that failed; doubles after each failed attempt (real time)", .unit = "ms"},
     {.key = "reopen_max_ms", .type = ConfigType::integer, .default_value = "30000", .min = 10, .max = 600000,
