@@ -340,18 +340,21 @@ class NfcReader final : public sensor::Sensor {
     LibnfcContext::acquire();
     nfc_device* dev = nullptr;
     Duration backoff = reopen_min_;
+    unsigned failed_opens = 0;
     while (!stopping()) {
       if (dev == nullptr) {
         std::string error;
         dev = open(error);
         if (dev == nullptr) {
-          host_.log().warn("{}; next attempt in {} ms", error, backoff.count());
+          // The alarm says it once; the log does not repeat it every attempt for a reader that stays away.
+          host_.log().log(++failed_opens == 1 ? LogLevel::warn : LogLevel::debug, "{}; next attempt in {} ms", error, backoff.count());
           host_.post([this, error] { reader_down(error); });
           if (sleep_for(backoff)) break;
           backoff = std::min(backoff * 2, reopen_max_);
           continue;
         }
         backoff = reopen_min_;
+        failed_opens = 0;
         const std::string detail = std::string(nfc_device_get_name(dev)) + " at " + device_;
         host_.log().info("reader open: {}", detail);
         host_.post([this, detail] { reader_up(detail); });
