@@ -522,3 +522,123 @@ TEST_F(DcepTest, TheSiteFileIsCheckedBeforeAnythingStarts) {
   EXPECT_TRUE(contains(report.errors[1], "root_ca_file: ")) << report.errors[1];
   EXPECT_TRUE(contains(report.errors[1], "missing.pem: cannot be read")) << report.errors[1];
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through the real pilecored: a wallet held at connector 1's reader (test-wallet-reader, which
+// presents it with Host::present and an exchange to the wallet simulator) starts a session
+// there; payment-dcep takes the hold as a voucher, the session charges and is billed, and the
+// bill is captured with the change queued for settlement.
+
+namespace {
+
+const std::string kPilecored = std::string(PILECORE_BIN_DIR) + "/pilecored";
+const std::string kPilectl = std::string(PILECORE_BIN_DIR) + "/pilectl";
+
+}  // namespace
+
+TEST(DcepThroughPilecored, AWalletPresentedAtTheReaderChargesBillsAndCaptures) {
+  TempDir dir;
+  Pki pki;
+  sim::write_file(dir.path() / "root.pem", sim::to_pem(pki.root));
+  sim::write_file(dir.path() / "issuer.pem", sim::to_pem(pki.issuer));
+  sim::write_file(dir.path() / "wallet.pem", sim::to_pem(pki.wallet));
+  sim::write_file(dir.path() / "wallet.key", sim::to_pem(pki.wallet_key));
+  const fs::path state = dir.path() / "state";
+  const std::string site = R"(site: {id: DCEP-1, name: e-CNY test, location: {lat: 31.2, lon: 121.5}, timezone: Asia/Shanghai}
+connectors:
+  - {id: 1, type: gbt-dc, max_power_w: 60000}
+plugins:
+  power-1:
+    plugin: sim-power
+    connector: 1
+    config: {arrive_after_s: 0, ev_ready_delay_ms: 0, battery_capacity_wh: 200000, initial_soc_pct: 10, tick_ms: 1000}
+  reader-1:
+    plugin: test-wallet-reader
+    connector: 1
+    config: {wallet_id: ")" + kWalletId + R"(", wallet_key_file: )" + (dir.path() / "wallet.key").string() + ", wallet_cert_file: " +
+                           (dir.path() / "wallet.pem").string() + R"(, balance_fen: 100000, present_after_ms: 5000}
+  ecny:
+    plugin: payment-dcep
+    config: {merchant_id: )" + kMerchant + ", root_ca_file: " + (dir.path() / "root.pem").string() + ", issuer_ca_file: " +
+                           (dir.path() / "issuer.pem").string() + R"(}
+tariffs:
+  decimals: 2
+  plans:
+    all:
+      prices: {flat: {electricity: 69.50, service: 80.00}}
+      periods: [{from: "00:00", to: "24:00", type: flat}]
+  week: {mon: all, tue: all, wed: all, thu: all, fri: all, sat: all, sun: all}
+payment:
+  preauth_fen: 30000
+  tokens:
+    wallet: {method: ecny}
+)";
+  test::Child daemon({kPilecored, "--config", dir.write("site.yaml", site).string(), "--state-dir", state.string(), "--plugin-dir", PILECORE_PLUGIN_DIR,
+                      "--plugin-dir", PILECORE_TEST_PLUGIN_DIR, "--status-interval", "0", "--clock-speed", "60", "--clock-start", "2026-12-01T02:00:00Z"});
+  auto ctl = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), kPilectl);
+    args.insert(args.end(), {"--state-dir", state.string()});
+    return test::run_process(args);
+  };
+  nlohmann::json connector;
+  ASSERT_TRUE(test::eventually(
+      [&] {
+        const auto r = ctl({"status", "--json"});
+        if (r.exit_code != 0) return false;
+        connector = nlohmann::json::parse(r.out)["connectors"][0];
+        return connector.value("status", "") == "Charging";
+      },
+      30s))
+      << connector.dump() << "\n" << daemon.stderr_text();
+  const std::string txn = connector["session"]["transaction"];
+  EXPECT_EQ(connector["session"]["method"], "ecny");
+  // Some energy flows (a minute of clock time a second), then the driver stops at the pile.
+  ASSERT_TRUE(test::eventually(
+      [&] {
+        const auto r = ctl({"status", "--json"});
+        return r.exit_code == 0 && nlohmann::json::parse(r.out)["connectors"][0]["session"].value("energy_wh", 0) > 0;
+      },
+      30s));
+  const auto stopped = ctl({"session", "stop", "1"});
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.err;
+  nlohmann::json receipt;
+  ASSERT_TRUE(test::eventually(
+      [&] {
+        const auto r = ctl({"receipt", txn, "--json"});
+        if (r.exit_code != 0) return false;
+        receipt = nlohmann::json::parse(r.out);
+        return receipt.value("capture_status", "") == "captured";
+      },
+      30s))
+      << receipt.dump();
+  const std::int64_t bill = receipt["bill"]["total_fen"];
+  EXPECT_GT(bill, 0);
+  EXPECT_LE(bill, 30000);
+  EXPECT_EQ(receipt["captured_fen"], bill);
+  EXPECT_EQ(receipt["method"], "ecny");
+  ASSERT_EQ(receipt["operations"].size(), 2u) << receipt.dump();
+  EXPECT_EQ(receipt["operations"][0]["kind"], "authorize");
+  EXPECT_EQ(receipt["operations"][0]["amount_fen"], 30000) << "prepaid: the voucher is for the whole hold";
+  EXPECT_EQ(receipt["operations"][0]["reference"].get<std::string>().rfind("ECNY-", 0), 0u) << receipt.dump();
+  EXPECT_EQ(receipt["operations"][1]["kind"], "capture");
+  EXPECT_EQ(receipt["operations"][1]["state"], "confirmed");
+
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.wait(), 0) << daemon.stderr_text();
+  // The voucher and the change are in the upload queue; the wallet id is in no log line.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open_v2((state / "plugins" / "ecny" / "dcep.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+  std::vector<std::string> rows;
+  sqlite3_exec(
+      db, "SELECT kind, reason, amount_fen, state FROM upload_queue ORDER BY seq",
+      [](void* out, int n, char** v, char**) {
+        std::string row;
+        for (int i = 0; i < n; ++i) row += (i ? "|" : "") + std::string(v[i] ? v[i] : "NULL");
+        static_cast<std::vector<std::string>*>(out)->push_back(row);
+        return 0;
+      },
+      &rows, nullptr);
+  sqlite3_close(db);
+  EXPECT_EQ(rows, (std::vector<std::string>{"voucher|payment|30000|queued", "refund|change|" + std::to_string(30000 - bill) + "|queued"}));
+  EXPECT_FALSE(contains(daemon.stderr_text(), kWalletId));
+}
