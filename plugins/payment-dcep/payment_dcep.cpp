@@ -206,6 +206,15 @@ class DcepMethod final : public payment::Method {
     auto flights = std::move(flights_);
     flights_.clear();
     for (auto& [id, f] : flights) answer(f, declined("the payment method stopped"));
+    // Results the worker posted are dropped once stopped: not final, the core asks again.
+    auto ops = std::move(operations_);
+    operations_.clear();
+    for (auto& [id, done] : ops) {
+      try {
+        (*done)({.state = payment::OperationState::pending, .amount_fen = 0, .reference = {}, .reason = "the payment method stopped"});
+      } catch (...) {
+      }
+    }
   }
 
   void authorize(const payment::AuthorizationRequest& request, payment::AuthorizationCallback done) noexcept override {
@@ -305,13 +314,15 @@ class DcepMethod final : public payment::Method {
   template <class Op>
   void operation(payment::OperationCallback done, Op op, const char* what) noexcept {
     auto shared = std::make_shared<payment::OperationCallback>(std::move(done));
+    const std::uint64_t key = ++operation_seq_;
     try {
       if (!worker_ || !store_) {
         (*shared)({.state = payment::OperationState::pending, .amount_fen = 0, .reference = {}, .reason = "the payment method is not running"});
         return;
       }
       const std::int64_t now = now_ms();
-      worker_->submit([this, shared, op = std::move(op), store = store_, now, what] {
+      operations_[key] = shared;
+      worker_->submit([this, key, op = std::move(op), store = store_, now, what] {
         payment::OperationResult r;
         try {
           const dcep::Outcome o = op(*store, now);
@@ -321,12 +332,17 @@ class DcepMethod final : public payment::Method {
           // The disk, not the request: not final, the core asks again.
           r = {.state = payment::OperationState::pending, .amount_fen = 0, .reference = {}, .reason = e.what()};
         }
-        host_.post([this, shared, r, what] {
+        host_.post([this, key, r, what] {
+          auto it = operations_.find(key);
+          if (it == operations_.end()) return;
+          auto callback = std::move(it->second);
+          operations_.erase(it);
           host_.log().info("{} {}: {} fen{}{}", what, to_string(r.state), r.amount_fen, r.reason.empty() ? "" : ": ", r.reason);
-          (*shared)(r);
+          (*callback)(r);
         });
       });
     } catch (const std::exception& e) {
+      operations_.erase(key);
       try {
         (*shared)({.state = payment::OperationState::pending, .amount_fen = 0, .reference = {}, .reason = e.what()});
       } catch (...) {
@@ -385,7 +401,7 @@ class DcepMethod final : public payment::Method {
     // offline now, is its counter ahead of what we saw? A wallet is never debited for a voucher
     // the pile would then refuse for one of these reasons.
     const std::time_t now = std::chrono::duration_cast<std::chrono::seconds>(host_.clock().now().time_since_epoch()).count();
-    on_worker(f, [this, f, now, store = store_, trust = trust_, limit = settings_.offline_limit_fen]() -> Next {
+    on_worker(f, [f, now, store = store_, trust = trust_, limit = settings_.offline_limit_fen]() -> Next {
       std::string why;
       if (auto bad = trust->verify_certificate(f->info.certificate, f->info.wallet_id, now)) {
         why = *bad;
@@ -418,7 +434,7 @@ class DcepMethod final : public payment::Method {
     auto parsed = dcep::parse_voucher(r.data);
     if (auto* e = std::get_if<std::string>(&parsed)) return answer(f, declined("the wallet's voucher is malformed: " + *e));
     const std::time_t now = std::chrono::duration_cast<std::chrono::seconds>(host_.clock().now().time_since_epoch()).count();
-    on_worker(f, [this, f, now, v = std::get<dcep::Voucher>(std::move(parsed)), store = store_, trust = trust_, settings = settings_]() -> Next {
+    on_worker(f, [f, now, v = std::get<dcep::Voucher>(std::move(parsed)), store = store_, trust = trust_, settings = settings_]() -> Next {
       const Bytes digest = dcep::sm3(v.signed_body);
       const std::string reference = "ECNY-" + to_hex(digest).substr(0, 20);
       std::string why;
@@ -463,6 +479,8 @@ class DcepMethod final : public payment::Method {
   std::shared_ptr<dcep::VoucherStore> store_;
   std::unique_ptr<Worker> worker_;
   std::map<std::string, std::shared_ptr<Flight>> flights_;
+  std::map<std::uint64_t, std::shared_ptr<payment::OperationCallback>> operations_;  ///< captures, voids, refunds not yet answered
+  std::uint64_t operation_seq_ = 0;
   std::uint64_t declines_ = 0;
 };
 

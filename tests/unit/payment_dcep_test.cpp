@@ -505,6 +505,22 @@ TEST_F(DcepTest, StoppingAnswersAnAuthorisationInFlight) {
   EXPECT_EQ(result->decision, payment::Decision::declined);
 }
 
+TEST_F(DcepTest, StoppingAnswersAnOperationInFlightPendingSoTheCoreAsksAgain) {
+  start_plugin();
+  ASSERT_EQ(authorize("T-1", 3000).decision, payment::Decision::approved);
+  std::optional<payment::OperationResult> result;
+  method->capture({.operation_id = "T-1/capture", .transaction_id = "T-1", .amount_fen = 1000, .deadline = host->clock().now() + 30s},
+                  [&](payment::OperationResult r) { result = std::move(r); });
+  stop_plugin();  // the worker's answer is posted, and dropped: the instance has stopped
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->state, payment::OperationState::pending);
+  // Asked again after the restart: the capture the worker committed is answered, not repeated.
+  start_plugin();
+  const auto again = capture("T-1", 1000);
+  EXPECT_EQ(again.state, payment::OperationState::confirmed);
+  EXPECT_EQ(query("SELECT COUNT(*) FROM upload_queue WHERE reason='change'"), std::vector<std::string>{"1"});
+}
+
 TEST_F(DcepTest, TheSiteFileIsCheckedBeforeAnythingStarts) {
   auto loaded = registry.load("payment-dcep");
   ASSERT_TRUE(loaded.plugin) << loaded.error;
