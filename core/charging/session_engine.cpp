@@ -456,11 +456,12 @@ struct SessionEngine::StartRequest {
   std::string token;
   std::int64_t amount_fen = 0;
   StartDone done;
+  std::optional<identification::Token> presented;  ///< as a reader or camera presented it
   PaymentSaga::Authorization authorization;
   MeterReading start_reading;
 };
 
-void SessionEngine::start(std::uint32_t id, std::string method, std::string token, StartDone done) {
+void SessionEngine::start(std::uint32_t id, std::string method, std::string token, StartDone done, std::optional<identification::Token> presented) {
   auto fail = [&done](const std::string& msg) { done(StartOutcome::refused(msg)); };
   Connector* cp = connector(id);
   if (!cp) return fail(fmt::format("no connector {}", id));
@@ -485,6 +486,11 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   req->token = std::move(token);
   req->amount_fen = site_.session.payment.preauth_fen;
   req->done = std::move(done);
+  if (presented) {
+    // Its evidence and exchange go to the method; the connector is the one it starts on.
+    req->presented = std::move(presented);
+    req->presented->connector = id;
+  }
   spdlog::info("connector {}: {}: start requested ({} via {})", id, req->txn, token_ref(req->token), req->method);
   const risk::Context ctx{risk::Phase::authorize, req->txn, id, req->method, {}, user_hash(req->token), req->amount_fen, clock_.now()};
   evaluate_risk(ctx, [this, req, alive = alive_](risk::Verdict verdict, const std::string& reasons) {
@@ -508,7 +514,7 @@ void SessionEngine::start_authorize(const std::shared_ptr<StartRequest>& req, ri
   }
   c.starting_txn = req->txn;
   saga_->authorize(
-      req->txn, c.cfg.id, req->method, parse_token(req->token, c.cfg.id), req->amount_fen,
+      req->txn, c.cfg.id, req->method, req->presented ? *req->presented : parse_token(req->token, c.cfg.id), req->amount_fen,
       [this, id = c.cfg.id, txn = req->txn](const payment::Challenge& ch) {
         spdlog::info("connector {}: {}: step-up: {} ({})", id, txn, payment::to_string(ch.kind), ch.prompt);
         emit(events::StepUp{.connector = id,
@@ -612,9 +618,12 @@ void SessionEngine::present(const identification::Token& token, std::optional<st
     return;
   }
   const std::string method = it != bindings.end() ? it->second : site_.session.payment.default_method;
-  start(*connector_id, method, token.type + ":" + token.id, [id = *connector_id](const StartOutcome& r) {
-    if (!r.ok) spdlog::warn("connector {}: a presented token did not start a session: {}", id, r.error);
-  });
+  start(
+      *connector_id, method, token.type + ":" + token.id,
+      [id = *connector_id](const StartOutcome& r) {
+        if (!r.ok) spdlog::warn("connector {}: a presented token did not start a session: {}", id, r.error);
+      },
+      token);
 }
 
 void SessionEngine::answer_step_up(std::uint32_t id, payment::StepUpAnswer answer, AnswerDone done) {
