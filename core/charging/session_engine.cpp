@@ -527,7 +527,7 @@ void SessionEngine::evaluate_risk(const risk::Context& ctx, std::function<void(r
   }
 }
 
-void SessionEngine::start(std::uint32_t id, std::string method, std::string token, Reply done) {
+void SessionEngine::start(std::uint32_t id, std::string method, std::string token, Reply done, std::optional<identification::Token> presented) {
   auto fail = [&done](const std::string& msg) { done({{"ok", false}, {"error", msg}}); };
   Connector* cp = connector(id);
   if (!cp) return fail(fmt::format("no connector {}", id));
@@ -549,7 +549,9 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   const std::string user = user_hash(token);
   risk::Context ctx{risk::Phase::authorize, txn, id, method, {}, user, amount, clock_.now()};
   spdlog::info("connector {}: {}: start requested ({} via {})", id, txn, token_ref(token), method);
-  evaluate_risk(ctx, [this, &c, txn, method, token, amount, done, alive = alive_](risk::Verdict verdict, std::string reasons) {
+  if (presented) presented->connector = id;
+  evaluate_risk(ctx, [this, &c, txn, method, token, amount, done, presented = std::move(presented), alive = alive_](risk::Verdict verdict,
+                                                                                                                  std::string reasons) {
     if (!*alive) return;
     if (verdict != risk::Verdict::allow) {
       c.starting = false;
@@ -559,7 +561,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
     }
     c.starting_txn = txn;
     saga_->authorize(
-        txn, c.cfg.id, method, parse_token(token, c.cfg.id), amount,
+        txn, c.cfg.id, method, presented ? *presented : parse_token(token, c.cfg.id), amount,
         [this, &c, txn](const payment::Challenge& ch) {
           spdlog::info("connector {}: {}: step-up: {} ({})", c.cfg.id, txn, payment::to_string(ch.kind), ch.prompt);
           emit({{"event", "step_up"}, {"connector", c.cfg.id}, {"transaction", txn}, {"kind", std::string(payment::to_string(ch.kind))},
@@ -659,9 +661,12 @@ void SessionEngine::present(const identification::Token& token, std::optional<st
     return;
   }
   const std::string method = it != bindings.end() ? it->second : site_.session.payment.default_method;
-  start(*connector_id, method, token.type + ":" + token.id, [id = *connector_id](const nlohmann::json& r) {
-    if (!r.value("ok", false)) spdlog::warn("connector {}: a presented token did not start a session: {}", id, r.value("error", ""));
-  });
+  start(
+      *connector_id, method, token.type + ":" + token.id,
+      [id = *connector_id](const nlohmann::json& r) {
+        if (!r.value("ok", false)) spdlog::warn("connector {}: a presented token did not start a session: {}", id, r.value("error", ""));
+      },
+      token);
 }
 
 void SessionEngine::answer_step_up(std::uint32_t id, payment::StepUpAnswer answer, Reply done) {

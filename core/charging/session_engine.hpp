@@ -88,7 +88,10 @@ class SessionEngine {
   /// the meter timeout at the latest; sessions not closed by then are recovered at next start.
   void stop_all(std::function<void()> done);
 
-  void start(std::uint32_t connector, std::string method, std::string token, Reply done);
+  /// `presented`: the token as a reader or camera presented it, evidence (a face's liveness) and
+  /// exchange channel included, which the payment method needs; absent, `token` ("type:id") is all.
+  void start(std::uint32_t connector, std::string method, std::string token, Reply done,
+             std::optional<identification::Token> presented = std::nullopt);
   /// A token presented by a reader or camera: starts authentication on its connector with the
   /// method the site binds its type to.
   void present(const identification::Token& token, std::optional<std::uint32_t> presenter_connector);
