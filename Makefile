@@ -38,12 +38,14 @@ schema: build
 # figures and the load average: compare with the document's, which say how they were taken).
 bench: deps
 	@test -f build/release/build.ninja || cmake --preset release
-	cmake --build build/release -j $(JOBS) --target bench_startup bench_ledger bench_session bench_strand bench_isolation
+	cmake --build build/release -j $(JOBS) --target bench_startup bench_ledger bench_session bench_strand bench_isolation bench_face bench_routing
 	build/release/bin/bench_startup --runs 20
 	build/release/bin/bench_ledger
 	build/release/bin/bench_session
 	build/release/bin/bench_strand
 	build/release/bin/bench_isolation
+	build/release/bin/bench_face
+	build/release/bin/bench_routing
 
 # Builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS.
 FUZZ_SECONDS ?= 60
