@@ -130,6 +130,8 @@ class ChargingSession {
   /// Whether the meter holds while the power stage delivers (MeterGuard::check_power).
   void check_stall();
   [[nodiscard]] const MeterGuard& guard() const { return guard_; }
+  /// The connector's last committed reading, from before a restart (MeterGuard::seed).
+  void seed_meter(const MeterReading& committed) { guard_.seed(committed); }
   [[nodiscard]] const std::optional<MeterReading>& last() const { return last_; }
 
   // The session.

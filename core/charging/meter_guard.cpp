@@ -131,4 +131,10 @@ std::optional<MeterCheck> MeterGuard::check_power(TimePoint now, std::int64_t po
   return c;
 }
 
+void MeterGuard::seed(const MeterReading& committed) {
+  if (last_) return;
+  last_ = committed;
+  moved_ = committed.time;
+}
+
 }  // namespace pilecore::core

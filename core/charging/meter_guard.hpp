@@ -53,6 +53,11 @@ class MeterGuard {
 
   /// One energy_import reading, in Wh as the plugin published it.
   MeterCheck check(TimePoint time, double value_wh, bool in_session);
+  /// The last reading committed before a restart: the first reading after it is compared with it
+  /// instead of being checked for range only (a spike right after a start must not open a bill).
+  /// Ignored once a reading has been seen. A meter replaced meanwhile becomes the baseline the
+  /// usual way: fault_after steady readings outside a session.
+  void seed(const MeterReading& committed);
   /// What the power stage reports now. Returns a stall (problem stalled, fault_raised) once the
   /// register has held for stall_ms while power flowed; nullopt otherwise.
   std::optional<MeterCheck> check_power(TimePoint now, std::int64_t power_w);

@@ -187,6 +187,9 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
         ChargingSession::Settings{.connector = cfg.id, .meter = cfg.meter, .charging = site_.session.charging,
                                   .tariff = site_.session.tariff ? &*site_.session.tariff : nullptr},
         site_.session.charging.meter, cfg.max_power_w, store_, *scheduler_, clock_, closer_.get(), std::move(h));
+    // A lie right after a restart must not become a start reading: the guard compares the first
+    // reading with the last one committed, not only with the meter's range.
+    if (const auto last = ReadingRepository(*reader_db_).highest_of_connector(cfg.id)) c->charging->seed_meter({last->time, last->wh});
     connectors_.emplace(cfg.id, std::move(conn));
   }
 }

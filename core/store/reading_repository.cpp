@@ -36,4 +36,13 @@ std::vector<StoredReading> ReadingRepository::of_transaction(std::string_view tx
   return out;
 }
 
+std::optional<StoredReading> ReadingRepository::highest_of_connector(std::uint32_t connector) {
+  Stmt s(db_,
+         "SELECT r.time_ms, r.wh FROM readings r JOIN transactions t ON t.id = r.txn_id WHERE t.connector = ? "
+         "ORDER BY r.wh DESC, r.time_ms DESC LIMIT 1");
+  s.bind(1, static_cast<std::int64_t>(connector));
+  if (!s.step()) return std::nullopt;
+  return StoredReading{TimePoint(Duration(s.i64(0))), s.i64(1)};
+}
+
 }  // namespace pilecore::core

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -28,6 +29,8 @@ class ReadingRepository {
   [[nodiscard]] int next_seq(std::string_view txn);
   /// In sequence order.
   [[nodiscard]] std::vector<StoredReading> of_transaction(std::string_view txn);
+  /// The highest reading committed for a connector (its meter's register never goes back), if any.
+  [[nodiscard]] std::optional<StoredReading> highest_of_connector(std::uint32_t connector);
 
  private:
   Database& db_;

@@ -28,7 +28,13 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::string site_yaml() { return one_connector_sim_site("FLOOD-1", "Flood test"); }
+// The clock runs 600x and the strand is busy writing to hundreds of watchers: ten minutes of
+// that clock (one second of wall time) for the payment's answer, not the default 30 s (50 ms).
+std::string site_yaml() {
+  std::string yaml = one_connector_sim_site("FLOOD-1", "Flood test");
+  yaml.replace(yaml.find("payment: {"), 10, "payment: {authorize_timeout_ms: 600000, ");
+  return yaml;
+}
 
 /// A kB figure from /proc/<pid>/status ("VmRSS", "VmHWM").
 std::int64_t status_kb(pid_t pid, const std::string& field) {

@@ -49,6 +49,27 @@ TEST(MeterGuard, TheFirstReadingIsCheckedForRangeOnly) {
   EXPECT_EQ(c.reading.time, t(0));
 }
 
+TEST(MeterGuard, SeededWithTheLastCommittedReadingTheFirstReadingAfterARestartIsCompared) {
+  // 36 kW for an hour: at most 36 kWh (plus tolerance) above the reading committed before.
+  MeterGuard spike(settings(), kPower);
+  spike.seed({t(0), 1'000'000});
+  EXPECT_EQ(spike.check(t(3'600'000), 4'000'000'000, false).problem, MeterProblem::too_fast) << "a spike right after a start";
+  MeterGuard honest(settings(), kPower);
+  honest.seed({t(0), 1'000'000});
+  EXPECT_TRUE(honest.check(t(3'600'000), 1'030'000, true).plausible);
+  // A meter replaced while the pile was off reads low: the new baseline once it counts steadily
+  // outside a session, as for a meter reset while running.
+  MeterGuard replaced(settings(), kPower);
+  replaced.seed({t(0), 1'000'000});
+  EXPECT_FALSE(replaced.check(t(1000), 10, false).plausible);
+  EXPECT_FALSE(replaced.check(t(2000), 11, false).plausible);
+  EXPECT_TRUE(replaced.check(t(3000), 12, false).plausible);
+  // Seeding after a reading was seen changes nothing.
+  MeterGuard seen = at(500);
+  seen.seed({t(0), 1'000'000});
+  EXPECT_TRUE(seen.check(t(1000), 505, true).plausible);
+}
+
 TEST(MeterGuard, ARangeFromZeroToMaxWh) {
   const auto check = [](double v) { return MeterGuard(settings(), kPower).check(t(0), v, false); };
   EXPECT_TRUE(check(1e12).plausible) << "at max_wh";
