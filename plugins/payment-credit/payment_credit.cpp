@@ -75,6 +75,10 @@ constexpr ConfigKey keys[] = {
 payment::AuthorizationResult declined(std::string reason) {
   return {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = std::move(reason), .challenge = {}};
 }
+
+payment::AuthorizationResult unavailable(std::string reason) {
+  return {.decision = payment::Decision::unavailable, .authorized_fen = 0, .reference = {}, .reason = std::move(reason), .challenge = {}};
+}
 payment::OperationResult result(payment::OperationState s, std::int64_t fen, std::string ref, std::string reason) {
   return {.state = s, .amount_fen = fen, .reference = std::move(ref), .reason = std::move(reason)};
 }
@@ -239,7 +243,8 @@ class CreditPay final : public payment::Method {
             if (r.status == 404) return (*cb)(declined("no credit agreement for this user"));
             if (!r.ok() || !r.body.is_object() || !r.body.contains("score")) {
               host_.log().warn("{}: credit check not answered: {}", txn, trouble(r));
-              return (*cb)(declined(trouble(r)));
+              // The channel failed, not the payer: unavailable, so the core may fail over.
+              return (*cb)(unavailable(trouble(r)));
             }
             const std::int64_t score = r.body.value("score", std::int64_t{0});
             if (score <= threshold_) {

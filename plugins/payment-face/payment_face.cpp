@@ -68,6 +68,10 @@ constexpr ConfigKey keys[] = {
 payment::AuthorizationResult declined(std::string reason) {
   return {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = std::move(reason), .challenge = {}};
 }
+
+payment::AuthorizationResult unavailable(std::string reason) {
+  return {.decision = payment::Decision::unavailable, .authorized_fen = 0, .reference = {}, .reason = std::move(reason), .challenge = {}};
+}
 payment::OperationResult pending(std::string reason) {
   return {.state = payment::OperationState::pending, .amount_fen = 0, .reference = {}, .reason = std::move(reason)};
 }
@@ -227,7 +231,8 @@ class FacePay final : public payment::Method {
             if (!r.ok() || !r.body.is_object()) {
               host_.log().warn("{}: authorisation not answered: {}", txn, trouble(r));
               release_unanswered(op, txn);
-              return (*cb)(declined(trouble(r)));
+              // The channel failed, not the payer: unavailable, so the core may fail over.
+              return (*cb)(unavailable(trouble(r)));
             }
             const std::string decision = r.body.value("decision", "");
             if (decision != "approved") {
