@@ -1,5 +1,7 @@
 #include "charging_session.hpp"
 
+#include <cmath>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -178,6 +180,7 @@ void ChargingSession::on_sample(TimePoint time, double value_wh) {
   check_stall();  // after the reading: it may just have moved
   if (!chk.plausible) return;  // never committed, billed, nor handed to a waiter
   const MeterReading r = chk.reading;
+  const std::optional<MeterReading> previous = last_;
   last_ = r;
   for (auto it = waiters_.begin(); it != waiters_.end();) {
     if (r.time >= it->after) {
@@ -189,7 +192,34 @@ void ChargingSession::on_sample(TimePoint time, double value_wh) {
       ++it;
     }
   }
-  if (running_ && !running_->stopping) checkpoint(r);
+  if (running_ && !running_->stopping) {
+    checkpoint(r);
+    if (running_ && !running_->stopping) check_funds(r, previous);
+  }
+}
+
+void ChargingSession::check_funds(const MeterReading& r, const std::optional<MeterReading>& previous) {
+  Running& s = *running_;
+  if (s.funds_stop_asked || !settings_.tariff) return;
+  std::vector<MeterReading> readings = s.readings;
+  if (follows(r, readings.back()) && (r.wh != readings.back().wh || r.time != readings.back().time)) readings.push_back(r);
+  const Bill so_far = compute_bill(*settings_.tariff, readings);
+  // A session never costs more than was authorised: it stops while the bill plus what one more
+  // meter interval may add (the energy of the last one, at the price now) is within the hold, so
+  // the energy that flows until the contactor opens and the final reading is taken is covered.
+  std::int64_t margin_fen = 0;
+  if (previous && r.wh > previous->wh) {
+    const Price price = settings_.tariff->slot_at(r.time).price;
+    const std::int64_t scale = static_cast<std::int64_t>(std::pow(10, settings_.tariff->decimals())) * 1000;  // price unit x Wh -> fen
+    const std::int64_t per_kwh = price.electricity + price.service;
+    margin_fen = ((r.wh - previous->wh) * per_kwh + scale - 1) / scale;
+  }
+  if (so_far.total_fen + margin_fen >= s.authorized_fen) {
+    s.funds_stop_asked = true;
+    spdlog::info("connector {}: {}: bill {} fen and the next interval's ~{} fen reach the authorised {} fen", settings_.connector, s.id, so_far.total_fen,
+                 margin_fen, s.authorized_fen);
+    if (hooks_.stop) hooks_.stop(StopReason::funds_exhausted);
+  }
 }
 
 void ChargingSession::read_meter(ReadingDone done) {
@@ -288,12 +318,6 @@ void ChargingSession::checkpoint(const MeterReading& r) {
                   if (!st.ok()) spdlog::error("{} not committed: {}", what, st.message());
                   if (hooks_.checkpoint_committed) hooks_.checkpoint_committed(st);
                 });
-  // Funds: stop when the bill so far reaches what was authorised.
-  const Bill so_far = compute_bill(*settings_.tariff, s.readings);
-  if (so_far.total_fen >= s.authorized_fen) {
-    spdlog::info("connector {}: {}: bill {} fen reached the authorised {} fen", settings_.connector, s.id, so_far.total_fen, s.authorized_fen);
-    if (hooks_.stop) hooks_.stop(StopReason::funds_exhausted);
-  }
 }
 
 void ChargingSession::arm_boundary() {

@@ -113,6 +113,7 @@ class ChargingSession {
     bool charging_started = false;
     std::int64_t setpoint_w = 0;
     bool has_setpoint = false;  ///< a setpoint was sent to the power stage in this session
+    bool funds_stop_asked = false;  ///< the bill reached the hold: the stop is asked once
   };
 
   ChargingSession(Settings settings, MeterPlausibility plausibility, std::int64_t max_power_w, StoreWorker& store, Scheduler& scheduler,
@@ -147,8 +148,7 @@ class ChargingSession {
   /// Records the setpoint sent to the power stage.
   void set_setpoint(std::int64_t watts);
   /// Writes a reading as a checkpoint when checkpoint_interval_ms or checkpoint_wh has passed
-  /// since the last one, and stops the session when its bill reaches the authorised amount. The
-  /// one place a checkpoint is written.
+  /// since the last one. The one place a checkpoint is written.
   void checkpoint(const MeterReading& r);
   /// Marks the session stopping (committed before the final reading) and stops its timers.
   void begin_stop(StopReason reason);
@@ -166,6 +166,9 @@ class ChargingSession {
     ReadingDone done;
     TimerId timeout = 0;
   };
+  /// Asks for a stop when the bill so far, plus what the next meter interval may add, reaches
+  /// the authorised amount.
+  void check_funds(const MeterReading& r, const std::optional<MeterReading>& previous);
   void arm_boundary();
   void on_boundary(TimePoint boundary, std::optional<MeterReading> m);
   void arm_setpoint();

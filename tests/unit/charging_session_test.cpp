@@ -265,15 +265,22 @@ TEST_F(ChargingSessionTest, AMeterThatNeverAnswersGivesTheWaiterNothingAtItsTime
   EXPECT_FALSE(*fresh);
 }
 
-TEST_F(ChargingSessionTest, TheBillReachingTheAuthorisedAmountAsksForAStop) {
-  open(1000, 150);  // 1.50 yuan: 1.5 kWh of valley energy
-  advance(5min);
-  sample(2000);
+TEST_F(ChargingSessionTest, TheBillPlusTheNextMeterIntervalReachingTheAuthorisedAmountAsksForAStop) {
+  open(1000, 150);  // 1.50 yuan: 1.5 kWh of valley energy at 1 yuan/kWh
+  advance(1min);
+  sample(1400);  // 40 fen, and 400 Wh (40 fen) a minute
+  advance(1min);
+  sample(1800);  // 80 + 40
+  advance(1min);
+  sample(2100);  // 110 + 30
   EXPECT_TRUE(stops.empty());
-  advance(5min);
-  sample(2500);
+  advance(1min);
+  sample(2300);  // 130 + 20: the next minute would take the bill to the hold
   ASSERT_EQ(stops.size(), 1u);
   EXPECT_EQ(stops[0], StopReason::funds_exhausted);
+  advance(1min);
+  sample(2350);
+  EXPECT_EQ(stops.size(), 1u) << "asked once";
 }
 
 TEST_F(ChargingSessionTest, TheCloseIsOneWorkAndOnlyThenIsTheCaptureAsked) {
