@@ -150,9 +150,11 @@ std::string scenario_yaml(const fs::path& site_file, std::string& error) {
   ch["meter_timeout_ms"] = 600000;
   ch["meter_stall_ms"] = 3600000;
   root["charging"] = ch;
-  // The same for the risk rules' answer: 2 simulated seconds would be 0.3 ms of wall time.
+  // The same for the risk rules' answer (2 simulated seconds would be 0.3 ms of wall time) and
+  // the payment method's (30 s would be 4 ms: the declined card was sometimes timed out).
   YAML::Node pay = root["payment"];
   pay["risk_timeout_ms"] = 600000;
+  pay["authorize_timeout_ms"] = 600000;
   root["payment"] = pay;
   if (!root["identity"]) {
     YAML::Node id;
