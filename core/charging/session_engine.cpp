@@ -495,7 +495,9 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
     req->presented->connector = id;
   }
   spdlog::info("connector {}: {}: start requested ({} via {})", id, req->txn, token_ref(req->token), req->method);
-  const risk::Context ctx{risk::Phase::authorize, req->txn, id, req->method, {}, user_hash(req->token), req->amount_fen, clock_.now()};
+  // Context holds views: the hash must outlive it (a temporary here was read after its end).
+  const std::string user = user_hash(req->token);
+  const risk::Context ctx{risk::Phase::authorize, req->txn, id, req->method, {}, user, req->amount_fen, clock_.now()};
   evaluate_risk(ctx, [this, req, alive = alive_](risk::Verdict verdict, const std::string& reasons) {
     if (*alive) start_authorize(req, verdict, reasons);
   });

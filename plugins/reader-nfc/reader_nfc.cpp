@@ -437,7 +437,10 @@ class NfcReader final : public sensor::Sensor {
     if (a.szAtsLen > 0) token.evidence.push_back({"ats", hex(a.abtAts, a.szAtsLen)});
     if (iso4) token.exchange = std::make_shared<NfcExchange>(shared_, generation);
     // The UID is personal data: the log says what kind of target came, never which.
-    host_.log().info("a {} entered the field ({}-byte UID, ATQA {}, SAK {:02x}{})", type, a.szUidLen, hex(a.abtAtqa, 2), a.btSak,
+    // By value: libnfc's target structs are packed, and fmt binds its arguments by reference.
+    const std::size_t uid_len = a.szUidLen;
+    const unsigned sak = a.btSak;
+    host_.log().info("a {} entered the field ({}-byte UID, ATQA {}, SAK {:02x}{})", type, uid_len, hex(a.abtAtqa, 2), sak,
                      iso4 ? ", APDUs offered" : "");
     host_.post([this, token = std::move(token)] { host_.present(token); });
 
