@@ -1,7 +1,6 @@
 // The Scheduler (scheduler.hpp) on a Boost.Asio strand and the injectable clock: a delay of clock
 // time becomes the real time it takes at the clock's speed, so a simulated day runs its timers in
-// seconds. For the daemon's own periodic work (the disk space check); the session engine keeps the
-// same class privately in session_engine.cpp until it is split.
+// seconds. The daemon's periodic work (the disk space check) and the session engine's timers.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -20,7 +19,10 @@ class StrandScheduler final : public Scheduler {
  public:
   using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
   StrandScheduler(Strand& strand, const Clock& clock) : strand_(strand), clock_(clock) {}
-  ~StrandScheduler() override { *alive_ = false; }
+  ~StrandScheduler() override {
+    *alive_ = false;
+    for (auto& [id, t] : timers_) t->cancel();
+  }
   StrandScheduler(const StrandScheduler&) = delete;
   StrandScheduler& operator=(const StrandScheduler&) = delete;
 

@@ -14,6 +14,7 @@
 #include "money_operations.hpp"
 #include "receipt.hpp"
 #include "reading_repository.hpp"
+#include "strand_scheduler.hpp"
 #include "transaction_repository.hpp"
 #include "token_privacy.hpp"
 
@@ -46,40 +47,6 @@ class DbHistory final : public risk::History {
 
  private:
   Database& db_;
-};
-
-/// The engine's timers on the strand, for the payment saga.
-class AsioScheduler final : public Scheduler {
- public:
-  AsioScheduler(SessionEngine::Strand& strand, const Clock& clock) : strand_(strand), clock_(clock) {}
-  ~AsioScheduler() override {
-    for (auto& [id, t] : timers_) t->cancel();
-  }
-  TimerId after(Duration delay, std::function<void()> fn) override {
-    const TimerId id = ++next_;
-    auto t = std::make_unique<asio::steady_timer>(strand_);
-    t->expires_after(real_duration(clock_, delay));
-    t->async_wait([this, id, alive = alive_, fn = std::move(fn)](const boost::system::error_code& ec) {
-      if (ec || !*alive) return;
-      timers_.erase(id);
-      fn();
-    });
-    timers_.emplace(id, std::move(t));
-    return id;
-  }
-  void cancel(TimerId id) override {
-    if (auto it = timers_.find(id); it != timers_.end()) {
-      it->second->cancel();
-      timers_.erase(it);
-    }
-  }
-
- private:
-  SessionEngine::Strand& strand_;
-  const Clock& clock_;
-  TimerId next_ = 0;
-  std::map<TimerId, std::unique_ptr<asio::steady_timer>> timers_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 /// Runs a work through the storage thread and only logs a failure (checkpoints, status marks:
@@ -133,7 +100,7 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
   reader_db_ = std::make_unique<Database>(db_.path(), Database::ReadOnly{});
   reader_ = reader_db_->handle();
   txn_seq_ = TransactionRepository(*reader_db_).last_sequence();
-  scheduler_ = std::make_unique<AsioScheduler>(strand_, clock_);
+  scheduler_ = std::make_unique<StrandScheduler>(strand_, clock_);
   const auto& pay = site_.session.payment;
   PaymentSaga::Hooks sh;
   sh.method = [this](std::string_view name) -> payment::Method* {
