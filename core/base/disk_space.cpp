@@ -60,32 +60,19 @@ void LowDiskMonitor::check() {
         spdlog::info("state directory {}: {} free again, above the {} threshold", dir_.string(), mib(last_->free_bytes),
                      mib(static_cast<std::uint64_t>(threshold_)));
       }
-      if (notify_) notify_(event(low));
+      if (notify_) notify_(alarm(low));
     }
   }
   timer_ = scheduler_.after(interval_, [this] { check(); });
 }
 
-nlohmann::json LowDiskMonitor::event(bool active) const {
+LowDiskAlarm LowDiskMonitor::alarm(bool active) const {
   const std::uint64_t free = last_ ? last_->free_bytes : 0;
-  return {{"event", "alarm"},
-          {"code", "storage.low_disk"},
-          {"severity", "warning"},
-          {"active", active},
-          {"path", dir_.string()},
-          {"free_bytes", free},
-          {"threshold_bytes", threshold_},
-          {"message", fmt::format("state directory {}: {} free, {} the {} threshold", dir_.string(), mib(free), active ? "below" : "above",
-                                  mib(static_cast<std::uint64_t>(threshold_)))}};
+  return {active, dir_.string(), free, threshold_,
+          fmt::format("state directory {}: {} free, {} the {} threshold", dir_.string(), mib(free), active ? "below" : "above",
+                      mib(static_cast<std::uint64_t>(threshold_)))};
 }
 
-nlohmann::json LowDiskMonitor::status() const {
-  nlohmann::json j = {{"path", dir_.string()}, {"threshold_bytes", threshold_}, {"low", low_}};
-  if (last_) {
-    j["free_bytes"] = last_->free_bytes;
-    j["total_bytes"] = last_->total_bytes;
-  }
-  return j;
-}
+DiskStatus LowDiskMonitor::status() const { return {dir_.string(), threshold_, low_, last_}; }
 
 }  // namespace pilecore::core

@@ -4,7 +4,6 @@
 // disk itself is handled where a write fails (checkpoint_health.hpp, the session close).
 #pragma once
 
-#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <filesystem>
@@ -24,12 +23,29 @@ struct DiskSpace {
 /// statvfs of `dir`; nullopt with `error` set when it fails.
 std::optional<DiskSpace> disk_space(const std::filesystem::path& dir, std::string& error);
 
+/// storage.low_disk raised (below the threshold) or cleared.
+struct LowDiskAlarm {
+  bool active = true;
+  std::string path;
+  std::uint64_t free_bytes = 0;
+  std::int64_t threshold_bytes = 0;
+  std::string message;
+};
+
+/// For `status`: the state directory's space and the alarm's threshold.
+struct DiskStatus {
+  std::string path;
+  std::int64_t threshold_bytes = 0;
+  bool low = false;
+  std::optional<DiskSpace> space;  ///< none before the first successful probe
+};
+
 class LowDiskMonitor {
  public:
   /// The free space now (statvfs in the daemon; a test's own figures in unit tests).
   using Probe = std::function<std::optional<DiskSpace>(std::string& error)>;
   /// Gets each storage.low_disk alarm event: raised, and cleared.
-  using Notify = std::function<void(nlohmann::json event)>;
+  using Notify = std::function<void(const LowDiskAlarm& alarm)>;
 
   /// `threshold_bytes` 0 disables the alarm (the space is still measured for the status).
   LowDiskMonitor(Scheduler& scheduler, std::filesystem::path dir, Duration interval, std::int64_t threshold_bytes, Probe probe, Notify notify);
@@ -41,12 +57,11 @@ class LowDiskMonitor {
   void start();
   [[nodiscard]] bool low() const { return low_; }
   [[nodiscard]] const std::optional<DiskSpace>& last() const { return last_; }
-  /// For `status`: path, bytes free and total, threshold, low.
-  [[nodiscard]] nlohmann::json status() const;
+  [[nodiscard]] DiskStatus status() const;
 
  private:
   void check();
-  [[nodiscard]] nlohmann::json event(bool active) const;
+  [[nodiscard]] LowDiskAlarm alarm(bool active) const;
 
   Scheduler& scheduler_;
   std::filesystem::path dir_;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "clocks.hpp"
+#include "control_socket.hpp"
 #include "receipt.hpp"
 
 namespace pilecore::core {
@@ -192,6 +193,83 @@ nlohmann::json to_json(const Event& e) {
           },
       },
       e);
+}
+
+namespace {
+std::string_view severity_name(AlarmSeverity s) {
+  switch (s) {
+    case AlarmSeverity::critical: return "critical";
+    case AlarmSeverity::warning: return "warning";
+    case AlarmSeverity::info: return "info";
+  }
+  return "warning";
+}
+
+nlohmann::json to_json(const InstanceInfo& i) {
+  nlohmann::json j = {{"name", i.name},   {"plugin", i.plugin}, {"kind", i.kind}, {"state", std::string(to_string(i.state))},
+                      {"health", i.health}, {"detail", i.detail}};
+  if (i.isolated) j.update({{"isolated", true}, {"pid", i.pid}, {"restarts", i.restarts}, {"sandbox", i.sandbox}});
+  return j;
+}
+
+nlohmann::json to_json(const DiskStatus& d) {
+  nlohmann::json j = {{"path", d.path}, {"threshold_bytes", d.threshold_bytes}, {"low", d.low}};
+  if (d.space) {
+    j["free_bytes"] = d.space->free_bytes;
+    j["total_bytes"] = d.space->total_bytes;
+  }
+  return j;
+}
+
+nlohmann::json to_json(const ActiveAlarm& a) {
+  nlohmann::json j = std::visit(overloaded{[](const events::PluginAlarm& v) { return core::to_json(RuntimeEvent(v)); },
+                                           [](const LowDiskAlarm& v) { return core::to_json(RuntimeEvent(v)); },
+                                           [](const auto& v) { return core::to_json(Event(v)); }},
+                                a.alarm);
+  j.erase("event");
+  j["since"] = format_utc(a.since);
+  return j;
+}
+}  // namespace
+
+nlohmann::json to_json(const RuntimeEvent& e) {
+  return std::visit(
+      overloaded{
+          [](const events::Ready& v) -> nlohmann::json {
+            return {{"event", "ready"}, {"site", v.site}, {"connectors", v.connectors}, {"instances", v.instances}, {"speed", v.speed}};
+          },
+          [](const events::ConnectorChanged& v) -> nlohmann::json {
+            return {{"event", "connector"}, {"connector", v.connector}, {"status", std::string(pilecore::to_string(v.status))}, {"why", v.why}};
+          },
+          [](const events::InstanceFailed& v) -> nlohmann::json { return {{"event", "instance_failed"}, {"instance", v.instance}, {"reason", v.reason}}; },
+          [](const events::InstanceRestarted& v) -> nlohmann::json { return {{"event", "instance_restarted"}, {"instance", v.instance}, {"pid", v.pid}}; },
+          [](const events::PluginAlarm& v) -> nlohmann::json {
+            return {{"event", "alarm"},          {"instance", v.instance}, {"code", v.code}, {"message", v.message}, {"active", v.active},
+                    {"severity", severity_name(v.severity)}};
+          },
+          [](const LowDiskAlarm& v) -> nlohmann::json {
+            return {{"event", "alarm"},          {"code", "storage.low_disk"},         {"severity", "warning"}, {"active", v.active},
+                    {"path", v.path},            {"free_bytes", v.free_bytes},         {"threshold_bytes", v.threshold_bytes},
+                    {"message", v.message}};
+          },
+      },
+      e);
+}
+
+nlohmann::json to_json(const DaemonStatus& s) {
+  auto st = to_json(s.engine);
+  nlohmann::json inst = nlohmann::json::array();
+  for (const auto& i : s.instances) inst.push_back(to_json(i));
+  st["instances"] = inst;
+  st["rejected_requests"] = s.control ? s.control->rejected() : 0;
+  st["dropped_watchers"] = s.control ? s.control->dropped_watchers() : 0;
+  if (s.control) st["control"] = s.control->stats();
+  st["ready"] = s.ready;
+  nlohmann::json alarms = nlohmann::json::array();
+  for (const auto& a : s.alarms) alarms.push_back(to_json(a));
+  st["alarms"] = alarms;
+  if (s.storage) st["storage"] = to_json(*s.storage);
+  return st;
 }
 
 }  // namespace pilecore::core

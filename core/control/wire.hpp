@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime_events.hpp"
 #include "session_results.hpp"
 
 namespace pilecore::core {
@@ -20,5 +21,9 @@ nlohmann::json to_json(const SessionRecord& r);
 nlohmann::json to_json(const CloseReceipt& r);
 /// An event, without its time (the daemon stamps it).
 nlohmann::json to_json(const Event& e);
+nlohmann::json to_json(const RuntimeEvent& e);
+/// `status`: the engine's snapshot, the instances, the control socket's counters, the active
+/// alarms (each as its event without "event", with "since") and the state directory's space.
+nlohmann::json to_json(const DaemonStatus& s);
 
 }  // namespace pilecore::core

@@ -30,17 +30,6 @@ namespace pilecore::core {
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 
-std::string_view to_string(InstanceState s) {
-  switch (s) {
-    case InstanceState::created: return "created";
-    case InstanceState::running: return "running";
-    case InstanceState::failed: return "failed";
-    case InstanceState::stopped: return "stopped";
-    case InstanceState::disabled: return "disabled";
-  }
-  return "unknown";
-}
-
 /// One plugin instance and the host services it sees.
 class Instance final : public Host {
  public:
@@ -392,7 +381,7 @@ void Runtime::start_instances() {
                        {"time_ms", op.updated.time_since_epoch().count()}});
     };
   }
-  hooks.event = [this](const Event& e) { publish_event(to_json(e)); };
+  hooks.event = [this](const Event& e) { publish_event(e); };
   hooks.announce = [this](std::uint32_t id, const std::string& message) {
     for (auto& inst : instances_) {
       if (inst->kind() == Kind::indicator && inst->state() == InstanceState::running) inst->as<indicator::Indicator>()->announce(id, message);
@@ -405,7 +394,7 @@ void Runtime::start_instances() {
   scheduler_ = std::make_unique<StrandScheduler>(strand_, *clock_);
   disk_ = std::make_unique<LowDiskMonitor>(
       *scheduler_, options_.state_dir, site_.storage.disk_check_interval, site_.storage.low_disk_bytes,
-      [dir = options_.state_dir](std::string& error) { return disk_space(dir, error); }, [this](nlohmann::json e) { publish_event(std::move(e)); });
+      [dir = options_.state_dir](std::string& error) { return disk_space(dir, error); }, [this](const LowDiskAlarm& a) { publish_event(RuntimeEvent(a)); });
   disk_->start();
   for (const auto& inst : instances_) {
     // Before recovery: a session must not start on a connector whose plugin is quarantined, and
@@ -476,28 +465,31 @@ void Runtime::announce_ready() {
   if (options_.notify_systemd) {
     sd_notifyf(0, "READY=1\nSTATUS=ready: %zu connector(s), %zu instance(s)", site_.connectors.size(), instances_.size());
   }
-  publish_event({{"event", "ready"}, {"site", site_.id}, {"connectors", site_.connectors.size()}, {"instances", instances_.size()}, {"speed", clock_->speed()}});
+  publish_event(events::Ready{site_.id, site_.connectors.size(), instances_.size(), clock_->speed()});
   schedule_status();
 }
 
-void Runtime::publish_event(nlohmann::json event) {
-  if (event.value("event", "") == "alarm") {
-    std::string key = event.value("code", "");
-    if (event.contains("instance")) key += "/" + event["instance"].get<std::string>();
-    if (event.contains("connector")) key += "/" + event["connector"].dump();
-    if (event.value("active", false)) {
-      nlohmann::json a = event;
-      a.erase("event");
-      a["since"] = format_utc(clock_->now());
-      if (auto it = active_alarms_.find(key); it != active_alarms_.end()) a["since"] = it->second["since"];  // an update, not a new alarm
-      active_alarms_[key] = std::move(a);
-    } else {
-      active_alarms_.erase(key);
-    }
+void Runtime::track_alarm(const std::optional<AlarmEvent>& alarm) {
+  if (!alarm) return;
+  const std::string key = alarm_key(*alarm);
+  if (!alarm_active(*alarm)) {
+    active_alarms_.erase(key);
+    return;
   }
-  if (!control_) return;
-  event["time"] = format_utc(clock_->now());
-  control_->publish(event);
+  // An update of an active alarm keeps when it was first raised.
+  const auto it = active_alarms_.find(key);
+  const TimePoint since = it != active_alarms_.end() ? it->second.since : clock_->now();
+  active_alarms_.insert_or_assign(key, ActiveAlarm{*alarm, since});
+}
+
+void Runtime::publish_event(const Event& event) {
+  track_alarm(alarm_of(event));
+  if (control_) publish(*control_, event, clock_->now());
+}
+
+void Runtime::publish_event(const RuntimeEvent& event) {
+  track_alarm(alarm_of(event));
+  if (control_) publish(*control_, event, clock_->now());
 }
 
 void Runtime::schedule_status() {
@@ -544,100 +536,40 @@ void Runtime::finish_shutdown() {
 }
 
 void Runtime::handle_request(const nlohmann::json& req, std::function<void(nlohmann::json)> reply) {
-  try {
-    dispatch_request(req, reply);
-  } catch (const std::exception& e) {
-    reply({{"ok", false}, {"error", fmt::format("bad request: {}", e.what())}});
-  }
+  serve_request(req, std::move(reply), CommandOptions{options_.storage_diagnostics}, [this](Command c, Responder r) { on_command(std::move(c), std::move(r)); });
 }
 
-void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlohmann::json)>& reply) {
-  const std::string cmd = req.value("cmd", "");
-  auto connector_of = [&req]() -> std::uint32_t {
-    if (!req.contains("connector") || !req["connector"].is_number_integer() || req["connector"].get<std::int64_t>() < 1 ||
-        req["connector"].get<std::int64_t>() > 255) {
-      throw std::invalid_argument("\"connector\" must be a positive integer");
-    }
-    return req["connector"].get<std::uint32_t>();
-  };
-  auto text = [&req](const char* key) -> std::string {
-    if (!req.contains(key)) return {};
-    if (!req[key].is_string()) throw std::invalid_argument(fmt::format("\"{}\" must be a string", key));
-    return req[key].get<std::string>();
-  };
-  if (!engine_) {
-    reply({{"ok", false}, {"error", "pilecored is still starting"}});
-    return;
-  }
-  if (cmd == "status") {
-    auto st = to_json(engine_->status());
-    nlohmann::json inst = nlohmann::json::array();
-    for (const auto& i : instances()) {
-      inst.push_back({{"name", i.name}, {"plugin", i.plugin}, {"kind", i.kind}, {"state", std::string(to_string(i.state))}, {"health", i.health}, {"detail", i.detail}});
-      if (i.isolated) inst.back().update({{"isolated", true}, {"pid", i.pid}, {"restarts", i.restarts}, {"sandbox", i.sandbox}});
-    }
-    st["instances"] = inst;
-    st["rejected_requests"] = control_ ? control_->rejected() : 0;
-    st["dropped_watchers"] = control_ ? control_->dropped_watchers() : 0;
-    if (control_) st["control"] = control_->stats();
-    st["ready"] = ready_.load();
-    nlohmann::json alarms = nlohmann::json::array();
-    for (const auto& [key, a] : active_alarms_) alarms.push_back(a);
-    st["alarms"] = alarms;
-    if (disk_) st["storage"] = disk_->status();
-    reply(std::move(st));
-  } else if (cmd == "session_start") {
-    const auto connector = connector_of();
-    auto method = text("method");
-    auto token = text("token");
-    engine_->start(connector, std::move(method), std::move(token), [reply](const StartOutcome& o) { reply(to_json(o)); });
-  } else if (cmd == "session_stop") {
-    const std::string reason = text("reason");
-    const auto r = reason.empty() ? std::optional<StopReason>(StopReason::local) : stop_reason_from(reason);
-    if (!r) throw std::invalid_argument(fmt::format("unknown stop reason '{}'; a client may give Local or Remote", reason));
-    // Fault, Shutdown, EVFull, EVDisconnected and FundsExhausted are what the pile itself
-    // observed; a client claiming one would put a false reason on the receipt and the ledger.
-    if (*r != StopReason::local && *r != StopReason::remote) {
-      reply({{"ok", false}, {"error", fmt::format("stop reason '{}' is the pile's own, not a client's; a client may give Local or Remote", reason)}});
-      return;
-    }
-    const auto connector = connector_of();
-    engine_->stop(connector, *r, [reply](const StopOutcome& o) { reply(to_json(o)); });
-  } else if (cmd == "session_answer") {
-    // The driver's answer to a step-up: a PIN typed at the pile, or a confirmation.
-    const auto connector = connector_of();
-    payment::StepUpAnswer answer;
-    if (const std::string pin = text("pin"); !pin.empty()) {
-      answer.kind = payment::ChallengeKind::pin;
-      answer.value = pin;
-    } else {
-      answer.kind = payment::ChallengeKind::app_confirmation;
-      answer.confirmed = req.value("confirmed", false);
-    }
-    engine_->answer_step_up(connector, std::move(answer), [reply](const AnswerOutcome& o) { reply(to_json(o)); });
-  } else if (cmd == "refund") {
-    if (!req.contains("amount_fen") || !req["amount_fen"].is_number_integer()) throw std::invalid_argument("\"amount_fen\" must be an integer");
-    engine_->refund(text("transaction"), req["amount_fen"].get<std::int64_t>(), text("reason"), [reply](const RefundOutcome& o) { reply(to_json(o)); });
-  } else if (cmd == "receipt") {
-    reply(to_json(engine_->receipt(text("transaction"))));
-  } else if (cmd == "diag_max_pages" && options_.storage_diagnostics) {
-    diag_max_pages(req, std::move(reply));
-  } else {
-    reply({{"ok", false}, {"error", fmt::format("unknown command '{}'; commands: status, session_start, session_stop, session_answer, refund, receipt, watch", cmd)}});
-  }
+namespace {
+template <class... F>
+struct overloaded : F... {
+  using F::operator()...;
+};
+template <class... F>
+overloaded(F...) -> overloaded<F...>;
+}  // namespace
+
+void Runtime::on_command(Command command, Responder reply) {
+  if (!engine_) return reply(ErrorReply{"pilecored is still starting"});
+  std::visit(overloaded{
+                 [&](const commands::Status&) {
+                   DaemonStatus st{engine_->status(), instances(), control_.get(), ready_.load(), {}, std::nullopt};
+                   for (const auto& [key, a] : active_alarms_) st.alarms.push_back(a);
+                   if (disk_) st.storage = disk_->status();
+                   reply(st);
+                 },
+                 [&](commands::SessionStart& c) { engine_->start(c.connector, std::move(c.method), std::move(c.token), reply); },
+                 [&](const commands::SessionStop& c) { engine_->stop(c.connector, c.reason, reply); },
+                 [&](commands::SessionAnswer& c) { engine_->answer_step_up(c.connector, std::move(c.answer), reply); },
+                 [&](const commands::Refund& c) { engine_->refund(c.transaction, c.amount_fen, c.reason, reply); },
+                 [&](const commands::ReceiptOf& c) { reply(engine_->receipt(c.transaction)); },
+                 [&](const commands::DiagMaxPages& c) { diag_max_pages(c.headroom_pages, reply); },
+             },
+             command);
 }
 
-void Runtime::diag_max_pages(const nlohmann::json& req, std::function<void(nlohmann::json)> reply) {
-  // {"headroom_pages": N}: the database may grow N pages past its size now (0: full now);
-  // {"headroom_pages": null} or absent: SQLite's own limit again. On the writing connection, in
-  // the storage thread's order, so every write submitted after the reply sees it.
-  std::optional<std::int64_t> headroom;
-  if (req.contains("headroom_pages") && !req["headroom_pages"].is_null()) {
-    if (!req["headroom_pages"].is_number_integer() || req["headroom_pages"].get<std::int64_t>() < 0) {
-      throw std::invalid_argument("\"headroom_pages\" must be a non-negative integer or null");
-    }
-    headroom = req["headroom_pages"].get<std::int64_t>();
-  }
+void Runtime::diag_max_pages(std::optional<std::int64_t> headroom, Responder reply) {
+  // On the writing connection, in the storage thread's order, so every write submitted after the
+  // reply sees it.
   auto result = std::make_shared<std::pair<std::int64_t, std::int64_t>>();
   store_->submit(
       [headroom, result](Database& db) {
@@ -650,9 +582,9 @@ void Runtime::diag_max_pages(const nlohmann::json& req, std::function<void(nlohm
         result->second = scalar(fmt::format("PRAGMA max_page_count={}", headroom ? result->first + *headroom : std::int64_t{4294967294}));
       },
       [result, reply = std::move(reply)](const Status& st) {
-        if (!st.ok()) return reply({{"ok", false}, {"error", st.message()}});
+        if (!st.ok()) return reply(ErrorReply{st.message()});
         spdlog::warn("diagnostics: the database may grow to {} pages (now {})", result->second, result->first);
-        reply({{"ok", true}, {"page_count", result->first}, {"max_page_count", result->second}});
+        reply(DiagPagesReply{result->first, result->second});
       });
 }
 
@@ -858,12 +790,12 @@ void Runtime::set_connector(std::uint32_t id, ConnectorStatus status, const std:
     const auto mark = inst->in_flight("show");
     inst->as<indicator::Indicator>()->show(id, status);
   }
-  publish_event({{"event", "connector"}, {"connector", id}, {"status", std::string(pilecore::to_string(status))}, {"why", why}});
+  publish_event(events::ConnectorChanged{id, status, why});
 }
 
 void Runtime::on_instance_failed(Instance& inst, const std::string& reason) {
   inst.logger().error("failed and stopped: {}", reason);
-  publish_event({{"event", "instance_failed"}, {"instance", inst.spec().name}, {"reason", reason}});
+  publish_event(events::InstanceFailed{inst.spec().name, reason});
   update_snapshot(inst);
   const auto& s = inst.spec();
   if (s.connector) {
@@ -924,7 +856,7 @@ void Runtime::on_isolated_restored(Instance& inst) {
   const auto& s = inst.spec();
   inst.set_isolated_state(InstanceState::running, fmt::format("restarted {} time(s)", inst.isolated() ? inst.isolated()->restarts() : 0));
   update_snapshot(inst);
-  publish_event({{"event", "instance_restarted"}, {"instance", s.name}, {"pid", inst.isolated() ? inst.isolated()->pid() : 0}});
+  publish_event(events::InstanceRestarted{s.name, inst.isolated() ? inst.isolated()->pid() : 0});
   if (inst.kind() == Kind::indicator) {
     for (const auto& [id, st] : connector_status_) inst.as<indicator::Indicator>()->show(id, st);
   }
@@ -940,8 +872,7 @@ void Runtime::on_sample(Instance& inst, const Sample& sample) {
 void Runtime::on_alarm(Instance& inst, const Alarm& alarm) {
   const auto lvl = alarm.active ? (alarm.severity == AlarmSeverity::critical ? spdlog::level::err : spdlog::level::warn) : spdlog::level::info;
   inst.logger().log(lvl, "alarm {} {}: {}", alarm.code, alarm.active ? "raised" : "cleared", alarm.message);
-  publish_event({{"event", "alarm"}, {"instance", inst.spec().name}, {"code", std::string(alarm.code)}, {"message", std::string(alarm.message)}, {"active", alarm.active},
-                 {"severity", alarm.severity == AlarmSeverity::critical ? "critical" : alarm.severity == AlarmSeverity::warning ? "warning" : "info"}});
+  publish_event(events::PluginAlarm{inst.spec().name, std::string(alarm.code), std::string(alarm.message), alarm.active, alarm.severity});
   if (engine_) engine_->on_alarm(inst.spec().name, alarm);
 }
 

@@ -17,7 +17,10 @@
 #include "pilecore/clock.hpp"
 #include "pilecore/connector_status.hpp"
 #include "pilecore/plugin.hpp"
+#include "commands.hpp"
 #include "control_socket.hpp"
+#include "instance_info.hpp"
+#include "runtime_events.hpp"
 #include "router.hpp"
 #include "session_engine.hpp"
 #include "site_config.hpp"
@@ -54,25 +57,6 @@ struct RuntimeOptions {
   /// pilecore-plugin-host, for instances with `isolate: true`; empty: the one beside this
   /// program (/proc/self/exe).
   std::filesystem::path plugin_host;
-};
-
-/// disabled: quarantined after crashing pilecored too often; never created (see crash_records.hpp).
-enum class InstanceState { created, running, failed, stopped, disabled };
-std::string_view to_string(InstanceState s);
-
-struct InstanceInfo {
-  std::string name;
-  std::string plugin;
-  std::string kind;
-  std::string version;
-  std::optional<std::uint32_t> connector;
-  InstanceState state = InstanceState::created;
-  std::string health;  // last report_state()
-  std::string detail;  // failure reason or health detail
-  bool isolated = false;  // `isolate: true`: in its own process
-  int pid = 0;            // isolated: its process now (0: none)
-  unsigned restarts = 0;  // isolated: how often its process was started again
-  std::string sandbox;    // isolated: what confines it
 };
 
 class Runtime {
@@ -135,11 +119,13 @@ class Runtime {
   void announce_ready();
   /// The payment router over the channels of the site file and of the running payment methods.
   void make_router();
-  void dispatch_request(const nlohmann::json& request, std::function<void(nlohmann::json)>& reply);
+  void on_command(Command command, Responder reply);
   /// Sends an event (with the clock's time) to the control socket's watchers.
-  void publish_event(nlohmann::json event);
+  void publish_event(const Event& event);
+  void publish_event(const RuntimeEvent& event);
+  void track_alarm(const std::optional<AlarmEvent>& alarm);
   /// The test-only `diag_max_pages` command (RuntimeOptions::storage_diagnostics).
-  void diag_max_pages(const nlohmann::json& request, std::function<void(nlohmann::json)> reply);
+  void diag_max_pages(std::optional<std::int64_t> headroom_pages, Responder reply);
   void set_connector(std::uint32_t id, ConnectorStatus status, const std::string& why);
   void schedule_status();
   void update_snapshot(const Instance& instance);
@@ -178,7 +164,7 @@ class Runtime {
   std::unique_ptr<StrandScheduler> scheduler_;
   std::unique_ptr<LowDiskMonitor> disk_;  ///< storage.low_disk
   /// Active alarms (the core's and the plugins'), by code and instance or connector: `status` shows them.
-  std::map<std::string, nlohmann::json> active_alarms_;
+  std::map<std::string, ActiveAlarm> active_alarms_;  ///< by alarm_key
 
   mutable std::mutex snapshot_mutex_;
   std::vector<InstanceInfo> snapshot_;

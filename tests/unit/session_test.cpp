@@ -55,7 +55,7 @@ tariffs:
         - {from: "07:00", to: "10:00", type: flat}
         - {from: "10:00", to: "15:00", type: peak}
         - {from: "15:00", to: "24:00", type: flat}
-payment: {default_method: sim, preauth_fen: 30000}
+payment: {default_method: sim, preauth_fen: 30000, authorize_timeout_ms: 600000}  # 1 s of wall time at 600x: a loaded CI machine is slow
 charging: {checkpoint_interval_s: 30, checkpoint_wh: 1000}
 )";
 }

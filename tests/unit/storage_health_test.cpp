@@ -87,7 +87,7 @@ struct MonitorRig {
                   }
                   return DiskSpace{*free_bytes, 1'000'000'000};
                 },
-                [this](nlohmann::json e) { events.push_back(std::move(e)); }) {}
+                [this](const LowDiskAlarm& a) { events.push_back(to_json(RuntimeEvent(a))); }) {}  // as watchers see it
   ManualScheduler clock;
   std::optional<std::uint64_t> free_bytes = 500'000'000;
   int probes = 0;
@@ -122,7 +122,7 @@ TEST(LowDisk, BelowTheThresholdIsAnAlarmWithTheBytesAboveItIsCleared) {
   rig.free_bytes = 50'000'000;
   rig.clock.advance(60s);
   EXPECT_EQ(rig.events.size(), 1u) << "still low: raised once";
-  EXPECT_EQ(rig.monitor.status()["free_bytes"], 50'000'000u) << "the status has the latest figure";
+  EXPECT_EQ(rig.monitor.status().space->free_bytes, 50'000'000u) << "the status has the latest figure";
 
   rig.free_bytes = 100'000'000;
   rig.clock.advance(60s);
@@ -154,7 +154,7 @@ TEST(LowDisk, AZeroThresholdMeasuresButNeverAlarms) {
   rig.monitor.start();
   rig.clock.advance(120s);
   EXPECT_TRUE(rig.events.empty());
-  EXPECT_EQ(rig.monitor.status()["free_bytes"], 0u);
+  EXPECT_EQ(rig.monitor.status().space->free_bytes, 0u);
 }
 
 TEST(LowDisk, StatvfsMeasuresARealFileSystem) {

@@ -1,0 +1,93 @@
+// The control socket's requests as types, and the one place that reads them from JSON and writes
+// the replies: the daemon sees a Command and answers through a Responder, never JSON.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include <nlohmann/json.hpp>
+
+#include "charging_session.hpp"
+#include "pilecore/payment.hpp"
+#include "runtime_events.hpp"
+#include "session_results.hpp"
+
+namespace pilecore::core {
+
+namespace commands {
+struct Status {};
+struct SessionStart {
+  std::uint32_t connector = 0;
+  std::string method, token;
+};
+/// Only Local or Remote: the other reasons are what the pile itself observed.
+struct SessionStop {
+  std::uint32_t connector = 0;
+  StopReason reason = StopReason::local;
+};
+/// The driver's answer to a step-up: a PIN typed at the pile, or a confirmation.
+struct SessionAnswer {
+  std::uint32_t connector = 0;
+  payment::StepUpAnswer answer;
+};
+struct Refund {
+  std::string transaction;
+  std::int64_t amount_fen = 0;
+  std::string reason;
+};
+struct ReceiptOf {
+  std::string transaction;
+};
+/// pilecored --diag-storage-limit only: the database may grow `headroom_pages` past its size
+/// now (0: full now); none: SQLite's own limit again.
+struct DiagMaxPages {
+  std::optional<std::int64_t> headroom_pages;
+};
+}  // namespace commands
+
+using Command = std::variant<commands::Status, commands::SessionStart, commands::SessionStop, commands::SessionAnswer, commands::Refund,
+                             commands::ReceiptOf, commands::DiagMaxPages>;
+
+struct ErrorReply {
+  std::string message;
+};
+struct DiagPagesReply {
+  std::int64_t page_count = 0, max_page_count = 0;
+};
+
+/// Sends the one reply a request gets; copyable, so an asynchronous answer can carry it.
+class Responder {
+ public:
+  explicit Responder(std::function<void(nlohmann::json)> send) : send_(std::move(send)) {}
+  void operator()(const StartOutcome& o) const;
+  void operator()(const StopOutcome& o) const;
+  void operator()(const AnswerOutcome& o) const;
+  void operator()(const RefundOutcome& o) const;
+  void operator()(const Receipt& r) const;
+  void operator()(const DaemonStatus& s) const;
+  void operator()(const DiagPagesReply& r) const;
+  void operator()(const ErrorReply& e) const;
+
+ private:
+  std::function<void(nlohmann::json)> send_;
+};
+
+struct CommandOptions {
+  bool storage_diagnostics = false;  ///< accept diag_max_pages
+};
+
+using CommandHandler = std::function<void(Command command, Responder reply)>;
+
+/// Reads one request line's JSON into a Command and hands it to `handler`; a request that is not
+/// one gets its error reply here ("bad request: ..." or the unknown command and the list).
+void serve_request(const nlohmann::json& request, std::function<void(nlohmann::json)> reply, const CommandOptions& options,
+                   const CommandHandler& handler);
+
+/// Sends an event, stamped with `time`, to every watcher of `socket`. Call on the strand.
+void publish(ControlSocket& socket, const Event& e, TimePoint time);
+void publish(ControlSocket& socket, const RuntimeEvent& e, TimePoint time);
+
+}  // namespace pilecore::core
