@@ -16,8 +16,9 @@
 // authorisations `unavailable`, captures, voids and refunds `pending` (the core asks again).
 //
 // Threads: card frames go through the reader's asynchronous transceive (answers on the strand);
-// the local table runs on this plugin's own worker thread and the back end on the HTTPS client's
-// thread, each result handed back with Host::post. Nothing blocks the strand.
+// the account source (the driver interface AccountSource: LocalAccounts, the table on this
+// plugin's own worker thread; OnlineAccounts, the back end on the HTTPS client's thread) answers
+// on its thread, and each result is handed back with Host::post. Nothing blocks the strand.
 #include <date/tz.h>
 #include <openssl/rand.h>
 
@@ -216,6 +217,151 @@ class Worker {
   std::thread thread_;
 };
 
+/// Where the accounts are: the small driver interface between the method and its far side.
+/// Each call is answered exactly once, on any thread (the method hands the answer to the
+/// strand); after stop() answers may still come but are not needed.
+class AccountSource {
+ public:
+  virtual ~AccountSource() = default;
+  using HoldDone = std::function<void(payment::AuthorizationResult)>;
+  using OpDone = std::function<void(payment::OperationResult)>;
+  virtual void hold(const std::string& op, const std::string& txn, const std::string& account, std::int64_t amount_fen, HoldDone done) = 0;
+  virtual void capture(const std::string& op, const std::string& txn, std::int64_t amount_fen, OpDone done) = 0;
+  virtual void release(const std::string& op, const std::string& txn, const std::string& authorization, OpDone done) = 0;
+  virtual void refund(const std::string& op, const std::string& txn, std::int64_t amount_fen, const std::string& reason, OpDone done) = 0;
+  /// Finishes or abandons what is under way and joins its thread.
+  virtual void stop() = 0;
+  [[nodiscard]] virtual std::string where() const = 0;
+  [[nodiscard]] virtual bool offline() const = 0;
+};
+
+/// accounts: local. The SQLite table (account_store.hpp) on a worker thread of its own.
+class LocalAccounts final : public AccountSource {
+ public:
+  LocalAccounts(const Host& host, const std::filesystem::path& file, std::int64_t min_hold_fen, const date::time_zone* zone)
+      : host_(host), file_(file), store_(std::make_shared<card::AccountStore>(file)), min_hold_fen_(min_hold_fen), zone_(zone) {}
+  ~LocalAccounts() override { LocalAccounts::stop(); }
+  LocalAccounts(const LocalAccounts&) = delete;
+  LocalAccounts& operator=(const LocalAccounts&) = delete;
+
+  void hold(const std::string& op, const std::string& txn, const std::string& account, std::int64_t amount_fen, HoldDone done) override {
+    // The day is read now, when the driver asked, not when the worker gets to it.
+    const std::string day = today();
+    const std::int64_t now = now_ms(), min_hold = min_hold_fen_;
+    worker_.submit([store = store_, op, txn, account, amount_fen, min_hold, day, now, done = std::move(done)] {
+      card::HoldResult r;
+      try {
+        r = store->hold(op, txn, account, amount_fen, min_hold, day, now);
+      } catch (const std::exception& e) {
+        r.reason = std::string("the account table failed: ") + e.what();
+      }
+      if (r.approved) return done({.decision = payment::Decision::approved, .authorized_fen = r.amount_fen, .reference = r.reference, .reason = {}, .challenge = {}});
+      done(declined(r.reason));
+    });
+  }
+  void capture(const std::string& op, const std::string& txn, std::int64_t amount_fen, OpDone done) override {
+    const std::string day = today();
+    const std::int64_t now = now_ms();
+    run([=](card::AccountStore& s) { return s.capture(op, txn, amount_fen, day, now); }, std::move(done));
+  }
+  void release(const std::string& op, const std::string& txn, const std::string&, OpDone done) override {
+    const std::int64_t now = now_ms();
+    run([=](card::AccountStore& s) { return s.release(op, txn, now); }, std::move(done));
+  }
+  void refund(const std::string& op, const std::string& txn, std::int64_t amount_fen, const std::string&, OpDone done) override {
+    const std::int64_t now = now_ms();
+    run([=](card::AccountStore& s) { return s.refund(op, txn, amount_fen, now); }, std::move(done));
+  }
+  void stop() override { worker_.stop(); }
+  [[nodiscard]] std::string where() const override { return "on the pile (" + file_.string() + ")"; }
+  [[nodiscard]] bool offline() const override { return true; }
+
+ private:
+  void run(std::function<card::MoneyResult(card::AccountStore&)> fn, OpDone done) {
+    worker_.submit([store = store_, fn = std::move(fn), done = std::move(done)] {
+      try {
+        const card::MoneyResult r = fn(*store);
+        done(op_result(r.confirmed ? payment::OperationState::confirmed : payment::OperationState::failed, r.amount_fen, r.reference, r.reason));
+      } catch (const std::exception& e) {
+        // Not done (the transaction rolled back): the core asks again with the same id.
+        done(op_result(payment::OperationState::pending, 0, {}, std::string("the account table failed: ") + e.what()));
+      }
+    });
+  }
+  [[nodiscard]] std::int64_t now_ms() const { return host_.clock().now().time_since_epoch().count(); }
+  /// The site's local calendar day by the host clock: the day daily limits count.
+  [[nodiscard]] std::string today() const {
+    const auto local = date::make_zoned(zone_, host_.clock().now()).get_local_time();
+    const date::year_month_day ymd{date::floor<date::days>(local)};
+    return fmt::format("{:04}-{:02}-{:02}", static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()));
+  }
+
+  const Host& host_;
+  std::filesystem::path file_;
+  std::shared_ptr<card::AccountStore> store_;
+  std::int64_t min_hold_fen_;
+  const date::time_zone* zone_;
+  Worker worker_;
+};
+
+/// accounts: online. The operator's back end over HTTPS/JSON; the core's operation ids are the
+/// idempotency keys.
+class OnlineAccounts final : public AccountSource {
+ public:
+  explicit OnlineAccounts(plugins::HttpsSettings settings) : client_(std::move(settings)) {}
+  ~OnlineAccounts() override { OnlineAccounts::stop(); }
+  OnlineAccounts(const OnlineAccounts&) = delete;
+  OnlineAccounts& operator=(const OnlineAccounts&) = delete;
+
+  void hold(const std::string& op, const std::string& txn, const std::string& account, std::int64_t amount_fen, HoldDone done) override {
+    client_.post("/v1/cards/authorize", {{"operation_id", op}, {"transaction_id", txn}, {"account_id", account}, {"amount_fen", amount_fen}},
+                 [this, op, txn, done = std::move(done)](HttpsResponse r) {
+                   if (r.ok() && r.body.is_object()) {
+                     const std::string decision = r.body.value("decision", "");
+                     if (decision == "approved") {
+                       return done({.decision = payment::Decision::approved, .authorized_fen = r.body.value("authorized_fen", std::int64_t{0}),
+                                    .reference = r.body.value("reference", ""), .reason = {}, .challenge = {}});
+                     }
+                     if (decision == "declined") return done(declined(r.body.value("reason", "declined by the card back end")));
+                   }
+                   if (r.answered() && r.status >= 400 && r.status < 500) return done(declined(trouble(r)));
+                   // The channel failed, not the card: unavailable, and a release in case the
+                   // back end held money before its answer was lost.
+                   client_.post("/v1/cards/cancel", {{"operation_id", op + "/release"}, {"transaction_id", txn}, {"authorization_id", op}}, [](HttpsResponse) {});
+                   done(unavailable(trouble(r)));
+                 });
+  }
+  void capture(const std::string& op, const std::string& txn, std::int64_t amount_fen, OpDone done) override {
+    operation("capture", {{"operation_id", op}, {"transaction_id", txn}, {"amount_fen", amount_fen}}, std::move(done));
+  }
+  void release(const std::string& op, const std::string& txn, const std::string& authorization, OpDone done) override {
+    operation("cancel", {{"operation_id", op}, {"transaction_id", txn}, {"authorization_id", authorization}}, std::move(done));
+  }
+  void refund(const std::string& op, const std::string& txn, std::int64_t amount_fen, const std::string& reason, OpDone done) override {
+    operation("refund", {{"operation_id", op}, {"transaction_id", txn}, {"amount_fen", amount_fen}, {"reason", reason}}, std::move(done));
+  }
+  void stop() override { client_.stop(); }
+  [[nodiscard]] std::string where() const override { return "at " + client_.url().host; }
+  [[nodiscard]] bool offline() const override { return false; }
+
+ private:
+  void operation(const char* what, const nlohmann::json& body, OpDone done) {
+    client_.post(std::string("/v1/cards/") + what, body, [done = std::move(done)](HttpsResponse r) {
+      if (!r.answered() || r.status >= 500 || (r.ok() && !r.body.is_object())) {
+        // Not known whether the back end did it: pending, never "0 captured". The core asks
+        // again with the same operation id, which the back end de-duplicates.
+        return done(op_result(payment::OperationState::pending, 0, {}, trouble(r)));
+      }
+      if (!r.ok()) return done(op_result(payment::OperationState::failed, 0, {}, trouble(r)));
+      const std::string state = r.body.value("state", "");
+      if (state == "confirmed") return done(op_result(payment::OperationState::confirmed, r.body.value("amount_fen", std::int64_t{0}), r.body.value("reference", ""), {}));
+      if (state == "pending") return done(op_result(payment::OperationState::pending, 0, {}, r.body.value("reason", "pending at the back end")));
+      done(op_result(payment::OperationState::failed, 0, {}, r.body.value("reason", "refused by the card back end")));
+    });
+  }
+  HttpsClient client_;
+};
+
 class CardMethod final : public payment::Method {
  public:
   static void validate(const ConfigValues& config, ConfigReport& report) {
@@ -225,16 +371,7 @@ class CardMethod final : public payment::Method {
   explicit CardMethod(Host& host)
       : host_(host),
         settings_(read_settings(host.config(), [](std::string_view key, const std::string& msg) { throw std::runtime_error(std::string(key) + ": " + msg); })),
-        token_types_(host.config().string_list("token_types")) {
-    if (settings_.online) {
-      client_ = std::make_unique<HttpsClient>(plugins::HttpsSettings{.url = host.config().string("backend_url"),
-                                                                     .ca_file = host.config().string("backend_ca_file"),
-                                                                     .timeout = std::chrono::milliseconds(host.config().integer("backend_timeout_ms")),
-                                                                     .bearer = host.config().string("backend_api_key")});
-    } else {
-      zone_ = date::locate_zone(settings_.time_zone);
-    }
-  }
+        token_types_(host.config().string_list("token_types")) {}
 
   ~CardMethod() override { stop(); }
   CardMethod(const CardMethod&) = delete;
@@ -254,15 +391,18 @@ class CardMethod final : public payment::Method {
   Status start() noexcept override {
     try {
       life_ = std::make_shared<int>(0);
-      const char* how = settings_.mode == Mode::uid ? "UID" : settings_.mode == Mode::mifare_classic ? "MIFARE Classic sector" : "DESFire application";
-      if (!settings_.online) {
-        const auto file = std::filesystem::path(std::string(host_.state_dir())) / "cards.db";
-        store_ = std::make_shared<card::AccountStore>(file);
-        worker_ = std::make_unique<Worker>();
-        host_.report_state("up", fmt::format("member cards by {}, accounts on the pile ({})", how, file.string()));
+      if (settings_.online) {
+        const ConfigValues& c = host_.config();
+        source_ = std::make_unique<OnlineAccounts>(plugins::HttpsSettings{.url = c.string("backend_url"),
+                                                                          .ca_file = c.string("backend_ca_file"),
+                                                                          .timeout = std::chrono::milliseconds(c.integer("backend_timeout_ms")),
+                                                                          .bearer = c.string("backend_api_key")});
       } else {
-        host_.report_state("up", fmt::format("member cards by {}, accounts at {}", how, client_->url().host));
+        source_ = std::make_unique<LocalAccounts>(host_, std::filesystem::path(std::string(host_.state_dir())) / "cards.db", settings_.min_hold_fen,
+                                                  date::locate_zone(settings_.time_zone));
       }
+      const char* how = settings_.mode == Mode::uid ? "UID" : settings_.mode == Mode::mifare_classic ? "MIFARE Classic sector" : "DESFire application";
+      host_.report_state("up", fmt::format("member cards by {}, accounts {}", how, source_->where()));
       return Status::success();
     } catch (const std::exception& e) {
       return Status::error(StatusCode::failed, e.what());
@@ -271,8 +411,10 @@ class CardMethod final : public payment::Method {
 
   void stop() noexcept override {
     life_.reset();  // card answers that come later are ignored
-    if (worker_) worker_->stop();  // finishes what it has; its posted results are dropped after stop
-    if (client_) client_->stop();
+    try {
+      if (source_) source_->stop();  // finishes or abandons its work; posted answers are dropped after stop
+    } catch (...) {
+    }
     auto pending = std::move(pending_);
     pending_.clear();
     for (auto& [id, on_stop] : pending) {
@@ -320,23 +462,24 @@ class CardMethod final : public payment::Method {
   }
 
   void capture(const payment::CaptureRequest& request, payment::OperationCallback done) noexcept override {
-    const std::string op(request.operation_id), txn(request.transaction_id);
-    const std::int64_t amount = request.amount_fen;
-    money(std::move(done), "capture", txn, [this, op, txn, amount](card::AccountStore& s) { return s.capture(op, txn, amount, today(), now_ms()); },
-          {{"operation_id", op}, {"transaction_id", txn}, {"amount_fen", amount}});
+    operation(std::move(done), "capture", std::string(request.transaction_id), [op = std::string(request.operation_id), txn = std::string(request.transaction_id),
+                                                                                 fen = request.amount_fen](AccountSource& s, AccountSource::OpDone d) {
+      s.capture(op, txn, fen, std::move(d));
+    });
   }
 
   void cancel(const payment::VoidRequest& request, payment::OperationCallback done) noexcept override {
-    const std::string op(request.operation_id), txn(request.transaction_id);
-    money(std::move(done), "cancel", txn, [this, op, txn](card::AccountStore& s) { return s.release(op, txn, now_ms()); },
-          {{"operation_id", op}, {"transaction_id", txn}, {"authorization_id", std::string(request.authorization_id)}});
+    operation(std::move(done), "cancel", std::string(request.transaction_id), [op = std::string(request.operation_id), txn = std::string(request.transaction_id),
+                                                                                auth = std::string(request.authorization_id)](AccountSource& s, AccountSource::OpDone d) {
+      s.release(op, txn, auth, std::move(d));
+    });
   }
 
   void refund(const payment::RefundRequest& request, payment::OperationCallback done) noexcept override {
-    const std::string op(request.operation_id), txn(request.transaction_id);
-    const std::int64_t amount = request.amount_fen;
-    money(std::move(done), "refund", txn, [this, op, txn, amount](card::AccountStore& s) { return s.refund(op, txn, amount, now_ms()); },
-          {{"operation_id", op}, {"transaction_id", txn}, {"amount_fen", amount}, {"reason", std::string(request.reason)}});
+    operation(std::move(done), "refund", std::string(request.transaction_id), [op = std::string(request.operation_id), txn = std::string(request.transaction_id),
+                                                                               fen = request.amount_fen, why = std::string(request.reason)](AccountSource& s, AccountSource::OpDone d) {
+      s.refund(op, txn, fen, why, std::move(d));
+    });
   }
 
  private:
@@ -352,15 +495,6 @@ class CardMethod final : public payment::Method {
   }
   bool active(std::uint64_t id) const { return pending_.count(id) != 0; }
   bool finish(std::uint64_t id) { return pending_.erase(id) != 0; }
-
-  [[nodiscard]] std::int64_t now_ms() const { return std::chrono::duration_cast<std::chrono::milliseconds>(host_.clock().now().time_since_epoch()).count(); }
-
-  /// The site's local calendar day, by the host clock: the day daily limits count.
-  [[nodiscard]] std::string today() const {
-    const auto local = date::make_zoned(zone_, host_.clock().now()).get_local_time();
-    const date::year_month_day ymd{date::floor<date::days>(local)};
-    return fmt::format("{:04}-{:02}-{:02}", static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()));
-  }
 
   // --- identification -------------------------------------------------------------------------
 
@@ -461,94 +595,34 @@ class CardMethod final : public payment::Method {
     return b;
   }
 
-  // --- the account source ---------------------------------------------------------------------
+  // --- the account source ----------------------------------------------------------------------
 
   void hold(std::uint64_t id, const std::string& op, const std::string& txn, const std::string& account, std::int64_t amount,
             const std::function<void(payment::AuthorizationResult)>& answer) {
-    if (!settings_.online) {
-      const std::string day = today();
-      const std::int64_t now = now_ms(), min_hold = settings_.min_hold_fen;
-      auto store = store_;
-      worker_->submit([this, store, id, op, txn, account, amount, min_hold, day, now, answer] {
-        card::HoldResult r;
-        try {
-          r = store->hold(op, txn, account, amount, min_hold, day, now);
-        } catch (const std::exception& e) {
-          r.reason = std::string("the account table failed: ") + e.what();
+    source_->hold(op, txn, account, amount, [this, id, txn, account, answer](payment::AuthorizationResult r) {
+      host_.post([this, id, txn, account, answer, r = std::move(r)] {
+        if (!active(id)) return;
+        if (r.decision == payment::Decision::approved) {
+          host_.log().info("{}: card {} holds {} fen", txn, card::mask(account), r.authorized_fen);
+        } else {
+          host_.log().info("{}: card {} {}: {}", txn, card::mask(account), payment::to_string(r.decision), r.reason);
         }
-        host_.post([this, id, txn, account, r, answer] {
-          if (!active(id)) return;
-          if (r.approved) {
-            host_.log().info("{}: card {} holds {} fen", txn, card::mask(account), r.amount_fen);
-            return answer({.decision = payment::Decision::approved, .authorized_fen = r.amount_fen, .reference = r.reference, .reason = {}, .challenge = {}});
-          }
-          host_.log().info("{}: card {} declined: {}", txn, card::mask(account), r.reason);
-          answer(declined(r.reason));
-        });
+        answer(r);
       });
-      return;
-    }
-    call("/v1/cards/authorize", {{"operation_id", op}, {"transaction_id", txn}, {"account_id", account}, {"amount_fen", amount}},
-         [this, id, op, txn, account, answer](const HttpsResponse& r) {
-           if (!active(id)) return;
-           if (r.ok() && r.body.is_object()) {
-             const std::string decision = r.body.value("decision", "");
-             if (decision == "approved") {
-               const std::int64_t fen = r.body.value("authorized_fen", std::int64_t{0});
-               host_.log().info("{}: card {} authorised online for {} fen", txn, card::mask(account), fen);
-               return answer({.decision = payment::Decision::approved, .authorized_fen = fen, .reference = r.body.value("reference", ""), .reason = {},
-                              .challenge = {}});
-             }
-             if (decision == "declined") return answer(declined(r.body.value("reason", "declined by the card back end")));
-           }
-           if (r.answered() && r.status >= 400 && r.status < 500) return answer(declined(trouble(r)));
-           // The channel failed, not the card: unavailable, and a release in case the back end
-           // held money before its answer was lost.
-           host_.log().warn("{}: card back end did not answer the authorisation: {}", txn, trouble(r));
-           call("/v1/cards/cancel", {{"operation_id", op + "/release"}, {"transaction_id", txn}, {"authorization_id", op}}, [](const HttpsResponse&) {});
-           answer(unavailable(trouble(r)));
-         });
+    });
   }
 
-  void money(payment::OperationCallback done, const char* what, const std::string& txn, std::function<card::MoneyResult(card::AccountStore&)> local,
-             nlohmann::json body) noexcept {
+  void operation(payment::OperationCallback done, const char* what, const std::string& txn,
+                 const std::function<void(AccountSource&, AccountSource::OpDone)>& call) noexcept {
     try {
       auto cb = std::make_shared<payment::OperationCallback>(std::move(done));
       const std::uint64_t id = begin([cb] { (*cb)(op_result(payment::OperationState::pending, 0, {}, "payment method stopped")); });
-      if (!settings_.online) {
-        auto store = store_;
-        worker_->submit([this, store, id, cb, what, txn, local = std::move(local)] {
-          card::MoneyResult r;
-          bool failed_store = false;
-          try {
-            r = local(*store);
-          } catch (const std::exception& e) {
-            failed_store = true;  // not done: the core asks again with the same id
-            r.reason = std::string("the account table failed: ") + e.what();
-          }
-          host_.post([this, id, cb, what, txn, r, failed_store] {
-            if (!finish(id)) return;
-            if (failed_store) return (*cb)(op_result(payment::OperationState::pending, 0, {}, r.reason));
-            if (!r.confirmed) host_.log().warn("{}: {} failed: {}", txn, what, r.reason);
-            (*cb)(op_result(r.confirmed ? payment::OperationState::confirmed : payment::OperationState::failed, r.amount_fen, r.reference, r.reason));
-          });
+      call(*source_, [this, id, cb, what, txn](payment::OperationResult r) {
+        host_.post([this, id, cb, what, txn, r = std::move(r)] {
+          if (!finish(id)) return;
+          if (r.state != payment::OperationState::confirmed) host_.log().warn("{}: {} {}: {}", txn, what, payment::to_string(r.state), r.reason);
+          (*cb)(r);
         });
-        return;
-      }
-      call(std::string("/v1/cards/") + what, body, [this, id, cb, what, txn](const HttpsResponse& r) {
-        if (!finish(id)) return;
-        if (!r.answered() || r.status >= 500 || (r.ok() && !r.body.is_object())) {
-          // Not known whether the back end did it: pending, never "0 captured". The core asks
-          // again with the same operation id, which the back end de-duplicates.
-          host_.log().warn("{}: {} pending: {}", txn, what, trouble(r));
-          return (*cb)(op_result(payment::OperationState::pending, 0, {}, trouble(r)));
-        }
-        if (!r.ok()) return (*cb)(op_result(payment::OperationState::failed, 0, {}, trouble(r)));
-        const std::string state = r.body.value("state", "");
-        const std::int64_t fen = r.body.value("amount_fen", std::int64_t{0});
-        if (state == "confirmed") return (*cb)(op_result(payment::OperationState::confirmed, fen, r.body.value("reference", ""), {}));
-        if (state == "pending") return (*cb)(op_result(payment::OperationState::pending, 0, {}, r.body.value("reason", "pending at the back end")));
-        (*cb)(op_result(payment::OperationState::failed, 0, {}, r.body.value("reason", "refused by the card back end")));
       });
     } catch (const std::exception& e) {
       try {
@@ -558,21 +632,10 @@ class CardMethod final : public payment::Method {
     }
   }
 
-  void call(const std::string& path, const nlohmann::json& body, std::function<void(const HttpsResponse&)> answered) {
-    std::weak_ptr<int> life = life_;
-    client_->post(path, body, [this, life, answered = std::move(answered)](HttpsResponse r) {
-      if (life.expired()) return;
-      host_.post([answered, r = std::move(r)] { answered(r); });
-    });
-  }
-
   Host& host_;
   Settings settings_;
   std::vector<std::string> token_types_;
-  const date::time_zone* zone_ = nullptr;
-  std::unique_ptr<HttpsClient> client_;
-  std::shared_ptr<card::AccountStore> store_;
-  std::unique_ptr<Worker> worker_;
+  std::unique_ptr<AccountSource> source_;
   std::shared_ptr<int> life_;
   std::map<std::uint64_t, std::function<void()>> pending_;
   std::uint64_t seq_ = 0;

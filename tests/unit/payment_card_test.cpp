@@ -18,6 +18,7 @@
 #include "card_protocol.hpp"
 #include "cards.hpp"
 #include "member_cards.hpp"
+#include "plugin_host.hpp"
 #include "pn532_emulator.hpp"
 #include "test_pki.hpp"
 #include "test_support.hpp"
@@ -217,6 +218,75 @@ TEST(CardFrames, DesfireAesAuthenticationProvesBothSidesAndGuardsTheFile) {
   EXPECT_EQ(answer(card::desfire_command(0xAF, *bad.answer_challenge(ch2.data))).status, 0xAE);
   EXPECT_EQ(c.refused_auths(), 1u);
   EXPECT_EQ(answer(card::desfire_read(1, 0, 6)).status, 0xAE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the method in a test host: restarts and stops
+
+const std::string kCardPlugin = std::string(PILECORE_PLUGIN_DIR) + "/payment-card.so";
+
+identification::Token uid_card(const std::string& uid) {
+  identification::Token t;
+  t.type = "card";
+  t.id = uid;
+  t.connector = 1;
+  return t;
+}
+
+TEST(CardMethod, ACaptureAskedAgainAfterARestartDebitsOnceAndCallsOutAtStopAreAnswered) {
+  TempDir dir;
+  pilecore::test::PluginHost host(kCardPlugin, "{identify_by: uid}", dir.path() / "state");
+  auto* m = &host.create();
+  {
+    AccountStore s(dir.path() / "state" / "cards.db", false);
+    s.add(card::uid_account_id(std::string_view("04c0ffee")), 10000, 0, kNow);
+  }
+  const auto token = uid_card("04c0ffee");
+  std::optional<payment::AuthorizationResult> auth;
+  m->authorize({.operation_id = "T1/a", .transaction_id = "T1", .connector = 1, .token = &token, .channel = {}, .amount_fen = 5000, .deadline = {}},
+               [&](payment::AuthorizationResult r) { auth = std::move(r); });
+  ASSERT_TRUE(host.run_until([&] { return auth.has_value(); }));
+  ASSERT_EQ(auth->decision, payment::Decision::approved) << auth->reason;
+  EXPECT_EQ(auth->authorized_fen, 5000);
+
+  auto capture = [&](payment::Method& method) {
+    std::optional<payment::OperationResult> out;
+    method.capture({.operation_id = "T1/c", .transaction_id = "T1", .amount_fen = 1234, .deadline = {}}, [&](payment::OperationResult r) { out = std::move(r); });
+    EXPECT_TRUE(host.run_until([&] { return out.has_value(); }));
+    return out.value_or(payment::OperationResult{});
+  };
+  EXPECT_EQ(capture(*m).state, payment::OperationState::confirmed);
+  host.destroy();
+  m = &host.create();
+  const auto again = capture(*m);
+  EXPECT_EQ(again.state, payment::OperationState::confirmed);
+  EXPECT_EQ(again.amount_fen, 1234);
+  EXPECT_EQ(AccountStore(dir.path() / "state" / "cards.db", false).find(card::uid_account_id(std::string_view("04c0ffee")), "2026-03-01")->balance_fen,
+            10000 - 1234);
+
+  // A back end that does not answer, and the method stops: the calls out are answered
+  // (declined, pending), never left hanging.
+  TempDir dir2;
+  const auto pki = sim::make_test_pki(dir2.path());
+  sim::CardBackend backend(pki);
+  backend.set_outage(true);
+  pilecore::test::PluginHost online(kCardPlugin,
+                                    "{accounts: online, backend_url: \"" + backend.url() + "\", backend_ca_file: \"" + pki.ca_cert.string() +
+                                        "\", backend_timeout_ms: 60000}",
+                                    dir2.path() / "state");
+  auto& o = online.create();
+  std::optional<payment::AuthorizationResult> a2;
+  std::optional<payment::OperationResult> c2;
+  o.authorize({.operation_id = "T2/a", .transaction_id = "T2", .connector = 1, .token = &token, .channel = {}, .amount_fen = 5000, .deadline = {}},
+              [&](payment::AuthorizationResult r) { a2 = std::move(r); });
+  o.capture({.operation_id = "T3/c", .transaction_id = "T3", .amount_fen = 10, .deadline = {}}, [&](payment::OperationResult r) { c2 = std::move(r); });
+  ASSERT_TRUE(eventually([&] { return backend.requests() >= 2; }));
+  EXPECT_FALSE(a2.has_value());
+  online.destroy();
+  ASSERT_TRUE(a2.has_value()) << "answered at stop";
+  EXPECT_EQ(a2->decision, payment::Decision::declined);
+  ASSERT_TRUE(c2.has_value());
+  EXPECT_EQ(c2->state, payment::OperationState::pending) << "not known whether the back end did it";
 }
 
 // ---------------------------------------------------------------------------------------------
