@@ -17,6 +17,7 @@
 #include "money.hpp"
 #include "receipt.hpp"
 #include "paths.hpp"
+#include "pilectl_accounts.hpp"
 #include "plugin_loader.hpp"
 #include "reference.hpp"
 #include "site_config.hpp"
@@ -199,7 +200,10 @@ int main(int argc, char** argv) {
                               "Pass when the only unsigned records are the newest (a daemon stopped before writing their signatures; it signs them at its next start); the output says how many are not covered");
   ledger_verify_cmd->add_option("--state-dir", ledger_state_dir, "State directory relative paths are under (default: the --db file's directory, else as pilecored)");
 
+  auto accounts = cli::add_accounts_command(app);
+
   CLI11_PARSE(app, argc, argv);
+  if (accounts->chosen()) return accounts->run(std::cout, std::cerr);
 
   // The identity section and site id of a site file, for keys init and ledger verify.
   auto load_for_identity = [&](const std::string& file, std::optional<SiteConfig>& site) -> bool {

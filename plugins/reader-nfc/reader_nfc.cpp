@@ -3,7 +3,8 @@
 // It polls for ISO 14443A targets at 106 kbps. A target that enters the field is presented to
 // the core once (Host::present): type "card" (card_token_type), or "wallet" (wallet_token_type)
 // when it speaks ISO 14443-4 and answers SELECT of one of `wallet_aids` with 90 00; id the UID in
-// hex; evidence atqa, sak and ats. While it stays, the token's Exchange carries APDUs to it; once
+// hex; evidence atqa, sak and ats. While it stays, the token's Exchange carries APDUs to it (or,
+// to a MIFARE Classic, its AUTH and READ frames, which the PN532 sends with InDataExchange); once
 // it has left, present() is false and every transceive answers unavailable. A target that stays
 // is not presented again; one that leaves and comes back is.
 //
@@ -435,13 +436,16 @@ class NfcReader final : public sensor::Sensor {
     token.connector = connector_;
     token.evidence = {{"atqa", hex(a.abtAtqa, 2)}, {"sak", hex(&a.btSak, 1)}};
     if (a.szAtsLen > 0) token.evidence.push_back({"ats", hex(a.abtAts, a.szAtsLen)});
-    if (iso4) token.exchange = std::make_shared<NfcExchange>(shared_, generation);
+    // A MIFARE Classic (SAK bit 3 without ISO 14443-4) gets the channel too: its frames (AUTH,
+    // READ) go through the same InDataExchange, the chip running the Crypto1 handshake itself.
+    const bool mifare_classic = !iso4 && (a.btSak & 0x08) != 0;
+    if (iso4 || mifare_classic) token.exchange = std::make_shared<NfcExchange>(shared_, generation);
     // The UID is personal data: the log says what kind of target came, never which.
     // By value: libnfc's target structs are packed, and fmt binds its arguments by reference.
     const std::size_t uid_len = a.szUidLen;
     const unsigned sak = a.btSak;
     host_.log().info("a {} entered the field ({}-byte UID, ATQA {}, SAK {:02x}{})", type, uid_len, hex(a.abtAtqa, 2), sak,
-                     iso4 ? ", APDUs offered" : "");
+                     iso4 ? ", APDUs offered" : mifare_classic ? ", MIFARE frames offered" : "");
     host_.post([this, token = std::move(token)] { host_.present(token); });
 
     for (;;) {

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cards.hpp"
+#include "member_cards.hpp"
 #include "clocks.hpp"
 #include "pilecore/pilecore.hpp"
 #include "plugin_loader.hpp"
@@ -284,7 +285,7 @@ TEST(ReaderNfc, ATapPresentsOneTokenWithTheUidAndATargetThatStaysIsNotPresentedA
   EXPECT_EQ(evidence(t, "atqa"), "0004");
   EXPECT_EQ(evidence(t, "sak"), "08");
   EXPECT_EQ(evidence(t, "ats"), std::nullopt);
-  EXPECT_EQ(t.exchange, nullptr) << "a MIFARE Classic card speaks no APDUs";
+  EXPECT_NE(t.exchange, nullptr) << "a MIFARE Classic card takes MIFARE frames (AUTH, READ) through the exchange";
 
   // libnfc checks a MIFARE Classic card's presence by selecting it again by UID: let it do so
   // several times; the card is still presented once.
@@ -365,6 +366,39 @@ TEST(ReaderNfc, AnApduExchangeRoundTripsWhileTheCardStaysAndAnswersUnavailableOn
   EXPECT_EQ(reader.host().tokens().size(), 2u) << "the card never left";
   EXPECT_GE(pn532.stats().extended_frames, 1u);
   EXPECT_EQ(pn532.stats().unknown_commands, 0u);
+}
+
+// A MIFARE Classic member card: its AUTH and READ frames go through the exchange (the PN532's
+// InDataExchange runs the Crypto1 handshake on chip); a wrong key is refused by the card, which
+// the reader answers as a failed exchange while the card stays usable.
+TEST(ReaderNfc, MifareClassicFramesPassThroughTheExchangeAndAWrongKeyIsRefused) {
+  Pn532Emulator pn532;
+  Reader reader(pn532.connstring());
+  auto card = std::make_shared<pilecore::sim::MifareClassicCard>(from_hex("04A1B2C3"));
+  card->set_keys(2, {0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5}, {0xB0, 0xB1, 0xB2, 0xB3, 0xB4, 0xB5});
+  card->write_text(8, "M0001234");
+  pn532.place(card);
+  ASSERT_TRUE(eventually([&] { return reader.host().tokens().size() == 1; }));
+  const auto x = reader.host().tokens()[0].exchange;
+  ASSERT_NE(x, nullptr);
+  const Bytes auth_a = {0x60, 8, 0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0x04, 0xA1, 0xB2, 0xC3};
+  auto [st1, r1] = reader.transceive(x, auth_a);
+  ASSERT_TRUE(st1.ok()) << st1.message();
+  EXPECT_TRUE(r1.empty());
+  auto [st2, r2] = reader.transceive(x, {0x30, 8});
+  ASSERT_TRUE(st2.ok()) << st2.message();
+  ASSERT_EQ(r2.size(), 16u);
+  EXPECT_EQ(std::string(r2.begin(), r2.begin() + 8), "M0001234");
+
+  const Bytes wrong = {0x61, 8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x04, 0xA1, 0xB2, 0xC3};
+  auto [st3, r3] = reader.transceive(x, wrong);
+  EXPECT_FALSE(st3.ok());
+  EXPECT_EQ(st3.code(), StatusCode::failed) << st3.message();
+  EXPECT_EQ(card->refused_auths(), 1u);
+  EXPECT_TRUE(reader.present(x)) << "a refused key does not take the card out of the field";
+  auto [st4, r4] = reader.transceive(x, auth_a);
+  EXPECT_TRUE(st4.ok()) << "selected again, the card takes the right key: " << st4.message();
+  EXPECT_EQ(reader.host().tokens().size(), 1u);
 }
 
 TEST(ReaderNfc, ACardLeavingMidExchangeAnswersUnavailableAndTheReaderGoesOn) {
@@ -532,6 +566,6 @@ payment:
   daemon.signal(SIGTERM);
   EXPECT_EQ(daemon.wait(), 0) << daemon.stderr_text();
   const std::string log = daemon.stderr_text();
-  EXPECT_NE(log.find("a card entered the field (4-byte UID, ATQA 0004, SAK 08)"), std::string::npos) << log;
+  EXPECT_NE(log.find("a card entered the field (4-byte UID, ATQA 0004, SAK 08, MIFARE frames offered)"), std::string::npos) << log;
   EXPECT_EQ(log.find("04c0ffee"), std::string::npos) << "the card's UID is never logged in clear";
 }

@@ -420,6 +420,7 @@ std::vector<std::uint8_t> Pn532Emulator::list_passive_target(const std::vector<s
   }
   listed_ = true;
   listed_generation_ = generation_;
+  card_->reselected();
   iso4_ = (card_->sak() & 0x20) != 0 && (parameters_ & kParamAutoRats) != 0;
   block_number_ = 0;
   return target_data_locked(reply);
@@ -453,8 +454,15 @@ std::vector<std::uint8_t> Pn532Emulator::data_exchange(const std::vector<std::ui
     } else {
       chain_.clear();
       if (!iso4_) {
-        note("InDataExchange to a card without ISO 14443-4: MIFARE commands are not emulated; answered with a timeout");
-        return {reply, kTimeout};
+        // MIFARE Classic: the chip runs AUTH (Crypto1) itself and passes READ through; the card
+        // model answers with the status the chip would report.
+        auto frame_card = card_;
+        std::vector<std::uint8_t> data;
+        const std::uint8_t st = frame_card->exchange_frame(std::span<const std::uint8_t>(p).subspan(2), data);
+        if (st == kTimeout) note("InDataExchange frame to a card without ISO 14443-4 was not answered");
+        std::vector<std::uint8_t> r = {reply, st};
+        if (st == kOk) r.insert(r.end(), data.begin(), data.end());
+        return r;
       }
       card = card_;
       generation = generation_;

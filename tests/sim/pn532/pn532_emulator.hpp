@@ -8,7 +8,8 @@
 // them and closes: GetFirmwareVersion, Diagnose (communication test, card presence),
 // SAMConfiguration, SetParameters, RFConfiguration, ReadRegister, WriteRegister,
 // InListPassiveTarget (with a UID to re-select a card too), InDataExchange (ISO 14443-4
-// through the chip, with MI chaining of long answers), InCommunicateThru (raw ISO 14443-4
+// through the chip, with MI chaining of long answers; MIFARE Classic AUTH and READ frames to
+// the card model, with the chip's status), InCommunicateThru (raw ISO 14443-4
 // blocks: libnfc's presence check), InDeselect, InRelease, GetGeneralStatus and PowerDown.
 // Anything else is logged and counted.
 //
