@@ -2,15 +2,9 @@
 
 #include <fmt/format.h>
 
+#include "overloaded.hpp"
+
 namespace pilecore::core {
-namespace {
-template <class... F>
-struct overloaded : F... {
-  using F::operator()...;
-};
-template <class... F>
-overloaded(F...) -> overloaded<F...>;
-}  // namespace
 
 std::optional<AlarmEvent> alarm_of(const Event& e) {
   return std::visit(overloaded{[](const events::MeterImplausible& v) -> std::optional<AlarmEvent> { return v; },

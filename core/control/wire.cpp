@@ -6,6 +6,7 @@
 
 #include "clocks.hpp"
 #include "control_socket.hpp"
+#include "overloaded.hpp"
 #include "receipt.hpp"
 
 namespace pilecore::core {
@@ -14,13 +15,6 @@ namespace {
 std::int64_t ms_of(TimePoint t) { return t.time_since_epoch().count(); }
 
 nlohmann::json refusal(const std::string& error) { return {{"ok", false}, {"error", error}}; }
-
-template <class... F>
-struct overloaded : F... {
-  using F::operator()...;
-};
-template <class... F>
-overloaded(F...) -> overloaded<F...>;
 
 }  // namespace
 

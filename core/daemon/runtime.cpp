@@ -12,6 +12,7 @@
 
 #include "build_config.hpp"
 #include "clocks.hpp"
+#include "overloaded.hpp"
 #include "disk_space.hpp"
 #include "inflight.hpp"
 #include "isolated.hpp"
@@ -539,14 +540,6 @@ void Runtime::handle_request(const nlohmann::json& req, std::function<void(nlohm
   serve_request(req, std::move(reply), CommandOptions{options_.storage_diagnostics}, [this](Command c, Responder r) { on_command(std::move(c), std::move(r)); });
 }
 
-namespace {
-template <class... F>
-struct overloaded : F... {
-  using F::operator()...;
-};
-template <class... F>
-overloaded(F...) -> overloaded<F...>;
-}  // namespace
 
 void Runtime::on_command(Command command, Responder reply) {
   if (!engine_) return reply(ErrorReply{"pilecored is still starting"});

@@ -1,4 +1,6 @@
 #include "account_store.hpp"
+#include "hex.hpp"
+#include "sqlite_stmt.hpp"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -14,47 +16,14 @@ namespace pilecore::card {
 namespace {
 
 std::string hex(const unsigned char* p, std::size_t n) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string s;
-  for (std::size_t i = 0; i < n; ++i) {
-    s.push_back(digits[p[i] >> 4]);
-    s.push_back(digits[p[i] & 0x0f]);
-  }
-  return s;
+  return pilecore::plugins::to_hex(p, n);
 }
 
 /// One prepared statement; errors throw with SQLite's message.
-class Stmt {
+/// Statements on this plugin's database: errors name it.
+class Stmt : public pilecore::plugins::SqliteStmt {
  public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    if (sqlite3_prepare_v2(db, sql, -1, &s_, nullptr) != SQLITE_OK) throw std::runtime_error(std::string("account table: ") + sqlite3_errmsg(db));
-  }
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  Stmt& bind(int i, std::int64_t v) {
-    sqlite3_bind_int64(s_, i, v);
-    return *this;
-  }
-  Stmt& bind(int i, const std::string& v) {
-    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  bool step() {
-    const int rc = sqlite3_step(s_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    throw std::runtime_error(std::string("account table: ") + sqlite3_errmsg(db_));
-  }
-  std::int64_t i64(int c) { return sqlite3_column_int64(s_, c); }
-  std::string text(int c) {
-    const auto* p = sqlite3_column_text(s_, c);
-    return p ? std::string(reinterpret_cast<const char*>(p)) : std::string();
-  }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* s_ = nullptr;
+  Stmt(sqlite3* db, const char* sql) : SqliteStmt(db, sql, "account table") {}
 };
 
 void check_fen(std::int64_t fen, const char* what) {

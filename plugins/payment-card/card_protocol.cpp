@@ -5,23 +5,12 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "hex.hpp"
+
 namespace pilecore::card {
 
 std::optional<Bytes> parse_hex(std::string_view text) {
-  if (text.size() % 2 != 0) return std::nullopt;
-  Bytes out;
-  for (std::size_t i = 0; i < text.size(); i += 2) {
-    auto nibble = [](char c) -> int {
-      if (c >= '0' && c <= '9') return c - '0';
-      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-      if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-      return -1;
-    };
-    const int h = nibble(text[i]), l = nibble(text[i + 1]);
-    if (h < 0 || l < 0) return std::nullopt;
-    out.push_back(static_cast<std::uint8_t>(h << 4 | l));
-  }
-  return out;
+  return pilecore::plugins::parse_hex(text);
 }
 
 Bytes mifare_auth(bool key_b, std::uint8_t block, const MifareKey& key, std::span<const std::uint8_t> uid) {

@@ -34,6 +34,7 @@
 #include <thread>
 
 #include "account_store.hpp"
+#include "job_thread.hpp"
 #include "card_protocol.hpp"
 #include "https_client.hpp"
 
@@ -172,50 +173,7 @@ std::string trouble(const HttpsResponse& r) {
   return msg;
 }
 
-/// One thread that owns the account table, running its jobs in submission order.
-class Worker {
- public:
-  Worker() : thread_([this] { run(); }) {}
-  ~Worker() { stop(); }
-  Worker(const Worker&) = delete;
-  Worker& operator=(const Worker&) = delete;
-  void submit(std::function<void()> job) {
-    {
-      std::lock_guard lock(mutex_);
-      jobs_.push_back(std::move(job));
-    }
-    cv_.notify_one();
-  }
-  /// Finishes the jobs already submitted, then joins.
-  void stop() {
-    {
-      std::lock_guard lock(mutex_);
-      stopping_ = true;
-    }
-    cv_.notify_one();
-    if (thread_.joinable()) thread_.join();
-  }
-
- private:
-  void run() {
-    for (;;) {
-      std::function<void()> job;
-      {
-        std::unique_lock lock(mutex_);
-        cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
-        if (jobs_.empty()) return;
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
-      }
-      job();
-    }
-  }
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  bool stopping_ = false;
-  std::thread thread_;
-};
+using Worker = pilecore::plugins::JobThread;
 
 /// Where the accounts are: the small driver interface between the method and its far side.
 /// Each call is answered exactly once, on any thread (the method hands the answer to the

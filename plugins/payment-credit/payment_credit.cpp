@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "https_client.hpp"
+#include "sqlite_stmt.hpp"
 
 namespace {
 
@@ -94,37 +95,10 @@ std::int64_t ms(TimePoint t) { return t.time_since_epoch().count(); }
 
 // --- a small SQLite wrapper -----------------------------------------------------------------
 
-class Stmt {
+/// Statements on this plugin's database: errors name it.
+class Stmt : public pilecore::plugins::SqliteStmt {
  public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    if (sqlite3_prepare_v2(db, sql, -1, &s_, nullptr) != SQLITE_OK) throw std::runtime_error(std::string("sqlite: ") + sqlite3_errmsg(db));
-  }
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  Stmt& bind(int i, std::int64_t v) {
-    sqlite3_bind_int64(s_, i, v);
-    return *this;
-  }
-  Stmt& bind(int i, const std::string& v) {
-    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  bool step() {
-    const int rc = sqlite3_step(s_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    throw std::runtime_error(std::string("sqlite: ") + sqlite3_errmsg(db_));
-  }
-  std::int64_t i64(int c) { return sqlite3_column_int64(s_, c); }
-  std::string text(int c) {
-    const auto* p = sqlite3_column_text(s_, c);
-    return p ? std::string(reinterpret_cast<const char*>(p)) : std::string();
-  }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* s_ = nullptr;
+  Stmt(sqlite3* db, const char* sql) : SqliteStmt(db, sql, "sqlite") {}
 };
 
 struct Debt {

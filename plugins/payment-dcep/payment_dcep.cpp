@@ -29,6 +29,7 @@
 #include <mutex>
 #include <thread>
 
+#include "job_thread.hpp"
 #include "voucher_store.hpp"
 #include "wallet_protocol.hpp"
 #include "wallet_trust.hpp"
@@ -99,50 +100,7 @@ Settings read_settings(const ConfigValues& c, const std::function<void(std::stri
   return s;
 }
 
-/// One thread that owns the database and runs the verifications, in submission order.
-class Worker {
- public:
-  Worker() : thread_([this] { run(); }) {}
-  ~Worker() { stop(); }
-  Worker(const Worker&) = delete;
-  Worker& operator=(const Worker&) = delete;
-  void submit(std::function<void()> job) {
-    {
-      std::lock_guard lock(mutex_);
-      jobs_.push_back(std::move(job));
-    }
-    cv_.notify_one();
-  }
-  /// Finishes the jobs already submitted, then joins.
-  void stop() {
-    {
-      std::lock_guard lock(mutex_);
-      stopping_ = true;
-    }
-    cv_.notify_one();
-    if (thread_.joinable()) thread_.join();
-  }
-
- private:
-  void run() {
-    for (;;) {
-      std::function<void()> job;
-      {
-        std::unique_lock lock(mutex_);
-        cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
-        if (jobs_.empty()) return;
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
-      }
-      job();
-    }
-  }
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  bool stopping_ = false;
-  std::thread thread_;
-};
+using Worker = pilecore::plugins::JobThread;
 
 /// One authorisation in flight: answered exactly once, by the flow or by stop().
 struct Flight {

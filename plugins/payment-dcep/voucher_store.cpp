@@ -1,4 +1,5 @@
 #include "voucher_store.hpp"
+#include "sqlite_stmt.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -44,42 +45,10 @@ CREATE TABLE IF NOT EXISTS upload_queue(
   uploaded_ms INTEGER);
 )";
 
-class Stmt {
+/// Statements on this plugin's database: errors name it.
+class Stmt : public pilecore::plugins::SqliteStmt {
  public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    if (sqlite3_prepare_v2(db, sql, -1, &s_, nullptr) != SQLITE_OK) throw std::runtime_error(fmt::format("dcep.db: {}", sqlite3_errmsg(db)));
-  }
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  Stmt& bind(int i, const std::string& v) {
-    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& bind(int i, std::int64_t v) {
-    sqlite3_bind_int64(s_, i, v);
-    return *this;
-  }
-  Stmt& bind(int i, ByteView v) {
-    sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  bool step() {
-    const int rc = sqlite3_step(s_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    throw std::runtime_error(fmt::format("dcep.db: {}", sqlite3_errmsg(db_)));
-  }
-  std::int64_t i64(int col) { return sqlite3_column_int64(s_, col); }
-  std::string text(int col) {
-    const auto* p = sqlite3_column_text(s_, col);
-    return p == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s_, col)));
-  }
-  bool null(int col) { return sqlite3_column_type(s_, col) == SQLITE_NULL; }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* s_ = nullptr;
+  Stmt(sqlite3* db, const char* sql) : SqliteStmt(db, sql, "dcep.db") {}
 };
 
 /// BEGIN IMMEDIATE ... COMMIT, rolled back when left by an exception or a decline.

@@ -36,6 +36,8 @@
 #include <thread>
 #include <vector>
 
+#include "hex.hpp"
+
 namespace {
 
 using namespace pilecore;
@@ -64,31 +66,10 @@ constexpr ConfigKey keys[] = {
 };
 
 std::string hex(const std::uint8_t* p, std::size_t n) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string s;
-  for (std::size_t i = 0; i < n; ++i) {
-    s.push_back(digits[p[i] >> 4]);
-    s.push_back(digits[p[i] & 0x0f]);
-  }
-  return s;
+  return pilecore::plugins::to_hex(p, n);
 }
 
-std::optional<Bytes> parse_hex(std::string_view text) {
-  if (text.size() % 2 != 0) return std::nullopt;
-  Bytes out;
-  for (std::size_t i = 0; i < text.size(); i += 2) {
-    auto nibble = [](char c) -> int {
-      if (c >= '0' && c <= '9') return c - '0';
-      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-      if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-      return -1;
-    };
-    const int h = nibble(text[i]), l = nibble(text[i + 1]);
-    if (h < 0 || l < 0) return std::nullopt;
-    out.push_back(static_cast<std::uint8_t>(h << 4 | l));
-  }
-  return out;
-}
+using pilecore::plugins::parse_hex;
 
 /// The settings the declarations cannot check; every problem goes to `problem(key, message)`.
 template <class Problem>
