@@ -590,7 +590,8 @@ void Runtime::dispatch_request(const nlohmann::json& req, std::function<void(nlo
     const auto connector = connector_of();
     auto method = text("method");
     auto token = text("token");
-    engine_->start(connector, std::move(method), std::move(token), [reply](const StartOutcome& o) { reply(to_json(o)); });
+    // "mode": full, amount:<fen>, energy:<Wh>, time:<minutes>; the engine checks it (clear errors).
+    engine_->start(connector, std::move(method), std::move(token), [reply](const StartOutcome& o) { reply(to_json(o)); }, std::nullopt, text("mode"));
   } else if (cmd == "session_stop") {
     const std::string reason = text("reason");
     const auto r = reason.empty() ? std::optional<StopReason>(StopReason::local) : stop_reason_from(reason);
