@@ -119,11 +119,14 @@ int main(int argc, char** argv) {
   auto* session = app.add_subcommand("session", "Start and stop charging sessions");
   session->require_subcommand(1);
   std::uint32_t session_connector = 0;
-  std::string session_method, session_token, stop_reason = "Local";
+  std::string session_method, session_token, session_mode, stop_reason = "Local";
   auto* session_start = session->add_subcommand("start", "Authorise and start a session on a connector");
   session_start->add_option("CONNECTOR", session_connector, "Connector id")->required();
   session_start->add_option("--method", session_method, "Payment instance (default: payment.default_method)");
   session_start->add_option("--token", session_token, "The user's identity for that method (card UID, wallet id, ...)");
+  session_start->add_option("--mode", session_mode,
+                            "Charging mode: full (default: charging.default_mode), amount:<fen>, energy:<Wh> or <n>kWh, time:<minutes> or <n>s; "
+                            "the hold follows it");
   add_socket_options(session_start);
   auto* session_stop = session->add_subcommand("stop", "Stop the session on a connector, bill it and print the receipt");
   session_stop->add_option("CONNECTOR", session_connector, "Connector id")->required();
@@ -350,7 +353,7 @@ int main(int argc, char** argv) {
   }
   if (*session_start) {
     nlohmann::json r;
-    if (!request({{"cmd", "session_start"}, {"connector", session_connector}, {"method", session_method}, {"token", session_token}}, r)) return 1;
+    if (!request({{"cmd", "session_start"}, {"connector", session_connector}, {"method", session_method}, {"token", session_token}, {"mode", session_mode}}, r)) return 1;
     std::printf("connector %u: session %s started (meter %s kWh)\n", session_connector, r.value("transaction", "").c_str(),
                 format_kwh(r.value("meter_start_wh", std::int64_t{0})).c_str());
     return 0;

@@ -61,6 +61,11 @@ std::string format_receipt_text(const nlohmann::json& r, const std::string& zone
   if (r.contains("captured_fen")) {
     out += fmt::format("  paid {} yuan ({})\n", format_yuan(r.value("captured_fen", std::int64_t{0})), r.value("capture_status", ""));
   }
+  // Billed beyond the hold: never captured, and said so rather than dropped.
+  if (const std::int64_t uncovered = r.value("uncovered_fen", std::int64_t{0}); uncovered > 0) {
+    out += fmt::format("  uncovered {} yuan: billed above the {} yuan held, not captured\n", format_yuan(uncovered),
+                       format_yuan(r.value("authorized_fen", std::int64_t{0})));
+  }
   if (r.contains("operations") && r["operations"].is_array() && !r["operations"].empty()) {
     // Every money operation, with the channel it went through and, for a routed authorisation,
     // why the router chose that channel.

@@ -25,13 +25,16 @@ std::string_view to_string(StopReason r) {
     case StopReason::funds_exhausted: return "FundsExhausted";
     case StopReason::fault: return "Fault";
     case StopReason::shutdown: return "Shutdown";
+    case StopReason::energy_reached: return "EnergyReached";
+    case StopReason::time_reached: return "TimeReached";
+    case StopReason::amount_reached: return "AmountReached";
   }
   return "Other";
 }
 
 std::optional<StopReason> stop_reason_from(std::string_view s) {
   for (auto r : {StopReason::local, StopReason::remote, StopReason::ev_full, StopReason::ev_disconnected, StopReason::funds_exhausted, StopReason::fault,
-                 StopReason::shutdown}) {
+                 StopReason::shutdown, StopReason::energy_reached, StopReason::time_reached, StopReason::amount_reached}) {
     if (to_string(r) == s) return r;
   }
   return std::nullopt;
@@ -59,7 +62,7 @@ SessionCloser::SessionCloser(std::string site_id, const Tariff& tariff, StoreWor
 SessionCloser::~SessionCloser() { *alive_ = false; }
 
 void SessionCloser::close(const std::string& txn, std::uint32_t connector, const std::string& method, std::vector<MeterReading> readings,
-                          const std::string& outcome, std::int64_t authorized, StopDone done) {
+                          const std::string& outcome, std::int64_t authorized, const std::string& mode, StopDone done) {
   Bill bill;
   try {
     bill = compute_bill(tariff_, readings);
@@ -67,14 +70,18 @@ void SessionCloser::close(const std::string& txn, std::uint32_t connector, const
     spdlog::critical("{}: cannot bill: {}", txn, e.what());
     bill = Bill{};
   }
+  // Never captured above the hold; what the final reading billed beyond it is recorded as
+  // uncovered on the record the ledger signs and on the receipt, never silently dropped.
   const std::int64_t capture = std::min(bill.total_fen, authorized);
+  const std::int64_t uncovered = std::max<std::int64_t>(0, bill.total_fen - authorized);
+  if (uncovered > 0) spdlog::warn("{}: billed {} fen over the {} fen held: {} fen uncovered, not captured", txn, bill.total_fen, authorized, uncovered);
   const MoneyOperation op = saga_.capture_intent(txn, method, capture);
   auto record = std::make_shared<SessionRecord>();
   // One transaction: the final reading, the bill, 'closed', the session's ledger record and the
   // capture's intent. The capture is asked only once all of that is on disk. The work runs on the
   // storage thread and may outlive this object: it holds copies, not `this`.
   store_.submit(
-      [txn, connector, method, readings, outcome, bill, capture, op, record, site = site_id_, append = hooks_.ledger_append,
+      [txn, connector, method, readings, outcome, bill, capture, op, record, authorized, uncovered, mode, site = site_id_, append = hooks_.ledger_append,
        contains = hooks_.ledger_contains](Database& db) {
         TransactionRepository transactions(db);
         const auto row = transactions.find(txn);
@@ -94,7 +101,10 @@ void SessionCloser::close(const std::string& txn, std::uint32_t connector, const
                                 .bill = bill,
                                 .capture_fen = capture,
                                 .capture_operation = op.id,
-                                .outcome = outcome};
+                                .outcome = outcome,
+                                .authorized_fen = authorized,
+                                .uncovered_fen = uncovered,
+                                .mode = mode};
         ReadingRepository reading_rows(db);
         reading_rows.insert(txn, reading_rows.next_seq(txn), {readings.back().time, readings.back().wh},
                             outcome == "recovered" ? ReadingKind::recovery : ReadingKind::stop);
@@ -135,7 +145,8 @@ void SessionCloser::close(const std::string& txn, std::uint32_t connector, const
                                               .energy_wh = bill.energy_wh,
                                               .total_fen = bill.total_fen,
                                               .captured_fen = r.captured_fen,
-                                              .capture_status = r.capture_status});
+                                              .capture_status = r.capture_status,
+                                              .uncovered_fen = r.record.uncovered_fen});
           }
           done(StopOutcome::closed(txn, std::move(r)));
         };
@@ -171,7 +182,8 @@ ChargingSession::~ChargingSession() {
 void ChargingSession::cancel_timers() {
   if (boundary_timer_) scheduler_.cancel(boundary_timer_);
   if (setpoint_timer_) scheduler_.cancel(setpoint_timer_);
-  boundary_timer_ = setpoint_timer_ = 0;
+  if (time_target_timer_) scheduler_.cancel(time_target_timer_);
+  boundary_timer_ = setpoint_timer_ = time_target_timer_ = 0;
 }
 
 void ChargingSession::on_sample(TimePoint time, double value_wh) {
@@ -181,6 +193,7 @@ void ChargingSession::on_sample(TimePoint time, double value_wh) {
   if (!chk.plausible) return;  // never committed, billed, nor handed to a waiter
   const MeterReading r = chk.reading;
   const std::optional<MeterReading> previous = last_;
+  before_last_ = last_;
   last_ = r;
   for (auto it = waiters_.begin(); it != waiters_.end();) {
     if (r.time >= it->after) {
@@ -200,7 +213,7 @@ void ChargingSession::on_sample(TimePoint time, double value_wh) {
 
 void ChargingSession::check_funds(const MeterReading& r, const std::optional<MeterReading>& previous) {
   Running& s = *running_;
-  if (s.funds_stop_asked || !settings_.tariff) return;
+  if (s.funds_stop_asked || s.target_stop_asked || !settings_.tariff) return;
   std::vector<MeterReading> readings = s.readings;
   if (follows(r, readings.back()) && (r.wh != readings.back().wh || r.time != readings.back().time)) readings.push_back(r);
   const Bill so_far = compute_bill(*settings_.tariff, readings);
@@ -214,12 +227,80 @@ void ChargingSession::check_funds(const MeterReading& r, const std::optional<Met
     const std::int64_t per_kwh = price.electricity + price.service;
     margin_fen = ((r.wh - previous->wh) * per_kwh + scale - 1) / scale;
   }
+  // The mode's target first: a session that reaches the amount it asked for stops for that,
+  // not for funds, even though its hold is the same amount.
+  if (check_target(r, previous, so_far.total_fen, margin_fen)) return;
+  // Before the hold is reached, a method that can raise it is asked to (one top-up at a time),
+  // early enough that its answer lands before the stop would be due.
+  const std::int64_t step = settings_.increment_step_fen;
+  if (hooks_.top_up && step > 0 && !s.increment_asked && !s.increments_over && s.mode.kind != ModeKind::amount &&
+      so_far.total_fen + margin_fen + step / 2 >= s.authorized_fen) {
+    s.increment_asked = true;
+    spdlog::info("connector {}: {}: bill {} fen nears the authorised {} fen; asking a top-up", settings_.connector, s.id, so_far.total_fen, s.authorized_fen);
+    hooks_.top_up(so_far.total_fen);
+    // An answer given at once (unsupported) has already decided, on this reading.
+    if (!running_ || running_->stopping || running_->funds_stop_asked) return;
+  }
+  // A top-up still out when the hold is reached came too late: the stop does not wait for it.
   if (so_far.total_fen + margin_fen >= s.authorized_fen) {
     s.funds_stop_asked = true;
     spdlog::info("connector {}: {}: bill {} fen and the next interval's ~{} fen reach the authorised {} fen", settings_.connector, s.id, so_far.total_fen,
                  margin_fen, s.authorized_fen);
     if (hooks_.stop) hooks_.stop(StopReason::funds_exhausted);
   }
+}
+
+bool ChargingSession::check_target(const MeterReading& r, const std::optional<MeterReading>& previous, std::int64_t bill_fen, std::int64_t margin_fen) {
+  Running& s = *running_;
+  const std::int64_t interval_wh = previous && r.wh > previous->wh ? r.wh - previous->wh : 0;
+  StopReason reason = StopReason::local;
+  bool reached = false;
+  switch (s.mode.kind) {
+    case ModeKind::energy:
+      // Like the hold: stopped while one more interval still fits, so the energy that flows
+      // until the contactor opens does not overshoot what was asked (and held for).
+      reached = r.wh - s.readings.front().wh + interval_wh >= s.mode.target;
+      reason = StopReason::energy_reached;
+      break;
+    case ModeKind::amount:
+      reached = bill_fen + margin_fen >= s.mode.target;
+      reason = StopReason::amount_reached;
+      break;
+    case ModeKind::time:
+    case ModeKind::full: return false;  // time: a timer (arm_time_target); full: the vehicle says so
+  }
+  if (!reached) return false;
+  s.target_stop_asked = true;
+  spdlog::info("connector {}: {}: {} reached ({} Wh, {} fen)", settings_.connector, s.id, s.mode.text(), r.wh - s.readings.front().wh, bill_fen);
+  if (hooks_.stop) hooks_.stop(reason);
+  return true;
+}
+
+void ChargingSession::arm_time_target() {
+  if (!running_ || running_->mode.kind != ModeKind::time) return;
+  const TimePoint until = running_->readings.front().time + std::chrono::seconds(running_->mode.target);
+  const Duration wait = std::max(Duration(0), std::chrono::duration_cast<Duration>(until - clock_.now()));
+  time_target_timer_ = scheduler_.after(wait, [this, txn = running_->id] {
+    time_target_timer_ = 0;
+    if (!running_ || running_->stopping || running_->id != txn || running_->target_stop_asked || running_->funds_stop_asked) return;
+    running_->target_stop_asked = true;
+    spdlog::info("connector {}: {}: {} reached", settings_.connector, txn, running_->mode.text());
+    if (hooks_.stop) hooks_.stop(StopReason::time_reached);
+  });
+}
+
+void ChargingSession::increment_answered(std::optional<std::int64_t> authorized_total) {
+  if (!running_ || !running_->increment_asked) return;
+  Running& s = *running_;
+  s.increment_asked = false;
+  if (authorized_total && *authorized_total > s.authorized_fen) {
+    spdlog::info("connector {}: {}: hold raised from {} to {} fen", settings_.connector, s.id, s.authorized_fen, *authorized_total);
+    s.authorized_fen = *authorized_total;
+  } else {
+    s.increments_over = true;
+  }
+  // The bill may have reached the old hold while the top-up was out: decide now on the last reading.
+  if (!s.stopping && last_) check_funds(*last_, before_last_);
 }
 
 void ChargingSession::read_meter(ReadingDone done) {
@@ -273,9 +354,11 @@ void ChargingSession::open(const Opening& o, const MeterReading& start, std::fun
           run.method = o.method;
           run.token = o.token;
           run.authorized_fen = o.authorized_fen;
+          run.mode = o.mode;
           run.readings = {start};
           run.last_checkpoint = start;
           arm_boundary();
+          arm_time_target();
         }
         committed(st);
       });
@@ -392,7 +475,7 @@ void ChargingSession::close(std::optional<MeterReading> final_reading, StopDone 
     readings.push_back(readings.back());
   }
   const std::string txn = s.id;
-  closer_->close(txn, settings_.connector, s.method, readings, "completed", s.authorized_fen,
+  closer_->close(txn, settings_.connector, s.method, readings, "completed", s.authorized_fen, s.mode.text(),
                  [this, txn, last_reading = readings.back(), done = std::move(done), alive = alive_](StopOutcome outcome) mutable {
                    if (!*alive) return;
                    if (!outcome.ok && outcome.retry && running_ && running_->id == txn) {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "bill.hpp"
+#include "charging_mode.hpp"
 #include "meter_guard.hpp"
 #include "payment_saga.hpp"
 #include "scheduler.hpp"
@@ -30,7 +31,9 @@
 
 namespace pilecore::core {
 
-enum class StopReason { local, remote, ev_full, ev_disconnected, funds_exhausted, fault, shutdown };
+/// Why a session stopped, as the receipt, the ledger and the wire name it. The *_reached ones
+/// are a charging mode's target (charging_mode.hpp), distinct from funds_exhausted (the hold).
+enum class StopReason { local, remote, ev_full, ev_disconnected, funds_exhausted, fault, shutdown, energy_reached, time_reached, amount_reached };
 std::string_view to_string(StopReason r);
 std::optional<StopReason> stop_reason_from(std::string_view s);
 
@@ -56,7 +59,7 @@ class SessionCloser {
   /// `readings` run from the start reading to the final one. `done` gets the receipt (its user
   /// masked), or retry=true when the work did not commit (nothing of it is on disk).
   void close(const std::string& txn, std::uint32_t connector, const std::string& method, std::vector<MeterReading> readings, const std::string& outcome,
-             std::int64_t authorized_fen, StopDone done);
+             std::int64_t authorized_fen, const std::string& mode, StopDone done);
 
  private:
   std::string site_id_;
@@ -74,6 +77,7 @@ class ChargingSession {
     std::string meter;  ///< the billing meter instance (logs)
     const ChargingSettings& charging;
     const Tariff* tariff = nullptr;  ///< none: no session opens (SessionEngine::start refuses)
+    std::int64_t increment_step_fen = 0;  ///< payment.increment_step_fen: a top-up is asked half a step before the hold
   };
   struct Hooks {
     std::function<void(const Event&)> emit;
@@ -84,8 +88,11 @@ class ChargingSession {
     /// Every check that is not a plain plausible reading: an implausible one (with the raw value),
     /// a stall, a fault cleared. The coordinator raises the alarm and faults the connector.
     std::function<void(const MeterCheck&, double value)> meter_check;
-    /// The session asks to be stopped (its bill reached the authorised amount).
+    /// The session asks to be stopped (its bill reached the authorised amount, or its mode's target).
     std::function<void(StopReason)> stop;
+    /// The bill comes near the hold: asks the coordinator for a top-up of the hold. The answer
+    /// comes through increment_answered(). Empty: the session stops at the hold.
+    std::function<void(std::int64_t bill_fen)> top_up;
     /// Time for a new setpoint (every setpoint_interval_ms once the contactor closed).
     std::function<void()> setpoint_due;
     /// A checkpoint's commit outcome (and a close's, the session's last checkpoint): the
@@ -100,6 +107,7 @@ class ChargingSession {
     std::string user_hash;
     std::string payment_ref;
     std::int64_t authorized_fen = 0;
+    ChargingMode mode;
   };
   /// The running session, read-only for the coordinator.
   struct Running {
@@ -114,6 +122,10 @@ class ChargingSession {
     std::int64_t setpoint_w = 0;
     bool has_setpoint = false;  ///< a setpoint was sent to the power stage in this session
     bool funds_stop_asked = false;  ///< the bill reached the hold: the stop is asked once
+    ChargingMode mode;
+    bool target_stop_asked = false;  ///< the mode's target was reached: the stop is asked once
+    bool increment_asked = false;    ///< a top-up of the hold is in flight
+    bool increments_over = false;    ///< a top-up was declined or is unsupported: none asked again
   };
 
   ChargingSession(Settings settings, MeterPlausibility plausibility, std::int64_t max_power_w, StoreWorker& store, Scheduler& scheduler,
@@ -145,6 +157,9 @@ class ChargingSession {
   bool start_charging();
   /// The contactor closed: the setpoint's cadence starts.
   void contactor_closed();
+  /// A top-up's answer: the new authorised total (approved), or nullopt (declined, unsupported,
+  /// timed out: the session stops at the hold it has).
+  void increment_answered(std::optional<std::int64_t> authorized_total);
   /// Records the setpoint sent to the power stage.
   void set_setpoint(std::int64_t watts);
   /// Writes a reading as a checkpoint when checkpoint_interval_ms or checkpoint_wh has passed
@@ -169,6 +184,9 @@ class ChargingSession {
   /// Asks for a stop when the bill so far, plus what the next meter interval may add, reaches
   /// the authorised amount.
   void check_funds(const MeterReading& r, const std::optional<MeterReading>& previous);
+  /// Asks for a stop when the mode's target (energy, amount) is reached, less one meter interval.
+  bool check_target(const MeterReading& r, const std::optional<MeterReading>& previous, std::int64_t bill_fen, std::int64_t margin_fen);
+  void arm_time_target();
   void arm_boundary();
   void on_boundary(TimePoint boundary, std::optional<MeterReading> m);
   void arm_setpoint();
@@ -182,11 +200,13 @@ class ChargingSession {
   SessionCloser* closer_;
   Hooks hooks_;
   std::optional<MeterReading> last_;  ///< the guard's last plausible reading
+  std::optional<MeterReading> before_last_;  ///< the one before it: last_ less it is the meter's last interval
   std::list<Waiter> waiters_;
   std::uint64_t next_waiter_ = 0;
   std::optional<Running> running_;
   TimerId boundary_timer_ = 0;
   TimerId setpoint_timer_ = 0;
+  TimerId time_target_timer_ = 0;
   TimerId close_retry_ = 0;
   int close_failures_ = 0;  ///< consecutive closes that did not commit (a full disk)
   std::vector<std::function<void()>> on_closed_;

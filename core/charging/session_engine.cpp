@@ -109,6 +109,8 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
   };
   sh.recorded = [ledger = hooks_.ledger_operation](Database& wdb, const MoneyOperation& op) {
     // The transaction row carries what its capture took, for the receipt.
+    // A confirmed top-up raises the hold a close (also recovery's) captures up to.
+    if (op.kind == OperationKind::increment && op.state == OperationStateRow::confirmed) TransactionRepository(wdb).add_authorized(op.txn, op.amount_fen);
     if (op.kind == OperationKind::capture) {
       TransactionRepository(wdb).record_capture(op.txn, op.state == OperationStateRow::confirmed ? op.amount_fen : 0,
                                                 op.state == OperationStateRow::confirmed ? std::string("captured") : fmt::format("failed: {}", op.reason));
@@ -149,10 +151,12 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
     h.meter_check = [this, c](const MeterCheck& chk, double value) { on_meter_check(*c, chk, value); };
     h.stop = [this, id = cfg.id](StopReason r) { stop(id, r, [](const StopOutcome&) {}); };
     h.setpoint_due = [this, c] { update_setpoint(*c); };
+    h.top_up = [this, c](std::int64_t) { top_up(*c); };
     h.checkpoint_committed = [this](const Status& st) { on_checkpoint_commit(st); };
     conn->charging = std::make_unique<ChargingSession>(
         ChargingSession::Settings{.connector = cfg.id, .meter = cfg.meter, .charging = site_.session.charging,
-                                  .tariff = site_.session.tariff ? &*site_.session.tariff : nullptr},
+                                  .tariff = site_.session.tariff ? &*site_.session.tariff : nullptr,
+                                  .increment_step_fen = site_.session.payment.increment_step_fen},
         site_.session.charging.meter, cfg.max_power_w, store_, *scheduler_, clock_, closer_.get(), std::move(h));
     // A lie right after a restart must not become a start reading: the guard compares the first
     // reading with the last one committed, not only with the meter's range.
@@ -425,13 +429,15 @@ struct SessionEngine::StartRequest {
   std::string method;
   std::string token;
   std::int64_t amount_fen = 0;
+  ChargingMode mode;
   StartDone done;
   std::optional<identification::Token> presented;  ///< as a reader or camera presented it
   PaymentSaga::Authorization authorization;
   MeterReading start_reading;
 };
 
-void SessionEngine::start(std::uint32_t id, std::string method, std::string token, StartDone done, std::optional<identification::Token> presented) {
+void SessionEngine::start(std::uint32_t id, std::string method, std::string token, StartDone done, std::optional<identification::Token> presented,
+                          std::string mode) {
   auto fail = [&done](const std::string& msg) { done(StartOutcome::refused(msg)); };
   Connector* cp = connector(id);
   if (!cp) return fail(fmt::format("no connector {}", id));
@@ -448,20 +454,31 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   const auto pay = hooks_.find(method);
   if (!pay.plugin || pay.kind != Kind::payment) return fail(fmt::format("'{}' is not a running payment instance", method));
   if (token.empty()) token = "anonymous";
+  // The hold follows the mode the driver asked for (charging_mode.hpp); a mode that is not
+  // allowed, or whose hold would pass the site's limit, is refused before anything is held.
+  const auto parsed = parse_mode(mode.empty() ? site_.session.charging.default_mode : mode, site_.session.payment, site_.session.charging);
+  if (const auto* err = std::get_if<std::string>(&parsed)) return fail(*err);
+  const ChargingMode chosen = std::get<ChargingMode>(parsed);
+  std::int64_t max_power_w = c.cfg.max_power_w;
+  if (const auto& site_max = site_.session.charging.site_max_power_w; site_max && *site_max < max_power_w) max_power_w = *site_max;
+  const auto hold = hold_for(chosen, *site_.session.tariff, clock_.now(), max_power_w, site_.session.payment);
+  if (const auto* err = std::get_if<std::string>(&hold)) return fail(*err);
   c.starting = true;
   auto req = std::make_shared<StartRequest>();
   req->connector = id;
   req->txn = next_transaction_id(id);
   req->method = std::move(method);
   req->token = std::move(token);
-  req->amount_fen = site_.session.payment.preauth_fen;
+  req->amount_fen = std::get<std::int64_t>(hold);
+  req->mode = chosen;
   req->done = std::move(done);
   if (presented) {
     // Its evidence and exchange go to the method; the connector is the one it starts on.
     req->presented = std::move(presented);
     req->presented->connector = id;
   }
-  spdlog::info("connector {}: {}: start requested ({} via {})", id, req->txn, token_ref(req->token), req->method);
+  spdlog::info("connector {}: {}: start requested ({} via {}); mode {}, hold {} fen", id, req->txn, token_ref(req->token), req->method, chosen.text(),
+               req->amount_fen);
   // Context holds views: the hash must outlive it (a temporary here was read after its end).
   const std::string user = user_hash(req->token);
   const risk::Context ctx{risk::Phase::authorize, req->txn, id, req->method, {}, user, req->amount_fen, clock_.now()};
@@ -541,7 +558,8 @@ void SessionEngine::start_commit(const std::shared_ptr<StartRequest>& req, std::
                     .token = req->token,
                     .user_hash = user_hash(req->token),
                     .payment_ref = a.reference,
-                    .authorized_fen = a.authorized_fen},
+                    .authorized_fen = a.authorized_fen,
+                    .mode = req->mode},
                    *m, [this, req, alive = alive_](const Status& st) {
                      if (*alive) start_session(req, st);
                    });
@@ -575,6 +593,33 @@ void SessionEngine::start_session(const std::shared_ptr<StartRequest>& req, cons
                               .meter_start_wh = m.wh});
   if (c.fsm.status() == ConnectorStatus::charging) begin_charging(c);
   req->done(StartOutcome::started(req->txn, c.cfg.id, m.wh));
+}
+
+void SessionEngine::top_up(Connector& c) {
+  const ChargingSession::Running* s = c.charging->running();
+  if (!s) return;
+  const PluginRef ref = hooks_.find(s->method);
+  auto* m = ref.plugin && ref.kind == Kind::payment ? static_cast<payment::Method*>(ref.plugin) : nullptr;
+  // increment() is API 2.1: a plugin built against 2.0 has no such entry in its vtable, so it is
+  // asked only of a 2.1 plugin that says it can.
+  const std::int64_t room = site_.session.payment.max_hold_fen - s->authorized_fen;
+  const std::int64_t step = std::min(site_.session.payment.increment_step_fen, room);
+  if (m == nullptr || ref.api_minor < 1 || step <= 0 || !m->capabilities().incremental_authorization) {
+    spdlog::info("connector {}: {}: the hold cannot be raised ({}); the session stops at {} fen", c.cfg.id, s->id,
+                 step <= 0 ? "payment.max_hold_fen reached" : "the method has no incremental authorisation", s->authorized_fen);
+    c.charging->increment_answered(std::nullopt);
+    return;
+  }
+  const std::string txn = s->id;
+  const std::int64_t before = s->authorized_fen;
+  saga_->increment(txn, s->method, step, [this, id = c.cfg.id, txn, before, alive = alive_](const MoneyOperation& op) {
+    if (!*alive) return;
+    Connector* cp = connector(id);
+    if (!cp || !cp->charging->running() || cp->charging->running()->id != txn) return;
+    if (op.state != OperationStateRow::confirmed) spdlog::warn("connector {}: {}: top-up {}: {}", id, txn, to_string(op.state), op.reason);
+    cp->charging->increment_answered(op.state == OperationStateRow::confirmed && op.amount_fen > 0 ? std::optional<std::int64_t>(before + op.amount_fen)
+                                                                                                     : std::nullopt);
+  });
 }
 
 void SessionEngine::present(const identification::Token& token, std::optional<std::uint32_t> presenter_connector) {
@@ -761,6 +806,10 @@ void SessionEngine::stop(std::uint32_t id, StopReason reason, StopDone done) {
     case StopReason::remote:
     case StopReason::shutdown: apply(c, ConnectorEvent::remote_stop, std::string(to_string(reason))); break;
     case StopReason::funds_exhausted: apply(c, ConnectorEvent::funds_exhausted, "authorised amount reached"); break;
+    // The driver's target: the session ends as when the hold is reached (Finishing).
+    case StopReason::energy_reached:
+    case StopReason::time_reached:
+    case StopReason::amount_reached: apply(c, ConnectorEvent::funds_exhausted, fmt::format("charging target reached ({})", to_string(reason))); break;
     case StopReason::ev_full: apply(c, ConnectorEvent::ev_full, "the vehicle is full"); break;
     case StopReason::ev_disconnected: apply(c, ConnectorEvent::unplugged, "the vehicle was unplugged"); break;
     case StopReason::fault:
@@ -837,7 +886,7 @@ void SessionEngine::recover(std::function<void()> done) {
         if (m) spdlog::error("{}: the meter reads {} Wh, below the last committed {} Wh; billing to the committed reading", o.id, m->wh, readings.back().wh);
         readings.push_back(readings.back());
       }
-      closer_->close(o.id, o.connector, o.method, readings, "recovered", o.authorized, [this, o, remaining, done_ptr](const StopOutcome&) {
+      closer_->close(o.id, o.connector, o.method, readings, "recovered", o.authorized, {}, [this, o, remaining, done_ptr](const StopOutcome&) {
         // The connector is free again: start the session autostart held back for a vehicle
         // that plugged in meanwhile (see Connector::recovering).
         Connector* cp = connector(o.connector);
@@ -957,6 +1006,10 @@ Receipt SessionEngine::receipt(const std::string& txn) const {
                  .energy_wh = t->energy_wh,
                  .total_fen = t->total_fen,
                  .captured_fen = t->captured_fen,
+                 .authorized_fen = t->authorized_fen,
+                 // Closed with a bill above the hold (increments included): the part not captured.
+                 .uncovered_fen = t->total_fen && *t->total_fen > t->authorized_fen ? std::optional<std::int64_t>(*t->total_fen - t->authorized_fen)
+                                                                                   : std::nullopt,
                  .capture_status = t->capture_status,
                  .bill_document = t->bill_document,
                  .operations = operations::of_transaction(reader_, txn)};

@@ -95,8 +95,10 @@ class SessionEngine {
   /// `presented`: the token as a reader or camera presented it, whose evidence (a face's
   /// liveness) and exchange channel (a card or wallet in the field) go to the payment method;
   /// none for a start by command.
+  /// `mode`: the charging mode ("full", "amount:<fen>", "energy:<Wh>", "time:<minutes>";
+  /// charging_mode.hpp); empty: the site's charging.default_mode. The hold follows it.
   void start(std::uint32_t connector, std::string method, std::string token, StartDone done,
-             std::optional<identification::Token> presented = std::nullopt);
+             std::optional<identification::Token> presented = std::nullopt, std::string mode = {});
   /// A token presented by a reader or camera: starts authentication on its connector with the
   /// method the site binds its type to.
   void present(const identification::Token& token, std::optional<std::uint32_t> presenter_connector);
@@ -146,6 +148,8 @@ class SessionEngine {
   void start_commit(const std::shared_ptr<StartRequest>& req, std::optional<MeterReading> start_reading);
   void start_session(const std::shared_ptr<StartRequest>& req, const Status& committed);
   void start_refused(Connector& c, const std::shared_ptr<StartRequest>& req, StartOutcome outcome);
+  /// The session's bill nears its hold: a top-up when its method can, else the stop at the hold.
+  void top_up(Connector& c);
   std::string next_transaction_id(std::uint32_t connector);
   [[nodiscard]] std::string user_hash(std::string_view token) const;
   std::unique_ptr<boost::asio::steady_timer> timer_after(Duration d, std::function<void()> fn);

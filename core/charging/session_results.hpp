@@ -63,6 +63,11 @@ struct SessionRecord {
   std::int64_t capture_fen = 0;
   std::string capture_operation;
   std::string outcome;  ///< completed, recovered
+  std::int64_t authorized_fen = 0;  ///< the hold at the close, increments included
+  /// What the bill exceeds the hold by: never captured (a capture is min(bill, hold)), recorded so
+  /// the operator sees it instead of losing it silently.
+  std::int64_t uncovered_fen = 0;
+  std::string mode;  ///< the charging mode the driver asked for ("full", "amount:5000", ...)
 };
 
 struct CloseReceipt {
@@ -187,6 +192,8 @@ struct Receipt {
   std::optional<std::int64_t> energy_wh;
   std::optional<std::int64_t> total_fen;
   std::optional<std::int64_t> captured_fen;
+  std::int64_t authorized_fen = 0;
+  std::optional<std::int64_t> uncovered_fen;  ///< closed with a bill above the hold: the part not captured
   std::string capture_status;
   std::optional<std::string> bill_document;  ///< the stored bill (billing's bill_json)
   std::vector<MoneyOperation> operations;
@@ -232,6 +239,7 @@ struct SessionClosed {
   std::string transaction, outcome, stop_reason;
   std::int64_t energy_wh = 0, total_fen = 0, captured_fen = 0;
   std::string capture_status;
+  std::int64_t uncovered_fen = 0;
 };
 struct Recovering {
   std::vector<std::string> transactions;

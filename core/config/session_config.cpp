@@ -97,7 +97,13 @@ Field tariffs_field() {
 Field payment_field() {
   return with_fields(field("payment", FieldType::object, "Payment"),
                      {field("default_method", FieldType::string, "Payment instance used when none is named (and by autostart)"),
-                      with_default(with_range(field("preauth_fen", FieldType::integer, "Amount held when a session is authorised; the session stops when its bill reaches it"), 1, 100'000'000, "fen"), "20000"),
+                      with_default(with_range(field("preauth_fen", FieldType::integer, "Amount held for a session in full mode (charging.default_mode); every session stops when its bill reaches its hold"), 1, 100'000'000, "fen"), "20000"),
+                      with_default(with_range(field("max_hold_fen", FieldType::integer,
+                                                    "Most any session holds: an amount mode above it is refused, and an energy or time "
+                                                    "mode whose hold would exceed it is refused too"), 1, 100'000'000, "fen"), "100000"),
+                      with_default(with_range(field("increment_step_fen", FieldType::integer,
+                                                    "Top-up asked (an incremental authorisation) of a method that supports it, when the bill "
+                                                    "comes within half a step of the hold; 0 (the default): no top-ups, the session stops at its hold"), 0, 100'000'000, "fen"), "0"),
                       [] {
                         Field f = field("autostart", FieldType::boolean, "Start a session with default_method when a vehicle plugs in (free vend, fleet depots)");
                         f.default_value = "false";
@@ -153,6 +159,17 @@ Field charging_field() {
                       with_default(with_range(field("checkpoint_wh", FieldType::integer, "...or whenever this much energy has flowed since the last checkpoint"), 1, 100000, "Wh"), "100"),
                       with_default(with_range(field("meter_timeout_ms", FieldType::integer, "How long to wait for a fresh meter reading"), 100, 600000, "ms"), "10000"),
                       with_default(with_range(field("setpoint_interval_s", FieldType::integer, "How often the strategy recomputes the power setpoint"), 1, 3600, "s"), "10"),
+                      [] {
+                        Field f = field("default_mode", FieldType::string,
+                                        "Charging mode of a session started without one: full, amount:<fen>, energy:<Wh> or time:<minutes> "
+                                        "(time:<n>s for seconds)");
+                        f.pattern = "full|amount:[0-9]{1,12}|energy:[0-9]{1,12}|time:[0-9]{1,9}[ms]?";
+                        f.pattern_hint = "full, amount:<fen>, energy:<Wh>, time:<minutes> or time:<seconds>s";
+                        f.default_value = "full";
+                        return f;
+                      }(),
+                      with_default(with_range(field("max_energy_wh", FieldType::integer, "Most energy a session in energy mode may ask for"), 1, 10'000'000, "Wh"), "200000"),
+                      with_default(with_range(field("max_time_s", FieldType::integer, "Longest a session in time mode may ask for"), 60, 604800, "s"), "86400"),
                       with_range(field("site_max_power_w", FieldType::integer, "Most power the whole pile may draw (all connectors)"), 1000, 10'000'000, "W"),
                       with_default(with_range(field("fallback_power_w", FieldType::integer,
                                                     "Setpoint when the strategy cannot give one and has given none before in the session (then the "
@@ -366,6 +383,8 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
     cfg.payment.default_method = method.Scalar();
   }
   cfg.payment.preauth_fen = int_or(member(pay, "preauth_fen"), child(pf, "preauth_fen"), 20000);
+  cfg.payment.max_hold_fen = int_or(member(pay, "max_hold_fen"), child(pf, "max_hold_fen"), 100000);
+  cfg.payment.increment_step_fen = int_or(member(pay, "increment_step_fen"), child(pf, "increment_step_fen"), 0);
   cfg.payment.risk_timeout_ms = int_or(member(pay, "risk_timeout_ms"), child(pf, "risk_timeout_ms"), 2000);
   cfg.payment.authorize_timeout_ms = int_or(member(pay, "authorize_timeout_ms"), child(pf, "authorize_timeout_ms"), 30000);
   for (const auto& m : members_of(member(pay, "tokens"))) {
@@ -445,6 +464,9 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
   cfg.charging.setpoint_interval_ms = int_or(member(ch, "setpoint_interval_s"), child(cf, "setpoint_interval_s"), 10) * 1000;
   if (const YAML::Node max = member(ch, "site_max_power_w"); max.IsScalar()) cfg.charging.site_max_power_w = int_or(max, child(cf, "site_max_power_w"), 0);
   cfg.charging.fallback_power_w = int_or(member(ch, "fallback_power_w"), child(cf, "fallback_power_w"), 3500);
+  if (const YAML::Node m = member(ch, "default_mode"); m.IsScalar()) cfg.charging.default_mode = m.Scalar();
+  cfg.charging.max_energy_wh = int_or(member(ch, "max_energy_wh"), child(cf, "max_energy_wh"), 200'000);
+  cfg.charging.max_time_s = int_or(member(ch, "max_time_s"), child(cf, "max_time_s"), 86'400);
   auto& meter = cfg.charging.meter;
   meter.max_wh = int_or(member(ch, "meter_max_wh"), child(cf, "meter_max_wh"), meter.max_wh);
   meter.tolerance_wh = int_or(member(ch, "meter_tolerance_wh"), child(cf, "meter_tolerance_wh"), meter.tolerance_wh);

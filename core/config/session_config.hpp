@@ -39,7 +39,9 @@ struct RoutingSettings {
 
 struct PaymentSettings {
   std::string default_method;      // payment instance used by autostart and `pilectl session start` without --method
-  std::int64_t preauth_fen = 20000;
+  std::int64_t preauth_fen = 20000;  // the hold of a `full` session (docs/payments.md, charging modes)
+  std::int64_t max_hold_fen = 100000;       // no mode holds more: an `amount` above it is refused
+  std::int64_t increment_step_fen = 0;  // top-up asked of a method with incremental authorisation; 0: none (the default)
   std::map<std::string, std::string> token_methods;  // payment.tokens: token type -> payment instance
   bool autostart = false;          // start a session with default_method when a vehicle plugs in
   std::int64_t risk_timeout_ms = 2000;        // risk rules not answered by then count as step_up
@@ -70,6 +72,9 @@ struct ChargingSettings {
   std::string ambient_sensor;            // empty: any instance not bound to a connector publishing "temperature"
   std::int64_t ambient_max_age_ms = 600'000;
   MeterPlausibility meter;
+  std::string default_mode = "full";     // a session_start without a mode: full, amount:<fen>, energy:<Wh>, time:<minutes>
+  std::int64_t max_energy_wh = 200'000;  // most an `energy` session may ask for
+  std::int64_t max_time_s = 86'400;      // longest a `time` session may ask for
 };
 
 struct SessionConfig {

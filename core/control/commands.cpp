@@ -33,7 +33,7 @@ struct Refused {
 std::variant<Command, Refused> parse(const nlohmann::json& req, const CommandOptions& options) {
   const std::string cmd = req.value("cmd", "");
   if (cmd == "status") return commands::Status{};
-  if (cmd == "session_start") return commands::SessionStart{connector_of(req), text(req, "method"), text(req, "token")};
+  if (cmd == "session_start") return commands::SessionStart{connector_of(req), text(req, "method"), text(req, "token"), text(req, "mode")};
   if (cmd == "session_stop") {
     const std::string reason = text(req, "reason");
     const auto r = reason.empty() ? std::optional<StopReason>(StopReason::local) : stop_reason_from(reason);

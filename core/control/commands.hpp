@@ -22,6 +22,7 @@ struct Status {};
 struct SessionStart {
   std::uint32_t connector = 0;
   std::string method, token;
+  std::string mode;  ///< full, amount:<fen>, energy:<Wh>, time:<minutes>; the engine checks it (clear errors)
 };
 /// Only Local or Remote: the other reasons are what the pile itself observed.
 struct SessionStop {

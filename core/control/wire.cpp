@@ -43,7 +43,10 @@ nlohmann::json to_json(const SessionRecord& r) {
           {"bill", bill_json(r.bill)},
           {"capture_fen", r.capture_fen},
           {"capture_operation", r.capture_operation},
-          {"outcome", r.outcome}};
+          {"outcome", r.outcome},
+          {"authorized_fen", r.authorized_fen},
+          {"uncovered_fen", r.uncovered_fen},
+          {"mode", r.mode}};
 }
 
 nlohmann::json to_json(const CloseReceipt& r) {
@@ -113,6 +116,8 @@ nlohmann::json to_json(const Receipt& r) {
   if (r.energy_wh) j["energy_wh"] = *r.energy_wh;
   if (r.total_fen) j["total_fen"] = *r.total_fen;
   if (r.captured_fen) j["captured_fen"] = *r.captured_fen;
+  j["authorized_fen"] = r.authorized_fen;
+  if (r.uncovered_fen) j["uncovered_fen"] = *r.uncovered_fen;
   j["capture_status"] = r.capture_status;
   if (r.bill_document) j["bill"] = nlohmann::json::parse(*r.bill_document, nullptr, false);
   nlohmann::json ops = nlohmann::json::array();
@@ -151,7 +156,7 @@ nlohmann::json to_json(const Event& e) {
           [](const events::SessionClosed& v) -> nlohmann::json {
             return {{"event", "session_closed"}, {"connector", v.connector}, {"transaction", v.transaction}, {"outcome", v.outcome},
                     {"stop_reason", v.stop_reason}, {"energy_wh", v.energy_wh}, {"total_fen", v.total_fen}, {"captured_fen", v.captured_fen},
-                    {"capture_status", v.capture_status}};
+                    {"capture_status", v.capture_status}, {"uncovered_fen", v.uncovered_fen}};
           },
           [](const events::Recovering& v) -> nlohmann::json { return {{"event", "recovering"}, {"transactions", v.transactions}}; },
           [](const events::OperationSettled& v) -> nlohmann::json {

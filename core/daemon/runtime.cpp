@@ -550,7 +550,7 @@ void Runtime::on_command(Command command, Responder reply) {
                    if (disk_) st.storage = disk_->status();
                    reply(st);
                  },
-                 [&](commands::SessionStart& c) { engine_->start(c.connector, std::move(c.method), std::move(c.token), reply); },
+                 [&](commands::SessionStart& c) { engine_->start(c.connector, std::move(c.method), std::move(c.token), reply, std::nullopt, std::move(c.mode)); },
                  [&](const commands::SessionStop& c) { engine_->stop(c.connector, c.reason, reply); },
                  [&](commands::SessionAnswer& c) { engine_->answer_step_up(c.connector, std::move(c.answer), reply); },
                  [&](const commands::Refund& c) { engine_->refund(c.transaction, c.amount_fen, c.reason, reply); },

@@ -166,6 +166,15 @@ class PaymentProxy final : public payment::Method {
     } catch (...) {
     }
   }
+  void increment(const payment::IncrementRequest& q, payment::AuthorizationCallback done) noexcept override {
+    try {
+      iso_.call_async("increment",
+                      {{"op", q.operation_id}, {"txn", q.transaction_id}, {"authorization", q.authorization_id}, {"channel", q.channel},
+                       {"amount_fen", q.amount_fen}, {"total_fen", q.total_fen}, {"deadline", time_json(q.deadline)}},
+                      auth_answer(std::move(done)));
+    } catch (...) {
+    }
+  }
   void capture(const payment::CaptureRequest& q, payment::OperationCallback done) noexcept override {
     op("capture", {{"op", q.operation_id}, {"txn", q.transaction_id}, {"amount_fen", q.amount_fen}, {"deadline", time_json(q.deadline)}}, std::move(done));
   }

@@ -9,7 +9,7 @@ namespace {
 
 constexpr std::array kinds{std::pair{OperationKind::authorize, "authorize"}, std::pair{OperationKind::capture, "capture"},
                            std::pair{OperationKind::void_, "void"}, std::pair{OperationKind::refund, "refund"},
-                           std::pair{OperationKind::debit, "debit"}};
+                           std::pair{OperationKind::debit, "debit"}, std::pair{OperationKind::increment, "increment"}};
 constexpr std::array states{std::pair{OperationStateRow::intent, "intent"}, std::pair{OperationStateRow::pending, "pending"},
                             std::pair{OperationStateRow::confirmed, "confirmed"}, std::pair{OperationStateRow::failed, "failed"}};
 
@@ -133,6 +133,13 @@ std::string next_refund_id(sqlite3* db, std::string_view txn) {
   s.bind(1, txn);
   s.step();
   return std::string(txn) + "/refund/" + std::to_string(s.i64(0) + 1);
+}
+
+std::string next_increment_id(sqlite3* db, std::string_view txn) {
+  Stmt s(db, "SELECT COUNT(*) FROM operations WHERE txn_id=? AND kind='increment'");
+  s.bind(1, txn);
+  s.step();
+  return std::string(txn) + "/increment/" + std::to_string(s.i64(0) + 1);
 }
 
 }  // namespace operations

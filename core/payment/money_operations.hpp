@@ -18,7 +18,7 @@
 
 namespace pilecore::core {
 
-enum class OperationKind { authorize, capture, void_, refund, debit };
+enum class OperationKind { authorize, capture, void_, refund, debit, increment };
 enum class OperationStateRow { intent, pending, confirmed, failed };
 
 std::string_view to_string(OperationKind k);
@@ -29,7 +29,7 @@ std::optional<OperationStateRow> operation_state_from(std::string_view s);
 struct MoneyOperation {
   /// "<txn>/authorize" ("<txn>/authorize/<n>" for the n-th channel a failover tried), "<txn>/capture",
   /// "<txn>/void" (releasing "<txn>/authorize"; "<txn>/void/<n>" releases "<txn>/authorize/<n>"),
-  /// "<txn>/refund/<n>", "<txn>/debit"
+  /// "<txn>/refund/<n>", "<txn>/debit", "<txn>/increment/<n>" (a top-up of the hold: amount_fen is what it adds)
   std::string id;
   std::string txn;
   OperationKind kind = OperationKind::authorize;
@@ -64,6 +64,8 @@ std::vector<MoneyOperation> orphan_holds(sqlite3* db);
 std::optional<MoneyOperation> confirmed_authorization(sqlite3* db, std::string_view txn);
 /// The next refund id of a transaction: "<txn>/refund/<n>".
 std::string next_refund_id(sqlite3* db, std::string_view txn);
+/// The next top-up id of a transaction: "<txn>/increment/<n>".
+std::string next_increment_id(sqlite3* db, std::string_view txn);
 }  // namespace operations
 
 }  // namespace pilecore::core

@@ -378,6 +378,29 @@ void PaymentSaga::attempt(const std::string& op_id) {
     case OperationKind::refund:
       m->refund({.operation_id = f->op.id, .transaction_id = f->op.txn, .amount_fen = f->op.amount_fen, .reason = f->op.reason, .deadline = deadline}, cb);
       break;
+    case OperationKind::increment: {
+      // The hold once raised: the authorisation and the top-ups confirmed before this one.
+      const MoneyOperation auth = authorization_of(f->op.txn, f->op.method);
+      std::int64_t total = auth.amount_fen + f->op.amount_fen;
+      if (approved_.count(f->op.txn) == 0) {
+        for (const auto& o : operations::of_transaction(reader_, f->op.txn)) {
+          if (o.kind == OperationKind::increment && o.state == OperationStateRow::confirmed && o.id != f->op.id) total += o.amount_fen;
+        }
+      }
+      m->increment({.operation_id = f->op.id, .transaction_id = f->op.txn, .authorization_id = auth.id, .channel = auth.channel,
+                    .amount_fen = f->op.amount_fen, .total_fen = total, .deadline = deadline},
+                   [cb](payment::AuthorizationResult r) {
+                     // An authorisation's answer as an operation's outcome: a top-up that holds
+                     // nothing (declined, unavailable, a step-up it cannot ask) failed.
+                     const bool granted = r.decision == payment::Decision::approved && r.authorized_fen > 0;
+                     std::string why = r.reason;
+                     if (!granted && why.empty()) why = fmt::format("top-up {}", to_string(r.decision));
+                     if (r.decision == payment::Decision::step_up) why = "a top-up cannot ask a step-up; declined";
+                     cb({.state = granted ? payment::OperationState::confirmed : payment::OperationState::failed,
+                         .amount_fen = granted ? r.authorized_fen : 0, .reference = r.reference, .reason = why});
+                   });
+      break;
+    }
     case OperationKind::authorize:
       // Authorisations are not repeated: one cut off is released (resume()).
       on_result(op_id, attempt, {.state = payment::OperationState::failed, .amount_fen = 0, .reference = {}, .reason = "not repeatable"});
@@ -410,6 +433,9 @@ void PaymentSaga::on_result(const std::string& op_id, std::uint64_t attempt_no, 
     if (f->op.state == OperationStateRow::confirmed) {
       // What moved; a capture never above what was asked.
       f->op.amount_fen = f->op.kind == OperationKind::void_ ? r.amount_fen : std::min(r.amount_fen, f->op.amount_fen);
+      if (f->op.kind == OperationKind::increment) {
+        if (auto a = approved_.find(f->op.txn); a != approved_.end()) a->second.amount_fen += f->op.amount_fen;  // the next top-up's total
+      }
     } else {
       spdlog::error("{}: {} of {} fen failed: {}", f->op.txn, to_string(f->op.kind), f->op.amount_fen, r.reason);
     }
@@ -502,6 +528,30 @@ void PaymentSaga::refund(const std::string& txn, const std::string& method, std:
           return;
         }
         execute(*op, std::move(done));
+      });
+}
+
+void PaymentSaga::increment(const std::string& txn, const std::string& method, std::int64_t amount_fen, OperationDone first) {
+  const auto approved = approved_.find(txn);
+  auto op = std::make_shared<MoneyOperation>(MoneyOperation{
+      .id = {}, .txn = txn, .kind = OperationKind::increment, .amount_fen = amount_fen, .method = method,
+      .channel = approved != approved_.end() ? approved->second.channel : std::string(), .state = OperationStateRow::intent, .reference = {},
+      .reason = {}, .attempts = 0, .created = clock_.now(), .updated = clock_.now(), .next_attempt = std::nullopt, .routing = {}});
+  // Numbered on the storage thread, like refunds; the intent is on disk before the plugin is asked.
+  store_.submit(
+      [op](Database& db) {
+        op->id = operations::next_increment_id(db.handle(), op->txn);
+        operations::insert_intent(db, *op);
+      },
+      [this, op, first = std::move(first), alive = alive_](Status st) mutable {
+        if (!*alive) return;
+        if (!st.ok()) {
+          op->state = OperationStateRow::failed;
+          op->reason = fmt::format("database: {}", st.message());
+          if (first) first(*op);
+          return;
+        }
+        execute(*op, std::move(first));
       });
 }
 

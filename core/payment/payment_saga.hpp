@@ -95,6 +95,14 @@ class PaymentSaga {
   /// Refunds part or all of a captured transaction, under a refund id of its own.
   void refund(const std::string& txn, const std::string& method, std::int64_t amount_fen, const std::string& reason, OperationDone done);
 
+  /// Raises the approved hold of `txn` by `amount_fen` (a top-up: an operation
+  /// "<txn>/increment/<n>", its intent on disk before the plugin is asked). Only for a method
+  /// whose plugin can (API 2.1 and capabilities().incremental_authorization): the caller checks.
+  /// `first` gets the first answer: confirmed (amount_fen is what was added), failed (declined,
+  /// unavailable), or pending (no answer in time: asked again in the background, never counted
+  /// as granted until confirmed).
+  void increment(const std::string& txn, const std::string& method, std::int64_t amount_fen, OperationDone first);
+
   /// At start-up, before sessions start: resumes every operation without an outcome and releases
   /// holds a crash left. Reads through the reader connection.
   void resume();

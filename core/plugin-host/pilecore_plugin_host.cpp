@@ -349,6 +349,16 @@ class ChildHost final : public Host {
       payment::AuthorizationRequest q{op, txn, static_cast<std::uint32_t>(integer(a, "connector")), token ? &*token : nullptr, channel,
                                       integer(a, "amount_fen"), time_of(a, "deadline")};
       p->authorize(q, auth_done);
+    } else if (m == "increment") {
+      // increment() is API 2.1: a plugin built against 2.0 has no such entry in its vtable.
+      if (loaded_->descriptor->api_minor < 1) {
+        payment::AuthorizationResult r;
+        r.reason = "the plugin was built against API 2.0, which has no incremental authorisation";
+        auth_done(std::move(r));
+        return;
+      }
+      const std::string authorization = str(a, "authorization"), channel = str(a, "channel");
+      p->increment({op, txn, authorization, channel, integer(a, "amount_fen"), integer(a, "total_fen"), time_of(a, "deadline")}, auth_done);
     } else if (m == "capture") {
       p->capture({op, txn, integer(a, "amount_fen"), time_of(a, "deadline")}, op_done);
     } else if (m == "cancel") {

@@ -92,6 +92,30 @@ const char* const migrations[] = {
     " failed INTEGER NOT NULL,"
     " PRIMARY KEY(method, channel, bucket_ms));"
     "ALTER TABLE operations ADD COLUMN routing TEXT NOT NULL DEFAULT '';",
+    // 6: incremental authorisations (a top-up of the hold) are money operations of their own
+    // kind. SQLite cannot change a CHECK, so the table is copied into one that allows it.
+    "CREATE TABLE operations_v6("
+    " id TEXT PRIMARY KEY,"
+    " txn_id TEXT NOT NULL,"
+    " kind TEXT NOT NULL CHECK(kind IN ('authorize','increment','capture','void','refund','debit')),"
+    " amount_fen INTEGER NOT NULL,"
+    " method TEXT NOT NULL,"
+    " channel TEXT NOT NULL DEFAULT '',"
+    " state TEXT NOT NULL CHECK(state IN ('intent','pending','confirmed','failed')),"
+    " reference TEXT NOT NULL DEFAULT '',"
+    " reason TEXT NOT NULL DEFAULT '',"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " created_ms INTEGER NOT NULL,"
+    " updated_ms INTEGER NOT NULL,"
+    " next_attempt_ms INTEGER,"
+    " routing TEXT NOT NULL DEFAULT '');"
+    "INSERT INTO operations_v6(id, txn_id, kind, amount_fen, method, channel, state, reference, reason, attempts, created_ms, updated_ms,"
+    " next_attempt_ms, routing) SELECT id, txn_id, kind, amount_fen, method, channel, state, reference, reason, attempts, created_ms, updated_ms,"
+    " next_attempt_ms, routing FROM operations;"
+    "DROP TABLE operations;"
+    "ALTER TABLE operations_v6 RENAME TO operations;"
+    "CREATE INDEX operations_txn ON operations(txn_id);"
+    "CREATE INDEX operations_unfinished ON operations(state) WHERE state IN ('intent','pending');",
 };
 }  // namespace
 

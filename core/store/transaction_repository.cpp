@@ -35,6 +35,13 @@ void TransactionRepository::record_capture(std::string_view id, std::int64_t cap
   Stmt(db_, "UPDATE transactions SET captured_fen=?, capture_status=? WHERE id=?").bind(1, captured_fen).bind(2, capture_status).bind(3, id).step();
 }
 
+void TransactionRepository::add_authorized(std::string_view id, std::int64_t fen) {
+  // Not once closed: the close captured up to the hold it knew, and the row keeps that hold, so
+  // captured = min(bill, authorized_fen) stays true; a top-up confirmed later (asked again after
+  // a crash) is in its operation row, and the acquirer releases it with the capture.
+  Stmt(db_, "UPDATE transactions SET authorized_fen=authorized_fen+? WHERE id=? AND status!='closed'").bind(1, fen).bind(2, id).step();
+}
+
 void TransactionRepository::save_sequence(std::int64_t n) {
   Stmt(db_, "INSERT INTO meta(key, value) VALUES('txn_seq', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value").bind(1, std::to_string(n)).step();
 }

@@ -84,6 +84,9 @@ class TransactionRepository {
   void close(std::string_view id, const ClosedTransaction& c);
   /// What the capture took, for the receipt: its amount when confirmed, else 0 and the reason.
   void record_capture(std::string_view id, std::int64_t captured_fen, std::string_view capture_status);
+  /// A confirmed top-up (incremental authorisation) raises the hold a close captures up to
+  /// (a closed transaction keeps the hold its capture was bounded by).
+  void add_authorized(std::string_view id, std::int64_t fen);
   void save_sequence(std::int64_t n);
 
   // Readers.

@@ -222,6 +222,19 @@ class HelloPayment final : public payment::Method {
     submit_operation(done, [this, op, txn, amount] { return credit(op, txn, amount); });
   }
 
+  /// API 2.1. This acquirer's holds are fixed: capabilities() does not declare
+  /// incremental_authorization, so the core never asks; answered honestly all the same.
+  void increment(const payment::IncrementRequest& r, payment::AuthorizationCallback done) noexcept override {
+    (void)r;
+    try {
+      payment::AuthorizationResult out;
+      out.decision = payment::Decision::declined;
+      out.reason = "hello-acquirer cannot raise a hold";
+      done(std::move(out));
+    } catch (...) {
+    }
+  }
+
  private:
   struct Job {
     std::function<void()> run;

@@ -5,6 +5,8 @@
 // after latency_ms of host-clock time. capture, cancel and refund are idempotent on their
 // operation id: a repeat returns the first outcome without a second effect; refunds have ids of
 // their own, so a transaction may be refunded several times, partially, up to what was captured.
+// increment (a top-up of an approved hold, API 2.1) adds up to what keeps the whole hold within
+// limit_fen; declined tokens are declined; with `incremental: false` the method says it cannot.
 // For tests of the core's failure handling: `capture_pending_polls` answers a capture pending that
 // many times before confirming it, and `unresponsive` lists operations never answered at all.
 // The plugin keeps a ledger of its operations, logs each one and journals it: one JSON line per
@@ -53,7 +55,9 @@ constexpr ConfigKey keys[] = {
     {.key = "capture_pending_polls", .type = ConfigType::integer, .default_value = "0", .min = 0, .max = 1000,
      .description = "Answer each capture pending this many times before confirming it (an acquirer that settles later)"},
     {.key = "unresponsive", .type = ConfigType::string_list, .default_value = "[]",
-     .description = "Operations never answered, for failure tests: any of authorize, step_up, capture, cancel, refund"},
+     .description = "Operations never answered, for failure tests: any of authorize, step_up, capture, cancel, refund, increment"},
+    {.key = "incremental", .type = ConfigType::boolean, .default_value = "true",
+     .description = "Declare incremental authorisation: the core may raise a session's hold (up to limit_fen in all)"},
 };
 
 std::string yuan(std::int64_t fen) {
@@ -81,6 +85,7 @@ struct Transaction {
   bool cancelled = false;
   std::map<std::string, std::int64_t> refunds;  ///< refund operation id -> fen
   std::int64_t refunded_fen = 0;
+  std::map<std::string, std::int64_t> increments;  ///< top-up operation id -> fen added (0: declined)
 };
 
 class SimPayment final : public payment::Method {
@@ -95,12 +100,14 @@ class SimPayment final : public payment::Method {
         pin_(host.config().string("pin")),
         token_types_(host.config().string_list("token_types")),
         pending_polls_(static_cast<int>(host.config().integer("capture_pending_polls"))),
-        unresponsive_(host.config().string_list("unresponsive")) {}
+        unresponsive_(host.config().string_list("unresponsive")),
+        incremental_(host.config().boolean("incremental")) {}
 
   [[nodiscard]] payment::Capabilities capabilities() const noexcept override {
     payment::Capabilities c;
     try {
       c.token_types = token_types_;
+      c.incremental_authorization = incremental_;
       c.channels = {{.name = prefix_, .fee_ppm = 6000}};
     } catch (...) {
     }
@@ -217,6 +224,57 @@ class SimPayment final : public payment::Method {
           [shared] { (*shared)(declined("payment method stopped")); });
     } catch (const std::exception& e) {
       host_.log().error("answer_step_up failed: {}", e.what());
+    }
+  }
+
+  void increment(const payment::IncrementRequest& request, payment::AuthorizationCallback done) noexcept override {
+    try {
+      const std::string op(request.operation_id);
+      Transaction* t = find(request.transaction_id);
+      payment::AuthorizationResult result;
+      if (!incremental_) {
+        result = declined("this acquirer cannot raise a hold");
+      } else if (t == nullptr || t->result.decision != payment::Decision::approved) {
+        result = declined("no approved authorisation to raise");
+      } else if (t->captured || t->cancelled) {
+        result = declined("the authorisation is already captured or released");
+      } else if (auto it = t->increments.find(op); it != t->increments.end()) {
+        // A repeat: the same answer, nothing added twice.
+        result = it->second > 0 ? payment::AuthorizationResult{.decision = payment::Decision::approved, .authorized_fen = it->second,
+                                                               .reference = t->result.reference, .reason = {}, .challenge = {}}
+                                : declined("declined before");
+        host_.log().info("ledger: increment {} repeated -> {}", op, to_string(result.decision));
+      } else {
+        const std::string token = t->user_token;
+        const bool blocked = std::find(declined_.begin(), declined_.end(), token) != declined_.end();
+        const std::int64_t room = limit_fen_ - t->result.authorized_fen;
+        const std::int64_t add = std::min(request.amount_fen, room);
+        if (request.amount_fen <= 0) {
+          result = declined(fmt::format("the amount {} fen is not positive", request.amount_fen));
+        } else if (blocked) {
+          result = declined("declined by the issuer");
+        } else if (add <= 0) {
+          result = declined(fmt::format("the hold is already at the limit of {}", yuan(limit_fen_)));
+        } else {
+          result = {.decision = payment::Decision::approved, .authorized_fen = add, .reference = t->result.reference, .reason = {}, .challenge = {}};
+          t->result.authorized_fen += add;
+        }
+        t->increments.emplace(op, result.authorized_fen);
+        journal({{"op", "increment"}, {"id", std::string(request.transaction_id)}, {"increment", op}, {"fen", result.authorized_fen}});
+        host_.log().info("ledger: increment {} {} asked -> {} (hold now {})", op, yuan(request.amount_fen), to_string(result.decision),
+                         yuan(t->result.authorized_fen));
+      }
+      if (silent("increment")) return;
+      auto shared = std::make_shared<payment::AuthorizationCallback>(std::move(done));
+      later(
+          latency_, [shared, result] { (*shared)(result); },
+          [shared] { (*shared)(declined("payment method stopped")); });
+    } catch (const std::exception& e) {
+      host_.log().error("increment failed: {}", e.what());
+      try {
+        if (done) done(declined(std::string("payment method error: ") + e.what()));
+      } catch (...) {
+      }
     }
   }
 
@@ -356,6 +414,10 @@ class SimPayment final : public payment::Method {
         const std::int64_t fen = j.at("fen").get<std::int64_t>();
         t->refunds[j.value("refund", id + "/refund")] = fen;
         t->refunded_fen += fen;
+      } else if (op == "increment") {
+        const std::int64_t fen = j.at("fen").get<std::int64_t>();
+        t->increments[j.at("increment").get<std::string>()] = fen;
+        t->result.authorized_fen += fen;
       } else if (op == "step_up") {
         const std::string d = j.at("decision").get<std::string>();
         t->result.decision = d == "approved" ? payment::Decision::approved : payment::Decision::declined;
@@ -474,6 +536,7 @@ class SimPayment final : public payment::Method {
   std::vector<std::string> token_types_;
   int pending_polls_;
   std::vector<std::string> unresponsive_;
+  bool incremental_;
   std::map<std::string, Transaction, std::less<>> ledger_;
   std::map<std::uint64_t, Pending> pending_;
   std::uint64_t pending_seq_ = 0;
@@ -487,5 +550,5 @@ class SimPayment final : public payment::Method {
 }  // namespace
 
 PILECORE_PLUGIN(SimPayment, {.name = "sim-payment", .version = "0.1.0", .vendor = "pilecore", .license = "Apache-2.0",
-                             .description = "Simulated payment method: limits, declines, step-up, latency, idempotent ledger",
+                             .description = "Simulated payment method: limits, declines, step-up, top-ups, latency, idempotent ledger",
                              .config = keys})

@@ -34,7 +34,17 @@ class FakeMethod final : public payment::Method {
   }
   void cancel(const payment::VoidRequest&, payment::OperationCallback) noexcept override {}
   void refund(const payment::RefundRequest&, payment::OperationCallback) noexcept override {}
+  void increment(const payment::IncrementRequest& r, payment::AuthorizationCallback done) noexcept override {
+    increments.push_back({std::string(r.operation_id), r.amount_fen, r.total_fen, std::move(done)});
+  }
 
+  struct Increment {
+    std::string op;
+    std::int64_t fen;
+    std::int64_t total;
+    payment::AuthorizationCallback done;
+  };
+  std::vector<Increment> increments;
   struct Capture {
     std::string op;
     std::int64_t fen;
@@ -91,7 +101,22 @@ class ChargingSessionTest : public ::testing::Test {
       if (!c.plausible && c.problem != MeterProblem::stale) implausible.push_back(c);
     };
     h.stop = [this](StopReason r) { stops.push_back(r); };
-    session = std::make_unique<ChargingSession>(ChargingSession::Settings{.connector = 1, .meter = "meter", .charging = settings, .tariff = &tariff},
+    // As the engine does: a method that cannot raise the hold answers at once; one that can is
+    // asked through the saga, and its first answer decides.
+    h.top_up = [this](std::int64_t) {
+      if (!top_ups) {
+        session->increment_answered(std::nullopt);
+        return;
+      }
+      const std::int64_t before = session->running()->authorized_fen;
+      saga->increment("T-1", "pay", 200, [this, before](const MoneyOperation& op) {
+        if (session->active()) {
+          session->increment_answered(op.state == OperationStateRow::confirmed ? std::optional<std::int64_t>(before + op.amount_fen) : std::nullopt);
+        }
+      });
+    };
+    session = std::make_unique<ChargingSession>(ChargingSession::Settings{.connector = 1, .meter = "meter", .charging = settings, .tariff = &tariff,
+                                                                          .increment_step_fen = 200},
                                                 MeterPlausibility{}, 22'000, *store, clock, clock, closer.get(), std::move(h));
   }
   ~ChargingSessionTest() override {
@@ -126,9 +151,10 @@ class ChargingSessionTest : public ::testing::Test {
   }
   /// The meter reads `wh` (through the guard, as the engine's start reading does), and the
   /// session opens on it.
-  void open(std::int64_t wh, std::int64_t authorized_fen = 100'000) {
+  void open(std::int64_t wh, std::int64_t authorized_fen = 100'000, ChargingMode mode = {}) {
     sample(wh);
-    session->open({.txn = "T-1", .method = "pay", .token = "card:04A1B2C3D4", .user_hash = "h", .payment_ref = "REF", .authorized_fen = authorized_fen},
+    session->open({.txn = "T-1", .method = "pay", .token = "card:04A1B2C3D4", .user_hash = "h", .payment_ref = "REF", .authorized_fen = authorized_fen,
+                   .mode = mode},
                   {clock.now(), wh}, [](const Status& st) { ASSERT_TRUE(st.ok()) << st.message(); });
     pump();
     ASSERT_TRUE(session->active());
@@ -169,10 +195,11 @@ class ChargingSessionTest : public ::testing::Test {
   int refreshes = 0;
   std::vector<MeterCheck> implausible;
   std::vector<StopReason> stops;
+  bool top_ups = false;
 };
 
 TEST_F(ChargingSessionTest, OpeningCommitsTheRowAndTheStartReadingBeforeTheSessionRuns) {
-  session->open({.txn = "T-1", .method = "pay", .token = "card:04A1B2C3D4", .user_hash = "h", .payment_ref = "REF", .authorized_fen = 5000},
+  session->open({.txn = "T-1", .method = "pay", .token = "card:04A1B2C3D4", .user_hash = "h", .payment_ref = "REF", .authorized_fen = 5000, .mode = {}},
                 {clock.now(), 1000}, [](const Status&) {});
   EXPECT_FALSE(session->active()) << "running before the row is on disk";
   pump();
@@ -340,6 +367,197 @@ TEST_F(ChargingSessionTest, ACloseThatCannotCommitLeavesNothingOfItselfAndIsRetr
   EXPECT_EQ(TransactionRepository(*reader).find("T-1")->status, "closed");
   EXPECT_EQ(rows(), (std::vector<std::string>{"start 1000", "stop 1100"}));
   ASSERT_EQ(method.captures.size(), 1u);
+}
+
+
+// ---- charging modes: each stops at its own target, with its own reason ----
+
+TEST_F(ChargingSessionTest, AnEnergySessionStopsAtItsEnergyLessTheLastIntervalWithEnergyReached) {
+  open(1000, 100'000, {ModeKind::energy, 1000});
+  advance(1min);
+  sample(1400);  // 400 Wh, and 400 Wh a minute
+  EXPECT_TRUE(stops.empty());
+  advance(1min);
+  sample(1700);  // 700 + 300 reaches 1000 Wh
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0], StopReason::energy_reached);
+  advance(1min);
+  sample(1800);
+  EXPECT_EQ(stops.size(), 1u) << "asked once";
+}
+
+TEST_F(ChargingSessionTest, AnAmountSessionStopsWithAmountReachedNotFundsExhausted) {
+  open(1000, 150, {ModeKind::amount, 150});
+  for (const std::int64_t wh : {1400, 1800, 2100}) {
+    advance(1min);
+    sample(wh);
+  }
+  EXPECT_TRUE(stops.empty());
+  advance(1min);
+  sample(2300);  // 130 fen + 20: the next minute would reach the 150 asked for
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0], StopReason::amount_reached);
+}
+
+TEST_F(ChargingSessionTest, APartialHoldBelowTheAmountAskedStopsForFunds) {
+  open(1000, 100, {ModeKind::amount, 150});  // the method held less than the amount
+  for (const std::int64_t wh : {1400, 1800}) {
+    advance(1min);
+    sample(wh);
+  }
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0], StopReason::funds_exhausted) << "80 + 40 fen pass the 100 held before the 150 asked";
+}
+
+TEST_F(ChargingSessionTest, ATimedSessionStopsWhenItsTimeIsUpWithTimeReached) {
+  open(1000, 100'000, {ModeKind::time, 600});
+  advance(9min);
+  sample(1300);
+  advance(59s);
+  EXPECT_TRUE(stops.empty());
+  advance(1s);
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0], StopReason::time_reached);
+}
+
+TEST_F(ChargingSessionTest, AFullSessionHasNoTargetOfItsOwn) {
+  open(1000, 100'000, {});
+  for (int i = 1; i <= 30; ++i) {
+    advance(1min);
+    sample(1000 + 400 * i);
+  }
+  EXPECT_TRUE(stops.empty()) << "only the vehicle, the driver or the hold end it";
+}
+
+TEST_F(ChargingSessionTest, ABillAboveTheHoldIsCapturedOnlyUpToItAndTheRestRecordedAsUncovered) {
+  // The case: a 300-fen hold, a final reading that bills 307 fen.
+  open(1000, 300, {ModeKind::amount, 300});
+  advance(3min);
+  sample(2000);  // 100 fen, and 1000 Wh in three minutes
+  session->begin_stop(StopReason::local);
+  std::optional<StopOutcome> out;
+  session->close(MeterReading{clock.now() + 1s, 1000 + 3070}, [&](StopOutcome o) { out = std::move(o); });
+  pump();
+  ASSERT_EQ(method.captures.size(), 1u);
+  EXPECT_EQ(method.captures[0].fen, 300) << "never captured above the hold";
+  ASSERT_EQ(ledger.size(), 1u);
+  EXPECT_EQ(ledger[0].bill.total_fen, 307);
+  EXPECT_EQ(ledger[0].capture_fen, 300);
+  EXPECT_EQ(ledger[0].authorized_fen, 300);
+  EXPECT_EQ(ledger[0].uncovered_fen, 7) << "the signed record says what was not covered";
+  EXPECT_EQ(ledger[0].mode, "amount:300");
+  method.captures[0].done({.state = payment::OperationState::confirmed, .amount_fen = 300, .reference = "CAP", .reason = {}});
+  pump();
+  ASSERT_TRUE(out && out->ok && out->receipt);
+  EXPECT_EQ(out->receipt->record.bill.total_fen, 307);
+  EXPECT_EQ(out->receipt->captured_fen, 300);
+  EXPECT_EQ(out->receipt->record.uncovered_fen, 7);
+  const auto closed = events_of<events::SessionClosed>();
+  ASSERT_EQ(closed.size(), 1u);
+  EXPECT_EQ(closed[0].uncovered_fen, 7);
+  EXPECT_EQ(closed[0].total_fen - closed[0].captured_fen, closed[0].uncovered_fen) << "captured + uncovered = billed";
+}
+
+TEST_F(ChargingSessionTest, ABillWithinTheHoldHasNothingUncovered) {
+  open(1000, 300);
+  session->begin_stop(StopReason::local);
+  session->close(MeterReading{clock.now() + 1min, 1500}, [](const StopOutcome&) {});
+  pump();
+  ASSERT_EQ(ledger.size(), 1u);
+  EXPECT_EQ(ledger[0].uncovered_fen, 0);
+  EXPECT_EQ(ledger[0].capture_fen, 50);
+}
+
+// ---- top-ups: the hold raised before it is reached ----
+
+class TopUpTest : public ChargingSessionTest {
+ protected:
+  /// A 300-fen hold, 400 Wh (40 fen) a minute; the top-up (a 200-fen step) is asked when the
+  /// bill and the next interval come within half a step of the hold: at 2600 Wh (160 + 40 + 100).
+  void charge_until_top_up() {
+    top_ups = true;
+    store->submit(
+        [](Database& d) {
+          // The session's approved authorisation, as the start leaves it.
+          MoneyOperation a{.id = "T-1/authorize", .txn = "T-1", .kind = OperationKind::authorize, .amount_fen = 300, .method = "pay", .channel = {},
+                           .state = OperationStateRow::intent, .reference = "REF", .reason = {}, .attempts = 1, .created = {}, .updated = {},
+                           .next_attempt = std::nullopt, .routing = {}};
+          operations::insert_intent(d, a);
+          a.state = OperationStateRow::confirmed;
+          operations::update(d, a);
+        },
+        [](const Status& st) { ASSERT_TRUE(st.ok()); });
+    open(1000, 300);
+    for (const std::int64_t wh : {1400, 1800, 2200}) {
+      advance(1min);
+      sample(wh);
+    }
+    EXPECT_TRUE(method.increments.empty()) << "asked too early";
+    advance(1min);
+    sample(2600);
+    ASSERT_EQ(method.increments.size(), 1u);
+    EXPECT_EQ(method.increments[0].op, "T-1/increment/1");
+    EXPECT_EQ(method.increments[0].fen, 200);
+    EXPECT_EQ(method.increments[0].total, 500);
+    EXPECT_TRUE(stops.empty()) << "the top-up comes before the hold is reached";
+  }
+  /// 280 fen billed and 40 more in the next minute: past the original 300-fen hold.
+  void charge_past_the_old_hold() {
+    for (const std::int64_t wh : {3000, 3400, 3800}) {
+      advance(1min);
+      sample(wh);
+    }
+  }
+};
+
+TEST_F(TopUpTest, AnApprovedTopUpRaisesTheHoldAndChargingGoesOn) {
+  charge_until_top_up();
+  method.increments[0].done({.decision = payment::Decision::approved, .authorized_fen = 200, .reference = "REF", .reason = {}, .challenge = {}});
+  pump();
+  EXPECT_EQ(session->running()->authorized_fen, 500);
+  EXPECT_EQ(operations::find(reader->handle(), "T-1/increment/1")->state, OperationStateRow::confirmed);
+  charge_past_the_old_hold();
+  EXPECT_TRUE(stops.empty()) << "stopped at the hold it had before the top-up";
+  // Near the new hold, the next top-up.
+  for (const std::int64_t wh : {4200, 4600}) {
+    advance(1min);
+    sample(wh);
+  }
+  ASSERT_EQ(method.increments.size(), 2u);
+  EXPECT_EQ(method.increments[1].op, "T-1/increment/2");
+  EXPECT_EQ(method.increments[1].total, 700);
+}
+
+TEST_F(TopUpTest, ADeclinedTopUpStopsTheSessionAtItsHoldForFunds) {
+  charge_until_top_up();
+  method.increments[0].done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = "limit", .challenge = {}});
+  pump();
+  EXPECT_TRUE(stops.empty()) << "the hold is not reached yet";
+  charge_past_the_old_hold();
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0], StopReason::funds_exhausted);
+  EXPECT_EQ(method.increments.size(), 1u) << "a declined top-up is not asked again";
+}
+
+TEST_F(TopUpTest, ATopUpWithNoAnswerIsNotWaitedForAtTheHold) {
+  charge_until_top_up();
+  // No answer: the next minute passes the deadline (30 s); the hold still stands.
+  charge_past_the_old_hold();
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0], StopReason::funds_exhausted);
+  EXPECT_EQ(session->running()->authorized_fen, 300);
+  EXPECT_EQ(operations::find(reader->handle(), "T-1/increment/1")->state, OperationStateRow::pending) << "asked again in the background";
+}
+
+TEST_F(TopUpTest, AMethodThatCannotRaiseTheHoldStopsAtIt) {
+  open(1000, 300);  // top_ups false: the engine's answer for a method without incremental authorisation
+  for (const std::int64_t wh : {1400, 1800, 2200, 2600, 3000, 3400, 3800}) {
+    advance(1min);
+    sample(wh);
+  }
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(stops[0], StopReason::funds_exhausted);
+  EXPECT_TRUE(method.increments.empty());
 }
 
 }  // namespace

@@ -42,6 +42,17 @@ class FakeMethod final : public payment::Method {
   void refund(const payment::RefundRequest& r, payment::OperationCallback done) noexcept override {
     operations.push_back({"refund", std::string(r.operation_id), r.amount_fen, std::move(done), {}});
   }
+  void increment(const payment::IncrementRequest& r, payment::AuthorizationCallback done) noexcept override {
+    increments.push_back({std::string(r.operation_id), std::string(r.authorization_id), r.amount_fen, r.total_fen, std::move(done)});
+  }
+  struct Increment {
+    std::string op;
+    std::string authorization;
+    std::int64_t fen;
+    std::int64_t total;
+    payment::AuthorizationCallback done;
+  };
+  std::vector<Increment> increments;
 
   struct Auth {
     std::string op;
@@ -480,6 +491,136 @@ TEST_F(RoutedSagaTest, WhenEveryChannelFailsTheAnswerSaysWhat) {
   ASSERT_TRUE(result);
   EXPECT_EQ(result->decision, payment::Decision::declined);
   EXPECT_EQ(result->reason, "the payment could not be taken: down");
+}
+
+
+// ---- incremental authorisation (a top-up of the hold) ----
+
+class IncrementTest : public SagaTest {
+ protected:
+  /// T-1 authorised for 5000 fen and its session running.
+  void authorised() {
+    saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [](PaymentSaga::Authorization) {});
+    pump();
+    method.authorizations.back().done(approve(5000));
+    pump();
+  }
+  std::vector<MoneyOperation> answers;
+  PaymentSaga::OperationDone keep() {
+    return [this](const MoneyOperation& o) { answers.push_back(o); };
+  }
+};
+
+TEST_F(IncrementTest, ATopUpIsAnOperationOfItsOwnWithItsIntentOnDiskBeforeThePluginIsAsked) {
+  authorised();
+  saga->increment("T-1", "pay", 2000, keep());
+  EXPECT_TRUE(method.increments.empty()) << "asked before the intent committed";
+  pump();
+  ASSERT_EQ(method.increments.size(), 1u);
+  EXPECT_EQ(method.increments[0].op, "T-1/increment/1");
+  EXPECT_EQ(method.increments[0].authorization, "T-1/authorize") << "the approved authorisation is the one raised";
+  EXPECT_EQ(method.increments[0].fen, 2000);
+  EXPECT_EQ(method.increments[0].total, 7000) << "the hold once raised";
+  EXPECT_EQ(op("T-1/increment/1")->state, OperationStateRow::intent);
+  EXPECT_EQ(op("T-1/increment/1")->kind, OperationKind::increment);
+  method.increments[0].done(approve(1500));  // a partial top-up
+  pump();
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_EQ(answers[0].state, OperationStateRow::confirmed);
+  EXPECT_EQ(answers[0].amount_fen, 1500);
+  EXPECT_EQ(op("T-1/increment/1")->state, OperationStateRow::confirmed);
+  EXPECT_EQ(op("T-1/increment/1")->amount_fen, 1500);
+  // The next top-up has its own id and counts what the first added.
+  saga->increment("T-1", "pay", 2000, keep());
+  pump();
+  ASSERT_EQ(method.increments.size(), 2u);
+  EXPECT_EQ(method.increments[1].op, "T-1/increment/2");
+  EXPECT_EQ(method.increments[1].total, 5000 + 1500 + 2000);
+}
+
+TEST_F(IncrementTest, ADeclinedTopUpFailsAndAddsNothing) {
+  authorised();
+  saga->increment("T-1", "pay", 2000, keep());
+  pump();
+  method.increments[0].done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = "limit reached", .challenge = {}});
+  pump();
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_EQ(answers[0].state, OperationStateRow::failed);
+  EXPECT_EQ(op("T-1/increment/1")->reason, "limit reached");
+  EXPECT_EQ(settled.back().id, "T-1/increment/1");
+  // The next top-up's hold counts only what was granted.
+  saga->increment("T-1", "pay", 1000, keep());
+  pump();
+  ASSERT_EQ(method.increments.size(), 2u);
+  EXPECT_EQ(method.increments[1].total, 5000 + 1000);
+}
+
+TEST_F(IncrementTest, ATopUpCannotStepUpAndAnApprovalOfNothingIsADecline) {
+  authorised();
+  saga->increment("T-1", "pay", 2000, keep());
+  saga->increment("T-1", "pay", 2000, keep());
+  pump();
+  ASSERT_EQ(method.increments.size(), 2u);
+  method.increments[0].done({.decision = payment::Decision::step_up, .authorized_fen = 0, .reference = {}, .reason = {}, .challenge = {}});
+  method.increments[1].done(approve(0));
+  pump();
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_EQ(answers[0].state, OperationStateRow::failed);
+  EXPECT_EQ(answers[1].state, OperationStateRow::failed);
+}
+
+TEST_F(IncrementTest, ATopUpWithNoAnswerIsPendingNeverGrantedAndIsAskedAgainWithItsId) {
+  authorised();
+  saga->increment("T-1", "pay", 2000, keep());
+  pump();
+  advance(30s);
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_EQ(answers[0].state, OperationStateRow::pending) << "no answer is not a grant";
+  EXPECT_EQ(op("T-1/increment/1")->state, OperationStateRow::pending);
+  advance(5s);
+  ASSERT_EQ(method.increments.size(), 2u);
+  EXPECT_EQ(method.increments[1].op, "T-1/increment/1") << "the same operation, asked again";
+  method.increments[1].done(approve(2000));
+  pump();
+  EXPECT_EQ(op("T-1/increment/1")->state, OperationStateRow::confirmed);
+}
+
+TEST_F(IncrementTest, AfterAKillATopUpWithoutAnOutcomeIsAskedAgainAndOneWithAnOutcomeIsNot) {
+  write_transaction("T-1");  // the session started: its hold is not an orphan to release
+  authorised();
+  saga->increment("T-1", "pay", 2000, keep());  // asked, never answered
+  pump();
+  saga->increment("T-1", "pay", 1000, keep());  // answered: declined
+  pump();
+  method.increments[1].done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = "no", .challenge = {}});
+  pump();
+  // Only the intent, never asked: the kill came between the commit and the call.
+  store->submit(
+      [](Database& d) {
+        operations::insert_intent(d, {.id = "T-1/increment/3", .txn = "T-1", .kind = OperationKind::increment, .amount_fen = 500, .method = "pay",
+                                      .channel = {}, .state = OperationStateRow::intent, .reference = {}, .reason = {}, .attempts = 0,
+                                      .created = kStart, .updated = kStart, .next_attempt = std::nullopt, .routing = {}});
+      },
+      [](const Status& st) { ASSERT_TRUE(st.ok()); });
+  pump();
+  close();  // kill -9
+  method.increments.clear();
+  open();
+  saga->resume();
+  pump();
+  std::set<std::string> asked;
+  for (const auto& i : method.increments) asked.insert(i.op);
+  EXPECT_EQ(asked, (std::set<std::string>{"T-1/increment/1", "T-1/increment/3"})) << "the declined one is not asked again";
+  for (auto& i : method.increments) {
+    if (i.op == "T-1/increment/1") {
+      EXPECT_EQ(i.total, 7000) << "the hold from the database: the authorisation plus this top-up";
+    }
+    i.done(approve(i.fen));
+  }
+  pump();
+  EXPECT_EQ(op("T-1/increment/1")->state, OperationStateRow::confirmed);
+  EXPECT_EQ(op("T-1/increment/3")->state, OperationStateRow::confirmed);
+  EXPECT_TRUE(operations::unfinished(reader->handle()).empty()) << "every operation has its outcome";
 }
 
 }  // namespace

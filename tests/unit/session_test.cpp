@@ -412,3 +412,92 @@ TEST(Session, AStepUpIsAnsweredAtThePileAndRefundsArePartialAndRepeated) {
 }
 
 }  // namespace
+
+// Charging modes through the control socket: a mode that is not allowed is refused before
+// anything is held; an amount session holds that amount and ends with AmountReached; a site
+// whose method can raise holds tops a full session up instead of stopping it at the hold.
+TEST(Session, AModeAskedAtTheStartSetsTheHoldAndTheSessionEndsAtItsTarget) {
+  TempDir dir;
+  RunningSite site(dir, site_yaml(), {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
+  ASSERT_TRUE(eventually([&] { return site.runtime().ready() && request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+  EXPECT_EQ(request(site, {{"cmd", "session_start"}, {"connector", 1}, {"mode", "turbo"}})["error"],
+            "unknown charging mode 'turbo'; modes: full, amount:<fen>, energy:<Wh> (or <n>kWh), time:<minutes> (or <n>m, <n>s)");
+  EXPECT_EQ(request(site, {{"cmd", "session_start"}, {"connector", 1}, {"mode", "amount:100001"}})["error"],
+            "mode 'amount:100001': 100001 fen is above the site's limit of 100000 fen (payment.max_hold_fen)");
+  const auto started = request(site, {{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}, {"mode", "amount:300"}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  nlohmann::json receipt;
+  ASSERT_TRUE(eventually([&] {
+    receipt = request(site, {{"cmd", "receipt"}, {"transaction", started["transaction"]}});
+    return receipt.value("status", "") == "closed" && receipt.value("capture_status", "") == "captured";
+  })) << receipt.dump(2);
+  EXPECT_EQ(receipt["stop_reason"], "AmountReached");
+  EXPECT_EQ(receipt["authorized_fen"], 300) << "the hold follows the mode, not payment.preauth_fen";
+  const std::int64_t total = receipt["total_fen"].get<std::int64_t>(), captured = receipt["captured_fen"].get<std::int64_t>();
+  EXPECT_LE(captured, 300);
+  EXPECT_EQ(captured + receipt.value("uncovered_fen", std::int64_t{0}), total) << "captured and uncovered make up the bill";
+  for (const auto& op : receipt["operations"]) {
+    if (op["kind"] == "authorize") {
+      EXPECT_EQ(op["amount_fen"], 300);
+    }
+  }
+}
+
+TEST(Session, AFullSessionIsToppedUpByAMethodThatCanRaiseItsHold) {
+  TempDir dir;
+  std::string yaml = site_yaml();
+  const std::string pay = "payment: {default_method: sim, preauth_fen: 30000}";
+  yaml.replace(yaml.find(pay), pay.size(), "payment: {default_method: sim, preauth_fen: 1000, increment_step_fen: 1000, max_hold_fen: 3000, authorize_timeout_ms: 600000}");
+  RunningSite site(dir, yaml, {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
+  ASSERT_TRUE(eventually([&] { return site.runtime().ready() && request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+  const auto started = request(site, {{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  nlohmann::json receipt;
+  ASSERT_TRUE(eventually([&] {
+    receipt = request(site, {{"cmd", "receipt"}, {"transaction", started["transaction"]}});
+    return receipt.value("status", "") == "closed" && receipt.value("capture_status", "") == "captured";
+  })) << receipt.dump(2);
+  // 1000 held, raised twice by 1000 up to the site's 3000, then stopped for funds at that. The
+  // top-up is asked half a step (about three simulated minutes here) before the hold.
+  EXPECT_EQ(receipt["stop_reason"], "FundsExhausted");
+  EXPECT_EQ(receipt["authorized_fen"], 3000) << receipt.dump(2);
+  std::vector<std::string> increments;
+  for (const auto& op : receipt["operations"]) {
+    if (op["kind"] == "increment") {
+      increments.push_back(op["operation"]);
+      EXPECT_EQ(op["state"], "confirmed");
+      EXPECT_EQ(op["amount_fen"], 1000);
+    }
+  }
+  const std::string txn = started["transaction"];
+  EXPECT_EQ(increments, (std::vector<std::string>{txn + "/increment/1", txn + "/increment/2"}));
+  EXPECT_GT(receipt["captured_fen"].get<std::int64_t>(), 2000) << "captured beyond the first hold";
+  EXPECT_LE(receipt["captured_fen"].get<std::int64_t>(), 3000);
+}
+
+
+// A plugin built against API 2.0 loads into this 2.1 core, but is never asked for a top-up, even
+// when it claims the capability: a 2.0 binary has no increment() to call. The session stops at
+// its hold.
+TEST(Session, APluginBuiltForApi20IsNeverAskedToRaiseTheHold) {
+  TempDir dir;
+  std::string yaml = site_yaml();
+  const std::string sim = "  sim:\n    plugin: sim-payment\n    config: {latency_ms: 0}\n";
+  yaml.replace(yaml.find(sim), sim.size(), "  old:\n    plugin: payment-api-2-0\n");
+  const std::string pay = "payment: {default_method: sim, preauth_fen: 30000}";
+  yaml.replace(yaml.find(pay), pay.size(), "payment: {default_method: old, preauth_fen: 1000, increment_step_fen: 1000, authorize_timeout_ms: 600000}");
+  RunningSite site(dir, yaml, {PILECORE_PLUGIN_DIR, PILECORE_BROKEN_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
+  ASSERT_TRUE(eventually([&] { return site.runtime().ready() && request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+  const auto started = request(site, {{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  nlohmann::json receipt;
+  ASSERT_TRUE(eventually([&] {
+    receipt = request(site, {{"cmd", "receipt"}, {"transaction", started["transaction"]}});
+    return receipt.value("status", "") == "closed" && receipt.value("capture_status", "") == "captured";
+  })) << receipt.dump(2);
+  EXPECT_EQ(receipt["stop_reason"], "FundsExhausted");
+  EXPECT_EQ(receipt["authorized_fen"], 1000);
+  for (const auto& op : receipt["operations"]) {
+    EXPECT_NE(op["kind"], "increment") << receipt.dump(2);
+  }
+}

@@ -1,5 +1,5 @@
 // Stop reasons: a client may give only the reasons that are a client's (Local, Remote); the
-// pile's own (Fault, Shutdown, EVFull, EVDisconnected, FundsExhausted) are refused with a clear
+// pile's own (Fault, Shutdown, EVFull, EVDisconnected, FundsExhausted, the modes' *Reached) are refused with a clear
 // error. Whatever the reason, a stop leaves the connector's state machine in a state without a
 // session: a Fault stop once left it Charging with no session, refusing every start.
 #include <gtest/gtest.h>
@@ -43,7 +43,7 @@ TEST(StopReasons, AClientMayGiveOnlyLocalOrRemote) {
   TempDir dir;
   RunningSite site(dir, site_yaml(), {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
   const std::string txn = start_charging(site);
-  for (const char* reason : {"Fault", "Shutdown", "EVFull", "EVDisconnected", "FundsExhausted"}) {
+  for (const char* reason : {"Fault", "Shutdown", "EVFull", "EVDisconnected", "FundsExhausted", "EnergyReached", "TimeReached", "AmountReached"}) {
     const auto r = request(site, {{"cmd", "session_stop"}, {"connector", 1}, {"reason", reason}});
     EXPECT_EQ(r["ok"], false) << reason;
     EXPECT_EQ(r["error"], fmt::format("stop reason '{}' is the pile's own, not a client's; a client may give Local or Remote", reason));
@@ -65,7 +65,8 @@ TEST(StopReasons, EveryStopLeavesTheConnectorWithoutASession) {
   const std::vector<std::pair<StopReason, std::string>> expected = {
       {StopReason::local, "Finishing"},          {StopReason::remote, "Finishing"}, {StopReason::shutdown, "Finishing"},
       {StopReason::funds_exhausted, "Finishing"}, {StopReason::ev_full, "Finishing"}, {StopReason::ev_disconnected, "Available"},
-      {StopReason::fault, "Faulted"}};
+      {StopReason::fault, "Faulted"},           {StopReason::energy_reached, "Finishing"}, {StopReason::time_reached, "Finishing"},
+      {StopReason::amount_reached, "Finishing"}};
   for (const auto& [reason, status] : expected) {
     SCOPED_TRACE(std::string(to_string(reason)));
     TempDir dir;

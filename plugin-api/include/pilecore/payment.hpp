@@ -99,6 +99,20 @@ struct AuthorizationResult {
   Challenge challenge;              ///< step_up only
 };
 
+/// A top-up of an approved authorisation (API 2.1): raise the hold by `amount_fen` during a
+/// session. Answered like an authorisation: approved with `authorized_fen` the amount ADDED (may
+/// be less than asked; 0 is a decline), declined, or unavailable. A step-up is not possible here
+/// and counts as declined. Idempotent on the operation id like every other operation.
+struct IncrementRequest {
+  std::string_view operation_id;      ///< "<txn>/increment/<n>"
+  std::string_view transaction_id;
+  std::string_view authorization_id;  ///< the approved authorisation raised (its operation id)
+  std::string_view channel;           ///< the channel it was approved on (empty: the method's own)
+  std::int64_t amount_fen = 0;        ///< to add to the hold
+  std::int64_t total_fen = 0;         ///< the hold once added: what a capture may then take at most
+  TimePoint deadline{};
+};
+
 /// The outcome of a capture, a void or a refund.
 enum class OperationState : std::uint8_t {
   confirmed,  ///< done; `amount_fen` is what moved
@@ -181,6 +195,16 @@ class Method : public Plugin {
   virtual void cancel(const VoidRequest& request, OperationCallback done) noexcept = 0;
   /// Returns money of a captured transaction.
   virtual void refund(const RefundRequest& request, OperationCallback done) noexcept = 0;
+  /// API 2.1. Raises an approved authorisation's hold (a top-up). The core calls it only for a
+  /// plugin built against 2.1 or later whose capabilities() say incremental_authorization; this
+  /// default answers declined for any other, so a 2.0 plugin's source still compiles.
+  virtual void increment(const IncrementRequest& request, AuthorizationCallback done) noexcept {
+    (void)request;
+    AuthorizationResult r;
+    r.decision = Decision::declined;
+    r.reason = "this payment method cannot raise a hold (no incremental authorisation)";
+    done(std::move(r));
+  }
 };
 
 }  // namespace payment
