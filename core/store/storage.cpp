@@ -92,6 +92,16 @@ const char* const migrations[] = {
     " failed INTEGER NOT NULL,"
     " PRIMARY KEY(method, channel, bucket_ms));"
     "ALTER TABLE operations ADD COLUMN routing TEXT NOT NULL DEFAULT '';",
+    // 6: the risk engine's decisions (core/risk): one row per transaction and phase (before the
+    // authorisation, before the capture), with every instance's answer, beside the money
+    // operation of that phase.
+    "CREATE TABLE risk_decisions("
+    " txn_id TEXT NOT NULL,"
+    " phase TEXT NOT NULL CHECK(phase IN ('authorize','capture')),"
+    " verdict TEXT NOT NULL CHECK(verdict IN ('allow','step_up','deny')),"
+    " answers TEXT NOT NULL,"
+    " decided_ms INTEGER NOT NULL,"
+    " PRIMARY KEY(txn_id, phase));",
 };
 }  // namespace
 
