@@ -97,6 +97,11 @@ TEST(RiskSession, TheRulesRunBeforeTheAuthorisationAndBeforeTheCapture) {
   ASSERT_TRUE(started.value("ok", false)) << started.dump();
   const std::string txn = started["transaction"];
   ASSERT_TRUE(eventually([&] { return request(s, {{"cmd", "status"}})["connectors"][0]["status"] == "Charging"; }));
+  // Some energy, so that there is something to capture (and a capture phase to judge).
+  ASSERT_TRUE(eventually([&] {
+    const auto st = request(s, {{"cmd", "status"}})["connectors"][0];
+    return st.contains("session") && st["session"].value("energy_wh", 0) > 0;
+  }));
   const auto stopped = request(s, {{"cmd", "session_stop"}, {"connector", 1}});
   ASSERT_TRUE(stopped.value("ok", false)) << stopped.dump();
   EXPECT_EQ(stopped["receipt"]["capture_status"], "captured") << "a capture-phase allow lets the capture go ahead";
