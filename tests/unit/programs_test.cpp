@@ -116,7 +116,7 @@ TEST(Pilectl, HelpAtEveryLevel) {
 TEST(Pilectl, PluginsListAndShow) {
   auto list = run_process({pilectl, "plugins", "list"});
   EXPECT_EQ(list.exit_code, 0) << list.out << list.err;
-  EXPECT_NE(list.out.find("sim-sensor         sensor     0.1.0     2.0   "), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("sim-sensor         sensor     0.1.0     2.1   "), std::string::npos) << list.out;
   auto json = run_process({pilectl, "plugins", "list", "--json"});
   EXPECT_EQ(json.exit_code, 0);
   EXPECT_NE(json.out.find("\"name\": \"sim-sensor\""), std::string::npos) << json.out;
