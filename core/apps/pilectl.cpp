@@ -21,6 +21,7 @@
 #include "plugin_loader.hpp"
 #include "reference.hpp"
 #include "site_config.hpp"
+#include "transactions_command.hpp"
 
 using namespace pilecore;
 using namespace pilecore::core;
@@ -205,6 +206,15 @@ int main(int argc, char** argv) {
 
   auto accounts = cli::add_accounts_command(app);
 
+  // transactions (read from the database, as ledger verify)
+  std::string tx_db, tx_config, tx_only;
+  std::size_t tx_limit = 20;
+  auto* transactions = app.add_subcommand("transactions", "The newest transactions with the risk engine's decisions and every rule's answer");
+  transactions->add_option("--db", tx_db, "Database file (default: from the site file, else <state dir>/pilecore.db)");
+  transactions->add_option("--config", tx_config, "Site file: the database from its storage section");
+  transactions->add_option("--limit", tx_limit, "How many, newest first")->check(CLI::Range(1, 100000));
+  transactions->add_option("--txn", tx_only, "Only this transaction");
+
   CLI11_PARSE(app, argc, argv);
   if (accounts->chosen()) return accounts->run(std::cout, std::cerr);
 
@@ -247,6 +257,13 @@ int main(int argc, char** argv) {
       return 1;
     }
     return keys_init(o, std::cout, std::cerr);
+  }
+  if (*transactions) {
+    std::optional<SiteConfig> site;
+    if (!tx_config.empty() && !load_for_identity(tx_config, site)) return 2;
+    const std::filesystem::path db = !tx_db.empty() ? std::filesystem::path(tx_db)
+                                                    : std::filesystem::path(resolve_identity_location(site ? site->database : "pilecore.db", default_state_dir()));
+    return list_transactions(db, tx_limit, tx_only, std::cout, std::cerr);
   }
   if (*ledger_verify_cmd) {
     std::optional<SiteConfig> site;

@@ -155,7 +155,14 @@ void SessionCloser::close(const std::string& txn, std::uint32_t connector, const
           closed(nullptr);
           return;
         }
-        saga_.execute(op, [closed](const MoneyOperation& result) { closed(&result); });
+        auto capture_now = [this, op, closed, alive] {
+          if (*alive) saga_.execute(op, [closed](const MoneyOperation& result) { closed(&result); });
+        };
+        if (hooks_.before_capture) {
+          hooks_.before_capture(txn, connector, method, capture, std::move(capture_now));
+        } else {
+          capture_now();
+        }
       });
 }
 

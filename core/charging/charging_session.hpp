@@ -50,6 +50,11 @@ class SessionCloser {
     std::function<void(const SessionRecord&)> ledger_append;
     std::function<bool(const std::string& txn)> ledger_contains;
     std::function<void(const Event&)> emit;
+    /// Once the close is on disk and before the capture is asked: the risk rules' capture phase.
+    /// Calls `proceed` once, on the strand. May be empty.
+    std::function<void(const std::string& txn, std::uint32_t connector, const std::string& method, std::int64_t capture_fen,
+                       std::function<void()> proceed)>
+        before_capture;
   };
   SessionCloser(std::string site_id, const Tariff& tariff, StoreWorker& store, PaymentSaga& saga, Hooks hooks);
   ~SessionCloser();

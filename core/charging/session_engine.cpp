@@ -10,10 +10,12 @@
 
 #include "clocks.hpp"
 #include "crypto.hpp"
+#include "db_history.hpp"
 #include "inflight.hpp"
 #include "money_operations.hpp"
 #include "receipt.hpp"
 #include "reading_repository.hpp"
+#include "risk_repository.hpp"
 #include "strand_scheduler.hpp"
 #include "transaction_repository.hpp"
 #include "token_privacy.hpp"
@@ -22,32 +24,6 @@ namespace pilecore::core {
 namespace asio = boost::asio;
 
 namespace {
-
-/// Past transactions, read from the database, for risk rules.
-class DbHistory final : public risk::History {
- public:
-  explicit DbHistory(Database& db) : db_(db) {}
-  // A database error is an error (std::nullopt), never a zero: a rule must not fail open.
-  std::optional<std::uint32_t> sessions_since(std::string_view user, TimePoint since) const noexcept override {
-    try {
-      return TransactionRepository(db_).sessions_since(user, since);
-    } catch (const std::exception& e) {
-      spdlog::error("risk history: {}", e.what());
-      return std::nullopt;
-    }
-  }
-  std::optional<std::int64_t> amount_since_fen(std::string_view user, TimePoint since) const noexcept override {
-    try {
-      return TransactionRepository(db_).amount_since_fen(user, since);
-    } catch (const std::exception& e) {
-      spdlog::error("risk history: {}", e.what());
-      return std::nullopt;
-    }
-  }
-
- private:
-  Database& db_;
-};
 
 /// Runs a work through the storage thread and only logs a failure (checkpoints, status marks:
 /// what a failure costs is said where it matters).
@@ -101,6 +77,9 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
   reader_ = reader_db_->handle();
   txn_seq_ = TransactionRepository(*reader_db_).last_sequence();
   scheduler_ = std::make_unique<StrandScheduler>(strand_, clock_);
+  site_day_ = std::make_unique<SiteDay>(site_.timezone.empty() ? std::string("UTC") : site_.timezone);
+  risk_history_ = std::make_shared<DbHistory>(*reader_db_, *site_day_);
+  risk_ = std::make_unique<RiskEngine>(*scheduler_, clock_);
   const auto& pay = site_.session.payment;
   PaymentSaga::Hooks sh;
   sh.method = [this](std::string_view name) -> payment::Method* {
@@ -128,7 +107,12 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
     closer_ = std::make_unique<SessionCloser>(site_.id, *site_.session.tariff, store_, *saga_,
                                               SessionCloser::Hooks{.ledger_append = hooks_.ledger_append,
                                                                    .ledger_contains = hooks_.ledger_contains,
-                                                                   .emit = [this](const Event& e) { emit(e); }});
+                                                                   .emit = [this](const Event& e) { emit(e); },
+                                                                   .before_capture = [this](const std::string& txn, std::uint32_t connector,
+                                                                                            const std::string& method, std::int64_t fen,
+                                                                                            std::function<void()> proceed) {
+                                                                     risk_before_capture(txn, connector, method, fen, std::move(proceed));
+                                                                   }});
   }
   for (const auto& cfg : site_.connectors) {
     auto conn = std::make_unique<Connector>();
@@ -368,57 +352,61 @@ std::string SessionEngine::next_transaction_id(std::uint32_t connector) {
 }
 
 void SessionEngine::evaluate_risk(const risk::Context& ctx, std::function<void(risk::Verdict, std::string)> done) {
-  const auto rules = hooks_.running_of_kind(Kind::risk);
-  if (rules.empty()) {
-    done(risk::Verdict::allow, {});
-    return;
-  }
-  struct State {
-    std::size_t pending;
-    risk::Verdict verdict = risk::Verdict::allow;
-    std::vector<std::string> reasons;
-    bool finished = false;
-    std::function<void(risk::Verdict, std::string)> done;
-    DbHistory history;
-    std::string txn, method, token;
-    std::unique_ptr<asio::steady_timer> deadline;
-  };
-  auto st = std::make_shared<State>(State{rules.size(), risk::Verdict::allow, {}, false, std::move(done), DbHistory(*reader_db_),
-                                          std::string(ctx.transaction_id), std::string(ctx.method), std::string(ctx.user), nullptr});
-  auto finish = [st] {
-    if (st->finished) return;
-    st->finished = true;
-    if (st->deadline) st->deadline->cancel();
-    std::string reasons;
-    for (const auto& r : st->reasons) reasons += (reasons.empty() ? "" : "; ") + r;
-    st->done(st->verdict, reasons);
-  };
-  const Duration budget(site_.session.payment.risk_timeout_ms);
-  st->deadline = timer_after(budget, [st, finish] {
-    if (st->finished) return;
-    st->verdict = std::max(st->verdict, risk::Verdict::step_up);
-    st->reasons.push_back("a risk rule did not answer in time");
-    finish();
-  });
-  risk::Context c = ctx;
-  c.transaction_id = st->txn;
-  c.method = st->method;
-  c.user = st->token;
-  for (const auto& name : rules) {
-    auto ref = hooks_.find(name);
-    if (!ref.plugin) {
-      if (--st->pending == 0) finish();
-      continue;
+  std::vector<RiskInstance> instances;
+  for (const auto& name : hooks_.running_of_kind(Kind::risk)) {
+    RiskInstance ri{.name = name, .rule = nullptr, .deadline = Duration(site_.session.payment.risk_timeout_ms), .on_failure = risk::Verdict::step_up};
+    if (const auto ref = hooks_.find(name); ref.plugin && ref.kind == Kind::risk) ri.rule = static_cast<risk::Rule*>(ref.plugin);
+    for (const auto& spec : site_.instances) {
+      if (spec.name != name) continue;
+      if (spec.risk_deadline_ms > 0) ri.deadline = Duration(spec.risk_deadline_ms);
+      ri.on_failure = spec.risk_on_failure == "allow" ? risk::Verdict::allow : spec.risk_on_failure == "deny" ? risk::Verdict::deny : risk::Verdict::step_up;
     }
-    static_cast<risk::Rule*>(ref.plugin)->evaluate(c, st->history, clock_.now() + budget, [st, name, finish](risk::Result r) {
-      if (st->finished) return;
-      if (r.verdict != risk::Verdict::allow) {
-        st->verdict = std::max(st->verdict, r.verdict);
-        st->reasons.push_back(fmt::format("{}: {}", name, r.reason));
-      }
-      if (--st->pending == 0) finish();
-    });
+    instances.push_back(std::move(ri));
   }
+  risk::Context c = ctx;
+  c.pile = site_.id;
+  c.day_start = site_day_->day_start(c.time);
+  c.utc_offset_s = site_day_->utc_offset_s(c.time);
+  risk_->evaluate(c, std::move(instances), risk_history_, [this, txn = std::string(ctx.transaction_id), done = std::move(done)](RiskDecision d) {
+    // Recorded before the money operation it precedes: the storage thread keeps submission order.
+    if (!d.answers.empty()) {
+      RiskDecisionRow row{.txn = txn,
+                          .phase = d.phase == risk::Phase::capture ? "capture" : "authorize",
+                          .verdict = std::string(risk::to_string(d.verdict)),
+                          .answers = d.answers_text(),
+                          .decided = clock_.now()};
+      submit_logged(store_, "the risk decision of " + txn, [row = std::move(row)](Database& db) { RiskRepository(db).record(row); });
+    }
+    done(d.verdict, d.reasons());
+  });
+}
+
+void SessionEngine::risk_before_capture(const std::string& txn, std::uint32_t connector, const std::string& method, std::int64_t fen,
+                                        std::function<void()> proceed) {
+  std::string user;
+  try {
+    if (const auto row = TransactionRepository(*reader_db_).find(txn)) user = user_hash(row->user_token);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: the capture's risk check cannot read the transaction: {}", txn, e.what());
+  }
+  const risk::Context ctx{.phase = risk::Phase::capture,
+                          .transaction_id = txn,
+                          .connector = connector,
+                          .method = method,
+                          .channel = {},
+                          .user = user,
+                          .amount_fen = fen,
+                          .time = clock_.now(),
+                          .pile = {},
+                          .day_start = {},
+                          .utc_offset_s = 0};
+  // The energy is delivered and the bill committed: the verdict is recorded and reported, and
+  // the capture goes ahead (holding it for review is the step-up work of issue #11 item 5).
+  evaluate_risk(ctx, [txn, connector, proceed = std::move(proceed), alive = alive_](risk::Verdict verdict, const std::string& reasons) {
+    if (!*alive) return;
+    if (verdict != risk::Verdict::allow) spdlog::warn("connector {}: {}: risk at capture: {}: {}", connector, txn, risk::to_string(verdict), reasons);
+    proceed();
+  });
 }
 
 // The start, one named step after another: checks, risk rules, authorisation (with its
@@ -481,7 +469,17 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
                req->amount_fen);
   // Context holds views: the hash must outlive it (a temporary here was read after its end).
   const std::string user = user_hash(req->token);
-  const risk::Context ctx{risk::Phase::authorize, req->txn, id, req->method, {}, user, req->amount_fen, clock_.now()};
+  const risk::Context ctx{.phase = risk::Phase::authorize,
+                          .transaction_id = req->txn,
+                          .connector = id,
+                          .method = req->method,
+                          .channel = {},
+                          .user = user,
+                          .amount_fen = req->amount_fen,
+                          .time = clock_.now(),
+                          .pile = {},
+                          .day_start = {},
+                          .utc_offset_s = 0};
   evaluate_risk(ctx, [this, req, alive = alive_](risk::Verdict verdict, const std::string& reasons) {
     if (*alive) start_authorize(req, verdict, reasons);
   });

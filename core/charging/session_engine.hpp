@@ -38,6 +38,9 @@
 #include "bill.hpp"
 #include "charging_session.hpp"
 #include "checkpoint_health.hpp"
+#include "db_history.hpp"
+#include "risk_engine.hpp"
+#include "site_day.hpp"
 #include "payment_saga.hpp"
 #include "scheduler.hpp"
 #include "store_worker.hpp"
@@ -142,6 +145,8 @@ class SessionEngine {
   /// The guard's verdict on a reading or a stall: the meter.implausible alarm, and the fault.
   void on_meter_check(Connector& c, const MeterCheck& check, double value);
   void evaluate_risk(const risk::Context& ctx, std::function<void(risk::Verdict, std::string)> done);
+  /// The rules' capture phase, between the close's commit and the capture (SessionCloser's hook).
+  void risk_before_capture(const std::string& txn, std::uint32_t connector, const std::string& method, std::int64_t fen, std::function<void()> proceed);
   // The start's steps, in order (start() runs the checks and the risk rules).
   void start_authorize(const std::shared_ptr<StartRequest>& req, risk::Verdict verdict, const std::string& reasons);
   void start_read_meter(const std::shared_ptr<StartRequest>& req, PaymentSaga::Authorization a);
@@ -169,6 +174,9 @@ class SessionEngine {
   sqlite3* reader_ = nullptr;  ///< reader_db_'s handle
   std::int64_t txn_seq_ = 0;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<SiteDay> site_day_;             ///< the site's calendar, for the risk rules' "day"
+  std::shared_ptr<DbHistory> risk_history_;       ///< on reader_db_
+  std::unique_ptr<RiskEngine> risk_;
   std::unique_ptr<PaymentSaga> saga_;
   std::unique_ptr<SessionCloser> closer_;  ///< none without tariffs (no session starts then)
   const Clock& clock_;

@@ -57,6 +57,11 @@ Field build_site_schema() {
                            true);
   connectors.min_items = 1;
   Field instance_connector = with_range(field("connector", FieldType::integer, "The connector this instance serves (power, sensor, indicator)"), 1, 255);
+  Field risk_on_failure = with_default(field("risk_on_failure", FieldType::enumeration,
+                                             "Risk instances only: the verdict that stands for this rule when it fails (no answer by its "
+                                             "deadline, not running, a history it could not read) (docs/risk.md)"),
+                                       "step_up");
+  risk_on_failure.allowed = {"allow", "step_up", "deny"};
   Field plugins = group("plugins", FieldType::map, "Plugin instances by name",
                         {field("plugin", FieldType::string, "Which installed plugin this instance runs (see `pilectl plugins list`)", true),
                          instance_connector,
@@ -71,7 +76,13 @@ Field build_site_schema() {
                                       "256"),
                          field("isolate_paths", FieldType::string_list,
                                "Isolated only: absolute paths (devices, sockets, directories) the process may read and write besides its state "
-                               "directory")},
+                               "directory"),
+                         with_default(with_range(field("risk_deadline_ms", FieldType::integer,
+                                                       "Risk instances only: how long the rule may take to answer; 0 takes "
+                                                       "payment.risk_timeout_ms (docs/risk.md)"),
+                                                 0, 600000, "ms"),
+                                      "0"),
+                         risk_on_failure},
                         true);
   plugins.key_pattern = "[a-z0-9][a-z0-9_-]{0,31}";
   plugins.pattern_hint = "use 1 to 32 lower case letters, digits, '_' or '-', starting with a letter or digit";
@@ -483,6 +494,12 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
       }
       if (const YAML::Node n = member(m.value, "isolate_paths"); n.IsSequence() && !parse_value(fields[5], n, v)) {
         spec.isolate_paths = std::get<std::vector<std::string>>(v);
+      }
+      if (const YAML::Node n = member(m.value, "risk_deadline_ms"); n.IsScalar() && !parse_value(fields[6], n, v)) {
+        spec.risk_deadline_ms = std::get<std::int64_t>(v);
+      }
+      if (const YAML::Node n = member(m.value, "risk_on_failure"); n.IsScalar() && !parse_value(fields[7], n, v)) {
+        spec.risk_on_failure = std::get<std::string>(v);
       }
     }
     if (!plugin_node.IsScalar()) continue;  // reported by the schema

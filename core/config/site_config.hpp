@@ -62,6 +62,8 @@ struct InstanceSpec {
   bool isolate = false;                    // in its own process (core/isolation)
   std::int64_t isolate_memory_mb = 256;    // that process's address-space cap; 0: none
   std::vector<std::string> isolate_paths;  // what it may write besides its state directory
+  std::int64_t risk_deadline_ms = 0;       // risk instances: 0 takes payment.risk_timeout_ms
+  std::string risk_on_failure = "step_up"; // risk instances: allow, step_up or deny on a failure
 };
 
 /// The `storage` section's keys for a disk that fills (the database's path is SiteConfig::database).

@@ -237,7 +237,8 @@ class RiskProxy final : public risk::Rule {
   void evaluate(const risk::Context& c, const risk::History& history, TimePoint deadline, risk::Callback done) noexcept override {
     try {
       json a = {{"phase", static_cast<int>(c.phase)}, {"txn", c.transaction_id}, {"connector", c.connector}, {"method", c.method},
-                {"channel", c.channel}, {"user", c.user}, {"amount_fen", c.amount_fen}, {"time", time_json(c.time)}, {"deadline", time_json(deadline)}};
+                {"channel", c.channel}, {"user", c.user}, {"amount_fen", c.amount_fen}, {"time", time_json(c.time)}, {"deadline", time_json(deadline)},
+                {"pile", c.pile}, {"day_start", time_json(c.day_start)}, {"utc_offset_s", c.utc_offset_s}};
       iso_.call_async("evaluate", std::move(a), [done = std::move(done)](const json* r) {
         risk::Result out{risk::Verdict::step_up, "the risk rule's isolated process is not running"};
         try {

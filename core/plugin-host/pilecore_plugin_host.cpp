@@ -311,9 +311,10 @@ class ChildHost final : public Host {
     } else if (kind_ == Kind::payment && cb != 0) {
       payment_call(m, a, cb);
     } else if (kind_ == Kind::risk && m == "evaluate" && cb != 0) {
-      const std::string txn = str(a, "txn"), method = str(a, "method"), channel = str(a, "channel"), user = str(a, "user");
+      const std::string txn = str(a, "txn"), method = str(a, "method"), channel = str(a, "channel"), user = str(a, "user"), pile = str(a, "pile");
       risk::Context c{enumerated(a, "phase", risk::Phase::capture), txn, static_cast<std::uint32_t>(integer(a, "connector")), method, channel, user,
-                      integer(a, "amount_fen"), time_of(a, "time")};
+                      integer(a, "amount_fen"), time_of(a, "time"), pile, time_of(a, "day_start"),
+                      static_cast<std::int32_t>(integer(a, "utc_offset_s"))};
       auto history = std::make_shared<RelayHistory>(weak_, cb);
       static_cast<risk::Rule*>(plugin_)->evaluate(c, *history, time_of(a, "deadline"), [this, cb, history](risk::Result r) {
         answer(cb, {{"verdict", static_cast<int>(r.verdict)}, {"reason", r.reason}});

@@ -116,6 +116,16 @@ const char* const migrations[] = {
     "ALTER TABLE operations_v6 RENAME TO operations;"
     "CREATE INDEX operations_txn ON operations(txn_id);"
     "CREATE INDEX operations_unfinished ON operations(state) WHERE state IN ('intent','pending');",
+    // 7: the risk engine's decisions (core/risk): one row per transaction and phase (before the
+    // authorisation, before the capture), with every instance's answer, beside the money
+    // operation of that phase.
+    "CREATE TABLE risk_decisions("
+    " txn_id TEXT NOT NULL,"
+    " phase TEXT NOT NULL CHECK(phase IN ('authorize','capture')),"
+    " verdict TEXT NOT NULL CHECK(verdict IN ('allow','step_up','deny')),"
+    " answers TEXT NOT NULL,"
+    " decided_ms INTEGER NOT NULL,"
+    " PRIMARY KEY(txn_id, phase));",
 };
 }  // namespace
 

@@ -92,7 +92,8 @@ class ChargingSessionTest : public ::testing::Test {
                                                                         ledger.push_back(r);
                                                                       },
                                                                       .ledger_contains = {},
-                                                                      .emit = [this](const Event& e) { events.push_back(e); }});
+                                                                      .emit = [this](const Event& e) { events.push_back(e); },
+                                                                      .before_capture = {}});
     ChargingSession::Hooks h;
     h.emit = [this](const Event& e) { events.push_back(e); };
     h.refresh_meter = [this] { ++refreshes; };

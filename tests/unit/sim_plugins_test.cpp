@@ -512,7 +512,7 @@ risk::Result evaluate(SimSite& site, std::string_view instance, const TestHistor
   Answer<risk::Result> a;
   site.on_strand([&] {
     site.plugin<risk::Rule>(instance)->evaluate(
-        {.phase = risk::Phase::authorize, .transaction_id = "T-r", .connector = 1, .method = "pay", .channel = {}, .user = token, .amount_fen = fen, .time = when},
+        {.phase = risk::Phase::authorize, .transaction_id = "T-r", .connector = 1, .method = "pay", .channel = {}, .user = token, .amount_fen = fen, .time = when, .pile = {}, .day_start = {}, .utc_offset_s = 0},
         history,
         site.now() + 5s, a.callback());
   });

@@ -1,9 +1,11 @@
 // pilecore plugin SDK: risk rules.
 //
-// The core runs every configured risk rule before a payment is authorised and combines their
-// verdicts (any deny denies, else any step_up steps up). A rule answers through the callback
-// before the deadline, exactly once; a late or missing answer counts as step_up. A rule never sees
-// who pays in clear: `user` is a salted hash of the token, stable on this pile.
+// The core runs every configured risk rule before a payment is authorised and again before it is
+// captured, and combines their verdicts (any deny denies, else any step_up steps up). A rule
+// answers through the callback before the deadline, exactly once; a late answer, an exception or
+// a history it could not read is a failure, which the instance's `risk_on_failure` (site file)
+// turns into allow, step_up (the default) or deny. A rule never sees who pays in clear: `user` is
+// a salted hash of the token, stable on this pile.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +45,20 @@ struct Context {
   std::string_view user;        ///< salted hash of the user's token (hex), never the token itself
   std::int64_t amount_fen = 0;  ///< estimated (authorize) or final (capture) amount
   TimePoint time{};
+  // Since API 2.1.
+  std::string_view pile;        ///< the site's id: which pile this runs on
+  /// Midnight of `time`'s day in the site's time zone: a rule counting "per day" counts the day
+  /// the site lives in, which a plugin cannot compute (it does not know the zone).
+  TimePoint day_start{};
+  std::int32_t utc_offset_s = 0;  ///< the site's offset from UTC at `time` (local = time + offset)
+};
+
+/// One past session of a user, as History::sessions_after reports it (since API 2.1).
+struct PastSession {
+  TimePoint started{};
+  std::int64_t amount_fen = 0;     ///< what was captured, else what was billed
+  std::uint32_t connector = 0;
+  std::int32_t utc_offset_s = 0;   ///< the site's offset from UTC when it started
 };
 
 /// Read-only view of past transactions, kept by the core. Valid until the rule has answered
@@ -53,6 +69,15 @@ class History {
   virtual ~History() = default;
   [[nodiscard]] virtual std::optional<std::uint32_t> sessions_since(std::string_view user, TimePoint since) const noexcept = 0;
   [[nodiscard]] virtual std::optional<std::int64_t> amount_since_fen(std::string_view user, TimePoint since) const noexcept = 0;
+  /// Since API 2.1: the user's closed sessions that started after `after`, oldest first, at most
+  /// `limit` of them, each handed to `each`. Returns false when the history cannot be read (then
+  /// `each` may have seen some of them: discard them). A history that cannot relay it (an
+  /// isolated instance's) answers false.
+  [[nodiscard]] virtual bool sessions_after(std::string_view user, TimePoint after, std::size_t limit,
+                                            const std::function<void(const PastSession&)>& each) const noexcept {
+    (void)user, (void)after, (void)limit, (void)each;
+    return false;
+  }
 };
 
 struct Result {

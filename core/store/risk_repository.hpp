@@ -1,0 +1,63 @@
+// The risk engine's tables: its decisions (one per transaction and phase) and the history
+// queries its rules read. Every failure throws std::runtime_error, so an unreadable history
+// reaches the engine as an error, never as "no sessions".
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pilecore/clock.hpp"
+#include "storage.hpp"
+
+namespace pilecore::core {
+
+struct RiskDecisionRow {
+  std::string txn;
+  std::string phase;    ///< authorize, capture
+  std::string verdict;  ///< allow, step_up, deny
+  std::string answers;  ///< each instance's answer, "name: verdict (how): reason", one a line
+  TimePoint decided{};
+};
+
+/// One closed session of a user, for the rules that model behaviour.
+struct UserSessionRow {
+  TimePoint started{};
+  std::int64_t amount_fen = 0;
+  std::uint32_t connector = 0;
+};
+
+/// A transaction as `pilectl transactions` lists it, with its risk decisions (no token).
+struct TransactionListing {
+  std::string id;
+  std::uint32_t connector = 0;
+  std::string method;
+  std::string status;
+  TimePoint started{};
+  std::optional<std::int64_t> total_fen;
+  std::optional<std::int64_t> captured_fen;
+  std::vector<RiskDecisionRow> decisions;
+};
+
+class RiskRepository {
+ public:
+  explicit RiskRepository(Database& db) : db_(db) {}
+
+  /// Writer (storage thread). A phase decided again (a retried start) replaces the row.
+  void record(const RiskDecisionRow& d);
+  /// Readers.
+  [[nodiscard]] std::vector<RiskDecisionRow> decisions(std::string_view txn);
+  /// The newest `limit` transactions (or the one named `only`), newest first, with their decisions.
+  [[nodiscard]] std::vector<TransactionListing> listing(std::size_t limit, std::string_view only = {});
+  /// Closed sessions of `user_hash` that started after `after`, oldest first, at most `limit`.
+  /// Rides the (user_hash, started_ms) index.
+  void sessions_after(std::string_view user_hash, TimePoint after, std::size_t limit, const std::function<void(const UserSessionRow&)>& each);
+
+ private:
+  Database& db_;
+};
+
+}  // namespace pilecore::core
