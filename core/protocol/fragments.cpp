@@ -95,9 +95,10 @@ Result<std::optional<Message>> Reassembler::offer(const FrameView& frame, TimePo
   }
   Transfer& t = it->second;
   if (t.type != h.type || t.count != count) {
-    transfers_.erase(it);
-    return fail(Error::bad_fragment, fmt::format("transfer {}: fragment {} says type {} of {} fragments; the transfer is {} of {}", id, index,
-                                                 to_string(h.type), count, to_string(t.type), t.count));
+    auto message = fmt::format("transfer {}: fragment {} says type {} of {} fragments; the transfer is {} of {}", id, index, to_string(h.type), count,
+                               to_string(t.type), t.count);
+    transfers_.erase(it);  // `t` dies here
+    return fail(Error::bad_fragment, std::move(message));
   }
   if (auto seen = t.bodies.find(index); seen != t.bodies.end()) {
     if (std::equal(seen->second.begin(), seen->second.end(), body.begin(), body.end())) {

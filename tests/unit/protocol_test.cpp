@@ -329,7 +329,9 @@ TEST(ProtocolFragments, AFragmentThatContradictsItsTransferEndsIt) {
   EXPECT_FALSE(ok(offer(r, t.frames[0], at(0))));
   Bytes recounted = t.frames[1];
   recounted[kHeaderSize + 5] += 1;  // the count
-  EXPECT_EQ(error_of(offer(r, recounted, at(0))), Error::bad_fragment);
+  const auto refused = offer(r, recounted, at(0));
+  EXPECT_EQ(error_of(refused), Error::bad_fragment);
+  EXPECT_EQ(std::get<Failure>(refused).message, "transfer 10: fragment 1 says type command of 9 fragments; the transfer is command of 8");
   Bytes beyond = t.frames[1];
   beyond[kHeaderSize + 2] = 0x7F;  // index past the count
   EXPECT_EQ(error_of(offer(r, beyond, at(0))), Error::bad_fragment);
