@@ -61,9 +61,11 @@ UplinkConfig parse_uplink_config(const YAML::Node& links, const std::vector<Inst
     if (candidates.size() == 1) {
       cfg.cellular = candidates[0];
     } else if (candidates.size() > 1) {
-      diags.error(position_of(links), fmt::format("'links': the site has {} link instances ({}); say which is the 5G one in links.cellular "
-                                                  "(and the LoRaWAN one in links.lorawan)",
-                                                  link_instances.size(), fmt::join(link_instances, ", ")));
+      // A warning, not an error: sites with several links were valid before this section was
+      // read, and nothing sends from the outbox yet. Nothing is guessed: no default route.
+      diags.warning(position_of(links), fmt::format("'links': the site has {} link instances ({}); say which is the 5G one in links.cellular "
+                                                    "(and the LoRaWAN one in links.lorawan), or uplink records have no default route",
+                                                    link_instances.size(), fmt::join(link_instances, ", ")));
     }
   }
   cfg.routing = protocol::default_routing(cfg.cellular, cfg.lorawan);
