@@ -48,13 +48,15 @@ bench: deps
 	build/release/bin/bench_routing
 	build/release/bin/bench_risk
 
-# Builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS.
+# Builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS (fuzz_frame: the uplink
+# wire protocol's decoder, seeded with docs/protocol.md's examples).
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	@test -f build/fuzz/build.ninja || cmake --preset fuzz
-	cmake --build build/fuzz -j $(JOBS) --target fuzz_site_config
-	mkdir -p build/fuzz/corpus
+	cmake --build build/fuzz -j $(JOBS) --target fuzz_site_config fuzz_frame
+	mkdir -p build/fuzz/corpus build/fuzz/corpus-frames
 	build/fuzz/tests/fuzz/fuzz_site_config -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus tests/corpus/site
+	build/fuzz/tests/fuzz/fuzz_frame -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-frames tests/corpus/frames
 
 # Debian packages (pilecore, pilecore-sim, pilecore-dev) from a clean export of the tree, in
 # build/deb/, checked by lintian. See docs/packaging.md.

@@ -116,7 +116,7 @@ Field build_site_schema() {
        with_default(with_range(field("crash_window_s", FieldType::integer, "The window in which an instance's crashes are counted"), 10, 604800, "s"), "600")});
   Field root = group("", FieldType::object, "pilecore site file",
                      {site, connectors, plugins, storage, log, containment, tariffs_field(), payment_field(), charging_field(),
-                      reserved("risk", "the risk engine"), reserved("links", "uplink routing"),
+                      reserved("risk", "the risk engine"), links_schema(),
                       identity_schema()});
   return root;
 }
@@ -609,6 +609,8 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
     if (const YAML::Node n = member(c, "crash_window_s"); n.IsDefined() && !n.IsNull()) cfg.crash_policy.window = std::chrono::seconds(integer_of(cf.fields[1], n));
   }
   if (const YAML::Node identity = member(root, "identity"); identity.IsDefined() && !identity.IsNull()) cfg.identity = identity_config(identity);
+  cfg.uplink = parse_uplink_config(member(root, "links"), cfg.instances, diags);
+  if (diags.has_errors()) return out;
   out.site = std::move(cfg);
   return out;
 }

@@ -12,6 +12,7 @@
 #include "crash_records.hpp"
 #include "diagnostics.hpp"
 #include "identity_config.hpp"
+#include "uplink_config.hpp"
 #include "plugin_loader.hpp"
 #include "schema.hpp"
 #include "session_config.hpp"
@@ -88,6 +89,7 @@ struct SiteConfig {
   CrashPolicy crash_policy;  // the `containment` section: when a crashing instance is quarantined
   SessionConfig session;
   std::optional<IdentityConfig> identity;  // the `identity` section, when the file has one: the ledger is kept
+  UplinkConfig uplink;                     // the `links` section: link per uplink class, the outbox's bound
 };
 
 /// Checks that `node` (a scalar) names an instance in `plugins` of one of `kinds`, and reports

@@ -6,9 +6,11 @@
 #include <sqlite3.h>
 
 #include <cstdint>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "storage.hpp"
 
@@ -42,6 +44,12 @@ class Stmt {
   }
   Stmt& bind(int i, const std::string& v) { return bind(i, std::string_view(v)); }
   Stmt& bind(int i, const char* v) { return bind(i, std::string_view(v)); }
+  Stmt& bind_blob(int i, std::span<const std::uint8_t> v) {
+    // A zero-length blob must still be a blob, not NULL: SQLite takes a null pointer as NULL.
+    static const std::uint8_t empty = 0;
+    sqlite3_bind_blob(st_, i, v.empty() ? &empty : v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
   Stmt& bind_null(int i) {
     sqlite3_bind_null(st_, i);
     return *this;
@@ -57,6 +65,10 @@ class Stmt {
   [[nodiscard]] std::string text(int c) const {
     const auto* t = sqlite3_column_text(st_, c);
     return t ? reinterpret_cast<const char*>(t) : "";
+  }
+  [[nodiscard]] std::vector<std::uint8_t> blob(int c) const {
+    const auto* b = static_cast<const std::uint8_t*>(sqlite3_column_blob(st_, c));
+    return b ? std::vector<std::uint8_t>(b, b + sqlite3_column_bytes(st_, c)) : std::vector<std::uint8_t>{};
   }
   [[nodiscard]] bool null(int c) const { return sqlite3_column_type(st_, c) == SQLITE_NULL; }
 

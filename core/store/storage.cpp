@@ -126,6 +126,24 @@ const char* const migrations[] = {
     " answers TEXT NOT NULL,"
     " decided_ms INTEGER NOT NULL,"
     " PRIMARY KEY(txn_id, phase));",
+    // 8: the uplink outbox (core/store/outbox.hpp): a record is written in the transaction of the
+    // change it reports and deleted only by the back end's acknowledgement. class is the uplink
+    // class as its priority (0 control, 1 transaction, 2 status, 3 telemetry); payload is the
+    // CBOR record, resent byte for byte. outbox_meta keeps the frame sequence, the drop counters
+    // and the highest ledger seq the back end holds.
+    "CREATE TABLE outbox("
+    " id INTEGER PRIMARY KEY,"
+    " key TEXT NOT NULL UNIQUE,"
+    " class INTEGER NOT NULL CHECK(class BETWEEN 0 AND 3),"
+    " kind TEXT NOT NULL,"
+    " payload BLOB NOT NULL,"
+    " size INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_attempt_ms INTEGER NOT NULL);"
+    "CREATE INDEX outbox_order ON outbox(class, id);"
+    "CREATE INDEX outbox_next ON outbox(next_attempt_ms);"
+    "CREATE TABLE outbox_meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
 };
 }  // namespace
 

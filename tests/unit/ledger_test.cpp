@@ -543,7 +543,7 @@ TEST(LedgerMigration, AVersion2LedgerVerifiesBeforeAndAfterMigrationAndTakesMore
   EXPECT_EQ(out.str(), "ledger OK: 3 records, chain intact, all signatures valid\n");
 
   Database db(file);
-  EXPECT_EQ(db.schema_version(), 7);
+  EXPECT_EQ(db.schema_version(), 8);
   Ledger ledger(db.handle(), SigningKey(key.string()), HashAlgorithm::sm3);
   EXPECT_TRUE(ledger.contains("T-0002"));  // entry = txn_id
   auto refund = make_record(4, "T-0002");

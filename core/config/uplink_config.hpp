@@ -1,0 +1,42 @@
+// The site file's `links` section: which link instance carries each uplink class
+// (docs/protocol.md section 4) and the outbox's bound and retry timing.
+//   links:
+//     cellular: modem          # the 5G link instance (default: the site's only link instance)
+//     lorawan: lora            # the LoRaWAN link instance, when the site has one
+//     routes:                  # per class, overriding the default routing
+//       telemetry: {primary: modem, fallback: lora}
+//     outbox: {max_records: 20000, max_bytes: 33554432, first_retry_s: 15, max_retry_s: 600}
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "diagnostics.hpp"
+#include "link_routing.hpp"
+#include "schema.hpp"
+
+namespace pilecore::core {
+
+struct InstanceSpec;
+
+Field links_schema();
+
+struct UplinkConfig {
+  std::string cellular;  ///< empty: the site has no link
+  std::string lorawan;   ///< empty: none
+  /// default_routing(cellular, lorawan) with the file's `routes` applied.
+  protocol::LinkRouting routing;
+  std::int64_t outbox_max_records = 20000;
+  std::int64_t outbox_max_bytes = 32 * 1024 * 1024;
+  std::int64_t first_retry_s = 15;
+  std::int64_t max_retry_s = 600;
+};
+
+/// Reads a validated `links` section (undefined or null: the defaults), reporting references to
+/// instances that are not links, and a site with several links that does not say which is 5G.
+UplinkConfig parse_uplink_config(const YAML::Node& links, const std::vector<InstanceSpec>& instances, Diagnostics& diags);
+
+}  // namespace pilecore::core
