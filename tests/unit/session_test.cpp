@@ -446,7 +446,7 @@ TEST(Session, AModeAskedAtTheStartSetsTheHoldAndTheSessionEndsAtItsTarget) {
 TEST(Session, AFullSessionIsToppedUpByAMethodThatCanRaiseItsHold) {
   TempDir dir;
   std::string yaml = site_yaml();
-  const std::string pay = "payment: {default_method: sim, preauth_fen: 30000}";
+  const std::string pay = "payment: {default_method: sim, preauth_fen: 30000, authorize_timeout_ms: 600000}";
   yaml.replace(yaml.find(pay), pay.size(), "payment: {default_method: sim, preauth_fen: 1000, increment_step_fen: 1000, max_hold_fen: 3000, authorize_timeout_ms: 600000}");
   RunningSite site(dir, yaml, {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
   ASSERT_TRUE(eventually([&] { return site.runtime().ready() && request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
@@ -484,7 +484,7 @@ TEST(Session, APluginBuiltForApi20IsNeverAskedToRaiseTheHold) {
   std::string yaml = site_yaml();
   const std::string sim = "  sim:\n    plugin: sim-payment\n    config: {latency_ms: 0}\n";
   yaml.replace(yaml.find(sim), sim.size(), "  old:\n    plugin: payment-api-2-0\n");
-  const std::string pay = "payment: {default_method: sim, preauth_fen: 30000}";
+  const std::string pay = "payment: {default_method: sim, preauth_fen: 30000, authorize_timeout_ms: 600000}";
   yaml.replace(yaml.find(pay), pay.size(), "payment: {default_method: old, preauth_fen: 1000, increment_step_fen: 1000, authorize_timeout_ms: 600000}");
   RunningSite site(dir, yaml, {PILECORE_PLUGIN_DIR, PILECORE_BROKEN_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
   ASSERT_TRUE(eventually([&] { return site.runtime().ready() && request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
