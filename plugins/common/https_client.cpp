@@ -247,4 +247,31 @@ void HttpsClient::post(const std::string& path, const nlohmann::json& body, Done
   asio::post(impl_->io, [r] { r->run(); });
 }
 
+void ProviderCalls::call(const std::string& path, const nlohmann::json& body, std::function<void(const HttpsResponse&)> answered,
+                         std::function<void()> stopped) {
+  const std::uint64_t id = ++seq_;
+  calls_[id] = Call{std::move(answered), std::move(stopped)};
+  client_.post(path, body, [this, id](HttpsResponse r) {
+    to_strand_([this, id, r = std::move(r)] {
+      auto it = calls_.find(id);
+      if (it == calls_.end()) return;
+      auto fn = std::move(it->second.answered);
+      calls_.erase(it);
+      fn(r);
+    });
+  });
+}
+
+void ProviderCalls::stop() noexcept {
+  client_.stop();
+  auto calls = std::move(calls_);
+  calls_.clear();
+  for (auto& [id, c] : calls) {
+    try {
+      c.stopped();
+    } catch (...) {
+    }
+  }
+}
+
 }  // namespace pilecore::plugins

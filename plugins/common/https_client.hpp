@@ -10,7 +10,9 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -66,6 +68,36 @@ class HttpsClient {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+/// A provider-backed method's calls in flight, kept on the plugin's strand: each is answered
+/// exactly once, by the provider's response (`answered`, on the strand) or, when the plugin stops
+/// first, by `stopped`.
+class ProviderCalls {
+ public:
+  /// Hands a function to the plugin's strand (Host::post).
+  using ToStrand = std::function<void(std::function<void()>)>;
+
+  ProviderCalls(HttpsClient& client, ToStrand to_strand) : client_(client), to_strand_(std::move(to_strand)) {}
+  ProviderCalls(const ProviderCalls&) = delete;
+  ProviderCalls& operator=(const ProviderCalls&) = delete;
+
+  /// POSTs `body` to `path`. Call on the strand.
+  void call(const std::string& path, const nlohmann::json& body, std::function<void(const HttpsResponse&)> answered, std::function<void()> stopped);
+
+  /// Stops the client (its last answers are posted, and posts no longer run after the plugin's
+  /// stop) and answers every call still waiting with its `stopped`. Call on the strand.
+  void stop() noexcept;
+
+ private:
+  struct Call {
+    std::function<void(const HttpsResponse&)> answered;
+    std::function<void()> stopped;
+  };
+  HttpsClient& client_;
+  ToStrand to_strand_;
+  std::map<std::uint64_t, Call> calls_;  // strand only
+  std::uint64_t seq_ = 0;
 };
 
 }  // namespace pilecore::plugins

@@ -173,15 +173,7 @@ class CreditPay final : public payment::Method {
   void stop() noexcept override {
     for (auto& [op, id] : timers_) host_.cancel(id);
     timers_.clear();
-    client_->stop();
-    auto calls = std::move(calls_);
-    calls_.clear();
-    for (auto& [id, c] : calls) {
-      try {
-        c.stopped();
-      } catch (...) {
-      }
-    }
+    calls_.stop();
   }
 
   void authorize(const payment::AuthorizationRequest& request, payment::AuthorizationCallback done) noexcept override {
@@ -374,23 +366,10 @@ class CreditPay final : public payment::Method {
   }
 
  private:
-  struct Call {
-    std::function<void(const HttpsResponse&)> answered;
-    std::function<void()> stopped;
-  };
-
+  /// One provider call; `answered` runs on the strand with the response, `stopped` instead when
+  /// the instance stops first. Exactly one of them runs.
   void call(const std::string& path, const nlohmann::json& body, std::function<void(const HttpsResponse&)> answered, std::function<void()> stopped) {
-    const std::uint64_t id = ++call_seq_;
-    calls_[id] = Call{std::move(answered), std::move(stopped)};
-    client_->post(path, body, [this, id](HttpsResponse r) {
-      host_.post([this, id, r = std::move(r)] {
-        auto it = calls_.find(id);
-        if (it == calls_.end()) return;
-        auto fn = std::move(it->second.answered);
-        calls_.erase(it);
-        fn(r);
-      });
-    });
+    calls_.call(path, body, std::move(answered), std::move(stopped));
   }
 
   void open_store() {
@@ -548,8 +527,7 @@ class CreditPay final : public payment::Method {
   std::unique_ptr<HttpsClient> client_;
   sqlite3* db_ = nullptr;
   std::vector<unsigned char> key_;
-  std::map<std::uint64_t, Call> calls_;
-  std::uint64_t call_seq_ = 0;
+  plugins::ProviderCalls calls_{*client_, [this](std::function<void()> fn) { host_.post(std::move(fn)); }};
   std::set<std::string> awaiting_;   // operation ids with a step-up out
   std::set<std::string> debiting_;   // debts with a debit in flight
   std::map<std::string, TimerId> timers_;

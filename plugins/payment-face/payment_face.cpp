@@ -195,15 +195,7 @@ class FacePay final : public payment::Method {
 
   void stop() noexcept override {
     stop_module();
-    client_->stop();  // its last answers are posted, and posts no longer run after stop: answer here
-    auto calls = std::move(calls_);
-    calls_.clear();
-    for (auto& [id, c] : calls) {
-      try {
-        c.stopped();
-      } catch (...) {
-      }
-    }
+    calls_.stop();
   }
 
   void authorize(const payment::AuthorizationRequest& request, payment::AuthorizationCallback done) noexcept override {
@@ -286,25 +278,10 @@ class FacePay final : public payment::Method {
   }
 
  private:
-  struct Call {
-    std::function<void(const HttpsResponse&)> answered;
-    std::function<void()> stopped;
-  };
-
   /// One provider call; `answered` runs on the strand with the response, `stopped` instead when
   /// the instance stops first. Exactly one of them runs.
   void call(const std::string& path, const nlohmann::json& body, std::function<void(const HttpsResponse&)> answered, std::function<void()> stopped) {
-    const std::uint64_t id = ++call_seq_;
-    calls_[id] = Call{std::move(answered), std::move(stopped)};
-    client_->post(path, body, [this, id](HttpsResponse r) {
-      host_.post([this, id, r = std::move(r)] {
-        auto it = calls_.find(id);
-        if (it == calls_.end()) return;
-        auto fn = std::move(it->second.answered);
-        calls_.erase(it);
-        fn(r);
-      });
-    });
+    calls_.call(path, body, std::move(answered), std::move(stopped));
   }
 
   void operation(const char* path, const char* what, const nlohmann::json& body, std::string txn, payment::OperationCallback done) noexcept {
@@ -480,8 +457,7 @@ class FacePay final : public payment::Method {
   int module_port_;
   int reconnect_ms_;
   std::unique_ptr<HttpsClient> client_;
-  std::map<std::uint64_t, Call> calls_;  // strand only
-  std::uint64_t call_seq_ = 0;
+  plugins::ProviderCalls calls_{*client_, [this](std::function<void()> fn) { host_.post(std::move(fn)); }};
   std::uint64_t liveness_refusals_ = 0;
   std::set<std::string> refused_here_;  // transactions declined before any provider call
   std::atomic<std::uint64_t> bad_lines_{0};
