@@ -89,6 +89,22 @@ void Responder::operator()(const ErrorReply& e) const { send_(error_json(e.messa
 
 void serve_request(const nlohmann::json& request, std::function<void(nlohmann::json)> reply, const CommandOptions& options,
                    const CommandHandler& handler) {
+  if (options.admit) {
+    const nlohmann::json* cmd = nullptr;
+    if (request.is_object()) {
+      if (const auto it = request.find("cmd"); it != request.end()) cmd = &*it;
+    }
+    const std::string_view name = cmd && cmd->is_string() ? std::string_view(cmd->get_ref<const std::string&>()) : std::string_view();
+    const risk::Inbound kind = name == "session_start"                            ? risk::Inbound::authorization
+                               : name == "session_stop" || name == "session_answer" ? risk::Inbound::session_control
+                                                                                    : risk::Inbound::control_request;
+    if (!options.admit(kind)) {
+      nlohmann::json r = error_json("rate limited: the pile is refusing requests above its configured rate; try again in a moment");
+      r["rate_limited"] = true;
+      reply(std::move(r));
+      return;
+    }
+  }
   std::variant<Command, Refused> parsed;
   try {
     parsed = parse(request, options);

@@ -12,6 +12,7 @@
 
 #include "charging_session.hpp"
 #include "pilecore/payment.hpp"
+#include "pilecore/risk.hpp"
 #include "runtime_events.hpp"
 #include "session_results.hpp"
 
@@ -78,6 +79,10 @@ class Responder {
 
 struct CommandOptions {
   bool storage_diagnostics = false;  ///< accept diag_max_pages
+  /// The admission guard, asked before a request is read into a Command (empty: admit all).
+  /// Starting a session is an authorisation attempt, stopping or answering one is session
+  /// control, anything else a control request. A refusal gets a cheap "rate limited" reply.
+  std::function<bool(risk::Inbound)> admit;
 };
 
 using CommandHandler = std::function<void(Command command, Responder reply)>;

@@ -3,6 +3,8 @@
 // by wire.cpp.
 #pragma once
 
+#include <array>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -45,9 +47,16 @@ struct PluginAlarm {
   bool active = true;
   AlarmSeverity severity = AlarmSeverity::warning;
 };
+/// The "switch to backup endpoint" signal (risk.flood raised) or its end (cleared): the links
+/// are told to prefer their backup endpoint, or to fail back.
+struct LinkEndpoint {
+  bool prefer_backup = false;
+  std::string why;
+};
 }  // namespace events
 
-using RuntimeEvent = std::variant<events::Ready, events::ConnectorChanged, events::InstanceFailed, events::InstanceRestarted, events::PluginAlarm, LowDiskAlarm>;
+using RuntimeEvent = std::variant<events::Ready, events::ConnectorChanged, events::InstanceFailed, events::InstanceRestarted, events::PluginAlarm, LowDiskAlarm,
+                                  events::LinkEndpoint>;
 
 /// Every event that is an alarm, whoever raised it.
 using AlarmEvent = std::variant<events::MeterImplausible, events::CloseFailed, events::CheckpointFailed, events::PluginAlarm, LowDiskAlarm>;
@@ -65,6 +74,14 @@ struct ActiveAlarm {
   TimePoint since{};  ///< when first raised; an update keeps it
 };
 
+/// What the admission guard (risk rules of API 2.2, e.g. risk-rate-limit) let in and refused,
+/// per risk::Inbound kind, since the start.
+struct AdmissionCounts {
+  std::array<std::uint64_t, 5> admitted{};
+  std::array<std::uint64_t, 5> refused{};
+  bool prefer_backup = false;  ///< the "switch to backup endpoint" signal is on (risk.flood)
+};
+
 /// The reply to `status`.
 struct DaemonStatus {
   StatusSnapshot engine;
@@ -73,6 +90,7 @@ struct DaemonStatus {
   bool ready = false;
   std::vector<ActiveAlarm> alarms;
   std::optional<DiskStatus> storage;
+  AdmissionCounts admission;
 };
 
 }  // namespace pilecore::core

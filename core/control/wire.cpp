@@ -7,6 +7,7 @@
 #include "clocks.hpp"
 #include "control_socket.hpp"
 #include "overloaded.hpp"
+#include "pilecore/risk.hpp"
 #include "receipt.hpp"
 
 namespace pilecore::core {
@@ -251,6 +252,9 @@ nlohmann::json to_json(const RuntimeEvent& e) {
                     {"path", v.path},            {"free_bytes", v.free_bytes},         {"threshold_bytes", v.threshold_bytes},
                     {"message", v.message}};
           },
+          [](const events::LinkEndpoint& v) -> nlohmann::json {
+            return {{"event", "link_endpoint"}, {"endpoint", v.prefer_backup ? "backup" : "primary"}, {"why", v.why}};
+          },
       },
       e);
 }
@@ -268,6 +272,13 @@ nlohmann::json to_json(const DaemonStatus& s) {
   for (const auto& a : s.alarms) alarms.push_back(to_json(a));
   st["alarms"] = alarms;
   if (s.storage) st["storage"] = to_json(*s.storage);
+  nlohmann::json admitted = nlohmann::json::object(), refused = nlohmann::json::object();
+  for (std::size_t i = 0; i < s.admission.admitted.size(); ++i) {
+    const std::string kind(risk::to_string(static_cast<risk::Inbound>(i)));
+    admitted[kind] = s.admission.admitted[i];
+    refused[kind] = s.admission.refused[i];
+  }
+  st["admission"] = {{"admitted", admitted}, {"refused", refused}, {"prefer_backup", s.admission.prefer_backup}};
   return st;
 }
 

@@ -105,6 +105,8 @@ class Instance final : public Host {
   void present(const identification::Token& token) noexcept override {
     if (!alive_->load()) return;
     try {
+      // A flood of taps is refused at the door, counted in status, and not logged line by line.
+      if (!rt_.admit(risk::Inbound::token)) return;
       if (auto* e = rt_.engine()) e->present(token, spec_.connector);
     } catch (const std::exception& e) {
       logger_->error("a presented token was lost: {}", e.what());
@@ -537,7 +539,26 @@ void Runtime::finish_shutdown() {
 }
 
 void Runtime::handle_request(const nlohmann::json& req, std::function<void(nlohmann::json)> reply) {
-  serve_request(req, std::move(reply), CommandOptions{options_.storage_diagnostics}, [this](Command c, Responder r) { on_command(std::move(c), std::move(r)); });
+  serve_request(req, std::move(reply), CommandOptions{.storage_diagnostics = options_.storage_diagnostics, .admit = [this](risk::Inbound k) { return admit(k); }},
+                [this](Command c, Responder r) { on_command(std::move(c), std::move(r)); });
+}
+
+bool Runtime::admit(risk::Inbound what) {
+  // Every running in-process rule of API 2.2 or later is asked; the first refusal refuses. An
+  // isolated instance is not asked (a round trip per request would make the guard the target).
+  const TimePoint now = clock_->now();
+  bool ok = true;
+  for (const auto& inst : instances_) {
+    if (inst->kind() != Kind::risk || inst->state() != InstanceState::running || inst->isolated() != nullptr) continue;
+    if (inst->spec().loaded->descriptor->api_minor < 2) continue;
+    if (!inst->as<risk::Rule>()->admit(what, now)) {
+      ok = false;
+      break;
+    }
+  }
+  const auto i = static_cast<std::size_t>(what);
+  if (i < admission_.admitted.size()) ++(ok ? admission_.admitted : admission_.refused)[i];
+  return ok;
 }
 
 
@@ -545,7 +566,7 @@ void Runtime::on_command(Command command, Responder reply) {
   if (!engine_) return reply(ErrorReply{"pilecored is still starting"});
   std::visit(overloaded{
                  [&](const commands::Status&) {
-                   DaemonStatus st{engine_->status(), instances(), control_.get(), ready_.load(), {}, std::nullopt};
+                   DaemonStatus st{engine_->status(), instances(), control_.get(), ready_.load(), {}, std::nullopt, admission_};
                    for (const auto& [key, a] : active_alarms_) st.alarms.push_back(a);
                    if (disk_) st.storage = disk_->status();
                    reply(st);
@@ -866,6 +887,12 @@ void Runtime::on_alarm(Instance& inst, const Alarm& alarm) {
   const auto lvl = alarm.active ? (alarm.severity == AlarmSeverity::critical ? spdlog::level::err : spdlog::level::warn) : spdlog::level::info;
   inst.logger().log(lvl, "alarm {} {}: {}", alarm.code, alarm.active ? "raised" : "cleared", alarm.message);
   publish_event(events::PluginAlarm{inst.spec().name, std::string(alarm.code), std::string(alarm.message), alarm.active, alarm.severity});
+  // A risk rule's sustained-flood alarm is the signal to move the uplink to its backup endpoint.
+  if (inst.kind() == Kind::risk && alarm.code == "risk.flood" && alarm.active != admission_.prefer_backup) {
+    admission_.prefer_backup = alarm.active;
+    spdlog::warn("links: {} ({})", alarm.active ? "switching to the backup endpoint" : "failing back to the primary endpoint", alarm.message);
+    publish_event(events::LinkEndpoint{alarm.active, std::string(alarm.message)});
+  }
   if (engine_) engine_->on_alarm(inst.spec().name, alarm);
 }
 

@@ -91,6 +91,9 @@ class Runtime {
   [[nodiscard]] SessionEngine* engine() { return engine_.get(); }
   /// Handles one control request (the socket's handler; tests call it directly on the strand).
   void handle_request(const nlohmann::json& request, std::function<void(nlohmann::json)> reply);
+  /// The admission guard: asks the risk rules of API >= 2.2 (risk-rate-limit) whether to let an
+  /// inbound request in, and counts the answer for `status`. On the strand.
+  [[nodiscard]] bool admit(risk::Inbound what);
 
   // Used by the host services of the instances (on the strand).
   void on_instance_failed(Instance& instance, const std::string& reason);
@@ -165,6 +168,7 @@ class Runtime {
   std::unique_ptr<LowDiskMonitor> disk_;  ///< storage.low_disk
   /// Active alarms (the core's and the plugins'), by code and instance or connector: `status` shows them.
   std::map<std::string, ActiveAlarm> active_alarms_;  ///< by alarm_key
+  AdmissionCounts admission_;  ///< the admission guard's counts and the backup-endpoint signal
 
   mutable std::mutex snapshot_mutex_;
   std::vector<InstanceInfo> snapshot_;

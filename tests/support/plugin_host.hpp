@@ -126,6 +126,12 @@ class PluginHost final : public Host {
   std::function<void(const identification::Token&)> on_present;
   std::vector<std::string> log_lines;
   std::vector<std::pair<std::string, std::string>> states;
+  struct RaisedAlarm {
+    AlarmSeverity severity;
+    std::string code, message;
+    bool active;
+  };
+  std::vector<RaisedAlarm> alarms;
 
   // --- Host ---
   [[nodiscard]] std::string_view instance_name() const noexcept override { return "test"; }
@@ -163,7 +169,7 @@ class PluginHost final : public Host {
     }
   }
   void publish(const Sample&) noexcept override {}
-  void raise(const Alarm&) noexcept override {}
+  void raise(const Alarm& a) noexcept override { alarms.push_back({a.severity, std::string(a.code), std::string(a.message), a.active}); }
   void report_state(std::string_view state, std::string_view detail) noexcept override { states.emplace_back(state, detail); }
   void present(const identification::Token& token) noexcept override {
     presented.push_back(token);

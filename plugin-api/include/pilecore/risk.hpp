@@ -87,11 +87,42 @@ struct Result {
 
 using Callback = std::function<void(Result)>;
 
+/// What knocks at the pile's door (since API 2.2): the requests an admission guard meters
+/// before the core does any work for them.
+enum class Inbound : std::uint8_t {
+  authorization,    ///< a session start: an authorisation attempt (control socket, remote command)
+  token,            ///< a token presented at a reader or camera
+  control_request,  ///< any other control-socket request (status, receipt, watch, ...)
+  remote_command,   ///< a command from the back end
+  session_control,  ///< stopping or answering a session in progress: never starved by the others
+};
+constexpr std::string_view to_string(Inbound i) noexcept {
+  switch (i) {
+    case Inbound::authorization: return "authorization";
+    case Inbound::token: return "token";
+    case Inbound::control_request: return "control_request";
+    case Inbound::remote_command: return "remote_command";
+    case Inbound::session_control: return "session_control";
+  }
+  return "unknown";
+}
+
 class Rule : public Plugin {
  public:
   static constexpr Kind kind = Kind::risk;
 
   virtual void evaluate(const Context& context, const History& history, TimePoint deadline, Callback done) noexcept = 0;
+
+  /// Since API 2.2: admission of one inbound request at `now`, asked of every running in-process
+  /// rule before the core does any work for it; false refuses it (the core answers "rate
+  /// limited" and counts it). Called on the strand, for every request: it must be cheap (no
+  /// I/O, no lock). The core asks it only of a rule built against API >= 2.2 (older plugins have
+  /// no such entry in their vtable), and not of an isolated instance (a round trip to another
+  /// process per request would make the guard the flood's target). The default admits all.
+  [[nodiscard]] virtual bool admit(Inbound what, TimePoint now) noexcept {
+    (void)what, (void)now;
+    return true;
+  }
 };
 
 }  // namespace risk
