@@ -71,10 +71,12 @@ std::string format_receipt(const Bill& bill) {
   std::string out;
   out += fmt::format("  {:<12} {:>10} {:>14} {:>12} {:>14} {:>12} {:>10}\n", "period", "kWh", "elec fen/kWh", "electricity", "svc fen/kWh", "service",
                      "amount");
+  bool several_plans = false;
+  for (const auto& l : bill.lines) several_plans = several_plans || l.plan != bill.lines.front().plan;
   for (const auto& l : bill.lines) {
-    out += fmt::format("  {:<6}{} {:<4} {:>10} {:>14} {:>12} {:>14} {:>12} {:>10}\n", to_string(l.type), chinese_name(l.type), "", format_kwh(l.wh),
+    out += fmt::format("  {:<6}{} {:<4} {:>10} {:>14} {:>12} {:>14} {:>12} {:>10}{}\n", to_string(l.type), chinese_name(l.type), "", format_kwh(l.wh),
                        format_scaled(l.price.electricity, bill.decimals), format_yuan(l.electricity_fen), format_scaled(l.price.service, bill.decimals),
-                       format_yuan(l.service_fen), format_yuan(l.total_fen()));
+                       format_yuan(l.service_fen), format_yuan(l.total_fen()), several_plans ? "  " + l.plan : std::string());
   }
   out += fmt::format("  {:<12} {:>10} {:>14} {:>12} {:>14} {:>12} {:>10}\n", "total", format_kwh(bill.energy_wh), "", format_yuan(bill.electricity_fen), "",
                      format_yuan(bill.service_fen), format_yuan(bill.total_fen));

@@ -3,6 +3,8 @@
 #include <date/tz.h>
 #include <fmt/format.h>
 
+#include <set>
+
 #include "clocks.hpp"
 #include "money.hpp"
 #include "tariff.hpp"
@@ -48,12 +50,16 @@ std::string format_receipt_text(const nlohmann::json& r, const std::string& zone
   const auto& b = r["bill"];
   const int decimals = b.value("price_decimals", 2);
   out += fmt::format("  {:<9} {:>9} {:>12} {:>11} {:>12} {:>11} {:>11}\n", "period", "kWh", "fen/kWh", "electricity", "fen/kWh", "service", "amount");
+  // A session across a season change or into a holiday has the same period under two plans:
+  // the plan tells the two lines apart.
+  std::set<std::string> plans;
+  for (const auto& l : b["lines"]) plans.insert(l.value("plan", ""));
   for (const auto& l : b["lines"]) {
     const auto type = period_type_from(l.value("period", "")).value_or(PeriodType::flat);
-    out += fmt::format("  {:<6} {} {:>9} {:>12} {:>11} {:>12} {:>11} {:>11}\n", l.value("period", ""), chinese_name(type), format_kwh(l.value("wh", std::int64_t{0})),
+    out += fmt::format("  {:<6} {} {:>9} {:>12} {:>11} {:>12} {:>11} {:>11}{}\n", l.value("period", ""), chinese_name(type), format_kwh(l.value("wh", std::int64_t{0})),
                        format_scaled(l.value("electricity_price", std::int64_t{0}), decimals), format_yuan(l.value("electricity_fen", std::int64_t{0})),
                        format_scaled(l.value("service_price", std::int64_t{0}), decimals), format_yuan(l.value("service_fen", std::int64_t{0})),
-                       format_yuan(l.value("total_fen", std::int64_t{0})));
+                       format_yuan(l.value("total_fen", std::int64_t{0})), plans.size() > 1 ? "  " + l.value("plan", "") : std::string());
   }
   out += fmt::format("  {:<9} {:>9} {:>12} {:>11} {:>12} {:>11} {:>11}  yuan\n", "total", format_kwh(b.value("energy_wh", std::int64_t{0})), "",
                      format_yuan(b.value("electricity_fen", std::int64_t{0})), "", format_yuan(b.value("service_fen", std::int64_t{0})),

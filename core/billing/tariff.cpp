@@ -4,10 +4,63 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
+#include <map>
 #include <stdexcept>
 
 namespace pilecore::core {
 using namespace std::chrono;
+
+namespace {
+
+std::string hhmm(int minute) { return fmt::format("{:02}:{:02}", minute / 60, minute % 60); }
+/// The end of a stretch of minutes: midnight after a stretch reads 24:00.
+std::string hhmm_end(int minute) { return minute % 1440 == 0 ? "24:00" : hhmm(minute % 1440); }
+
+int length_of(const Window& w) {
+  const int start = w.start_minute % 1440;
+  return w.end_minute > start ? w.end_minute - start : w.end_minute + 1440 - start;
+}
+
+constexpr std::array<unsigned, 12> days_in_leap_month = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+
+/// Day of a leap year, 0..365: seasons are checked on a leap year's calendar, so 02-29 has a
+/// place and every other day keeps the same one in every year.
+int day_of_leap_year(unsigned month, unsigned day) {
+  int n = 0;
+  for (unsigned m = 1; m < month; ++m) n += static_cast<int>(days_in_leap_month[m - 1]);
+  return n + static_cast<int>(day) - 1;
+}
+
+std::string month_day_of(int leap_day) {
+  unsigned m = 1;
+  while (leap_day >= static_cast<int>(days_in_leap_month[m - 1])) leap_day -= static_cast<int>(days_in_leap_month[m++ - 1]);
+  return fmt::format("{:02}-{:02}", m, leap_day + 1);
+}
+
+bool season_holds(const Season& s, int leap_day) {
+  const int from = day_of_leap_year(s.from_month, s.from_day), to = day_of_leap_year(s.to_month, s.to_day);
+  return from <= to ? leap_day >= from && leap_day <= to : leap_day >= from || leap_day <= to;
+}
+
+std::string describe_season(const Season& s) {
+  const std::string range = fmt::format("{:02}-{:02}..{:02}-{:02}", s.from_month, s.from_day, s.to_month, s.to_day);
+  return s.name.empty() ? fmt::format("season {}", range) : fmt::format("season '{}' ({})", s.name, range);
+}
+
+constexpr std::array<const char*, 7> weekday_names = {"Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"};
+
+/// Local midnight + minutes of day `day` -> UTC. In a spring-forward gap the clock jumps, so a
+/// boundary inside the gap happens at the jump; in a fall-back overlap the first occurrence
+/// counts.
+TimePoint to_utc(const date::time_zone* zone, std::int64_t day, int minute) {
+  const date::local_time<minutes> local{date::local_days{date::days{day}}.time_since_epoch() + minutes{minute}};
+  const auto info = zone->get_info(local);
+  if (info.result == date::local_info::nonexistent) return time_point_cast<milliseconds>(info.first.end);
+  return time_point_cast<milliseconds>(zone->to_sys(local, date::choose::earliest));
+}
+
+}  // namespace
 
 std::string_view to_string(PeriodType p) {
   switch (p) {
@@ -29,6 +82,142 @@ std::string_view chinese_name(PeriodType p) {
   return "?";
 }
 
+std::string describe(const Window& w) { return fmt::format("{}-{} {}", hhmm(w.start_minute % 1440), hhmm_end(w.end_minute), to_string(w.type)); }
+
+std::optional<std::pair<unsigned, unsigned>> parse_month_day(std::string_view s) {
+  if (s.size() != 5 || s[2] != '-') return std::nullopt;
+  for (std::size_t i : {0u, 1u, 3u, 4u}) {
+    if (s[i] < '0' || s[i] > '9') return std::nullopt;
+  }
+  const unsigned m = static_cast<unsigned>((s[0] - '0') * 10 + (s[1] - '0'));
+  const unsigned d = static_cast<unsigned>((s[3] - '0') * 10 + (s[4] - '0'));
+  if (m < 1 || m > 12 || d < 1 || d > days_in_leap_month[m - 1]) return std::nullopt;
+  return std::pair{m, d};
+}
+
+std::optional<std::int64_t> parse_local_date(std::string_view s) {
+  if (s.size() != 10 || s[4] != '-') return std::nullopt;
+  int y = 0;
+  for (std::size_t i = 0; i < 4; ++i) {
+    if (s[i] < '0' || s[i] > '9') return std::nullopt;
+    y = y * 10 + (s[i] - '0');
+  }
+  const auto md = parse_month_day(s.substr(5));
+  if (!md) return std::nullopt;
+  const date::year_month_day ymd{date::year{y}, date::month{md->first}, date::day{md->second}};
+  if (!ymd.ok()) return std::nullopt;  // 02-29 of a common year
+  return date::sys_days(ymd).time_since_epoch().count();
+}
+
+std::vector<TariffProblem> check_windows(const std::vector<Window>& ws) {
+  std::vector<TariffProblem> out;
+  if (ws.empty()) return {TariffProblem{0, std::nullopt, "a plan needs at least one period"}};
+  std::array<int, 1440> owner;
+  owner.fill(-1);
+  for (std::size_t i = 0; i < ws.size(); ++i) {
+    const int start = ws[i].start_minute % 1440, len = length_of(ws[i]);
+    // The first stretch this period shares with each earlier one: enough to find and fix it.
+    std::map<std::size_t, std::pair<int, int>> clash;
+    for (int k = 0; k < len; ++k) {
+      int& o = owner[static_cast<std::size_t>((start + k) % 1440)];
+      if (o < 0) {
+        o = static_cast<int>(i);
+        continue;
+      }
+      auto [it, fresh] = clash.try_emplace(static_cast<std::size_t>(o), k, k + 1);
+      if (!fresh && it->second.second == k) it->second.second = k + 1;
+    }
+    for (const auto& [j, run] : clash) {
+      out.push_back(TariffProblem{i, j,
+                                  fmt::format("period {} overlaps period {} from {} to {}; each time of day belongs to exactly one "
+                                              "period: start this one where the other ends, or end it where the other starts",
+                                              describe(ws[i]), describe(ws[j]), hhmm((start + run.first) % 1440), hhmm_end(start + run.second))});
+    }
+  }
+  // Gaps, walking the day round from a covered minute so a gap across midnight is one gap.
+  int first = 0;
+  while (owner[static_cast<std::size_t>(first)] < 0) ++first;
+  for (int k = 1; k < 1440;) {
+    const int m = (first + k) % 1440;
+    if (owner[static_cast<std::size_t>(m)] >= 0) {
+      ++k;
+      continue;
+    }
+    const int before = owner[static_cast<std::size_t>((m + 1439) % 1440)];
+    int len = 0;
+    while (owner[static_cast<std::size_t>((m + len) % 1440)] < 0) ++len;
+    const int after = owner[static_cast<std::size_t>((m + len) % 1440)];
+    const auto b = static_cast<std::size_t>(before), a = static_cast<std::size_t>(after);
+    if (before == after) {
+      out.push_back(TariffProblem{b, std::nullopt,
+                                  fmt::format("no period covers {} to {}: period {} is the only one; a plan covers the 24 hours, so add "
+                                              "a period for them or extend this one",
+                                              hhmm(m), hhmm_end(m + len), describe(ws[b]))});
+    } else {
+      out.push_back(TariffProblem{b, a,
+                                  fmt::format("no period covers {} to {}, between period {} and period {}; end this one where the next "
+                                              "starts, or add a period for them",
+                                              hhmm(m), hhmm_end(m + len), describe(ws[b]), describe(ws[a]))});
+    }
+    k += len;
+  }
+  return out;
+}
+
+std::vector<TariffProblem> check_seasons(const std::vector<Season>& seasons, bool has_fallback) {
+  std::vector<TariffProblem> out;
+  for (std::size_t i = 0; i < seasons.size(); ++i) {
+    const auto& s = seasons[i];
+    if (!parse_month_day(fmt::format("{:02}-{:02}", s.from_month, s.from_day)) || !parse_month_day(fmt::format("{:02}-{:02}", s.to_month, s.to_day))) {
+      out.push_back(TariffProblem{i, std::nullopt, fmt::format("{}: not a day of the year; write MM-DD, e.g. 07-01", describe_season(s))});
+    }
+  }
+  if (seasons.empty() || !out.empty()) return out;
+  std::array<int, 366> owner;
+  owner.fill(-1);
+  for (std::size_t i = 0; i < seasons.size(); ++i) {
+    std::map<std::size_t, std::pair<int, int>> clash;  // other -> first shared run of days
+    const int from = day_of_leap_year(seasons[i].from_month, seasons[i].from_day);
+    for (int k = 0; k < 366; ++k) {
+      const int d = (from + k) % 366;
+      if (!season_holds(seasons[i], d)) break;
+      int& o = owner[static_cast<std::size_t>(d)];
+      if (o < 0) {
+        o = static_cast<int>(i);
+        continue;
+      }
+      auto [it, fresh] = clash.try_emplace(static_cast<std::size_t>(o), d, d);
+      if (!fresh && (it->second.second + 1) % 366 == d) it->second.second = d;
+    }
+    for (const auto& [j, run] : clash) {
+      out.push_back(TariffProblem{i, j,
+                                  fmt::format("{} overlaps {} from {} to {}; each day of the year belongs to at most one season: start "
+                                              "this one the day after the other ends",
+                                              describe_season(seasons[i]), describe_season(seasons[j]), month_day_of(run.first), month_day_of(run.second))});
+    }
+  }
+  if (has_fallback) return out;
+  int first = 0;
+  while (first < 366 && owner[static_cast<std::size_t>(first)] < 0) ++first;
+  for (int k = 1; first < 366 && k < 366;) {
+    const int d = (first + k) % 366;
+    if (owner[static_cast<std::size_t>(d)] >= 0) {
+      ++k;
+      continue;
+    }
+    const auto before = static_cast<std::size_t>(owner[static_cast<std::size_t>((d + 365) % 366)]);
+    int len = 0;
+    while (owner[static_cast<std::size_t>((d + len) % 366)] < 0) ++len;
+    out.push_back(TariffProblem{before, std::nullopt,
+                                fmt::format("no season holds {} to {}{} (after {}) and 'week' gives no plan to fall back on; extend a "
+                                            "season over them, add one, or give every weekday a plan in 'week'",
+                                            month_day_of(d), month_day_of((d + len - 1) % 366), d == 59 && len == 1 ? " (in leap years)" : "",
+                                            describe_season(seasons[before]))});
+    k += len;
+  }
+  return out;
+}
+
 std::optional<PeriodType> period_type_from(std::string_view s) {
   if (s == "sharp") return PeriodType::sharp;
   if (s == "peak") return PeriodType::peak;
@@ -37,61 +226,72 @@ std::optional<PeriodType> period_type_from(std::string_view s) {
   return std::nullopt;
 }
 
-namespace {
-
-std::optional<std::int64_t> parse_date(const std::string& s) {
-  unsigned y = 0, m = 0, d = 0;
-  char tail = 0;
-  if (std::sscanf(s.c_str(), "%4u-%2u-%2u%c", &y, &m, &d, &tail) != 3 || s.size() != 10) return std::nullopt;
-  const date::year_month_day ymd{date::year{static_cast<int>(y)}, date::month{m}, date::day{d}};
-  if (!ymd.ok()) return std::nullopt;
-  return date::sys_days(ymd).time_since_epoch().count();
-}
-
-/// Local midnight + minutes of day `day` -> UTC. In a spring-forward gap the clock jumps, so a
-/// boundary inside the gap happens at the jump; in a fall-back overlap the first occurrence
-/// counts.
-TimePoint to_utc(const date::time_zone* zone, std::int64_t day, int minute) {
-  const date::local_time<minutes> local{date::local_days{date::days{day}}.time_since_epoch() + minutes{minute}};
-  const auto info = zone->get_info(local);
-  if (info.result == date::local_info::nonexistent) return time_point_cast<milliseconds>(info.first.end);
-  return time_point_cast<milliseconds>(zone->to_sys(local, date::choose::earliest));
-}
-
-}  // namespace
 
 Tariff::Tariff(std::string time_zone, int decimals, Rounding rounding, std::map<std::string, Plan> plans,
-               std::array<std::string, 7> weekday_plans, std::map<std::string, std::string> dates)
-    : zone_name_(std::move(time_zone)), decimals_(decimals), rounding_(rounding), plans_(std::move(plans)), weekday_plans_(std::move(weekday_plans)) {
+               std::array<std::string, 7> weekday_plans, std::map<std::string, std::string> dates, std::vector<Season> seasons)
+    : zone_name_(std::move(time_zone)),
+      decimals_(decimals),
+      rounding_(rounding),
+      plans_(std::move(plans)),
+      weekday_plans_(std::move(weekday_plans)),
+      seasons_(std::move(seasons)) {
   try {
     zone_ = date::locate_zone(zone_name_);
   } catch (const std::exception&) {
     throw std::invalid_argument(fmt::format("unknown time zone '{}'", zone_name_));
   }
   for (auto& [name, plan] : plans_) {
-    std::sort(plan.windows.begin(), plan.windows.end(), [](const Window& a, const Window& b) { return a.start_minute < b.start_minute; });
-    int at = 0;
     for (const auto& w : plan.windows) {
-      if (w.start_minute != at) {
-        throw std::invalid_argument(fmt::format("plan '{}': periods {} at {:02}:{:02}", name, w.start_minute > at ? "leave a gap" : "overlap",
-                                                at / 60, at % 60));
+      if (w.start_minute < 0 || w.start_minute > 1440 || w.end_minute < 0 || w.end_minute > 1440) {
+        throw std::invalid_argument(fmt::format("plan '{}': a period outside 00:00..24:00", name));
       }
-      if (w.end_minute <= w.start_minute || w.end_minute > 1440) throw std::invalid_argument(fmt::format("plan '{}': a period ends before it starts", name));
+    }
+    if (const auto problems = check_windows(plan.windows); !problems.empty()) {
+      throw std::invalid_argument(fmt::format("plan '{}': {}", name, problems.front().message));
+    }
+    // Stored split at midnight and sorted, so the period holding a minute is a search; a period
+    // that crosses midnight becomes its evening and its morning part.
+    std::vector<Window> day;
+    for (const auto& w : plan.windows) {
       if (!plan.prices[static_cast<std::size_t>(w.type)]) {
         throw std::invalid_argument(fmt::format("plan '{}': no price for the {} period", name, to_string(w.type)));
       }
-      at = w.end_minute;
+      const int start = w.start_minute % 1440;
+      if (start + length_of(w) <= 1440) {
+        day.push_back(Window{start, start + length_of(w), w.type});
+      } else {
+        day.push_back(Window{start, 1440, w.type});
+        day.push_back(Window{0, start + length_of(w) - 1440, w.type});
+      }
     }
-    if (at != 1440) throw std::invalid_argument(fmt::format("plan '{}': periods end at {:02}:{:02}, not 24:00", name, at / 60, at % 60));
+    std::sort(day.begin(), day.end(), [](const Window& a, const Window& b) { return a.start_minute < b.start_minute; });
+    plan.windows = std::move(day);
   }
-  for (const auto& p : weekday_plans_) {
-    if (!plans_.count(p)) throw std::invalid_argument(fmt::format("unknown plan '{}'", p));
+  auto known = [&](const std::string& p, const std::string& where) {
+    if (!plans_.count(p)) throw std::invalid_argument(fmt::format("{}: unknown plan '{}'", where, p));
+  };
+  bool has_fallback = true;
+  for (std::size_t d = 0; d < 7; ++d) {
+    if (weekday_plans_[d].empty()) {
+      has_fallback = false;
+    } else {
+      known(weekday_plans_[d], weekday_names[d]);
+    }
   }
+  if (!has_fallback && seasons_.empty()) throw std::invalid_argument("a weekday without a plan, and no seasons");
+  for (const auto& s : seasons_) {
+    for (const auto& p : s.week) known(p, describe_season(s));
+  }
+  if (const auto problems = check_seasons(seasons_, has_fallback); !problems.empty()) throw std::invalid_argument(problems.front().message);
   for (const auto& [d, p] : dates) {
-    auto day = parse_date(d);
-    if (!day) throw std::invalid_argument(fmt::format("'{}' is not a date like 2026-10-01", d));
-    if (!plans_.count(p)) throw std::invalid_argument(fmt::format("unknown plan '{}'", p));
-    dates_[*day] = p;
+    known(p, fmt::format("holiday {}", d));
+    if (const auto day = parse_local_date(d)) {
+      dates_[*day] = p;
+    } else if (const auto md = parse_month_day(d)) {
+      yearly_[*md] = p;
+    } else {
+      throw std::invalid_argument(fmt::format("'{}' is not a date like 2026-10-01 or, for every year, 10-01", d));
+    }
   }
 }
 
@@ -106,8 +306,15 @@ Tariff Tariff::flat_rate(std::string time_zone, int decimals, Price price, Round
 
 const Plan& Tariff::plan_for_local_day(std::int64_t day) const {
   if (auto it = dates_.find(day); it != dates_.end()) return plans_.at(it->second);
-  const date::weekday wd{date::sys_days{date::days{day}}};
-  const unsigned monday_first = (wd.c_encoding() + 6) % 7;  // c_encoding: Sunday = 0
+  const date::sys_days sd{date::days{day}};
+  const date::year_month_day ymd{sd};
+  const std::pair<unsigned, unsigned> md{static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day())};
+  if (auto it = yearly_.find(md); it != yearly_.end()) return plans_.at(it->second);
+  const unsigned monday_first = (date::weekday{sd}.c_encoding() + 6) % 7;  // c_encoding: Sunday = 0
+  const int leap_day = day_of_leap_year(md.first, md.second);
+  for (const auto& s : seasons_) {
+    if (season_holds(s, leap_day)) return plans_.at(s.week[monday_first]);
+  }
   return plans_.at(weekday_plans_[monday_first]);
 }
 

@@ -1,6 +1,7 @@
 // Time-of-use tariffs: which period type (sharp, peak, flat, valley) applies at an instant, at
-// what electricity and service price, by local time of day in the site's time zone, with a plan
-// per weekday and exceptions per date.
+// what electricity and service price, by local time of day in the site's time zone. Which plan a
+// local day follows: its holiday (a dated one before a yearly one), else the season its date
+// falls in, else its weekday's plan.
 #pragma once
 
 #include <array>
@@ -31,17 +32,51 @@ struct Price {
   bool operator==(const Price&) const = default;
 };
 
+/// A period of a day plan, [start, end) in local minutes after midnight. An end at or before the
+/// start crosses midnight (22:00-06:00 is 22:00-24:00 and 00:00-06:00 of the same plan's day),
+/// which is how Chinese valley periods are written; an end equal to the start is the whole day.
 struct Window {
-  int start_minute = 0;  // local minutes after midnight, [start, end)
-  int end_minute = 0;    // up to 1440
+  int start_minute = 0;  // 0..1439
+  int end_minute = 0;    // 0..1440
   PeriodType type = PeriodType::flat;
 };
+
+/// "22:00-06:00 valley", as the integrator wrote it.
+std::string describe(const Window& w);
 
 struct Plan {
   std::string name;
   std::array<std::optional<Price>, 4> prices;  // by PeriodType
-  std::vector<Window> windows;                 // sorted, covering 0..1440 without gaps
+  std::vector<Window> windows;                 // covering the 24 hours exactly once, in any order
 };
+
+/// A stretch of the year that follows its own plan per weekday: summer and winter peak hours
+/// differ by province. Dates are month and day; `to` before `from` wraps the year end
+/// (12-01..02-28), and 02-29 belongs to the season whose range holds it.
+struct Season {
+  std::string name;
+  unsigned from_month = 1, from_day = 1;
+  unsigned to_month = 12, to_day = 31;  // inclusive
+  std::array<std::string, 7> week;      // plan per weekday, Monday first
+};
+
+/// One mistake in a plan's periods or the seasons: which entry (index as given), the other entry
+/// it clashes with, if any, and a sentence that says what is wrong and how to fix it.
+struct TariffProblem {
+  std::size_t index = 0;
+  std::optional<std::size_t> other;
+  std::string message;
+};
+
+/// Gaps and overlaps in a plan's periods, each located at a period; empty when they cover the
+/// 24 hours exactly once.
+std::vector<TariffProblem> check_windows(const std::vector<Window>& windows);
+/// Overlapping seasons, and, when there is no weekday plan to fall back on, days in no season.
+std::vector<TariffProblem> check_seasons(const std::vector<Season>& seasons, bool has_fallback);
+/// "MM-DD" -> {month, day} when it is a day of some year (02-29 included).
+std::optional<std::pair<unsigned, unsigned>> parse_month_day(std::string_view s);
+/// "YYYY-MM-DD" -> days since 1970-01-01 when it is a real date.
+std::optional<std::int64_t> parse_local_date(std::string_view s);
 
 /// One stretch of time at one price.
 struct Slot {
@@ -55,9 +90,12 @@ struct Slot {
 class Tariff {
  public:
   /// Throws std::invalid_argument with a message when the time zone is unknown, a plan does not
-  /// cover the day, or a period has no price.
+  /// cover the day exactly once, a period has no price, a plan named is unknown, a date is not
+  /// one, or seasons overlap or (with an empty weekday plan) leave days without a plan.
+  /// `dates`: holidays, "YYYY-MM-DD" (that day) or "MM-DD" (every year) -> plan.
   Tariff(std::string time_zone, int decimals, Rounding rounding, std::map<std::string, Plan> plans,
-         std::array<std::string, 7> weekday_plans /* Monday first */, std::map<std::string, std::string> dates /* YYYY-MM-DD -> plan */);
+         std::array<std::string, 7> weekday_plans /* Monday first; "" = only seasons */, std::map<std::string, std::string> dates,
+         std::vector<Season> seasons = {});
 
   /// The slot containing `t`.
   [[nodiscard]] Slot slot_at(TimePoint t) const;
@@ -77,6 +115,8 @@ class Tariff {
   std::map<std::string, Plan> plans_;
   std::array<std::string, 7> weekday_plans_;
   std::map<std::int64_t, std::string> dates_;  // local day number -> plan
+  std::map<std::pair<unsigned, unsigned>, std::string> yearly_;  // (month, day) -> plan
+  std::vector<Season> seasons_;
 };
 
 }  // namespace pilecore::core

@@ -6,6 +6,7 @@
 #include <array>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "site_config.hpp"
 
@@ -68,11 +69,13 @@ Field tariffs_field() {
   from.description = "Local time the period starts (inclusive)";
   from.required = true;
   to.key = "to";
-  to.description = "Local time the period ends (exclusive); 24:00 is midnight at the end of the day";
+  to.description = "Local time the period ends (exclusive); 24:00 is midnight at the end of the day, and a time at or before "
+                   "`from` crosses midnight (22:00 to 06:00 is one valley period)";
   to.required = true;
-  Field type = field("type", FieldType::enumeration, "Period type", true);
+  Field type = field("type", FieldType::enumeration, "Period type: sharp (尖), peak (峰), flat (平) or valley (谷)", true);
   type.allowed = {"sharp", "peak", "flat", "valley"};
-  Field periods = with_fields(field("periods", FieldType::list, "The day's periods in order, covering 00:00 to 24:00 without gaps", true), {from, to, type});
+  Field periods = with_fields(field("periods", FieldType::list, "The day's periods, covering the 24 hours exactly once (no gaps, no overlaps)", true),
+                              {from, to, type});
   periods.min_items = 1;
   Field plans = with_fields(field("plans", FieldType::map, "Day plans by name: prices and periods", true),
                             {with_fields(field("prices", FieldType::object, "Prices per period type (only the types the periods use)", true), prices), periods});
@@ -81,17 +84,42 @@ Field tariffs_field() {
   plans.min_items = 1;
   std::vector<Field> days;
   for (const char* d : day_keys) days.push_back(field(d, FieldType::string, fmt::format("Plan used on {}", d)));
-  Field date = field("date", FieldType::string, "Local date, YYYY-MM-DD", true);
-  date.pattern = "[0-9]{4}-[0-9]{2}-[0-9]{2}";
-  date.pattern_hint = "write the date as YYYY-MM-DD";
-  Field dates = with_fields(field("dates", FieldType::list, "Dates that use another plan than their weekday's (holidays)"),
-                            {date, field("plan", FieldType::string, "Plan used on that date", true)});
+  Field date = field("date", FieldType::string, "Local date: YYYY-MM-DD for that day, MM-DD for that day every year", true);
+  date.pattern = "([0-9]{4}-)?[0-9]{2}-[0-9]{2}";
+  date.pattern_hint = "write the date as YYYY-MM-DD, or MM-DD for every year";
+  Field holidays = with_fields(field("holidays", FieldType::list,
+                                     "Days that use another plan than their season's or weekday's; a dated one (YYYY-MM-DD) wins over a "
+                                     "yearly one (MM-DD)"),
+                               {date, field("plan", FieldType::string, "Plan used on that day", true),
+                                field("name", FieldType::string, "What the day is, for people (e.g. 国庆节)")});
+  Field dates = holidays;
+  dates.key = "dates";
+  dates.description = "The older name of `holidays`, still read; both may be given";
+  Field month_day = field("", FieldType::string, "");
+  month_day.pattern = "[0-9]{2}-[0-9]{2}";
+  month_day.pattern_hint = "write the day of the year as MM-DD, e.g. 07-01";
+  Field season_from = month_day, season_to = month_day;
+  season_from.key = "from";
+  season_from.description = "First day of the season (MM-DD)";
+  season_from.required = true;
+  season_to.key = "to";
+  season_to.description = "Last day of the season (MM-DD, inclusive); before `from` wraps the year end (12-01 to 02-29)";
+  season_to.required = true;
+  std::vector<Field> season_days;
+  for (const char* d : day_keys) season_days.push_back(field(d, FieldType::string, fmt::format("Plan used on {} in this season", d)));
+  Field seasons = with_fields(field("seasons", FieldType::list,
+                                    "Stretches of the year with their own plan (summer and winter peak hours differ by province); "
+                                    "they may not overlap, and days in no season follow `week`"),
+                              {field("name", FieldType::string, "The season's name, for people and messages"), season_from, season_to,
+                               field("plan", FieldType::string, "Plan used every day of the season (or give `week`)"),
+                               with_fields(field("week", FieldType::object, "Plan per weekday in this season (instead of `plan`)"), season_days)});
   Field rounding = field("rounding", FieldType::enumeration, "How fractions of a fen are rounded, per line and component");
   rounding.allowed = {"half_up", "truncate"};
   rounding.default_value = "half_up";
   return with_fields(field("tariffs", FieldType::object, "Time-of-use tariffs; without them sessions cannot start"),
                      {with_default(with_range(field("decimals", FieldType::integer, "Decimal places of the prices (in fen per kWh)"), 0, 5, ""), "2"), rounding, plans,
-                      with_fields(field("week", FieldType::object, "Plan per weekday (default: the only plan)"), days), dates});
+                      with_fields(field("week", FieldType::object, "Plan per weekday outside the seasons (default: the only plan)"), days), seasons,
+                      holidays, dates});
 }
 
 Field payment_field() {
@@ -245,50 +273,132 @@ std::optional<Tariff> parse_tariffs(const YAML::Node& tariffs, const std::string
       if (ok) plan.prices[static_cast<std::size_t>(*type)] = price;
     }
     const YAML::Node periods = member(m.value, "periods");
+    std::vector<YAML::Node> period_nodes;
+    bool periods_ok = true;
     for (const auto& p : periods) {
       const auto from = member(p, "from").IsScalar() ? minutes_of(member(p, "from").Scalar()) : std::nullopt;
       const auto to = member(p, "to").IsScalar() ? minutes_of(member(p, "to").Scalar()) : std::nullopt;
       const YAML::Node type_node = member(p, "type");
-      if (!from || !to || !type_node.IsScalar()) continue;  // reported by the schema
-      const std::optional<PeriodType> parsed = period_type_from(type_node.Scalar());
-      if (!parsed) continue;
+      const std::optional<PeriodType> parsed = type_node.IsScalar() ? period_type_from(type_node.Scalar()) : std::nullopt;
+      if (!from || !to || !parsed) {  // reported by the schema
+        periods_ok = false;
+        continue;
+      }
       // Copied out of the optional: GCC 12 at -O2 cannot see that *parsed is initialised here.
       const PeriodType type = parsed.value_or(PeriodType::flat);
       if (!plan.prices[static_cast<std::size_t>(type)]) {
         diags.error(position_of(type_node), fmt::format("'tariffs.plans.{}': a {} period needs prices.{}", m.key, type_node.Scalar(), type_node.Scalar()));
       }
-      plan.windows.push_back(Window{*from, *to, type});
+      plan.windows.push_back(Window{*from % 1440, *to, type});
+      period_nodes.push_back(p);
+    }
+    // Each gap or overlap at the period's own line, naming the other period, so the fix is
+    // found where it is made.
+    if (periods_ok) {
+      for (const auto& problem : check_windows(plan.windows)) {
+        diags.error(position_of(period_nodes.at(problem.index)), fmt::format("'tariffs.plans.{}': {}", m.key, problem.message));
+      }
     }
     plans.emplace(m.key, std::move(plan));
+  }
+  std::vector<std::string> names;
+  for (const auto& [k, v] : plans) names.push_back(k);
+  auto check_plan = [&](const YAML::Node& n, const std::string& path) {
+    if (!plans.count(n.Scalar())) {
+      diags.error(position_of(n), fmt::format("'{}' is '{}', which is not a plan; plans: {}", path, n.Scalar(), fmt::join(names, ", ")));
+    }
+  };
+  const YAML::Node seasons_node = member(tariffs, "seasons");
+  std::vector<Season> seasons;
+  std::vector<YAML::Node> season_nodes;
+  bool seasons_ok = true;
+  std::size_t si = 0;
+  for (const auto& sn : seasons_node) {
+    const std::string where = fmt::format("tariffs.seasons[{}]", si++);
+    const YAML::Node from = member(sn, "from"), to = member(sn, "to"), plan = member(sn, "plan"), week = member(sn, "week");
+    Season season;
+    if (const YAML::Node name = member(sn, "name"); name.IsScalar()) season.name = name.Scalar();
+    const auto f = from.IsScalar() ? parse_month_day(from.Scalar()) : std::nullopt;
+    const auto t = to.IsScalar() ? parse_month_day(to.Scalar()) : std::nullopt;
+    for (const auto& [node, parsed, key] : {std::tuple{from, f, "from"}, std::tuple{to, t, "to"}}) {
+      if (node.IsScalar() && !parsed) {
+        diags.error(position_of(node), fmt::format("'{}.{}' is {}, which is not a day of the year; write MM-DD, e.g. 07-01", where, key, node.Scalar()));
+      }
+    }
+    if (plan.IsDefined() == week.IsDefined()) {
+      diags.error(position_of(sn), fmt::format("'{}' needs either 'plan' (every day) or 'week' (a plan per weekday), not {}", where,
+                                               plan.IsDefined() ? "both" : "neither"));
+      seasons_ok = false;
+    } else if (plan.IsScalar()) {
+      check_plan(plan, where + ".plan");
+      season.week.fill(plan.Scalar());
+    } else {
+      for (std::size_t d = 0; d < 7; ++d) {
+        const YAML::Node n = member(week, day_keys[d]);
+        if (!n.IsScalar()) {
+          diags.error(position_of(week), fmt::format("'{}.week' gives no plan for {}; give every day one, or use 'plan'", where, day_keys[d]));
+          continue;
+        }
+        check_plan(n, fmt::format("{}.week.{}", where, day_keys[d]));
+        season.week[d] = n.Scalar();
+      }
+    }
+    if (!f || !t) {
+      seasons_ok = false;
+      continue;
+    }
+    std::tie(season.from_month, season.from_day) = *f;
+    std::tie(season.to_month, season.to_day) = *t;
+    seasons.push_back(std::move(season));
+    season_nodes.push_back(sn);
   }
   std::array<std::string, 7> week;
   const YAML::Node week_node = member(tariffs, "week");
   for (std::size_t d = 0; d < 7; ++d) {
     const YAML::Node n = member(week_node, day_keys[d]);
     if (n.IsScalar()) {
-      if (!plans.count(n.Scalar())) {
-        std::vector<std::string> names;
-        for (const auto& [k, v] : plans) names.push_back(k);
-        diags.error(position_of(n), fmt::format("'tariffs.week.{}' is '{}', which is not a plan; plans: {}", day_keys[d], n.Scalar(), fmt::join(names, ", ")));
-      }
+      check_plan(n, fmt::format("tariffs.week.{}", day_keys[d]));
       week[d] = n.Scalar();
     } else if (plans.size() == 1) {
       week[d] = plans.begin()->first;
-    } else if (!plans.empty()) {
+    } else if (!plans.empty() && (week_node.IsDefined() || !seasons_node.IsSequence() || seasons_node.size() == 0)) {
       diags.error(position_of(week_node.IsDefined() ? week_node : tariffs),
                   fmt::format("'tariffs.week' gives no plan for {}; with several plans every day needs one", day_keys[d]));
     }
   }
+  {
+    // Without a plan for every weekday the seasons must hold every day of the year; which days
+    // they leave is only known when every season could be read, overlaps are found regardless.
+    const bool has_fallback = std::none_of(week.begin(), week.end(), [](const std::string& p) { return p.empty(); });
+    for (const auto& problem : check_seasons(seasons, has_fallback || !seasons_ok)) {
+      diags.error(position_of(season_nodes.at(problem.index)), fmt::format("'tariffs.seasons': {}", problem.message));
+    }
+  }
   std::map<std::string, std::string> dates;
-  for (const auto& d : member(tariffs, "dates")) {
-    const YAML::Node date = member(d, "date"), plan = member(d, "plan");
-    if (!date.IsScalar() || !plan.IsScalar()) continue;
-    if (!plans.count(plan.Scalar())) diags.error(position_of(plan), fmt::format("'tariffs.dates': '{}' is not a plan", plan.Scalar()));
-    dates[date.Scalar()] = plan.Scalar();
+  std::map<std::string, YAML::Node> date_seen;
+  for (const char* key : {"holidays", "dates"}) {
+    std::size_t hi = 0;
+    for (const auto& d : member(tariffs, key)) {
+      const YAML::Node date = member(d, "date"), plan = member(d, "plan");
+      const std::string where = fmt::format("tariffs.{}[{}]", key, hi++);
+      if (!date.IsScalar() || !plan.IsScalar()) continue;
+      check_plan(plan, where + ".plan");
+      if (!parse_local_date(date.Scalar()) && !parse_month_day(date.Scalar())) {
+        diags.error(position_of(date), fmt::format("'{}.date' is {}, which is not a day of the calendar; write YYYY-MM-DD, or MM-DD for "
+                                                   "every year", where, date.Scalar()));
+        continue;
+      }
+      if (const auto [it, fresh] = date_seen.emplace(date.Scalar(), date); !fresh) {
+        const Position first = position_of(it->second);
+        diags.error(position_of(date), fmt::format("'{}.date' {} is given twice (first on line {}); keep one", where, date.Scalar(), first.line));
+        continue;
+      }
+      dates[date.Scalar()] = plan.Scalar();
+    }
   }
   if (diags.error_count() != errors_before || plans.empty()) return std::nullopt;
   try {
-    return Tariff(time_zone, decimals, rounding, std::move(plans), week, dates);
+    return Tariff(time_zone, decimals, rounding, std::move(plans), week, dates, std::move(seasons));
   } catch (const std::invalid_argument& e) {
     diags.error(position_of(tariffs), fmt::format("'tariffs': {}", e.what()));
   }

@@ -99,6 +99,19 @@ TEST(Pilectl, ValidatesTheShippedSimulatedSite) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
+TEST(Pilectl, ValidatesEveryShippedExampleSite) {
+  // configs/ holds one example per kind of site (the simulated one, a provincial tariff, ...):
+  // each must stay valid as the schema grows.
+  int seen = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(PILECORE_TEST_SOURCE_DIR) / "configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    ++seen;
+    auto r = run_process({pilectl, "config", "validate", e.path().string()});
+    EXPECT_EQ(r.exit_code, 0) << e.path() << "\n" << r.err;
+  }
+  EXPECT_GE(seen, 2);
+}
+
 TEST(Pilectl, HelpAtEveryLevel) {
   for (const auto& args : std::vector<std::vector<std::string>>{{pilectl, "--help"},
                                                                 {pilectl, "config", "--help"},
