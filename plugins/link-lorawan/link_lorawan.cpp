@@ -207,7 +207,11 @@ class LoraLink final : public link::Link {
       const TimePoint now = host_.clock().now();
       const std::int64_t air = lw::time_on_air_us(frame.size(), lw::spreading_factor(dr_));
       previous_allowed_ = next_allowed_;
-      next_allowed_ = now + std::chrono::duration_cast<Duration>(std::chrono::microseconds(lw::min_interval_us(region_, air)));
+      // Without a duty cycle (CN470) the only wait is the transmission itself, which the module
+      // already enforces (one uplink in flight); host time may also run faster than the air.
+      if (lw::duty_cycle_ppm(region_) < 1000000) {
+        next_allowed_ = now + std::chrono::duration_cast<Duration>(std::chrono::microseconds(lw::min_interval_us(region_, air)));
+      }
       pending_ = std::move(done);
       in_flight_ = true;
       ++uplinks_;

@@ -126,6 +126,7 @@ class PluginHost final : public Host {
   std::function<void(const identification::Token&)> on_present;
   std::vector<std::string> log_lines;
   std::vector<std::pair<std::string, std::string>> states;
+  std::vector<std::pair<std::string, bool>> alarms;  ///< code, active: in the order raised
 
   // --- Host ---
   [[nodiscard]] std::string_view instance_name() const noexcept override { return "test"; }
@@ -163,7 +164,7 @@ class PluginHost final : public Host {
     }
   }
   void publish(const Sample&) noexcept override {}
-  void raise(const Alarm&) noexcept override {}
+  void raise(const Alarm& alarm) noexcept override { alarms.emplace_back(std::string(alarm.code), alarm.active); }
   void report_state(std::string_view state, std::string_view detail) noexcept override { states.emplace_back(state, detail); }
   void present(const identification::Token& token) noexcept override {
     presented.push_back(token);
