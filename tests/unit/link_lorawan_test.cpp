@@ -17,6 +17,7 @@
 #include "plugin_host.hpp"
 #include "rak3172_sim.hpp"
 #include "rui3.hpp"
+#include "site_config.hpp"
 #include "test_support.hpp"
 
 using namespace pilecore;
@@ -352,4 +353,17 @@ TEST(LinkLorawan, GarbageFromTheModuleIsIgnoredAndCounted) {
   const bool counted = std::any_of(f.host.log_lines.begin(), f.host.log_lines.end(), [](const std::string& l) { return l.find("(2 so far)") != std::string::npos; });
   EXPECT_TRUE(counted);
   for (const auto& line : f.host.log_lines) EXPECT_EQ(line.find("banner"), std::string::npos) << "lines are counted, not echoed: " << line;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the example site
+
+TEST(LinkLorawan, TheExampleSiteFileIsValid) {
+  core::PluginRegistry registry({PILECORE_PLUGIN_DIR});
+  const auto outcome = core::load_site(std::string(PILECORE_TEST_SOURCE_DIR) + "/configs/lorawan-site.yaml", registry);
+  ASSERT_TRUE(outcome.site.has_value()) << outcome.diagnostics.format();
+  const auto it = std::find_if(outcome.site->instances.begin(), outcome.site->instances.end(), [](const auto& i) { return i.name == "lora"; });
+  ASSERT_NE(it, outcome.site->instances.end());
+  EXPECT_EQ(it->config->string("region"), "CN470");
+  EXPECT_EQ(it->config->integer("data_rate"), 2);
 }
