@@ -324,6 +324,22 @@ TEST(LinkLorawan, ASilentModuleRaisesAnAlarmAndTheLinkRecoversWhenItAnswersAgain
   EXPECT_TRUE(f.send(frame(20)).ok());
 }
 
+TEST(LinkLorawan, StoppingAnswersTheUplinkInFlightOnce) {
+  Fixture f;
+  f.start();
+  ASSERT_TRUE(f.up());
+  f.module.set_silent(true);  // the uplink waits for an answer that will not come
+  int calls = 0;
+  Status last;
+  f.link->send(frame(20), link::TrafficClass::telemetry, [&](Status s) {
+    ++calls;
+    last = std::move(s);
+  });
+  f.host.destroy();
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(last.code(), StatusCode::unavailable) << last.message();
+}
+
 TEST(LinkLorawan, AModuleThatIsNotThereRaisesTheAlarmAtStart) {
   TempDir dir;
   std::string device;
