@@ -126,6 +126,12 @@ class PluginHost final : public Host {
   std::function<void(const identification::Token&)> on_present;
   std::vector<std::string> log_lines;
   std::vector<std::pair<std::string, std::string>> states;
+  std::vector<std::pair<std::string, double>> samples;  ///< channel, value
+  struct RaisedAlarm {
+    std::string code, message;
+    bool active = true;
+  };
+  std::vector<RaisedAlarm> alarms;
 
   // --- Host ---
   [[nodiscard]] std::string_view instance_name() const noexcept override { return "test"; }
@@ -162,8 +168,8 @@ class PluginHost final : public Host {
       }
     }
   }
-  void publish(const Sample&) noexcept override {}
-  void raise(const Alarm&) noexcept override {}
+  void publish(const Sample& s) noexcept override { samples.emplace_back(std::string(s.channel), s.value); }
+  void raise(const Alarm& a) noexcept override { alarms.push_back({std::string(a.code), std::string(a.message), a.active}); }
   void report_state(std::string_view state, std::string_view detail) noexcept override { states.emplace_back(state, detail); }
   void present(const identification::Token& token) noexcept override {
     presented.push_back(token);
