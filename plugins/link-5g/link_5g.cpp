@@ -159,6 +159,7 @@ class Link5g final : public link::Link {
                            .mqtt_version(MQTTVERSION_3_1_1)
                            .clean_session(true)
                            .automatic_reconnect(false)
+                           .max_inflight(64)  // QoS 1 frames awaiting PUBACK; beyond it a send fails and the outbox retries
                            .keep_alive_interval(std::chrono::seconds(c.integer("keep_alive_s")))
                            .connect_timeout(std::chrono::seconds(c.integer("connect_timeout_s")))
                            .ssl(std::move(ssl))
