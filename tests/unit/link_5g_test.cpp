@@ -225,6 +225,21 @@ TEST_F(Link5gTest, ReadsTheModemAndPublishesEachClassOnItsTopicWithQos1) {
   EXPECT_EQ(topic_of["o"], base + "transaction");  // bulk: ledger uploads travel with the transactions
 }
 
+TEST_F(Link5gTest, OnLteAndEnDcTheRegistrationAndSignalComeFromTheirOwnAnswers) {
+  // LTE: +C5GREG says 0, +CEREG says registered; QENG's LTE SINR code 14 is 2 * 14 - 20 dB.
+  modem.update([](sim::ModemSim::Settings& s) { s.rat = "LTE"; });
+  {
+    PluginHost host(kPlugin, config(), dir.path() / "state");
+    up(host);
+    EXPECT_NE(last_detail(host).find("registered (home), LTE NOCONN, RSRP -88 dBm, SINR 8 dB"), std::string::npos) << last_detail(host);
+  }
+  // EN-DC: the NR leg's line, whose field order differs from SA's, gives the figures.
+  modem.update([](sim::ModemSim::Settings& s) { s.rat = "EN-DC"; });
+  PluginHost host(kPlugin, config(), dir.path() / "state");
+  up(host);
+  EXPECT_NE(last_detail(host).find("NR5G-NSA CONNECT, RSRP -88 dBm, SINR 14 dB"), std::string::npos) << last_detail(host);
+}
+
 TEST_F(Link5gTest, DownCommandsReachTheReceiver) {
   PluginHost host(kPlugin, config(), dir.path() / "state");
   auto& link = host.create<link::Link>();
