@@ -341,6 +341,12 @@ class LinkProxy final : public link::Link {
     }
   }
   void set_receiver(link::Receiver receiver) noexcept override { iso_.link_receiver = std::move(receiver); }
+  void prefer_backup(bool on) noexcept override {
+    try {
+      iso_.notify("prefer_backup", {{"on", on}});  // the plugin host calls it only on an API 2.2 link
+    } catch (...) {
+    }
+  }
 
  private:
   Isolated& iso_;

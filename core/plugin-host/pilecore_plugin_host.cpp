@@ -303,6 +303,9 @@ class ChildHost final : public Host {
     const auto cb = e.contains("cb") ? static_cast<std::uint64_t>(integer(e, "cb")) : 0;
     if (m == "refresh" && kind_ == Kind::sensor) {
       static_cast<sensor::Sensor*>(plugin_)->refresh();
+    } else if (m == "prefer_backup" && kind_ == Kind::link) {
+      // prefer_backup() is API 2.2: a link built against 2.0 or 2.1 has no such entry in its vtable.
+      if (loaded_->descriptor->api_minor >= 2) static_cast<link::Link*>(plugin_)->prefer_backup(boolean(a, "on"));
     } else if (m == "show" && kind_ == Kind::indicator) {
       static_cast<indicator::Indicator*>(plugin_)->show(static_cast<std::uint32_t>(integer(a, "connector")),
                                                          enumerated(a, "status", ConnectorStatus::faulted));

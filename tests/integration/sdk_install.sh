@@ -34,7 +34,7 @@ g++ $(pkg-config --cflags pilecore) $(pkg-config --variable=plugin_cflags pileco
 
 echo "== pilectl (installed) lists and shows it"
 "$prefix/bin/pilectl" plugins list | tee "$work/list.txt"
-grep -q '^hello-sensor  *sensor  *1.0.0  *2.1  ' "$work/list.txt"
+grep -q '^hello-sensor  *sensor  *1.0.0  *2.2  ' "$work/list.txt"
 "$prefix/bin/pilectl" plugins show hello-sensor | grep -q 'alarm_above_c'
 
 echo "== pilecored (installed) loads and runs it"

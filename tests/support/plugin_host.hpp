@@ -126,10 +126,11 @@ class PluginHost final : public Host {
   std::function<void(const identification::Token&)> on_present;
   std::vector<std::string> log_lines;
   std::vector<std::pair<std::string, std::string>> states;
+  std::vector<std::pair<std::string, double>> samples;  ///< channel, value
   struct RaisedAlarm {
-    AlarmSeverity severity;
+    AlarmSeverity severity = AlarmSeverity::warning;
     std::string code, message;
-    bool active;
+    bool active = true;
   };
   std::vector<RaisedAlarm> alarms;
 
@@ -168,7 +169,7 @@ class PluginHost final : public Host {
       }
     }
   }
-  void publish(const Sample&) noexcept override {}
+  void publish(const Sample& s) noexcept override { samples.emplace_back(std::string(s.channel), s.value); }
   void raise(const Alarm& a) noexcept override { alarms.push_back({a.severity, std::string(a.code), std::string(a.message), a.active}); }
   void report_state(std::string_view state, std::string_view detail) noexcept override { states.emplace_back(state, detail); }
   void present(const identification::Token& token) noexcept override {

@@ -47,6 +47,12 @@ class Link : public Plugin {
   virtual void send(std::span<const std::uint8_t> frame, TrafficClass cls, SendCallback done) noexcept = 0;
   /// Where to deliver frames received from the back end; called on the core's strand.
   virtual void set_receiver(Receiver receiver) noexcept = 0;
+  /// API 2.2. The risk layer's "switch to backup" signal: `on` asks a link with a primary and a
+  /// backup path (e.g. two MQTT brokers) to move to its backup now and stay there; `off` lets it
+  /// return to the primary once that is healthy again. A link without a backup ignores it. The
+  /// core calls it only on a plugin built against 2.2 or later. Appended last, so the vtable of
+  /// a 2.0 or 2.1 link keeps its layout.
+  virtual void prefer_backup(bool on) noexcept { (void)on; }
 };
 
 }  // namespace link
