@@ -892,6 +892,14 @@ void Runtime::on_alarm(Instance& inst, const Alarm& alarm) {
     admission_.prefer_backup = alarm.active;
     spdlog::warn("links: {} ({})", alarm.active ? "switching to the backup endpoint" : "failing back to the primary endpoint", alarm.message);
     publish_event(events::LinkEndpoint{alarm.active, std::string(alarm.message)});
+    // prefer_backup() is API 2.2: an older link binary has no such entry in its vtable. An
+    // isolated link's proxy forwards it and its plugin host makes the same check.
+    for (const auto& l : instances_) {
+      if (l->kind() != Kind::link || l->state() != InstanceState::running) continue;
+      if (l->isolated() == nullptr && l->spec().loaded->descriptor->api_minor < 2) continue;
+      const auto mark = l->in_flight("prefer_backup");
+      l->as<link::Link>()->prefer_backup(alarm.active);
+    }
   }
   if (engine_) engine_->on_alarm(inst.spec().name, alarm);
 }
