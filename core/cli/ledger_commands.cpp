@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "ledger.hpp"
+#include "ledger_anchor.hpp"
+#include "statement.hpp"
 
 namespace pilecore::core {
 namespace fs = std::filesystem;
@@ -24,6 +26,34 @@ namespace {
 struct DbFree {
   void operator()(sqlite3* db) const noexcept { sqlite3_close(db); }
 };
+
+bool table_exists(sqlite3* db, const char* name) {
+  Stmt s(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?");
+  s.bind(1, std::string_view(name));
+  return s.step();
+}
+
+bool has_column(sqlite3* db, const char* table, const char* column) {
+  Stmt s(db, "SELECT 1 FROM pragma_table_info(?) WHERE name = ?");
+  s.bind(1, std::string_view(table)).bind(2, std::string_view(column));
+  return s.step();
+}
+
+// The cross-check needs the daemon's schema: a ledger with entries (version 3) and the
+// transactions table the session engine writes. An older or foreign database is verified as a
+// chain only.
+bool has_transactions(sqlite3* db) {
+  return table_exists(db, "transactions") && has_column(db, "ledger", "entry") && has_column(db, "transactions", "connector") &&
+         has_column(db, "transactions", "captured_fen");
+}
+
+// The anchor as the database itself recorded it (outbox_meta), when it has the table.
+std::optional<std::int64_t> backend_ledger_seq(sqlite3* db) {
+  if (!table_exists(db, "outbox_meta")) return std::nullopt;
+  Stmt s(db, "SELECT value FROM outbox_meta WHERE name='backend_ledger_seq'");
+  if (!s.step()) return std::nullopt;
+  return s.i64(0);
+}
 
 }  // namespace
 
@@ -177,7 +207,40 @@ int ledger_verify(const fs::path& db_path, const fs::path& certificate_path, std
   }
   const LedgerCheck check = Ledger::verify(db.get(), *key, options);
   if (check.ok) {
+    // The chain holds; now what it cannot see by itself: the back end's anchor (a truncated
+    // tail, an emptied table, an older copy of the database) and the receipt-facing rows.
+    std::optional<LedgerAnchor> anchor;
+    try {
+      anchor = read_anchor(anchor_path(db_path));
+    } catch (const std::exception& e) {
+      err << fmt::format("ledger BROKEN: {}\n", e.what());
+      return 1;
+    }
+    if (const auto acked = backend_ledger_seq(db.get()); acked && (!anchor || anchor->seq < *acked)) {
+      // The database's own copy of the ack (outbox_meta) is ahead of the file: the file was
+      // removed or replaced. Its figure is still an acknowledged fact.
+      anchor = LedgerAnchor{*acked, {}};
+    }
+    if (anchor) {
+      if (const auto problem = check_anchor(db.get(), *anchor)) {
+        err << fmt::format("ledger BROKEN: {} ({} records in {}, anchor {})\n", *problem, check.record_count, db_path.string(),
+                           anchor_path(db_path).string());
+        return 1;
+      }
+    }
+    if (has_transactions(db.get())) {
+      if (const auto problem = check_transactions(db.get())) {
+        err << fmt::format("ledger BROKEN: {} ({})\n", *problem, db_path.string());
+        return 1;
+      }
+    }
     out << check.message << "\n";
+    if (anchor) {
+      out << fmt::format("anchored: the back end holds records up to seq {}, and this ledger agrees\n", anchor->seq);
+    } else {
+      out << "not anchored: the back end has acknowledged no ledger record yet, so removed newest records or an older copy of the database "
+             "cannot be detected here\n";
+    }
     return 0;
   }
   if (check.first_bad_seq == 0) {  // the walk itself failed

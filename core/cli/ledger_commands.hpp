@@ -60,6 +60,11 @@ int keys_init(const IdentityOptions& options, std::ostream& out, std::ostream& e
 /// Unsigned rows (the signer had not written their signatures yet) fail the check unless
 /// options.accept_unsigned_tail and they are only the newest tail; the OK line then says how many
 /// records are not covered by a signature (ledger.hpp).
+/// Then what the chain cannot see by itself (ledger_anchor.hpp): exit 1 when the ledger ends
+/// before the seq the back end acknowledged (`<database>.anchor`, or the database's own copy of
+/// the ack when higher) or its hash there differs, when the anchor file is malformed, and when a
+/// `transactions` row disagrees with its signed record. The OK line says whether an anchor was
+/// checked.
 int ledger_verify(const std::filesystem::path& db_path, const std::filesystem::path& certificate_path, std::ostream& out, std::ostream& err,
                   VerifyOptions options = {});
 

@@ -36,7 +36,13 @@ Field links_schema() {
                    {with_default(with_range(field("max_records", FieldType::integer, "Records kept at most; telemetry, then status, is dropped first"), 100, 10'000'000), "20000"),
                     with_default(with_range(field("max_bytes", FieldType::integer, "Payload bytes kept at most"), 65536, 1e12, "bytes"), "33554432"),
                     with_default(with_range(field("first_retry_s", FieldType::integer, "Wait for an acknowledgement before the first resend; doubles per resend"), 1, 86400, "s"), "15"),
-                    with_default(with_range(field("max_retry_s", FieldType::integer, "Longest wait between resends"), 1, 86400, "s"), "600")})});
+                    with_default(with_range(field("max_retry_s", FieldType::integer, "Longest wait between resends"), 1, 86400, "s"), "600")}),
+       with_default(with_range(field("device_id", FieldType::integer, "This pile's device id in every frame's header, assigned by the operator (docs/protocol.md section 1)"),
+                               0, 4294967295.0),
+                    "0"),
+       with_default(with_range(field("heartbeat_s", FieldType::integer, "Clock time between status heartbeats (the connectors' states, the outbox's fill); 0: none"),
+                               0, 86400, "s"),
+                    "300")});
 }
 
 UplinkConfig parse_uplink_config(const YAML::Node& links, const std::vector<InstanceSpec>& instances, Diagnostics& diags) {
@@ -89,6 +95,12 @@ UplinkConfig parse_uplink_config(const YAML::Node& links, const std::vector<Inst
     if (!n.IsDefined() || n.IsNull()) continue;
     Value v;
     if (!parse_value(outbox_schema.fields[i], n, v) && std::holds_alternative<std::int64_t>(v)) *targets[i] = std::get<std::int64_t>(v);
+  }
+  for (auto [index, target] : {std::pair{std::size_t{4}, &cfg.device_id}, std::pair{std::size_t{5}, &cfg.heartbeat_s}}) {
+    const YAML::Node n = member(links, schema.fields[index].key);
+    if (!n.IsDefined() || n.IsNull()) continue;
+    Value v;
+    if (!parse_value(schema.fields[index], n, v) && std::holds_alternative<std::int64_t>(v)) *target = std::get<std::int64_t>(v);
   }
   if (cfg.first_retry_s > cfg.max_retry_s) {
     diags.error(position_of(member(outbox, "first_retry_s")),

@@ -5,6 +5,8 @@
 //     lorawan: lora            # the LoRaWAN link instance, when the site has one
 //     routes:                  # per class, overriding the default routing
 //       telemetry: {primary: modem, fallback: lora}
+//     device_id: 123456        # the frames' device id, assigned by the operator
+//     heartbeat_s: 300         # a status heartbeat every 5 minutes (0: none)
 //     outbox: {max_records: 20000, max_bytes: 33554432, first_retry_s: 15, max_retry_s: 600}
 #pragma once
 
@@ -33,6 +35,8 @@ struct UplinkConfig {
   std::int64_t outbox_max_bytes = 32 * 1024 * 1024;
   std::int64_t first_retry_s = 15;
   std::int64_t max_retry_s = 600;
+  std::int64_t device_id = 0;     ///< every frame's device id (docs/protocol.md section 1)
+  std::int64_t heartbeat_s = 300; ///< 0: no heartbeat
 };
 
 /// Reads a validated `links` section (undefined or null: the defaults), reporting references to

@@ -8,6 +8,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <cmath>
 #include <csignal>
 
 #include "build_config.hpp"
@@ -25,6 +26,7 @@
 #include "strand_scheduler.hpp"
 #include "store_worker.hpp"
 #include "token_privacy.hpp"
+#include "uplink.hpp"
 #include "wire.hpp"
 
 namespace pilecore::core {
@@ -398,6 +400,7 @@ void Runtime::start_instances() {
   disk_ = std::make_unique<LowDiskMonitor>(
       *scheduler_, options_.state_dir, site_.storage.disk_check_interval, site_.storage.low_disk_bytes,
       [dir = options_.state_dir](std::string& error) { return disk_space(dir, error); }, [this](const LowDiskAlarm& a) { publish_event(RuntimeEvent(a)); });
+  start_uplink();  // before the first disk check: its alarm is a record too
   disk_->start();
   for (const auto& inst : instances_) {
     // Before recovery: a session must not start on a connector whose plugin is quarantined, and
@@ -474,6 +477,7 @@ void Runtime::announce_ready() {
 
 void Runtime::track_alarm(const std::optional<AlarmEvent>& alarm) {
   if (!alarm) return;
+  report_alarm(*alarm);
   const std::string key = alarm_key(*alarm);
   if (!alarm_active(*alarm)) {
     active_alarms_.erase(key);
@@ -528,12 +532,14 @@ void Runtime::finish_shutdown() {
   spdlog::info("stopping {} instance(s)", instances_.size());
   control_.reset();
   disk_.reset();
+  if (uplink_) uplink_->stop();
   for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) {
     (*it)->stop();
     update_snapshot(**it);
   }
   engine_.reset();
   stop_storage();  // every submitted write, signatures included, is on disk before the plugins go
+  uplink_.reset();
   for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) (*it)->destroy();
   io_.stop();
 }
@@ -619,8 +625,18 @@ int Runtime::run() {
     db_ = std::make_unique<Database>(db);
     db_->record_boot(format_utc(clock_->now()), PILECORE_VERSION, site_.id);
     spdlog::info("database {} (schema {})", db.string(), db_->schema_version());
+    // Records go into the outbox only when something can take them to the back end: on a site
+    // without a link they would pile up until the bound refuses sessions.
+    if (!site_.uplink.cellular.empty() || !site_.uplink.lorawan.empty()) {
+      db_->enable_uplink({.max_records = static_cast<std::size_t>(site_.uplink.outbox_max_records),
+                          .max_bytes = static_cast<std::size_t>(site_.uplink.outbox_max_bytes),
+                          .first_retry = std::chrono::seconds(site_.uplink.first_retry_s),
+                          .max_retry = std::chrono::seconds(site_.uplink.max_retry_s)},
+                         *clock_);
+    }
     if (options_.make_ledger) {
       ledger_ = options_.make_ledger(db_->handle());
+      ledger_->uplink_through(*db_);
       // Before anything starts: a record is never left unsigned across a restart.
       if (const auto signed_now = ledger_->sign_pending(); signed_now > 0) {
         spdlog::warn("ledger: signed {} record(s) that the last run committed but had not signed", signed_now);
@@ -805,6 +821,61 @@ void Runtime::set_connector(std::uint32_t id, ConnectorStatus status, const std:
     inst->as<indicator::Indicator>()->show(id, status);
   }
   publish_event(events::ConnectorChanged{id, status, why});
+  if (uplink_) {
+    const std::int64_t now_ms = clock_->now().time_since_epoch().count();
+    uplink_->report({fmt::format("status:{}:{}:{}", id, now_ms, ++uplink_records_ % 1000), "status",
+                     {{"connector", id}, {"status", std::string(pilecore::to_string(status))}, {"why", why}, {"time_ms", now_ms}}},
+                    protocol::UplinkClass::status);
+  }
+}
+
+void Runtime::start_uplink() {
+  if (db_->uplink() == nullptr) return;
+  UplinkSettings settings{.device_id = static_cast<std::uint32_t>(site_.uplink.device_id),
+                          .routing = site_.uplink.routing,
+                          .heartbeat = std::chrono::seconds(site_.uplink.heartbeat_s),
+                          .batch = 32};
+  uplink_ = std::make_unique<Uplink>(*clock_, *scheduler_, *store_, std::move(settings));
+  for (const auto& inst : instances_) {
+    if (inst->kind() == Kind::link && inst->state() == InstanceState::running) uplink_->add_link(inst->spec().name, inst->as<link::Link>());
+  }
+  uplink_->set_heartbeat_body([this] {
+    nlohmann::json connectors = nlohmann::json::object();
+    for (const auto& [id, st] : connector_status_) connectors[std::to_string(id)] = std::string(pilecore::to_string(st));
+    return nlohmann::json{{"site", site_.id}, {"connectors", std::move(connectors)}};
+  });
+  uplink_->start();
+}
+
+void Runtime::report_alarm(const AlarmEvent& alarm) {
+  if (!uplink_) return;
+  std::string code;
+  std::optional<std::uint32_t> connector;
+  std::string text;
+  std::visit(overloaded{[&](const events::MeterImplausible& v) { code = "meter.implausible", connector = v.connector, text = v.message; },
+                        [&](const events::CloseFailed& v) { code = "storage.close_failed", connector = v.connector, text = v.message; },
+                        [&](const events::CheckpointFailed& v) { code = "storage.checkpoint_failed", text = v.message; },
+                        [&](const events::PluginAlarm& v) {
+                          code = v.code, text = v.message;
+                          for (const auto& inst : instances_) {
+                            if (inst->spec().name == v.instance) connector = inst->spec().connector;
+                          }
+                        },
+                        [&](const LowDiskAlarm& v) { code = "storage.low_disk", text = v.message; }},
+             alarm);
+  nlohmann::json available = nlohmann::json::array();
+  for (const auto& [id, st] : connector_status_) {
+    if (st == ConnectorStatus::available && (!connector || id != *connector)) available.push_back(id);
+  }
+  const std::int64_t now_ms = clock_->now().time_since_epoch().count();
+  nlohmann::json body{{"code", code},
+                      {"active", alarm_active(alarm)},
+                      {"text", text},
+                      {"site", {{"id", site_.id}, {"name", site_.name}, {"lat_e6", std::llround(site_.latitude * 1e6)}, {"lon_e6", std::llround(site_.longitude * 1e6)}}},
+                      {"available", std::move(available)},
+                      {"time_ms", now_ms}};
+  if (connector) body["connector"] = *connector;
+  uplink_->report({fmt::format("alarm:{}:{}", now_ms, ++uplink_records_ % 1000), "alarm", std::move(body)}, protocol::UplinkClass::status);
 }
 
 void Runtime::on_instance_failed(Instance& inst, const std::string& reason) {
@@ -909,6 +980,7 @@ void Runtime::on_state(Instance& inst, std::string_view state, std::string_view 
   inst.health = std::string(state);
   inst.detail_ = std::string(detail);
   update_snapshot(inst);
+  if (inst.kind() == Kind::link && state == "up" && uplink_) uplink_->wake();
 }
 
 }  // namespace pilecore::core

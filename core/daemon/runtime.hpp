@@ -33,6 +33,7 @@ class LowDiskMonitor;
 class StrandScheduler;
 class Ledger;
 class StoreWorker;
+class Uplink;
 
 struct RuntimeOptions {
   std::filesystem::path state_dir;
@@ -112,6 +113,9 @@ class Runtime {
   [[nodiscard]] StoreWorker* store() { return store_.get(); }
   /// The ledger, when the site has a device identity (exists while run() runs).
   [[nodiscard]] Ledger* ledger() { return ledger_.get(); }
+  /// The uplink sender, when the site has a link (exists once the instances have started). Use
+  /// on the strand.
+  [[nodiscard]] Uplink* uplink() { return uplink_.get(); }
 
  private:
   bool create_instances();
@@ -127,6 +131,11 @@ class Runtime {
   void publish_event(const Event& event);
   void publish_event(const RuntimeEvent& event);
   void track_alarm(const std::optional<AlarmEvent>& alarm);
+  /// The uplink sender over the running link instances (when the database has the uplink on).
+  void start_uplink();
+  /// An alarm's status record: code, connector, the site and where it is, the text, and the
+  /// connectors available now (so the app can offer another one).
+  void report_alarm(const AlarmEvent& alarm);
   /// The test-only `diag_max_pages` command (RuntimeOptions::storage_diagnostics).
   void diag_max_pages(std::optional<std::int64_t> headroom_pages, Responder reply);
   void set_connector(std::uint32_t id, ConnectorStatus status, const std::string& why);
@@ -166,6 +175,8 @@ class Runtime {
   std::unique_ptr<ControlSocket> control_;
   std::unique_ptr<StrandScheduler> scheduler_;
   std::unique_ptr<LowDiskMonitor> disk_;  ///< storage.low_disk
+  std::unique_ptr<Uplink> uplink_;
+  std::uint64_t uplink_records_ = 0;  ///< keeps status and alarm keys unique within one millisecond
   /// Active alarms (the core's and the plugins'), by code and instance or connector: `status` shows them.
   std::map<std::string, ActiveAlarm> active_alarms_;  ///< by alarm_key
   AdmissionCounts admission_;  ///< the admission guard's counts and the backup-endpoint signal

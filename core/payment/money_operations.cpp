@@ -2,6 +2,7 @@
 
 #include <array>
 
+#include "outbox.hpp"
 #include "statement.hpp"
 
 namespace pilecore::core {
@@ -45,6 +46,19 @@ std::vector<MoneyOperation> rows(Stmt& s) {
   return out;
 }
 
+// Each state an operation reaches is a record of its own: the back end sees the intent before
+// the acquirer is called and every outcome after, so a pile that dies mid-call is visible there
+// too. A pending answer may repeat; its attempt number keeps each one a distinct key.
+void report(Database& db, const MoneyOperation& op, TimePoint at) {
+  std::string key = "op:" + op.id + "/" + std::string(to_string(op.state));
+  if (op.state == OperationStateRow::pending) key += "/" + std::to_string(op.attempts);
+  nlohmann::json body{{"id", op.id},          {"txn", op.txn},         {"op", std::string(to_string(op.kind))},
+                      {"state", std::string(to_string(op.state))}, {"fen", op.amount_fen}, {"method", op.method},
+                      {"channel", op.channel}, {"reference", op.reference}, {"reason", op.reason},
+                      {"attempts", op.attempts}, {"time_ms", ms_of(at)}};
+  enqueue_uplink(db, {std::move(key), "operation", std::move(body)}, protocol::UplinkClass::transaction);
+}
+
 }  // namespace
 
 std::string_view to_string(OperationKind k) {
@@ -81,6 +95,8 @@ void insert_intent(Database& db, const MoneyOperation& op) {
       .bind(1, op.id).bind(2, op.txn).bind(3, to_string(op.kind)).bind(4, op.amount_fen).bind(5, op.method).bind(6, op.channel)
       .bind(7, ms_of(op.created)).bind(8, ms_of(op.created)).bind(9, op.routing)
       .step();
+  // A repeated intent (ON CONFLICT DO NOTHING) was reported when it was first written.
+  if (sqlite3_changes(db.handle()) == 1) report(db, op, op.created);
 }
 
 void update(Database& db, const MoneyOperation& op) {
@@ -93,6 +109,7 @@ void update(Database& db, const MoneyOperation& op) {
   }
   s.bind(8, op.id).step();
   if (sqlite3_changes(db.handle()) != 1) throw std::runtime_error("operation " + op.id + " has no intent row");
+  report(db, op, op.updated);
 }
 
 std::optional<MoneyOperation> find(sqlite3* db, std::string_view id) {

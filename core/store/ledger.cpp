@@ -12,6 +12,7 @@
 #include <optional>
 #include <thread>
 
+#include "outbox.hpp"
 #include "storage.hpp"
 #include "store_worker.hpp"
 
@@ -360,6 +361,14 @@ LedgerEntry Ledger::append(const std::string& entry_id, const std::string& txn_i
   sqlite3_bind_text(st, 8, hash_alg.data(), static_cast<int>(hash_alg.size()), SQLITE_STATIC);
   sqlite3_bind_text(st, 9, sig_alg.data(), static_cast<int>(sig_alg.size()), SQLITE_STATIC);
   if (sqlite3_step(st) != SQLITE_DONE) throw LedgerError(fmt::format("ledger: cannot append entry {} of txn {}: {}", entry_id, txn_id, sqlite3_errmsg(db_)));
+  if (uplink_db_ != nullptr) {
+    // Before the signer is told: an OutboxFull here rolls the row back, and no signature job
+    // may name a row that never committed.
+    enqueue_uplink(*uplink_db_,
+                   {fmt::format("ledger:{}", entry.seq), "ledger",
+                    {{"seq", entry.seq}, {"entry", entry_id}, {"txn", txn_id}, {"hash", to_hex(entry.hash)}, {"prev", to_hex(prev)}, {"alg", hash_alg}}},
+                   protocol::UplinkClass::transaction);
+  }
   if (signer_) {
     // Handed over before the caller's COMMIT: the signature is made while the row is fsync'd; if
     // the caller rolls back, the UPDATE's hash matches nothing.

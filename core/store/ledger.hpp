@@ -44,10 +44,12 @@
 // reordered record (seq or the prev_hash link breaks), a changed algorithm name.
 // What it cannot detect on its own: the removal of the NEWEST records (truncating the tail
 // leaves a shorter chain that is still intact), and the replacement of the whole database by an
-// older copy of itself. Those must be anchored outside the device: the uplink sends each
-// record's seq and hash, and the back office's acknowledgements say which seq it holds, so a
-// ledger that ends before an acknowledged seq (or whose hash at that seq differs) is detected
-// there, not by verify(). Anyone holding the device key can of course rewrite the whole chain: that is what the
+// older copy of itself. Those are anchored outside the device: append() also enqueues each
+// record's seq and hash in the uplink outbox (uplink_through), the back end's acknowledgements
+// name the highest seq it holds, and the pile keeps that anchor in a file beside the database
+// (ledger_anchor.hpp). `pilectl ledger verify` checks the chain with verify() and then the anchor,
+// so a ledger that ends before an acknowledged seq (or whose hash at that seq differs) fails
+// there, and the back end sees the same from its side. Anyone holding the device key can of course rewrite the whole chain: that is what the
 // key's protection (file mode 0600 today, a TPM or secure element later) is for.
 #pragma once
 
@@ -121,6 +123,11 @@ class Ledger {
   /// the record must name it under "entry", or have no "entry" when entry == txn_id. A duplicate
   /// entry is refused; a transaction may have any number of entries.
   LedgerEntry append(const std::string& entry, const std::string& txn_id, const nlohmann::json& record);
+  /// From now on append() also enqueues, in the same transaction, the uplink record
+  /// `ledger:<seq>` (seq, entry, txn, hash and prev_hash; never the record, which names the user's
+  /// token) when `db` has the uplink enabled: what lets the back end anchor the chain. `db` must
+  /// be the Database whose handle() this Ledger appends on.
+  void uplink_through(Database& db) { uplink_db_ = &db; }
   /// The transaction's single record: entry = txn_id.
   LedgerEntry append(const std::string& txn_id, const nlohmann::json& record) { return append(txn_id, txn_id, record); }
 
@@ -175,6 +182,7 @@ class Ledger {
   SignFunction sign_;
   std::unique_ptr<Statements> st_;
   std::unique_ptr<Signer> signer_;
+  Database* uplink_db_ = nullptr;
 };
 
 }  // namespace pilecore::core

@@ -169,4 +169,10 @@ OutboxStats OutboxRepository::stats() {
   return st;
 }
 
+std::optional<Enqueued> enqueue_uplink(Database& db, const protocol::Record& record, UplinkClass cls) {
+  const auto* uplink = db.uplink();
+  if (uplink == nullptr) return std::nullopt;
+  return OutboxRepository(db, uplink->limits).enqueue(record, cls, uplink->clock->now());
+}
+
 }  // namespace pilecore::core

@@ -30,17 +30,11 @@
 
 #include "payloads.hpp"
 #include "pilecore/clock.hpp"
+#include "outbox_limits.hpp"
 #include "storage.hpp"
 #include "uplink_class.hpp"
 
 namespace pilecore::core {
-
-struct OutboxLimits {
-  std::size_t max_records = 20000;
-  std::size_t max_bytes = 32 * 1024 * 1024;  ///< of stored payloads
-  Duration first_retry = std::chrono::seconds(15);  ///< after the first attempt; doubles per attempt
-  Duration max_retry = std::chrono::minutes(10);
-};
 
 /// Enqueueing a control or transaction record would need dropping one: refused.
 class OutboxFull : public std::runtime_error {
@@ -107,5 +101,13 @@ class OutboxRepository {
   Database& db_;
   OutboxLimits limits_;
 };
+
+/// The state-changing writers' one call (money operations, the ledger, transaction rows, status
+/// and alarms): enqueues `record` in the caller's transaction when the daemon turned the uplink on
+/// for this database (Database::enable_uplink), with its bound and its clock; a database without
+/// an uplink (pilectl, a site with no link, most unit tests) gets no records, because nothing
+/// would ever acknowledge them and money records would fill the outbox until sessions stop.
+/// Returns nothing when the uplink is off. Throws OutboxFull like enqueue().
+std::optional<Enqueued> enqueue_uplink(Database& db, const protocol::Record& record, protocol::UplinkClass cls);
 
 }  // namespace pilecore::core

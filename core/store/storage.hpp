@@ -13,6 +13,9 @@
 #include <map>
 #include <string>
 
+#include "outbox_limits.hpp"
+#include "pilecore/clock.hpp"
+
 namespace pilecore::core {
 
 class Database {
@@ -43,10 +46,22 @@ class Database {
   /// not use the same SQL twice at once. Throws std::runtime_error naming the SQL.
   sqlite3_stmt* prepared(const std::string& sql);
 
+  /// The uplink outbox's settings for writers on this connection: once enabled, every state
+  /// change that the back end must learn of enqueues its record (enqueue_uplink in outbox.hpp)
+  /// in the same transaction. `clock` must outlive the Database. Set before the storage thread
+  /// takes the connection.
+  struct Uplink {
+    OutboxLimits limits;
+    const Clock* clock = nullptr;
+  };
+  void enable_uplink(OutboxLimits limits, const Clock& clock) { uplink_ = Uplink{limits, &clock}; }
+  [[nodiscard]] const Uplink* uplink() const { return uplink_.clock != nullptr ? &uplink_ : nullptr; }
+
  private:
   std::filesystem::path path_;
   sqlite3* db_ = nullptr;
   std::map<std::string, sqlite3_stmt*, std::less<>> prepared_;
+  Uplink uplink_;
 };
 
 }  // namespace pilecore::core

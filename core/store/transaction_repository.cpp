@@ -1,5 +1,6 @@
 #include "transaction_repository.hpp"
 
+#include "outbox.hpp"
 #include "statement.hpp"
 
 namespace pilecore::core {
@@ -29,10 +30,19 @@ void TransactionRepository::close(std::string_view id, const ClosedTransaction& 
       .bind(1, c.outcome).bind(2, c.meter_stop_wh).bind(3, c.energy_wh).bind(4, c.electricity_fen).bind(5, c.service_fen)
       .bind(6, c.total_fen).bind(7, c.capture_status).bind(8, c.bill_document).bind(9, ms_of(c.stopped)).bind(10, id)
       .step();
+  // The receipt-facing figures, as the row now holds them (never the user's token).
+  enqueue_uplink(db_,
+                 {"txn:" + std::string(id) + "/closed", "transaction",
+                  {{"txn", id}, {"outcome", c.outcome}, {"meter_stop_wh", c.meter_stop_wh}, {"energy_wh", c.energy_wh},
+                   {"electricity_fen", c.electricity_fen}, {"service_fen", c.service_fen}, {"total_fen", c.total_fen},
+                   {"stopped_ms", ms_of(c.stopped)}}},
+                 protocol::UplinkClass::transaction);
 }
 
 void TransactionRepository::record_capture(std::string_view id, std::int64_t captured_fen, std::string_view capture_status) {
   Stmt(db_, "UPDATE transactions SET captured_fen=?, capture_status=? WHERE id=?").bind(1, captured_fen).bind(2, capture_status).bind(3, id).step();
+  enqueue_uplink(db_, {"txn:" + std::string(id) + "/captured", "transaction", {{"txn", id}, {"captured_fen", captured_fen}, {"capture_status", capture_status}}},
+                 protocol::UplinkClass::transaction);
 }
 
 void TransactionRepository::add_authorized(std::string_view id, std::int64_t fen) {

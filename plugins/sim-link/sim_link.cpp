@@ -3,16 +3,23 @@
 // send() refuses frames above the MTU (invalid_argument) and, when the duty cycle is enforced,
 // frames whose air time would take the air time used in the sliding window above its share
 // (busy). Air time is modelled as bytes * us_per_byte. After latency_ms of host-clock time the
-// frame counts as handed over (ok) and, when `ack` is set, the back end's acknowledgement comes
-// back through the receiver. The acknowledgement layout is 0xAC followed by the first 8 bytes of
-// the frame (its header's version, type, length and device id), so the sender can match it.
-// The link can start down, come up later and go through a simulated outage.
+// frame counts as handed over (ok) and, when `ack` is set, the link plays the operator's back end:
+// it decodes the frame as docs/protocol.md says and, for a record (types 0x01-0x04, not
+// fragmented), answers with the protocol's application-level acknowledgement (type 0x81, CBOR
+// {"a": [key], "l": highest ledger seq seen}) addressed to the frame's device, through the
+// receiver. It does not reassemble fragmented transfers: those are left unacknowledged, so keep
+// the MTU above the largest record when a test wants everything acknowledged. A frame it cannot
+// decode is counted and not acknowledged. The link can start down, come up later and go
+// through a simulated outage.
 #include <pilecore/pilecore.hpp>
 
 #include <algorithm>
 #include <deque>
 #include <exception>
 #include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,7 +47,7 @@ constexpr ConfigKey keys[] = {
     {.key = "latency_ms", .type = ConfigType::integer, .default_value = "50", .min = 0, .max = 600000,
      .description = "Host-clock time from send() to the answer (and the acknowledgement)", .unit = "ms"},
     {.key = "ack", .type = ConfigType::boolean, .default_value = "true",
-     .description = "Deliver an acknowledgement frame (0xAC + the first 8 bytes of the frame) through the receiver"},
+     .description = "Play the back end: answer each record frame with the protocol's acknowledgement (type 0x81) through the receiver"},
     {.key = "start_down", .type = ConfigType::boolean, .default_value = "false",
      .description = "Start in state down (no coverage)"},
     {.key = "up_after_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
@@ -51,8 +58,15 @@ constexpr ConfigKey keys[] = {
      .description = "Length of the simulated outage; -1 = it lasts", .unit = "s"},
 };
 
-constexpr std::uint8_t kAckMarker = 0xAC;
-constexpr std::size_t kAckEchoBytes = 8;
+// docs/protocol.md sections 1-3: the 16-byte big-endian header and the types the back end reads.
+constexpr std::size_t kHeaderSize = 16;
+constexpr std::uint8_t kVersion = 1;
+constexpr std::uint8_t kFragmentFlag = 0x01;
+constexpr std::uint8_t kAckType = 0x81;
+
+void put_u32(std::vector<std::uint8_t>& out, std::uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<std::uint8_t>(v >> shift));
+}
 
 std::string_view to_string(link::TrafficClass c) {
   switch (c) {
@@ -146,10 +160,7 @@ class SimLink final : public link::Link {
       host_.log().debug("send #{} {} B ({}), air time {} us", sent_, frame.size(), to_string(cls), air_us);
 
       std::vector<std::uint8_t> ack;
-      if (ack_) {
-        ack.push_back(kAckMarker);
-        ack.insert(ack.end(), frame.begin(), frame.begin() + static_cast<std::ptrdiff_t>(std::min(kAckEchoBytes, frame.size())));
-      }
+      if (ack_) ack = acknowledge(frame);
       answer_later(latency_, std::move(done), Status::success(), std::move(ack));
     } catch (const std::exception& e) {
       host_.log().error("send failed: {}", e.what());
@@ -169,6 +180,50 @@ class SimLink final : public link::Link {
     TimerId timer = 0;
     link::SendCallback done;
   };
+
+  // The back end's side: decodes the record and makes its ack, or nothing (a fragment, compact
+  // telemetry, which is never acknowledged, or a frame that does not decode: counted).
+  std::vector<std::uint8_t> acknowledge(std::span<const std::uint8_t> frame) {
+    if (frame.size() < kHeaderSize || (frame[0] >> 4) != kVersion || (frame[0] & 0x0F & ~kFragmentFlag) != 0 ||
+        frame.size() != kHeaderSize + ((std::size_t{frame[2]} << 8) | frame[3])) {
+      ++undecodable_;
+      host_.log().warn("back end: frame #{} of {} B does not decode as a protocol frame; not acknowledged ({} so far)", sent_, frame.size(), undecodable_);
+      return {};
+    }
+    const std::uint8_t type = frame[1];
+    if ((frame[0] & kFragmentFlag) != 0 || type < 0x01 || type > 0x04) return {};
+    std::optional<nlohmann::json> record;
+    try {
+      record = nlohmann::json::from_cbor(frame.subspan(kHeaderSize));
+    } catch (const std::exception&) {
+    }
+    if (!record || !record->is_object() || !record->contains("k") || !(*record)["k"].is_string()) {
+      ++undecodable_;
+      host_.log().warn("back end: record frame #{} has no CBOR record with a key; not acknowledged", sent_);
+      return {};
+    }
+    const std::string key = (*record)["k"].get<std::string>();
+    // What a back end stores once per key and acknowledges every time (docs/protocol.md 3.1).
+    if (stored_.insert(key).second) {
+      host_.log().info("back end: stored {} record {}", record->value("c", "?"), key);
+      host_.log().debug("back end: body of {}: {}", key, record->value("b", nlohmann::json()).dump());
+    } else {
+      host_.log().info("back end: {} again, already stored; acknowledged again", key);
+    }
+    if (record->value("c", "") == "ledger" && record->contains("b") && (*record)["b"].contains("seq") && (*record)["b"]["seq"].is_number_unsigned()) {
+      ledger_seq_ = std::max(ledger_seq_.value_or(0), (*record)["b"]["seq"].get<std::uint64_t>());
+    }
+    nlohmann::json ack{{"a", nlohmann::json::array({(*record)["k"]})}};
+    if (ledger_seq_) ack["l"] = *ledger_seq_;
+    const std::vector<std::uint8_t> payload = nlohmann::json::to_cbor(ack);
+    std::vector<std::uint8_t> out{static_cast<std::uint8_t>(kVersion << 4), kAckType, static_cast<std::uint8_t>(payload.size() >> 8),
+                                  static_cast<std::uint8_t>(payload.size())};
+    out.insert(out.end(), frame.begin() + 4, frame.begin() + 8);  // the device the frame came from
+    put_u32(out, static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(host_.clock().now().time_since_epoch()).count()));
+    put_u32(out, down_seq_++);
+    out.insert(out.end(), payload.begin(), payload.end());
+    return out;
+  }
 
   [[nodiscard]] std::int64_t air_time_us(std::size_t bytes) const { return static_cast<std::int64_t>(bytes) * us_per_byte_; }
 
@@ -259,6 +314,10 @@ class SimLink final : public link::Link {
   std::map<std::uint64_t, Pending> pending_;
   std::uint64_t pending_seq_ = 0;
   std::uint64_t sent_ = 0;
+  std::uint64_t undecodable_ = 0;
+  std::optional<std::uint64_t> ledger_seq_;
+  std::set<std::string> stored_;  ///< the keys the back end holds  ///< the highest ledger seq the back end holds
+  std::uint32_t down_seq_ = 0;
   std::vector<TimerId> timers_;
 };
 

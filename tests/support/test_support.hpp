@@ -63,7 +63,7 @@ inline bool eventually(const std::function<bool()>& pred, std::chrono::milliseco
 class RunningSite {
  public:
   RunningSite(const TempDir& dir, const std::string& site_yaml, std::vector<std::filesystem::path> plugin_dirs, double clock_speed = 1.0,
-              const std::string& clock_start = "2026-03-01T00:00:00Z")
+              const std::string& clock_start = "2026-03-01T00:00:00Z", const std::function<void(core::RuntimeOptions&)>& adjust = {})
       : registry_(std::move(plugin_dirs)) {
     auto outcome = core::load_site(dir.write("site.yaml", site_yaml), registry_);
     if (!outcome.site) throw std::runtime_error("site file invalid:\n" + outcome.diagnostics.format());
@@ -74,6 +74,7 @@ class RunningSite {
     TimePoint start;
     core::parse_utc(clock_start, start);
     options.clock = std::make_shared<core::ScaledClock>(start, clock_speed);
+    if (adjust) adjust(options);
     runtime_ = std::make_unique<core::Runtime>(std::move(*outcome.site), std::move(options));
     thread_ = std::thread([this] { exit_code_ = runtime_->run(); });
   }

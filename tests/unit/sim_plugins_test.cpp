@@ -30,6 +30,8 @@
 #include <vector>
 
 #include "clocks.hpp"
+#include "frame.hpp"
+#include "payloads.hpp"
 #include "pilecore/pilecore.hpp"
 #include "plugin_loader.hpp"
 #include "runtime.hpp"
@@ -463,7 +465,10 @@ TEST(SimLink, DutyCycleRefusesWithBusy) {
   for (int i = 0; i < 7; ++i) EXPECT_TRUE(send(site, "free", 60).ok()) << "frame " << i;
 }
 
-TEST(SimLink, DeliversTheAcknowledgement) {
+// sim-link plays the back end: a record frame is answered with the protocol's application-level
+// ack (docs/protocol.md 3.2), naming its key and the highest ledger seq seen, addressed to the
+// device that sent it; a frame that does not decode is not acknowledged.
+TEST(SimLink, AnswersARecordWithTheProtocolAck) {
   SimSite site(kLinkSite);
   ASSERT_TRUE(site.ok());
   std::mutex m;
@@ -474,14 +479,43 @@ TEST(SimLink, DeliversTheAcknowledgement) {
       received.emplace_back(f.begin(), f.end());
     });
   });
-  ASSERT_TRUE(send(site, "lora", 20).ok());
+  auto record_frame = [](const protocol::Record& r, std::uint32_t seq) {
+    protocol::Header h;
+    h.type = protocol::MessageType::transaction;
+    h.device_id = 123456;
+    h.timestamp = 1767225600;
+    h.sequence = seq;
+    return protocol::encode(h, protocol::encode_record(r));
+  };
+  auto send_frame = [&](const std::vector<std::uint8_t>& frame) {
+    Answer<Status> a;
+    site.on_strand([&] { site.plugin<link::Link>("lora")->send(frame, link::TrafficClass::bulk, a.callback()); });
+    return a.get();
+  };
+  ASSERT_TRUE(send_frame(record_frame({"ledger:7", "ledger", {{"seq", 7}}}, 1)).ok());
+  ASSERT_TRUE(send(site, "lora", 20).ok()) << "handed over, but not a protocol frame: no ack";
+  ASSERT_TRUE(send_frame(record_frame({"op:T-1/capture", "operation", {{"fen", 1250}}}, 2)).ok());
   ASSERT_TRUE(eventually([&] {
     std::lock_guard lock(m);
-    return !received.empty();
+    return received.size() >= 2;
   }));
   std::lock_guard lock(m);
-  ASSERT_EQ(received.size(), 1u);
-  EXPECT_EQ(received[0], (std::vector<std::uint8_t>{0xAC, 1, 2, 3, 4, 5, 6, 7, 8}));
+  ASSERT_EQ(received.size(), 2u);
+  std::vector<std::string> keys;
+  for (const auto& bytes : received) {
+    const auto frame = protocol::decode(bytes);
+    ASSERT_TRUE(std::holds_alternative<protocol::FrameView>(frame));
+    const auto& f = std::get<protocol::FrameView>(frame);
+    EXPECT_EQ(f.header.type, protocol::MessageType::ack);
+    EXPECT_EQ(f.header.device_id, 123456u);
+    const auto ack = protocol::decode_ack(f.payload);
+    ASSERT_TRUE(std::holds_alternative<protocol::Ack>(ack));
+    const auto& a = std::get<protocol::Ack>(ack);
+    ASSERT_EQ(a.keys.size(), 1u);
+    keys.push_back(a.keys[0]);
+    EXPECT_EQ(a.ledger_seq, std::optional<std::uint64_t>(7)) << "the anchor: the highest ledger seq the back end holds";
+  }
+  EXPECT_EQ(keys, (std::vector<std::string>{"ledger:7", "op:T-1/capture"}));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -101,3 +101,20 @@ TEST(UplinkConfig, ReferencesMustNameLinksAndSeveralLinksAreNamedOrUnrouted) {
   EXPECT_FALSE(small.site);
   EXPECT_NE(small.diagnostics.format().find("max_records"), std::string::npos) << small.diagnostics.format();
 }
+
+TEST(UplinkConfig, TheDeviceIdAndTheHeartbeat) {
+  auto defaults = load(site("  modem:\n    plugin: sim-link\n", ""));
+  ASSERT_TRUE(defaults.site) << defaults.diagnostics.format();
+  EXPECT_EQ(defaults.site->uplink.device_id, 0);
+  EXPECT_EQ(defaults.site->uplink.heartbeat_s, 300);
+
+  auto set = load(site("  modem:\n    plugin: sim-link\n", "links:\n  device_id: 4294967295\n  heartbeat_s: 0\n"));
+  ASSERT_TRUE(set.site) << set.diagnostics.format();
+  EXPECT_EQ(set.site->uplink.device_id, 4294967295);
+  EXPECT_EQ(set.site->uplink.heartbeat_s, 0);
+
+  // The header's device id is 32 bits: a larger one would be sent truncated, as another pile.
+  auto big = load(site("  modem:\n    plugin: sim-link\n", "links:\n  device_id: 4294967296\n"));
+  EXPECT_FALSE(big.site);
+  EXPECT_NE(big.diagnostics.format().find("device_id"), std::string::npos) << big.diagnostics.format();
+}
