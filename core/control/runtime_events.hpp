@@ -20,6 +20,7 @@
 namespace pilecore::core {
 
 class ControlSocket;
+class Uplink;
 
 namespace events {
 /// Every instance started: the pile takes sessions.
@@ -91,6 +92,7 @@ struct DaemonStatus {
   std::vector<ActiveAlarm> alarms;
   std::optional<DiskStatus> storage;
   AdmissionCounts admission;
+  const Uplink* uplink = nullptr;  ///< its counters, read on the strand; null: the site has no link
 };
 
 }  // namespace pilecore::core

@@ -9,6 +9,7 @@
 #include "overloaded.hpp"
 #include "pilecore/risk.hpp"
 #include "receipt.hpp"
+#include "uplink.hpp"
 
 namespace pilecore::core {
 namespace {
@@ -279,6 +280,18 @@ nlohmann::json to_json(const DaemonStatus& s) {
     refused[kind] = s.admission.refused[i];
   }
   st["admission"] = {{"admitted", admitted}, {"refused", refused}, {"prefer_backup", s.admission.prefer_backup}};
+  if (s.uplink) {
+    const UplinkStats& u = s.uplink->stats();
+    nlohmann::json refusals = nlohmann::json::object();
+    for (std::size_t i = 0; i < protocol::kErrorCount; ++i) {
+      const auto e = static_cast<protocol::Error>(i);
+      if (u.refusals[e] > 0) refusals[std::string(protocol::to_string(e))] = u.refusals[e];
+    }
+    st["uplink"] = {{"frames_sent", u.frames_sent}, {"send_failures", u.send_failures}, {"records_tried", u.records_tried},
+                    {"unroutable", u.unroutable},   {"acks", u.acks},                   {"acknowledged", u.acknowledged},
+                    {"commands", u.commands},       {"foreign", u.foreign},             {"enqueue_failures", u.enqueue_failures},
+                    {"refusals", refusals}};
+  }
   return st;
 }
 

@@ -136,6 +136,15 @@ class SimLink final : public link::Link {
   }
   [[nodiscard]] link::State state() const noexcept override { return state_; }
 
+  /// A loopback has one back end, so the risk layer's "switch to backup" signal (API 2.2) only
+  /// shows in the instance's state: the operator, and the tests, see that the core delivered it.
+  void prefer_backup(bool on) noexcept override {
+    try {
+      host_.report_state(state_ == link::State::up ? "up" : "down", on ? "on the backup endpoint (risk.flood)" : "on the primary endpoint");
+    } catch (...) {
+    }
+  }
+
   void set_receiver(link::Receiver receiver) noexcept override {
     try {
       receiver_ = std::move(receiver);

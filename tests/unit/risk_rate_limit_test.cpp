@@ -126,7 +126,11 @@ plugins:
     config: {arrive_after_s: 0, ev_ready_delay_ms: 0, battery_capacity_wh: 200000, initial_soc_pct: 10}
   door:
     plugin: risk-rate-limit
-    config: )" + limit_config + "\n" +
+    config: )" + limit_config + R"(
+  uplink:
+    plugin: sim-link
+    config: {latency_ms: 0}
+)" +
          sim_payment_and_flat_tariff(30000);
 }
 
@@ -188,10 +192,20 @@ TEST(RiskRateLimitSite, ASustainedFloodSwitchesTheLinksToBackupAndBack) {
   bool alarm = false;
   for (const auto& a : st["alarms"]) alarm = alarm || a.value("code", "") == "risk.flood";
   EXPECT_TRUE(alarm) << st["alarms"].dump();
+  // The link was told (sim-link shows it in its state's detail).
+  std::string detail;
+  for (const auto& i : st["instances"]) {
+    if (i.value("name", "") == "uplink") detail = i.value("detail", "");
+  }
+  EXPECT_NE(detail.find("backup endpoint"), std::string::npos) << st["instances"].dump();
   // Quiet: the alarm clears and the links fail back.
   EXPECT_TRUE(eventually([&] {
     std::this_thread::sleep_for(20ms);
     const auto r = request(s, {{"cmd", "status"}});
-    return r.value("ok", false) && !r["admission"]["prefer_backup"].get<bool>();
+    if (!r.value("ok", false) || r["admission"]["prefer_backup"].get<bool>()) return false;
+    for (const auto& i : r["instances"]) {
+      if (i.value("name", "") == "uplink") return i.value("detail", "").find("primary endpoint") != std::string::npos;
+    }
+    return false;
   }));
 }
