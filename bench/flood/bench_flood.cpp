@@ -95,25 +95,10 @@ class Client {
   }
 
   std::string call(const std::string& line) {
-    const std::string out = line + "\n";
-    for (std::size_t off = 0; off < out.size();) {
-      const ssize_t n = ::send(fd_, out.data() + off, out.size() - off, MSG_NOSIGNAL);
-      if (n <= 0) throw std::runtime_error("control socket closed while sending");
-      off += static_cast<std::size_t>(n);
-    }
-    while (true) {
-      if (const auto nl = buf_.find('\n'); nl != std::string::npos) {
-        std::string reply = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return reply;
-      }
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, 10000) <= 0) throw std::runtime_error("no reply within 10 s");
-      char tmp[65536];
-      const ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
-      if (n <= 0) throw std::runtime_error("control socket closed while reading");
-      buf_.append(tmp, static_cast<std::size_t>(n));
-    }
+    send(line);
+    auto reply = next_line();
+    if (!reply) throw std::runtime_error("control socket closed while reading");
+    return *reply;
   }
 
  private:

@@ -104,6 +104,13 @@ class RunningSite {
     });
     return f.get();
   }
+  /// One control request, as the control socket hands it to the runtime, and its reply.
+  nlohmann::json request(const nlohmann::json& req) {
+    auto p = std::make_shared<std::promise<nlohmann::json>>();
+    auto f = p->get_future();
+    runtime_->dispatch([this, req, p] { runtime_->handle_request(req, [p](nlohmann::json r) { p->set_value(std::move(r)); }); });
+    return f.get();
+  }
 
  private:
   core::PluginRegistry registry_;

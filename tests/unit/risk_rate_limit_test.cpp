@@ -134,12 +134,7 @@ plugins:
          sim_payment_and_flat_tariff(30000);
 }
 
-nlohmann::json request(RunningSite& s, const nlohmann::json& req) {
-  std::promise<nlohmann::json> p;
-  auto f = p.get_future();
-  s.runtime().dispatch([&] { s.runtime().handle_request(req, [&p](nlohmann::json r) { p.set_value(std::move(r)); }); });
-  return f.get();
-}
+nlohmann::json request(RunningSite& s, const nlohmann::json& req) { return s.request(req); }
 
 /// `status`, asked until the guard admits it.
 nlohmann::json admitted_status(RunningSite& s) {

@@ -1,5 +1,6 @@
 #include "rak3172_sim.hpp"
 
+#include "raw_pty.hpp"
 #include <fcntl.h>
 #include <poll.h>
 #include <termios.h>
@@ -50,26 +51,10 @@ bool is_hex_of(std::string_view s, std::size_t digits) { return s.size() == digi
 }  // namespace
 
 Rak3172Sim::Rak3172Sim() {
-  master_ = ::posix_openpt(O_RDWR | O_NOCTTY);
-  if (master_ < 0) throw std::runtime_error(std::string("posix_openpt: ") + std::strerror(errno));
-  char name[128];
-  if (::grantpt(master_) != 0 || ::unlockpt(master_) != 0 || ::ptsname_r(master_, name, sizeof name) != 0) {
-    const int err = errno;
-    ::close(master_);
-    throw std::runtime_error(std::string("pseudo-terminal: ") + std::strerror(err));
-  }
-  device_ = name;
-  slave_ = ::open(name, O_RDWR | O_NOCTTY);
-  termios t{};
-  if (slave_ < 0 || ::tcgetattr(slave_, &t) != 0) {
-    const int err = errno;
-    ::close(master_);
-    if (slave_ >= 0) ::close(slave_);
-    throw std::runtime_error(std::string("opening ") + name + ": " + std::strerror(err));
-  }
-  // Raw from the start: no echo or line editing may touch a byte before the host sets its mode.
-  ::cfmakeraw(&t);
-  ::tcsetattr(slave_, TCSANOW, &t);
+  const pilecore::sim::RawPty pty = pilecore::sim::open_raw_pty();
+  master_ = pty.master;
+  slave_ = pty.slave;
+  device_ = pty.device;
   if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
     ::close(master_);
     ::close(slave_);

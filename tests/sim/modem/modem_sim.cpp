@@ -1,5 +1,6 @@
 #include "modem_sim.hpp"
 
+#include "raw_pty.hpp"
 #include <fcntl.h>
 #include <poll.h>
 #include <termios.h>
@@ -22,27 +23,10 @@ std::string cme(int cmee, int code, const char* text) {
 }  // namespace
 
 ModemSim::ModemSim(Settings settings) : s_(std::move(settings)) {
-  master_ = ::posix_openpt(O_RDWR | O_NOCTTY);
-  if (master_ < 0) throw std::runtime_error(std::string("posix_openpt: ") + std::strerror(errno));
-  char name[128];
-  if (::grantpt(master_) != 0 || ::unlockpt(master_) != 0 || ::ptsname_r(master_, name, sizeof name) != 0) {
-    const int err = errno;
-    ::close(master_);
-    throw std::runtime_error(std::string("pseudo-terminal: ") + std::strerror(err));
-  }
-  device_ = name;
-  // The simulator keeps the slave open too, so the plugin closing and reopening the port does
-  // not hang up the master side.
-  slave_ = ::open(name, O_RDWR | O_NOCTTY);
-  termios t{};
-  if (slave_ < 0 || ::tcgetattr(slave_, &t) != 0) {
-    const int err = errno;
-    ::close(master_);
-    if (slave_ >= 0) ::close(slave_);
-    throw std::runtime_error(std::string("opening ") + name + ": " + std::strerror(err));
-  }
-  ::cfmakeraw(&t);  // no echo or line editing by the tty layer: the modem's own echo is what the plugin sees
-  ::tcsetattr(slave_, TCSANOW, &t);
+  const pilecore::sim::RawPty pty = pilecore::sim::open_raw_pty();
+  master_ = pty.master;
+  slave_ = pty.slave;
+  device_ = pty.device;
   if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
     ::close(master_);
     ::close(slave_);

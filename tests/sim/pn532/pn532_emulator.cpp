@@ -1,5 +1,6 @@
 #include "pn532_emulator.hpp"
 
+#include "raw_pty.hpp"
 #include <fcntl.h>
 #include <poll.h>
 #include <termios.h>
@@ -58,26 +59,10 @@ std::string hex(std::uint8_t b) {
 }  // namespace
 
 Pn532Emulator::Pn532Emulator(Pn532Options options) : options_(std::move(options)) {
-  master_ = ::posix_openpt(O_RDWR | O_NOCTTY);
-  if (master_ < 0) throw std::runtime_error(std::string("posix_openpt: ") + std::strerror(errno));
-  char name[128];
-  if (::grantpt(master_) != 0 || ::unlockpt(master_) != 0 || ::ptsname_r(master_, name, sizeof name) != 0) {
-    const int err = errno;
-    ::close(master_);
-    throw std::runtime_error(std::string("pseudo-terminal: ") + std::strerror(err));
-  }
-  device_ = name;
-  slave_ = ::open(name, O_RDWR | O_NOCTTY);
-  termios t{};
-  if (slave_ < 0 || ::tcgetattr(slave_, &t) != 0) {
-    const int err = errno;
-    ::close(master_);
-    if (slave_ >= 0) ::close(slave_);
-    throw std::runtime_error(std::string("opening ") + name + ": " + std::strerror(err));
-  }
-  // Raw from the start: no echo or line editing may touch a byte before libnfc sets its own mode.
-  ::cfmakeraw(&t);
-  ::tcsetattr(slave_, TCSANOW, &t);
+  const pilecore::sim::RawPty pty = pilecore::sim::open_raw_pty();
+  master_ = pty.master;
+  slave_ = pty.slave;
+  device_ = pty.device;
   if (::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0) {
     ::close(master_);
     ::close(slave_);
