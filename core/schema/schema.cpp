@@ -346,7 +346,10 @@ Value default_value(const Field& field) {
   } catch (const YAML::Exception&) {
     return std::monostate{};
   }
-  if (field.type == FieldType::string || field.type == FieldType::enumeration) return *field.default_value;
+  // A string default is YAML like every other: `""` (how a plugin declares "empty") is the
+  // empty string, not two quote characters. A default YAML would not read as one scalar is
+  // taken as written.
+  if (field.type == FieldType::string || field.type == FieldType::enumeration) return node.IsScalar() ? node.Scalar() : *field.default_value;
   if (parse_value(field, node, v)) return std::monostate{};
   return v;
 }

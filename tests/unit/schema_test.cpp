@@ -56,6 +56,15 @@ TEST(Schema, EnumerationSuggestsTheClosestValue) {
   EXPECT_EQ(*parse(f, "tpc", v), "is 'tpc'; did you mean 'tcp'? allowed values: tcp, rtu");
 }
 
+TEST(Schema, AStringDefaultIsReadAsYaml) {
+  // Plugins declare "empty by default" as `""` (payment-card's mifare_key, payment-face's
+  // merchant_id): that is the empty string, not two quote characters.
+  const Value empty = default_value(with_default(field("merchant_id", FieldType::string, "d"), "\"\""));
+  EXPECT_EQ(std::get<std::string>(empty), "");
+  EXPECT_EQ(std::get<std::string>(default_value(with_default(field("host", FieldType::string, "d"), "127.0.0.1"))), "127.0.0.1");
+  EXPECT_EQ(std::get<std::string>(default_value(with_default(field("topic", FieldType::string, "d"), "'pilecore/v1'"))), "pilecore/v1");
+}
+
 TEST(Schema, ConfigKeyDeclarationsAreChecked) {
   Field f;
   EXPECT_FALSE(field_from_config_key({.key = "ok_key", .type = ConfigType::integer, .default_value = "5", .min = 0, .max = 10, .description = "d"}, f));
