@@ -930,7 +930,9 @@ TEST(SimPower, BatteryOverTemperatureFaults) {
   EXPECT_NE(ev.detail(power::Event::fault).find("battery over-temperature"), std::string::npos) << ev.detail(power::Event::fault);
   const auto v = site.on_strand([&] { return site.plugin<power::PowerStage>("hot")->vehicle(); });
   EXPECT_EQ(v.power_w, 0);
-  EXPECT_GT(v.battery_temperature_c.value_or(0), 30);
+  // It faulted above 30 degC and has cooled since (no power); on a loaded machine the clock runs
+  // on between the fault and this read, so only "close to the limit" holds.
+  EXPECT_GT(v.battery_temperature_c.value_or(0), 29.5);
 }
 
 TEST(SimPower, IdlesWithoutAVehicle) {
