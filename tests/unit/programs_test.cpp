@@ -165,7 +165,8 @@ TEST(Pilectl, DemoPlaysTheDayAndVerifiesTheLedger) {
   TempDir dir;
   const fs::path state = dir.path() / "day";
   const auto r = run_process({pilectl, "demo", "--state-dir", state.string()}, {}, std::chrono::seconds(120));
-  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  // The state directory goes with the test: on a failure, the daemon's log says what it saw.
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << "\n--- pilecored.log ---\n" << slurp(state / "pilecored.log");
   EXPECT_NE(r.out.find("state directory (kept): " + state.string()), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("refused: payment declined"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("completed (Fault)"), std::string::npos) << r.out;
