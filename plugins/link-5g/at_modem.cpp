@@ -1,5 +1,6 @@
 #include "at_modem.hpp"
 
+#include "serial_speed.hpp"
 #include <fcntl.h>
 #include <poll.h>
 #include <termios.h>
@@ -48,20 +49,6 @@ std::optional<int> narrow(const std::optional<long long>& v) {
 }
 
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
-
-speed_t speed_of(long long baud) {
-  switch (baud) {
-    case 9600: return B9600;
-    case 19200: return B19200;
-    case 38400: return B38400;
-    case 57600: return B57600;
-    case 115200: return B115200;
-    case 230400: return B230400;
-    case 460800: return B460800;
-    case 921600: return B921600;
-    default: return B0;
-  }
-}
 
 }  // namespace
 
@@ -176,7 +163,7 @@ std::string mask(std::string_view id, std::size_t keep_head, std::size_t keep_ta
   return out;
 }
 
-bool supported_baud(long long baud) { return speed_of(baud) != B0; }
+bool supported_baud(long long baud) { return pilecore::plugins::serial_speed(baud).has_value(); }
 
 AtPort::AtPort(const std::string& path, int baud) {
   fd_ = ::open(path.c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
@@ -189,8 +176,9 @@ AtPort::AtPort(const std::string& path, int baud) {
   }
   ::cfmakeraw(&t);
   t.c_cflag |= CLOCAL | CREAD;
-  ::cfsetispeed(&t, speed_of(baud));
-  ::cfsetospeed(&t, speed_of(baud));
+  const speed_t speed = pilecore::plugins::serial_speed(baud).value_or(B115200);
+  ::cfsetispeed(&t, speed);
+  ::cfsetospeed(&t, speed);
   if (::tcsetattr(fd_, TCSANOW, &t) != 0) {
     const int err = errno;
     ::close(fd_);

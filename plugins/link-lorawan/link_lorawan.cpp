@@ -14,6 +14,7 @@
 // waits for a module that has gone quiet. A module that does not answer a command is "lost": an
 // alarm, state down, and the job thread reopens the port with a backoff (real time) until it
 // answers again, then joins again.
+#include "serial_speed.hpp"
 #include <fcntl.h>
 #include <poll.h>
 #include <termios.h>
@@ -82,19 +83,6 @@ constexpr ConfigKey keys[] = {
 
 constexpr const char* kAlarmCode = "lorawan.module_unavailable";
 
-std::optional<speed_t> to_speed(std::int64_t baud) {
-  switch (baud) {
-    case 9600: return B9600;
-    case 19200: return B19200;
-    case 38400: return B38400;
-    case 57600: return B57600;
-    case 115200: return B115200;
-    case 230400: return B230400;
-    case 460800: return B460800;
-    case 921600: return B921600;
-    default: return std::nullopt;
-  }
-}
 
 bool is_hex(std::string_view s, std::size_t digits) { return s.size() == digits && pilecore::plugins::parse_hex(s).has_value(); }
 
@@ -112,7 +100,7 @@ class LoraLink final : public link::Link {
   explicit LoraLink(Host& host)
       : host_(host),
         device_(host.config().string("device")),
-        speed_(to_speed(host.config().integer("baud")).value_or(B115200)),
+        speed_(pilecore::plugins::serial_speed(host.config().integer("baud")).value_or(B115200)),
         region_(lw::parse_region(host.config().string("region")).value_or(lw::Region::cn470)),
         table_(table_of(host.config())),
         dev_eui_(host.config().string("dev_eui")),
@@ -144,7 +132,7 @@ class LoraLink final : public link::Link {
   LoraLink& operator=(const LoraLink&) = delete;
 
   static void validate(const ConfigValues& c, ConfigReport& report) {
-    if (!to_speed(c.integer("baud"))) report.error("baud", "use one of 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600");
+    if (!pilecore::plugins::serial_speed(c.integer("baud"))) report.error("baud", "use one of 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600");
     if (!is_hex(c.string("dev_eui"), 16)) report.error("dev_eui", "must be 16 hex digits (8 bytes)");
     if (!is_hex(c.string("app_eui"), 16)) report.error("app_eui", "must be 16 hex digits (8 bytes)");
     if (!is_hex(c.string("app_key"), 32)) report.error("app_key", "must be 32 hex digits (16 bytes)");
