@@ -6,6 +6,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <poll.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -46,6 +47,26 @@ inline RawPty open_raw_pty() {
   ::cfmakeraw(&t);
   ::tcsetattr(p.slave, TCSANOW, &t);
   return p;
+}
+
+/// Writes all of `bytes` to the master side, waiting (100 ms at a time) while the tty's buffer is
+/// full; gives up silently when the pty is gone (the plugin under test closed it for good).
+inline void write_all(int master, const void* bytes, std::size_t size) {
+  const auto* p = static_cast<const char*>(bytes);
+  std::size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::write(master, p + done, size - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        pollfd w{master, POLLOUT, 0};
+        ::poll(&w, 1, 100);
+        continue;
+      }
+      return;
+    }
+    done += static_cast<std::size_t>(n);
+  }
 }
 
 }  // namespace pilecore::sim

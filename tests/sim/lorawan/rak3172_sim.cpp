@@ -188,20 +188,7 @@ void Rak3172Sim::on_line(const std::string& line) {
 
 void Rak3172Sim::answer(const std::string& text) {
   const std::string bytes = text + "\r\n";
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(master_, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) {
-        pollfd w{master_, POLLOUT, 0};
-        ::poll(&w, 1, 100);
-        continue;
-      }
-      return;
-    }
-    done += static_cast<std::size_t>(n);
-  }
+  pilecore::sim::write_all(master_, bytes.data(), bytes.size());
 }
 
 std::size_t Rak3172Sim::max_payload_locked() const {

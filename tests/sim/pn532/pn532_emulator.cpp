@@ -540,20 +540,7 @@ void Pn532Emulator::send_frame(const std::vector<std::uint8_t>& payload) {
 }
 
 void Pn532Emulator::send_raw(const std::vector<std::uint8_t>& bytes) {
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(master_, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) {
-        pollfd w{master_, POLLOUT, 0};
-        ::poll(&w, 1, 100);
-        continue;
-      }
-      return;
-    }
-    done += static_cast<std::size_t>(n);
-  }
+  pilecore::sim::write_all(master_, bytes.data(), bytes.size());
 }
 
 }  // namespace pilecore::sim
