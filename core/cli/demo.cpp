@@ -320,7 +320,16 @@ class Day {
       const json st = daemon_->request({{"cmd", "status"}});
       if (auto t = time_of(st)) now_ = std::max(now_, *t);
       if (st.value("ready", false)) {
-        for (const auto& c : st.value("connectors", json::array())) status_[c.value("id", 0u)] = c.value("status", "");
+        // A vehicle may have plugged in between the daemon's start and this answer (a slow
+        // start-up at 7200x is half a simulated hour): its Preparing event may have gone before
+        // the subscription, so the snapshot is what says a driver is waiting.
+        std::vector<std::uint32_t> waiting;
+        for (const auto& c : st.value("connectors", json::array())) {
+          const auto id = c.value("id", 0u);
+          status_[id] = c.value("status", "");
+          if (status_[id] == "Preparing" && !c.contains("session")) waiting.push_back(id);
+        }
+        for (const auto id : waiting) driver_arrives(now_, id);
         break;
       }
       if (i > 2000) throw std::runtime_error("pilecored did not become ready");
