@@ -8,9 +8,11 @@
 #include <filesystem>
 #include <map>
 #include <vector>
+#include <iostream>
 #include <ostream>
 
 #include "account_store.hpp"
+#include "card_pins.hpp"
 #include "money.hpp"
 #include "paths.hpp"
 
@@ -52,6 +54,12 @@ class Accounts final : public AccountsCommand {
     target(set_limit_, "FEN");
     remove_ = cmd_->add_subcommand("remove", "Delete the account (refused while a session holds money on it)");
     target(remove_);
+    set_pin_ = cmd_->add_subcommand("set-pin",
+                                    "Set the card's PIN, read from standard input (4 to 12 digits; never an argument, so never in the shell's "
+                                    "history); unlocks a PIN locked after wrong ones. Risk control may ask it at the pile (docs/risk.md)");
+    target(set_pin_);
+    clear_pin_ = cmd_->add_subcommand("clear-pin", "Remove the card's PIN: a step-up can no longer be answered with one");
+    target(clear_pin_);
   }
 
   [[nodiscard]] bool chosen() const override { return cmd_->parsed(); }
@@ -89,7 +97,7 @@ class Accounts final : public AccountsCommand {
         return 0;
       }
       CLI::App* sub = nullptr;
-      for (CLI::App* c : {show_, add_, set_balance_, top_up_, block_, unblock_, set_limit_, remove_}) {
+      for (CLI::App* c : {show_, add_, set_balance_, top_up_, block_, unblock_, set_limit_, remove_, set_pin_, clear_pin_}) {
         if (c->parsed()) sub = c;
       }
       std::int64_t fen = 0;
@@ -103,7 +111,8 @@ class Accounts final : public AccountsCommand {
           out << "account      " << a->id << "\nstatus       " << (a->blocked ? "blocked" : "active") << "\nbalance      " << format_yuan(a->balance_fen)
               << " yuan (" << a->balance_fen << " fen)\ndaily limit  "
               << (a->daily_limit_fen == 0 ? std::string("none") : format_yuan(a->daily_limit_fen) + " yuan") << "\nheld         " << format_yuan(a->held_fen)
-              << " yuan (open authorisations)\nspent today  " << format_yuan(a->spent_fen) << " yuan (" << day << ", " << time_zone_ << ")\n";
+              << " yuan (open authorisations)\nspent today  " << format_yuan(a->spent_fen) << " yuan (" << day << ", " << time_zone_ << ")\npin          "
+              << (card::CardPins(file).has_pin(id) ? "set" : "none") << "\n";
         }
         return 0;
       }
@@ -124,7 +133,16 @@ class Accounts final : public AccountsCommand {
         out << "account " << id << ": daily limit " << (fen == 0 ? std::string("none") : format_yuan(fen) + " yuan") << "\n";
       } else if (remove_->parsed()) {
         store.remove(id);
+        card::CardPins(file).clear(id);  // a card added again under the same id starts without one
         out << "account " << id << " removed\n";
+      } else if (set_pin_->parsed()) {
+        std::string pin;
+        std::getline(std::cin, pin);
+        if (!pin.empty() && pin.back() == '\r') pin.pop_back();
+        card::CardPins(file).set(id, pin, now_ms);
+        out << "account " << id << ": PIN set\n";
+      } else if (clear_pin_->parsed()) {
+        out << "account " << id << (card::CardPins(file).clear(id) ? ": PIN removed\n" : ": had no PIN\n");
       }
       return 0;
     } catch (const std::exception& e) {
@@ -173,7 +191,7 @@ class Accounts final : public AccountsCommand {
 
   CLI::App* cmd_ = nullptr;
   CLI::App *list_ = nullptr, *show_ = nullptr, *add_ = nullptr, *set_balance_ = nullptr, *top_up_ = nullptr, *block_ = nullptr, *unblock_ = nullptr,
-           *set_limit_ = nullptr, *remove_ = nullptr;
+           *set_limit_ = nullptr, *remove_ = nullptr, *set_pin_ = nullptr, *clear_pin_ = nullptr;
   std::string db_, state_dir_, instance_, time_zone_, uid_;
   std::vector<std::string> words_;
   std::map<CLI::App*, bool> wants_amount_;

@@ -34,6 +34,7 @@
 #include <thread>
 
 #include "account_store.hpp"
+#include "card_pins.hpp"
 #include "job_thread.hpp"
 #include "card_protocol.hpp"
 #include "https_client.hpp"
@@ -187,6 +188,10 @@ class AccountSource {
   virtual void capture(const std::string& op, const std::string& txn, std::int64_t amount_fen, OpDone done) = 0;
   virtual void release(const std::string& op, const std::string& txn, const std::string& authorization, OpDone done) = 0;
   virtual void refund(const std::string& op, const std::string& txn, std::int64_t amount_fen, const std::string& reason, OpDone done) = 0;
+  using PinDone = std::function<void(card::PinCheck, std::string error)>;
+  /// Checks the PIN of `account` (risk control's step-up); only a source that verifies_pin().
+  virtual void check_pin(const std::string& account, const std::string& pin, PinDone done) = 0;
+  [[nodiscard]] virtual bool verifies_pin() const = 0;
   /// Finishes or abandons what is under way and joins its thread.
   virtual void stop() = 0;
   [[nodiscard]] virtual std::string where() const = 0;
@@ -197,7 +202,12 @@ class AccountSource {
 class LocalAccounts final : public AccountSource {
  public:
   LocalAccounts(const Host& host, const std::filesystem::path& file, std::int64_t min_hold_fen, const date::time_zone* zone)
-      : host_(host), file_(file), store_(std::make_shared<card::AccountStore>(file)), min_hold_fen_(min_hold_fen), zone_(zone) {}
+      : host_(host),
+        file_(file),
+        store_(std::make_shared<card::AccountStore>(file)),
+        pins_(std::make_shared<card::CardPins>(file)),
+        min_hold_fen_(min_hold_fen),
+        zone_(zone) {}
   ~LocalAccounts() override { LocalAccounts::stop(); }
   LocalAccounts(const LocalAccounts&) = delete;
   LocalAccounts& operator=(const LocalAccounts&) = delete;
@@ -230,6 +240,17 @@ class LocalAccounts final : public AccountSource {
     const std::int64_t now = now_ms();
     run([=](card::AccountStore& s) { return s.refund(op, txn, amount_fen, now); }, std::move(done));
   }
+  void check_pin(const std::string& account, const std::string& pin, PinDone done) override {
+    const std::int64_t now = now_ms();
+    worker_.submit([pins = pins_, account, pin, now, done = std::move(done)] {
+      try {
+        done(pins->check(account, pin, now), {});
+      } catch (const std::exception& e) {
+        done(card::PinCheck::not_set, std::string("the PIN table failed: ") + e.what());
+      }
+    });
+  }
+  [[nodiscard]] bool verifies_pin() const override { return true; }
   void stop() override { worker_.stop(); }
   [[nodiscard]] std::string where() const override { return "on the pile (" + file_.string() + ")"; }
   [[nodiscard]] bool offline() const override { return true; }
@@ -257,6 +278,7 @@ class LocalAccounts final : public AccountSource {
   const Host& host_;
   std::filesystem::path file_;
   std::shared_ptr<card::AccountStore> store_;
+  std::shared_ptr<card::CardPins> pins_;
   std::int64_t min_hold_fen_;
   const date::time_zone* zone_;
   Worker worker_;
@@ -301,6 +323,9 @@ class OnlineAccounts final : public AccountSource {
   void stop() override { client_.stop(); }
   [[nodiscard]] std::string where() const override { return "at " + client_.url().host; }
   [[nodiscard]] bool offline() const override { return false; }
+  // The card back end's API has no PIN check: risk control does not offer a PIN for these cards.
+  void check_pin(const std::string&, const std::string&, PinDone done) override { done(card::PinCheck::not_set, "the card back end checks no PIN"); }
+  [[nodiscard]] bool verifies_pin() const override { return false; }
 
  private:
   void operation(const char* what, const nlohmann::json& body, OpDone done) {
@@ -341,6 +366,7 @@ class CardMethod final : public payment::Method {
       c.offline = !settings_.online;
       c.token_types = token_types_;
       c.channels = {{.name = settings_.online ? "card-online" : "card-local", .fee_ppm = 0}};
+      c.verifies_pin = !settings_.online;  // the PINs pilectl accounts set-pin keeps (card_pins.hpp)
     } catch (...) {
     }
     return c;
@@ -373,6 +399,7 @@ class CardMethod final : public payment::Method {
       if (source_) source_->stop();  // finishes or abandons its work; posted answers are dropped after stop
     } catch (...) {
     }
+    pin_waits_.clear();  // their step-ups were answered; the core declines them at its deadline
     auto pending = std::move(pending_);
     pending_.clear();
     for (auto& [id, on_stop] : pending) {
@@ -396,10 +423,21 @@ class CardMethod final : public payment::Method {
       };
       const std::string op(request.operation_id), txn(request.transaction_id);
       const std::int64_t amount = request.amount_fen;
-      identify(*t, id, [this, id, op, txn, amount, answer](std::optional<std::string> account, std::string why) {
+      const bool pin_required = request.pin_required;
+      identify(*t, id, [this, id, op, txn, amount, answer, pin_required](std::optional<std::string> account, std::string why) {
         if (!account) {
           host_.log().info("{}: card declined: {}", txn, why);
           return answer(declined(why));
+        }
+        if (pin_required) {
+          // Risk control asked for the card's PIN: the hold waits for it (answer_step_up).
+          pin_waits_[op] = PinWait{.txn = txn, .account = *account, .amount = amount};
+          payment::AuthorizationResult r;
+          r.decision = payment::Decision::step_up;
+          r.reason = "the card's PIN is asked";
+          r.challenge = {.kind = payment::ChallengeKind::pin, .prompt = "请输入卡密码 / enter your card's PIN",
+                         .deadline = host_.clock().now() + std::chrono::minutes(2), .methods = {}};
+          return answer(std::move(r));
         }
         hold(id, op, txn, *account, amount, answer);
       });
@@ -412,10 +450,39 @@ class CardMethod final : public payment::Method {
     }
   }
 
-  void answer_step_up(std::string_view, const payment::StepUpAnswer&, payment::AuthorizationCallback done) noexcept override {
+  void answer_step_up(std::string_view operation_id, const payment::StepUpAnswer& ans, payment::AuthorizationCallback done) noexcept override {
     try {
-      done(declined("no step-up is waiting for this operation"));
-    } catch (...) {
+      const auto it = pin_waits_.find(std::string(operation_id));
+      if (it == pin_waits_.end() || ans.kind != payment::ChallengeKind::pin) return done(declined("no step-up is waiting for this operation"));
+      const PinWait w = it->second;
+      pin_waits_.erase(it);
+      auto cb = std::make_shared<payment::AuthorizationCallback>(std::move(done));
+      const std::uint64_t id = begin([cb] { (*cb)(declined("payment method stopped")); });
+      auto answer = [this, id, cb](payment::AuthorizationResult r) {
+        if (finish(id)) (*cb)(std::move(r));
+      };
+      const std::string op(operation_id);
+      source_->check_pin(w.account, ans.value, [this, id, op, w, answer](card::PinCheck c, std::string error) {
+        host_.post([this, id, op, w, answer, c, error] {
+          if (!active(id)) return;
+          if (!error.empty()) {
+            host_.log().error("{}: {}", w.txn, error);
+            return answer(declined("the card's PIN could not be checked"));
+          }
+          switch (c) {
+            case card::PinCheck::ok: return hold(id, op, w.txn, w.account, w.amount, answer);
+            case card::PinCheck::wrong:
+              host_.log().info("{}: card {}: wrong PIN", w.txn, card::mask(w.account));
+              return answer(declined("wrong PIN"));
+            case card::PinCheck::locked:
+              host_.log().warn("{}: card {}: PIN locked after {} wrong PINs", w.txn, card::mask(w.account), card::kMaxPinFailures);
+              return answer(declined("the card's PIN is locked after too many wrong PINs: ask the operator"));
+            case card::PinCheck::not_set: return answer(declined("this card has no PIN: confirm in the app or pay another way"));
+          }
+        });
+      });
+    } catch (const std::exception& e) {
+      host_.log().error("answer_step_up: {}", e.what());
     }
   }
 
@@ -596,6 +663,12 @@ class CardMethod final : public payment::Method {
   std::unique_ptr<AccountSource> source_;
   std::shared_ptr<int> life_;
   std::map<std::uint64_t, std::function<void()>> pending_;
+  /// Authorisations waiting for the card's PIN (risk step-up), by operation id.
+  struct PinWait {
+    std::string txn, account;
+    std::int64_t amount = 0;
+  };
+  std::map<std::string, PinWait> pin_waits_;
   std::uint64_t seq_ = 0;
 };
 
