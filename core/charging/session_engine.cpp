@@ -64,6 +64,8 @@ struct SessionEngine::Connector {
   /// Faulted by the guard: implausible readings in a row, or a stall (meter_guard.hpp).
   bool meter_implausible = false;
   std::string starting_txn;  ///< the transaction being authorised (a step-up answer goes to it)
+  /// The start waiting for the second factor risk control asked (begin_step_up).
+  std::shared_ptr<StartRequest> stepping;
   /// Transactions of this connector that recover() is closing. No session starts meanwhile: its
   /// energy would move the meter under the recovery's final reading (billed twice), and a
   /// recovery cut short by another crash reads the meter again at the next start.
@@ -422,6 +424,15 @@ struct SessionEngine::StartRequest {
   std::optional<identification::Token> presented;  ///< as a reader or camera presented it
   PaymentSaga::Authorization authorization;
   MeterReading start_reading;
+  // A risk step-up (begin_step_up): the factors offered, the other methods that may pay, its
+  // deadline, and the callers of a second session_start that became the answer.
+  std::vector<std::string> factors;
+  std::vector<std::string> other_methods;
+  TimerId step_up_timer = 0;
+  TimePoint step_up_deadline{};
+  std::string step_up_reasons;
+  bool stepped_up = false;  ///< a second factor was given: a new step_up verdict no longer holds it
+  std::vector<StartDone> also_done;
 };
 
 void SessionEngine::start(std::uint32_t id, std::string method, std::string token, StartDone done, std::optional<identification::Token> presented,
@@ -434,6 +445,10 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   if (shutting_down_) return fail("pilecored is stopping: no session starts");
   if (c.recovering > 0) return fail(fmt::format("connector {} is still closing a transaction left open by an unclean stop; try again shortly", id));
   if (checkpoint_health_.paused()) return fail(fmt::format("charging is paused: meter checkpoints cannot be committed ({}); no session starts", checkpoint_health_.error()));
+  if (c.stepping && !c.charging->active()) {
+    if (method.empty()) method = site_.session.payment.default_method;
+    if (step_up_by_other_method(c, std::move(method), std::move(token), std::move(presented), done)) return;
+  }
   if (c.charging->active() || c.starting) return fail(fmt::format("connector {} already has a session", id));
   if (const auto t = c.fsm.check(ConnectorEvent::authorized_start); !t.allowed) {
     return fail(fmt::format("connector {} is {}: a session cannot start", id, pilecore::to_string(c.fsm.status())));
@@ -488,17 +503,166 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
 void SessionEngine::start_refused(Connector& c, const std::shared_ptr<StartRequest>& req, StartOutcome outcome) {
   c.starting = false;
   c.starting_txn.clear();
+  if (c.stepping == req) c.stepping.reset();
+  for (auto& d : req->also_done) d(outcome);
   req->done(std::move(outcome));
 }
 
 void SessionEngine::start_authorize(const std::shared_ptr<StartRequest>& req, risk::Verdict verdict, const std::string& reasons) {
   Connector& c = *connector(req->connector);
-  if (verdict != risk::Verdict::allow) {
+  if (verdict == risk::Verdict::step_up && !req->stepped_up) {
+    begin_step_up(c, req, reasons);
+    return;
+  }
+  if (verdict == risk::Verdict::deny) {
     spdlog::warn("connector {}: {}: risk {}: {}", c.cfg.id, req->txn, risk::to_string(verdict), reasons);
     start_refused(c, req,
                   StartOutcome::refused(fmt::format("risk check: {}: {}", risk::to_string(verdict), reasons), {}, std::string(risk::to_string(verdict))));
     return;
   }
+  authorize_start(req);
+}
+
+namespace {
+/// What the connector shows and says for a risk step-up: each offered factor, in Chinese and
+/// English (the site's drivers read the first, visitors the second).
+std::string step_up_prompt(const std::vector<std::string>& factors) {
+  std::vector<std::string> zh, en;
+  for (const auto& f : factors) {
+    if (f == "pin") {
+      zh.emplace_back("输入卡密码");
+      en.emplace_back("enter your PIN");
+    } else if (f == "app_confirmation") {
+      zh.emplace_back("在App中确认");
+      en.emplace_back("confirm in the app");
+    } else if (f == "other_method") {
+      zh.emplace_back("换一种支付方式");
+      en.emplace_back("pay another way");
+    }
+  }
+  return fmt::format("请再次验证：{} / Please verify: {}", fmt::join(zh, "、"), fmt::join(en, ", or "));
+}
+}  // namespace
+
+void SessionEngine::begin_step_up(Connector& c, const std::shared_ptr<StartRequest>& req, const std::string& reasons) {
+  const auto& su = site_.session.payment.step_up;
+  std::vector<std::string> offered, others;
+  for (const auto& name : hooks_.running_of_kind(Kind::payment)) {
+    if (name != req->method) others.push_back(name);
+  }
+  for (const auto& f : su.factors) {
+    if (f == "pin") {
+      // Only a method that checks PINs (API 2.3 and says so) can take one: the core never sees
+      // the payer's PIN reference.
+      const auto ref = hooks_.find(req->method);
+      auto* m = ref.plugin && ref.kind == Kind::payment ? static_cast<payment::Method*>(ref.plugin) : nullptr;
+      if (m != nullptr && ref.api_minor >= 3 && m->capabilities().verifies_pin) offered.push_back(f);
+    } else if (f == "other_method") {
+      if (!others.empty()) offered.push_back(f);
+    } else {
+      offered.push_back(f);
+    }
+  }
+  spdlog::warn("connector {}: {}: risk step_up: {}", c.cfg.id, req->txn, reasons);
+  if (offered.empty()) {
+    start_refused(c, req,
+                  StartOutcome::refused(fmt::format("risk check: step_up: {} (no second factor can be offered here: payment.step_up.factors)", reasons),
+                                        {}, "step_up"));
+    return;
+  }
+  req->factors = offered;
+  if (std::find(offered.begin(), offered.end(), "other_method") != offered.end()) req->other_methods = others;
+  c.stepping = req;
+  c.starting_txn = req->txn;
+  const Duration timeout = std::chrono::seconds(su.timeout_s);
+  const TimePoint deadline = clock_.now() + timeout;
+  req->step_up_deadline = deadline;
+  req->step_up_reasons = reasons;
+  req->step_up_timer = scheduler_->after(timeout, [this, id = c.cfg.id, req] {
+    Connector* cp = connector(id);
+    if (cp == nullptr || cp->stepping != req) return;
+    req->step_up_timer = 0;
+    end_step_up(*cp, "none", "not completed in time", "the second verification was not completed in time");
+  });
+  const std::string prompt = step_up_prompt(offered);
+  spdlog::info("connector {}: {}: second verification asked ({}), until {}", c.cfg.id, req->txn, fmt::join(offered, ", "), format_utc(deadline));
+  emit(events::StepUp{.connector = c.cfg.id,
+                      .transaction = req->txn,
+                      .kind = offered.front(),
+                      .prompt = prompt,
+                      .deadline = deadline,
+                      .methods = req->other_methods,
+                      .factors = offered,
+                      .reasons = reasons});
+  if (hooks_.announce) hooks_.announce(c.cfg.id, prompt);
+}
+
+void SessionEngine::end_step_up(Connector& c, const std::string& factor, const std::string& outcome, std::optional<std::string> refusal) {
+  auto req = c.stepping;
+  if (!req) return;
+  c.stepping.reset();
+  if (req->step_up_timer != 0) scheduler_->cancel(req->step_up_timer);
+  req->step_up_timer = 0;
+  req->stepped_up = true;
+  // Recorded with the transaction's risk decisions: `pilectl transactions` shows how the second
+  // verification ended (never the PIN).
+  RiskDecisionRow row{.txn = req->txn,
+                      .phase = "step_up",
+                      .verdict = refusal ? "deny" : "allow",
+                      .answers = fmt::format("{}: {}", factor, outcome),
+                      .decided = clock_.now()};
+  submit_logged(store_, "the step-up of " + req->txn, [row = std::move(row)](Database& db) { RiskRepository(db).record(row); });
+  if (refusal) {
+    spdlog::warn("connector {}: {}: {}", c.cfg.id, req->txn, *refusal);
+    emit(events::StartRefused{.connector = c.cfg.id, .transaction = req->txn, .reason = *refusal});
+    if (hooks_.announce) hooks_.announce(c.cfg.id, *refusal);
+    start_refused(c, req, StartOutcome::refused(*refusal, req->txn, "step_up"));
+    return;
+  }
+  spdlog::info("connector {}: {}: second verification: {} {}", c.cfg.id, req->txn, factor, outcome);
+}
+
+bool SessionEngine::step_up_by_other_method(Connector& c, std::string method, std::string token, std::optional<identification::Token> presented,
+                                            StartDone& done) {
+  auto req = c.stepping;
+  if (!req) return false;
+  if (std::find(req->other_methods.begin(), req->other_methods.end(), method) == req->other_methods.end()) {
+    done(StartOutcome::refused(fmt::format("connector {} waits for a second verification of {}: {}", c.cfg.id, req->txn,
+                                           req->other_methods.empty() ? std::string("a PIN or a confirmation in the app")
+                                                                      : fmt::format("a PIN, a confirmation in the app, or payment with {}",
+                                                                                    fmt::join(req->other_methods, " or ")))));
+    return true;
+  }
+  const std::string previous = req->method;
+  end_step_up(c, "other_method", fmt::format("{} instead of {}", method, previous), std::nullopt);
+  // The same transaction, paid another way: the new means is checked by the rules too (a deny
+  // still denies; a second step_up is answered by this very change of method).
+  req->method = std::move(method);
+  req->token = token.empty() ? std::string("anonymous") : std::move(token);
+  req->presented = std::move(presented);
+  if (req->presented) req->presented->connector = c.cfg.id;
+  req->also_done.push_back(std::move(done));
+  c.stepping.reset();
+  const std::string user = user_hash(req->token);
+  const risk::Context ctx{.phase = risk::Phase::authorize,
+                          .transaction_id = req->txn,
+                          .connector = c.cfg.id,
+                          .method = req->method,
+                          .channel = {},
+                          .user = user,
+                          .amount_fen = req->amount_fen,
+                          .time = clock_.now(),
+                          .pile = {},
+                          .day_start = {},
+                          .utc_offset_s = 0};
+  evaluate_risk(ctx, [this, req, alive = alive_](risk::Verdict verdict, const std::string& reasons) {
+    if (*alive) start_authorize(req, verdict, reasons);
+  });
+  return true;
+}
+
+void SessionEngine::authorize_start(const std::shared_ptr<StartRequest>& req, std::optional<std::string> pin) {
+  Connector& c = *connector(req->connector);
   c.starting_txn = req->txn;
   saga_->authorize(
       req->txn, c.cfg.id, req->method, req->presented ? *req->presented : parse_token(req->token, c.cfg.id), req->amount_fen,
@@ -509,12 +673,15 @@ void SessionEngine::start_authorize(const std::shared_ptr<StartRequest>& req, ri
                             .kind = std::string(payment::to_string(ch.kind)),
                             .prompt = ch.prompt,
                             .deadline = ch.deadline,
-                            .methods = ch.methods});
+                            .methods = ch.methods,
+                            .factors = {},
+                            .reasons = {}});
         if (hooks_.announce) hooks_.announce(id, ch.prompt);
       },
       [this, req, alive = alive_](PaymentSaga::Authorization a) {
         if (*alive) start_read_meter(req, std::move(a));
-      });
+      },
+      std::move(pin));
 }
 
 void SessionEngine::start_read_meter(const std::shared_ptr<StartRequest>& req, PaymentSaga::Authorization a) {
@@ -590,6 +757,7 @@ void SessionEngine::start_session(const std::shared_ptr<StartRequest>& req, cons
                               .authorized_fen = a.authorized_fen,
                               .meter_start_wh = m.wh});
   if (c.fsm.status() == ConnectorStatus::charging) begin_charging(c);
+  for (auto& d : req->also_done) d(StartOutcome::started(req->txn, c.cfg.id, m.wh));
   req->done(StartOutcome::started(req->txn, c.cfg.id, m.wh));
 }
 
@@ -646,6 +814,39 @@ void SessionEngine::answer_step_up(std::uint32_t id, payment::StepUpAnswer answe
   if (!c) {
     done(AnswerOutcome::refused(fmt::format("no connector {}", id)));
     return;
+  }
+  if (auto req = c->stepping) {
+    // Risk control's second factor.
+    const std::string kind(payment::to_string(answer.kind));
+    if (std::find(req->factors.begin(), req->factors.end(), kind) == req->factors.end()) {
+      done(AnswerOutcome::refused(fmt::format("{} is not a second factor offered for {} (offered: {})", kind, req->txn, fmt::join(req->factors, ", "))));
+      return;
+    }
+    switch (answer.kind) {
+      case payment::ChallengeKind::other_method:
+        done(AnswerOutcome::refused(fmt::format("to pay another way, present a token of {} or start with that method on connector {}",
+                                                fmt::join(req->other_methods, " or "), id)));
+        return;
+      case payment::ChallengeKind::app_confirmation:
+        if (!answer.confirmed) {
+          end_step_up(*c, "app_confirmation", "refused in the app", "the payment was not confirmed in the app");
+          done(AnswerOutcome::relayed(req->txn));
+          return;
+        }
+        end_step_up(*c, "app_confirmation", "confirmed in the app", std::nullopt);
+        authorize_start(req);
+        done(AnswerOutcome::relayed(req->txn));
+        return;
+      case payment::ChallengeKind::pin:
+        if (answer.value.empty()) {
+          done(AnswerOutcome::refused("a PIN answer needs the digits"));
+          return;
+        }
+        end_step_up(*c, "pin", fmt::format("entered, checked by {}", req->method), std::nullopt);
+        authorize_start(req, answer.value);
+        done(AnswerOutcome::relayed(req->txn));
+        return;
+    }
   }
   if (c->starting_txn.empty() || !saga_->awaiting_step_up(c->starting_txn)) {
     done(AnswerOutcome::refused(fmt::format("connector {} has no step-up waiting for an answer", id)));
@@ -783,6 +984,13 @@ void SessionEngine::on_checkpoint_commit(const Status& st) {
 
 void SessionEngine::stop(std::uint32_t id, StopReason reason, StopDone done) {
   Connector* cp = connector(id);
+  if (cp && cp->stepping && !cp->charging->active()) {
+    // The driver gives up on the second verification: the start ends, nothing was held.
+    const std::string txn = cp->stepping->txn;
+    end_step_up(*cp, "none", fmt::format("cancelled ({})", to_string(reason)), "the start was cancelled before its second verification");
+    done(StopOutcome::refused(fmt::format("connector {} had no session: the start of {} waiting for its second verification is cancelled", id, txn)));
+    return;
+  }
   if (!cp || !cp->charging->active()) {
     done(StopOutcome::refused(fmt::format("connector {} has no session", id)));
     return;
@@ -907,6 +1115,10 @@ void SessionEngine::recover(std::function<void()> done) {
 
 void SessionEngine::stop_all(std::function<void()> done) {
   shutting_down_ = true;
+  // Starts waiting for a second factor end now: nothing is held for them yet.
+  for (auto& [id, c] : connectors_) {
+    if (c->stepping) end_step_up(*c, "none", "pilecored stopped", "pilecored is stopping: no session starts");
+  }
   auto remaining = std::make_shared<std::size_t>(0);
   auto cb = std::make_shared<std::function<void()>>(std::move(done));
   auto fired = std::make_shared<bool>(false);
@@ -979,6 +1191,10 @@ StatusSnapshot SessionEngine::status() const {
         sj.amount_fen = b.total_fen;
       }
       j.session = std::move(sj);
+    }
+    if (const auto& req = c->stepping) {
+      j.step_up = StepUpSnapshot{.transaction = req->txn, .factors = req->factors, .methods = req->other_methods, .reasons = req->step_up_reasons,
+                                 .deadline = req->step_up_deadline};
     }
     out.connectors.push_back(std::move(j));
   }

@@ -149,6 +149,14 @@ class SessionEngine {
   void risk_before_capture(const std::string& txn, std::uint32_t connector, const std::string& method, std::int64_t fen, std::function<void()> proceed);
   // The start's steps, in order (start() runs the checks and the risk rules).
   void start_authorize(const std::shared_ptr<StartRequest>& req, risk::Verdict verdict, const std::string& reasons);
+  /// Risk said step_up: offer the site's second factors and wait for one (risk step-up).
+  void begin_step_up(Connector& c, const std::shared_ptr<StartRequest>& req, const std::string& reasons);
+  /// The second factor is given (or refused, or timed out): records it and goes on or refuses.
+  void end_step_up(Connector& c, const std::string& factor, const std::string& outcome, std::optional<std::string> refusal);
+  /// Another payment method presented on a connector waiting for a second factor.
+  bool step_up_by_other_method(Connector& c, std::string method, std::string token, std::optional<identification::Token> presented,
+                               StartDone& done);
+  void authorize_start(const std::shared_ptr<StartRequest>& req, std::optional<std::string> pin = std::nullopt);
   void start_read_meter(const std::shared_ptr<StartRequest>& req, PaymentSaga::Authorization a);
   void start_commit(const std::shared_ptr<StartRequest>& req, std::optional<MeterReading> start_reading);
   void start_session(const std::shared_ptr<StartRequest>& req, const Status& committed);

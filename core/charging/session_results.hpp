@@ -157,6 +157,15 @@ struct SessionSnapshot {
   std::optional<std::int64_t> amount_fen;
 };
 
+/// A start waiting for the second factor a risk step-up asked.
+struct StepUpSnapshot {
+  std::string transaction;
+  std::vector<std::string> factors;  ///< offered: pin, app_confirmation, other_method
+  std::vector<std::string> methods;  ///< other_method: the payment instances that may pay instead
+  std::string reasons;
+  TimePoint deadline{};
+};
+
 struct ConnectorSnapshot {
   std::uint32_t id = 0;
   ConnectorStatus status = ConnectorStatus::unavailable;
@@ -165,6 +174,7 @@ struct ConnectorSnapshot {
   std::optional<std::int64_t> power_w;
   std::optional<double> soc_pct;
   std::optional<SessionSnapshot> session;
+  std::optional<StepUpSnapshot> step_up;
 };
 
 /// status (the engine's part; the daemon adds instances and the socket's counters).
@@ -218,6 +228,10 @@ struct StepUp {
   std::string transaction, kind, prompt;
   TimePoint deadline{};
   std::vector<std::string> methods;
+  /// A risk step-up: every second factor offered (kind is the first), and the rules' reasons.
+  /// Empty for a method's own challenge.
+  std::vector<std::string> factors;
+  std::string reasons;
 };
 struct StartRefused {
   std::uint32_t connector = 0;

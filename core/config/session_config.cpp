@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <array>
 #include <map>
 #include <set>
@@ -171,6 +172,19 @@ Field payment_field() {
                                                                  "A channel that has not answered by then fails over to the next, within authorize_timeout_ms"),
                                                            100, 600000, "ms"),
                                                 "10000")}),
+                      with_fields(field("step_up", FieldType::object,
+                                        "The second verification a risk rule's step_up verdict asks before a session starts (docs/risk.md)"),
+                                  {with_default(field("factors", FieldType::string_list,
+                                                      "Which second factors the driver is offered: pin (entered at the pile and checked by a "
+                                                      "payment method that verifies PINs), app_confirmation (confirmed in the operator's app: "
+                                                      "a back-end command or a control-socket session_answer), other_method (pay with another "
+                                                      "payment instance). Empty: a step_up verdict refuses the session"),
+                                                "[pin, app_confirmation, other_method]"),
+                                   with_default(with_range(field("timeout_s", FieldType::integer,
+                                                                 "A second verification not completed by then ends the session unstarted, "
+                                                                 "with the reason shown and spoken at the connector"),
+                                                           10, 3600, "s"),
+                                                "120")}),
                       [] {
                         Field f = with_fields(field("tokens", FieldType::map,
                                                     "Which payment method takes each token type a reader or camera presents (card, face, wallet, ...): "
@@ -537,6 +551,25 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
       }
       cfg.payment.channels.push_back({m.Scalar(), n.Scalar(), percent_field(member(c, "fee_pct"), where + ".fee_pct", 0)});
     }
+  }
+  if (const YAML::Node step_up = member(pay, "step_up"); step_up.IsMap()) {
+    auto& su = cfg.payment.step_up;
+    if (const YAML::Node factors = member(step_up, "factors"); factors.IsSequence()) {
+      su.factors.clear();
+      for (const auto& f : factors) {
+        if (!f.IsScalar()) continue;
+        if (f.Scalar() != "pin" && f.Scalar() != "app_confirmation" && f.Scalar() != "other_method") {
+          diags.error(position_of(f), fmt::format("'payment.step_up.factors' has '{}'; allowed: pin, app_confirmation, other_method", f.Scalar()));
+          continue;
+        }
+        if (std::find(su.factors.begin(), su.factors.end(), f.Scalar()) != su.factors.end()) {
+          diags.error(position_of(f), fmt::format("'payment.step_up.factors' lists '{}' twice", f.Scalar()));
+          continue;
+        }
+        su.factors.push_back(f.Scalar());
+      }
+    }
+    su.timeout_s = int_or(member(step_up, "timeout_s"), child(child(pf, "step_up"), "timeout_s"), su.timeout_s);
   }
   if (const YAML::Node routing = member(pay, "routing"); routing.IsMap()) {
     const Field rf = child(pf, "routing");

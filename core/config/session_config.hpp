@@ -37,6 +37,14 @@ struct RoutingSettings {
   std::int64_t channel_timeout_ms = 10000;
 };
 
+/// What a risk step-up may ask of the driver: `payment.step_up` (docs/risk.md, step-up).
+struct StepUpSettings {
+  /// Offered in this order when they can be: pin (the method verifies it: API 2.3),
+  /// app_confirmation (the back end's command or a control-socket answer), other_method.
+  std::vector<std::string> factors{"pin", "app_confirmation", "other_method"};
+  std::int64_t timeout_s = 120;  ///< not completed by then: the session ends unstarted
+};
+
 struct PaymentSettings {
   std::string default_method;      // payment instance used by autostart and `pilectl session start` without --method
   std::int64_t preauth_fen = 20000;  // the hold of a `full` session (docs/payments.md, charging modes)
@@ -48,6 +56,7 @@ struct PaymentSettings {
   std::int64_t authorize_timeout_ms = 30000;  // the payment method's deadline
   std::vector<ChannelSetting> channels;       // payment.channels
   RoutingSettings routing;                    // payment.routing
+  StepUpSettings step_up;                     // payment.step_up
 };
 
 /// What a billing meter's energy_import reading must satisfy (core/charging/meter_guard.hpp).

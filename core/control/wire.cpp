@@ -96,6 +96,11 @@ nlohmann::json to_json(const StatusSnapshot& s) {
       if (ss.amount_fen) sj["amount_fen"] = *ss.amount_fen;
       j["session"] = sj;
     }
+    if (c.step_up) {
+      const auto& su = *c.step_up;
+      j["step_up"] = {{"transaction", su.transaction}, {"factors", su.factors}, {"methods", su.methods}, {"reasons", su.reasons},
+                      {"deadline", format_utc(su.deadline)}};
+    }
     conns.push_back(j);
   }
   return {{"ok", true}, {"site", s.site}, {"time", format_utc(s.time)}, {"connectors", conns}};
@@ -142,8 +147,15 @@ nlohmann::json to_json(const Event& e) {
                     {"authorized_fen", v.authorized_fen}, {"payment_ref", v.payment_ref}, {"meter_start_wh", v.meter_start_wh}};
           },
           [](const events::StepUp& v) -> nlohmann::json {
-            return {{"event", "step_up"}, {"connector", v.connector}, {"transaction", v.transaction}, {"kind", v.kind},
-                    {"prompt", v.prompt}, {"deadline", format_utc(v.deadline)}, {"methods", v.methods}};
+            nlohmann::json j = {{"event", "step_up"}, {"connector", v.connector}, {"transaction", v.transaction}, {"kind", v.kind},
+                                {"prompt", v.prompt}, {"deadline", format_utc(v.deadline)}, {"methods", v.methods}};
+            // A risk step-up: every factor the driver may give, and why it was asked.
+            if (!v.factors.empty()) {
+              j["source"] = "risk";
+              j["factors"] = v.factors;
+              j["reasons"] = v.reasons;
+            }
+            return j;
           },
           [](const events::StartRefused& v) -> nlohmann::json {
             return {{"event", "start_refused"}, {"connector", v.connector}, {"transaction", v.transaction}, {"reason", v.reason}};

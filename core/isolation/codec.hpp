@@ -115,13 +115,14 @@ inline json to_json(const payment::Capabilities& c) {
   json ch = json::array();
   for (const auto& x : c.channels) ch.push_back({x.name, x.fee_ppm});
   return {{"offline", c.offline}, {"prepayment", c.needs_prepayment}, {"incremental", c.incremental_authorization}, {"token_types", c.token_types},
-          {"channels", ch}};
+          {"channels", ch}, {"verifies_pin", c.verifies_pin}};
 }
 inline payment::Capabilities capabilities_of(const json& j) {
   payment::Capabilities c;
   c.offline = boolean(j, "offline");
   c.needs_prepayment = boolean(j, "prepayment");
   c.incremental_authorization = boolean(j, "incremental");
+  c.verifies_pin = boolean(j, "verifies_pin");
   for (const auto& t : member(j, "token_types")) c.token_types.push_back(t.get<std::string>());
   for (const auto& x : member(j, "channels")) c.channels.push_back({x.at(0).get<std::string>(), x.at(1).get<std::uint32_t>()});
   return c;

@@ -150,7 +150,7 @@ class PaymentProxy final : public payment::Method {
   void authorize(const payment::AuthorizationRequest& q, payment::AuthorizationCallback done) noexcept override {
     try {
       json a = {{"op", q.operation_id}, {"txn", q.transaction_id}, {"connector", q.connector}, {"channel", q.channel},
-                {"amount_fen", q.amount_fen}, {"deadline", time_json(q.deadline)}};
+                {"amount_fen", q.amount_fen}, {"deadline", time_json(q.deadline)}, {"pin_required", q.pin_required}};
       if (q.token) {
         a["token"] = to_json(*q.token);
         a["x"] = iso_.exchanges().offer(q.token->exchange);

@@ -29,6 +29,8 @@ struct PaymentSaga::Flight {
   std::vector<std::string> route;  ///< the router's order of channels (empty: not routed)
   std::size_t route_pos = 0;
   TimePoint overall_deadline{};    ///< the method's deadline, across failovers
+  std::optional<std::string> pin;  ///< risk's second factor: relayed to the method's pin challenge, never logged
+  bool pin_relayed = false;        ///< ...and the method has been given it
 };
 
 namespace {
@@ -80,8 +82,9 @@ void PaymentSaga::record(MoneyOperation op, std::function<void(Status)> after) {
 // --- authorisation -----------------------------------------------------------------------------
 
 void PaymentSaga::authorize(const std::string& txn, std::uint32_t connector, const std::string& method, const identification::Token& token,
-                            std::int64_t amount_fen, ChallengeSink challenged, AuthorizationDone done) {
+                            std::int64_t amount_fen, ChallengeSink challenged, AuthorizationDone done, std::optional<std::string> pin) {
   auto f = std::make_shared<Flight>();
+  f->pin = std::move(pin);
   f->op = {.id = txn + "/authorize", .txn = txn, .kind = OperationKind::authorize, .amount_fen = amount_fen, .method = method,
            .channel = {}, .state = OperationStateRow::intent, .reference = {}, .reason = {}, .attempts = 1, .created = clock_.now(),
            .updated = clock_.now(), .next_attempt = std::nullopt, .routing = {}};
@@ -91,7 +94,6 @@ void PaymentSaga::authorize(const std::string& txn, std::uint32_t connector, con
   f->challenged = std::move(challenged);
   f->token = token;
   f->exchange = token.exchange;
-  f->overall_deadline = clock_.now() + settings_.authorize_timeout;
   if (flights_.count(f->key) != 0) {
     f->auth_done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = "already being authorised", .timed_out = false});
     return;
@@ -116,6 +118,9 @@ void PaymentSaga::authorize(const std::string& txn, std::uint32_t connector, con
                                   .reason = fmt::format("database: {}", st.message()), .timed_out = false});
                     return;
                   }
+                  // The method's deadline counts from when it is asked: the time our own disk took
+                  // to make the intent durable is not the acquirer's.
+                  f->overall_deadline = clock_.now() + settings_.authorize_timeout;
                   ask_authorize(f);
                 });
 }
@@ -197,7 +202,8 @@ void PaymentSaga::ask_authorize(const std::shared_ptr<Flight>& f) {
   });
   f->token.exchange = f->exchange;
   payment::AuthorizationRequest req{.operation_id = f->op.id, .transaction_id = f->op.txn, .connector = f->connector, .token = &f->token,
-                                    .channel = f->op.channel, .amount_fen = f->op.amount_fen, .deadline = deadline};
+                                    .channel = f->op.channel, .amount_fen = f->op.amount_fen, .deadline = deadline,
+                                    .pin_required = f->pin.has_value()};
   InFlight mark(f->op.method, "authorize");  // a crash in the plugin is attributed to it
   m->authorize(req, [this, f, attempt, alive = alive_](payment::AuthorizationResult r) {
     if (!*alive || f->attempt != attempt || f->answered) return;  // late: the deadline already decided
@@ -222,6 +228,15 @@ void PaymentSaga::on_authorization(const std::shared_ptr<Flight>& f, payment::Au
                            OperationStateRow::failed);
       return;
     case payment::Decision::approved:
+      if (f->pin && !f->pin_relayed) {
+        // Risk control asked for the PIN and the method approved without checking it: the second
+        // factor would be skipped, so the hold is released and the start refused.
+        spdlog::error("{}: '{}' approved without the PIN risk control asked for; released", f->op.txn, f->op.method);
+        finish_authorization(f, {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = r.reference,
+                                 .reason = "the payment method approved without checking the PIN", .timed_out = false},
+                             OperationStateRow::failed, true);
+        return;
+      }
       if (r.authorized_fen <= 0) {
         finish_authorization(f, {.decision = payment::Decision::declined, .authorized_fen = 0, .reference = r.reference,
                                  .reason = "approved for nothing", .timed_out = false},
@@ -259,6 +274,17 @@ void PaymentSaga::on_authorization(const std::shared_ptr<Flight>& f, payment::Au
                                  .reason = "the step-up was not completed in time", .timed_out = true},
                              OperationStateRow::failed);
       });
+      if (f->pin && !f->pin_relayed && r.challenge.kind == payment::ChallengeKind::pin) {
+        // The driver entered the PIN before the method was asked: relay it (once; a second
+        // challenge, after a wrong PIN, goes to the driver).
+        f->pin_relayed = true;
+        scheduler_.after(Duration(0), [this, f, attempt, pin = *f->pin] {
+          if (f->attempt != attempt || !f->awaiting_answer) return;
+          (void)answer_step_up(f->op.txn, {.kind = payment::ChallengeKind::pin, .value = pin, .confirmed = false});
+        });
+        f->pin->clear();  // keeps "a PIN was asked" without keeping the digits
+        return;
+      }
       if (f->challenged) f->challenged(r.challenge);
       return;
     }

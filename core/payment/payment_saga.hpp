@@ -77,8 +77,12 @@ class PaymentSaga {
   /// Authorises `amount_fen` for transaction `txn`. A step-up calls `challenged` (the core shows
   /// the prompt and relays the answer through answer_step_up); `done` is called once, with the
   /// final decision, a decline, or a timeout.
+  /// `pin`: the PIN the driver entered because risk control asked a second factor (the method
+  /// must verify PINs: API 2.3, capabilities().verifies_pin; the caller checks). The method is
+  /// asked with pin_required; its `pin` challenge is answered with this PIN without the driver,
+  /// and an approval that skipped the challenge is refused and released.
   void authorize(const std::string& txn, std::uint32_t connector, const std::string& method, const identification::Token& token,
-                 std::int64_t amount_fen, ChallengeSink challenged, AuthorizationDone done);
+                 std::int64_t amount_fen, ChallengeSink challenged, AuthorizationDone done, std::optional<std::string> pin = std::nullopt);
   /// Relays the driver's answer to the step-up waiting on `txn`. An error when none waits.
   Status answer_step_up(const std::string& txn, const payment::StepUpAnswer& answer);
   /// Whether a step-up waits on `txn`.

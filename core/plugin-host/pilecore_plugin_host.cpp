@@ -228,7 +228,13 @@ class ChildHost final : public Host {
     json info = {{"sandbox", sandbox.summary}, {"warnings", sandbox.warnings}};
     switch (kind_) {
       case Kind::sensor: info["channels"] = to_json(static_cast<sensor::Sensor*>(plugin_)->channels()); break;
-      case Kind::payment: info["capabilities"] = to_json(static_cast<payment::Method*>(plugin_)->capabilities()); break;
+      case Kind::payment: {
+        payment::Capabilities caps = static_cast<payment::Method*>(plugin_)->capabilities();
+        // verifies_pin is API 2.3: an older plugin's struct ends before it (what is there is not its answer).
+        if (loaded_->descriptor->api_minor < 3) caps.verifies_pin = false;
+        info["capabilities"] = to_json(caps);
+        break;
+      }
       case Kind::link: {
         auto* l = static_cast<link::Link*>(plugin_);
         info["limits"] = to_json(l->limits());
@@ -351,7 +357,7 @@ class ChildHost final : public Host {
         token->exchange = bridge_.proxy(static_cast<std::uint64_t>(integer(a, "x")));
       }
       payment::AuthorizationRequest q{op, txn, static_cast<std::uint32_t>(integer(a, "connector")), token ? &*token : nullptr, channel,
-                                      integer(a, "amount_fen"), time_of(a, "deadline")};
+                                      integer(a, "amount_fen"), time_of(a, "deadline"), boolean(a, "pin_required")};
       p->authorize(q, auth_done);
     } else if (m == "increment") {
       // increment() is API 2.1: a plugin built against 2.0 has no such entry in its vtable.

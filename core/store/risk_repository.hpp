@@ -17,7 +17,7 @@ namespace pilecore::core {
 
 struct RiskDecisionRow {
   std::string txn;
-  std::string phase;    ///< authorize, capture
+  std::string phase;    ///< authorize, capture, step_up (how the second verification ended)
   std::string verdict;  ///< allow, step_up, deny
   std::string answers;  ///< each instance's answer, "name: verdict (how): reason", one a line
   TimePoint decided{};

@@ -144,6 +144,18 @@ const char* const migrations[] = {
     "CREATE INDEX outbox_order ON outbox(class, id);"
     "CREATE INDEX outbox_next ON outbox(next_attempt_ms);"
     "CREATE TABLE outbox_meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+    // 9: how a risk step-up's second verification ended (phase 'step_up': the factor given, or
+    // none in time), beside the decisions that asked it. SQLite cannot change a CHECK: rebuilt.
+    "CREATE TABLE risk_decisions_v9("
+    " txn_id TEXT NOT NULL,"
+    " phase TEXT NOT NULL CHECK(phase IN ('authorize','capture','step_up')),"
+    " verdict TEXT NOT NULL CHECK(verdict IN ('allow','step_up','deny')),"
+    " answers TEXT NOT NULL,"
+    " decided_ms INTEGER NOT NULL,"
+    " PRIMARY KEY(txn_id, phase));"
+    "INSERT INTO risk_decisions_v9(txn_id, phase, verdict, answers, decided_ms) SELECT txn_id, phase, verdict, answers, decided_ms FROM risk_decisions;"
+    "DROP TABLE risk_decisions;"
+    "ALTER TABLE risk_decisions_v9 RENAME TO risk_decisions;",
 };
 }  // namespace
 

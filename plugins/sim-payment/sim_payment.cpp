@@ -49,7 +49,7 @@ constexpr ConfigKey keys[] = {
     {.key = "reference_prefix", .type = ConfigType::string, .default_value = "SIM",
      .description = "Prefix of the acquirer references handed out (kept in the ledger)"},
     {.key = "pin", .type = ConfigType::string, .default_value = "1234", .secret = true,
-     .description = "The PIN that answers a step-up of a token in step_up_tokens"},
+     .description = "The PIN that answers a step-up (of a token in step_up_tokens, or one risk control asks); empty: this method checks no PIN"},
     {.key = "token_types", .type = ConfigType::string_list, .default_value = "[card, app]",
      .description = "Token types this method accepts (payment.tokens in the site file routes them here)"},
     {.key = "capture_pending_polls", .type = ConfigType::integer, .default_value = "0", .min = 0, .max = 1000,
@@ -108,6 +108,7 @@ class SimPayment final : public payment::Method {
     try {
       c.token_types = token_types_;
       c.incremental_authorization = incremental_;
+      c.verifies_pin = !pin_.empty();
       c.channels = {{.name = prefix_, .fee_ppm = 6000}};
     } catch (...) {
     }
@@ -474,7 +475,8 @@ class SimPayment final : public payment::Method {
     if (r.amount_fen <= 0) return declined(fmt::format("the amount {} fen is not positive", r.amount_fen));
     if (listed(declined_, token)) return declined("declined by the issuer");
     if (r.amount_fen > limit_fen_) return declined(fmt::format("{} is above the limit of {}", yuan(r.amount_fen), yuan(limit_fen_)));
-    if (listed(step_up_, token)) {
+    // pin_required (API 2.3): risk control asked for the PIN as the second factor.
+    if (listed(step_up_, token) || (r.pin_required && !pin_.empty())) {
       return {.decision = payment::Decision::step_up, .authorized_fen = 0, .reference = {}, .reason = "the issuer asks for more proof", .challenge = {}};
     }
     return {.decision = payment::Decision::approved, .authorized_fen = r.amount_fen, .reference = {}, .reason = {}, .challenge = {}};

@@ -89,6 +89,12 @@ struct AuthorizationRequest {
   std::string_view channel;  ///< the acquirer the router chose (empty: the method's own choice)
   std::int64_t amount_fen = 0;  ///< the estimate to hold
   TimePoint deadline{};         ///< answer by then
+  /// API 2.3. Risk control asked a second factor and the driver chose a PIN entered at the pile:
+  /// answer step_up with a `pin` challenge, and approve only once answer_step_up() brings the
+  /// payer's right PIN (decline after wrong ones, as the method's own rules say). Set only for a
+  /// method built against 2.3 or later whose capabilities() say verifies_pin; the core refuses an
+  /// approval that skipped the challenge.
+  bool pin_required = false;
 };
 
 struct AuthorizationResult {
@@ -174,6 +180,10 @@ struct Capabilities {
   bool incremental_authorization = false;  ///< the hold can be raised during a session
   std::vector<std::string> token_types;    ///< the token types it accepts ("card", "face", "wallet", ...)
   std::vector<Channel> channels;
+  /// API 2.3: the method can check the payer's PIN (a member card's, an account's), so risk
+  /// control may offer "a PIN at the pile" as the second factor (AuthorizationRequest::pin_required).
+  /// Read only from a plugin built against 2.3 or later.
+  bool verifies_pin = false;
 };
 
 using AuthorizationCallback = std::function<void(AuthorizationResult)>;
