@@ -70,6 +70,14 @@ struct SessionEngine::Connector {
   /// energy would move the meter under the recovery's final reading (billed twice), and a
   /// recovery cut short by another crash reads the meter again at the next start.
   int recovering = 0;
+  /// set_available(false) during a session: Unavailable when it ends (OCPP ChangeAvailability).
+  bool unavailable_after_session = false;
+  std::optional<std::int64_t> remote_cap_w;  ///< set_power_limit() on this connector
+  struct RefusedStart {
+    std::string method, token, mode;
+    TimePoint at;
+  };
+  std::optional<RefusedStart> last_refused;  ///< what retry_last_start() starts again
 };
 
 SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& store, const Clock& clock, Strand& strand, Hooks hooks)
@@ -501,9 +509,14 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
 }
 
 void SessionEngine::start_refused(Connector& c, const std::shared_ptr<StartRequest>& req, StartOutcome outcome) {
+  c.last_refused = Connector::RefusedStart{req->method, req->token, req->mode.text(), clock_.now()};
   c.starting = false;
   c.starting_txn.clear();
   if (c.stepping == req) c.stepping.reset();
+  if (c.unavailable_after_session && !c.charging->active()) {  // set_available(false) waited for this start
+    c.unavailable_after_session = false;
+    apply(c, ConnectorEvent::set_unavailable, "made unavailable by a remote command; the start it waited for was refused");
+  }
   for (auto& d : req->also_done) d(outcome);
   req->done(std::move(outcome));
 }
@@ -924,6 +937,14 @@ void SessionEngine::update_setpoint(Connector& c) {
     }
     limit = std::min(limit, std::max<std::int64_t>(0, *site_max - others));
   }
+  if (c.remote_cap_w) limit = std::min(limit, *c.remote_cap_w);
+  if (remote_site_cap_w_) {
+    std::int64_t others = 0;
+    for (const auto& [id, o] : connectors_) {
+      if (o.get() != &c && o->charging->running()) others += o->charging->running()->setpoint_w;
+    }
+    limit = std::min(limit, std::max<std::int64_t>(0, *remote_site_cap_w_ - others));
+  }
   std::int64_t watts = limit;
   const auto strategies = hooks_.running_of_kind(Kind::strategy);
   if (!strategies.empty()) {
@@ -1001,6 +1022,7 @@ void SessionEngine::stop(std::uint32_t id, StopReason reason, StopDone done) {
     done(StopOutcome::refused(fmt::format("connector {}: {} is already stopping", id, s.id)));
     return;
   }
+  done = then_availability(c, std::move(done));
   c.charging->begin_stop(reason);  // the stop's mark, committed before the final reading
   if (auto ref = hooks_.find(c.cfg.power); ref.plugin && ref.kind == Kind::power) {
     if (Status st = static_cast<power::PowerStage*>(ref.plugin)->open_contactor(); !st.ok()) {
@@ -1035,6 +1057,104 @@ void SessionEngine::stop(std::uint32_t id, StopReason reason, StopDone done) {
     return;
   }
   c.charging->read_meter([&c, done = std::move(done)](std::optional<MeterReading> m) mutable { c.charging->close(m, std::move(done)); });
+}
+
+StopDone SessionEngine::then_availability(Connector& c, StopDone done) {
+  return [this, &c, alive = alive_, done = std::move(done)](StopOutcome o) {
+    if (*alive && c.unavailable_after_session && !c.charging->active() && !c.starting) {
+      c.unavailable_after_session = false;
+      apply(c, ConnectorEvent::set_unavailable, "made unavailable by a remote command; its session has ended");
+    }
+    done(std::move(o));
+  };
+}
+
+void SessionEngine::emergency_stop(std::function<void(std::vector<StopOutcome>)> done) {
+  // Every contactor first, in one pass: a stop's bookkeeping (the stop's mark, the meter) must
+  // not delay the next connector's contactor.
+  for (auto& [id, c] : connectors_) {
+    auto ref = hooks_.find(c->cfg.power);
+    if (!ref.plugin || ref.kind != Kind::power) continue;
+    InFlight mark(c->cfg.power, "open_contactor");
+    if (Status st = static_cast<power::PowerStage*>(ref.plugin)->open_contactor(); !st.ok()) {
+      spdlog::critical("connector {}: emergency stop: the contactor did not open: {}", id, st.message());
+    }
+  }
+  struct Gather {
+    std::vector<StopOutcome> outcomes;
+    std::size_t remaining = 0;
+    std::function<void(std::vector<StopOutcome>)> done;
+  };
+  auto g = std::make_shared<Gather>();
+  g->done = std::move(done);
+  std::vector<std::uint32_t> running;
+  for (auto& [id, c] : connectors_) {
+    if (charging_now(*c)) running.push_back(id);
+  }
+  // Starts waiting for a second verification end too: nothing is held for them yet.
+  for (auto& [id, c] : connectors_) {
+    if (c->stepping) end_step_up(*c, "none", "emergency stop", "emergency stop: no session starts");
+  }
+  spdlog::critical("emergency stop: every contactor opened; stopping {} session(s)", running.size());
+  g->remaining = running.size();
+  if (running.empty()) return g->done({});
+  for (const std::uint32_t id : running) {
+    stop(id, StopReason::remote, [g](StopOutcome o) {
+      g->outcomes.push_back(std::move(o));
+      if (--g->remaining == 0) g->done(std::move(g->outcomes));
+    });
+  }
+}
+
+SessionEngine::AvailabilityOutcome SessionEngine::set_available(std::uint32_t id, bool available) {
+  Connector* c = connector(id);
+  if (!c) return {.ok = false, .scheduled = false, .error = fmt::format("no connector {}", id)};
+  if (available) {
+    c->unavailable_after_session = false;
+    if (c->fsm.status() == ConnectorStatus::unavailable) apply(*c, ConnectorEvent::set_available, "made available by a remote command");
+    return {.ok = true, .scheduled = false, .error = {}};
+  }
+  if (c->charging->active() || c->starting) {
+    c->unavailable_after_session = true;
+    return {.ok = true, .scheduled = true, .error = {}};
+  }
+  const auto t = c->fsm.check(ConnectorEvent::set_unavailable);
+  if (!t.allowed && c->fsm.status() != ConnectorStatus::unavailable) {
+    return {.ok = false, .scheduled = false, .error = fmt::format("connector {} is {}: {}", id, pilecore::to_string(c->fsm.status()), t.refusal)};
+  }
+  apply(*c, ConnectorEvent::set_unavailable, "made unavailable by a remote command");
+  return {.ok = true, .scheduled = false, .error = {}};
+}
+
+Status SessionEngine::set_power_limit(std::optional<std::uint32_t> id, std::optional<std::int64_t> watts) {
+  if (watts && *watts < 0) return Status::error(StatusCode::invalid_argument, fmt::format("a power limit is 0 W or more, not {} W", *watts));
+  if (id) {
+    Connector* c = connector(*id);
+    if (!c) return Status::error(StatusCode::invalid_argument, fmt::format("no connector {}", *id));
+    c->remote_cap_w = watts;
+  } else {
+    remote_site_cap_w_ = watts;
+  }
+  // Lowered caps first free the power the raised ones may then take.
+  for (auto& [cid, c] : connectors_) {
+    if (c->charging->running() && !c->charging->running()->stopping) update_setpoint(*c);
+  }
+  return Status::success();
+}
+
+void SessionEngine::retry_last_start(std::uint32_t id, Duration window, StartDone done) {
+  Connector* c = connector(id);
+  if (!c) return done(StartOutcome::refused(fmt::format("no connector {}", id)));
+  if (!c->last_refused) return done(StartOutcome::refused(fmt::format("connector {} has no refused start to retry", id)));
+  const auto last = std::move(*c->last_refused);
+  c->last_refused.reset();
+  if (clock_.now() - last.at > window) {
+    return done(StartOutcome::refused(fmt::format("connector {}'s last start was refused {} s ago; a retry is taken within {} s", id,
+                                                  std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - last.at).count(),
+                                                  std::chrono::duration_cast<std::chrono::seconds>(window).count())));
+  }
+  spdlog::info("connector {}: retrying the refused start ({} via {})", id, token_ref(last.token), last.method);
+  start(id, last.method, last.token, std::move(done), std::nullopt, last.mode);
 }
 
 std::vector<MeterReading> SessionEngine::stored_readings(const std::string& txn) const {

@@ -125,6 +125,29 @@ class SessionEngine {
   void on_instance_restored(const std::string& instance, std::optional<std::uint32_t> bound_connector);
   void on_instance_disabled(const std::string& instance, std::optional<std::uint32_t> bound_connector, const std::string& why);
 
+  // Remote device management (issue #12 item 5, docs/protocol.md section 3.4). Functions of
+  // their own: the start and step-up paths are not touched by them.
+
+  /// Opens every connector's contactor at once (before anything else, sessions or not), then
+  /// stops the running sessions, each billed to the energy metered up to its final reading.
+  /// `done` gets their outcomes once all are closed (at once when none ran).
+  void emergency_stop(std::function<void(std::vector<StopOutcome>)> done);
+  /// OCPP ChangeAvailability: Unavailable at once, or, for a connector with a session, when that
+  /// session ends (`scheduled`); Available at once, dropping a pending Unavailable.
+  struct AvailabilityOutcome {
+    bool ok = false;
+    bool scheduled = false;
+    std::string error;
+  };
+  AvailabilityOutcome set_available(std::uint32_t connector, bool available);
+  /// The remote power cap in W, the site's (no connector) or one connector's, under which every
+  /// setpoint stays (with the site file's limits); none lifts it. Running sessions follow at once.
+  Status set_power_limit(std::optional<std::uint32_t> connector, std::optional<std::int64_t> watts);
+  /// The app's one-tap retry: the start last refused on this connector (after its checks: by the
+  /// risk rules, the payment method or the meter), again with the same method, token and mode,
+  /// when it was refused within `window`. Each refusal is retried once at most.
+  void retry_last_start(std::uint32_t connector, Duration window, StartDone done);
+
   /// For the benchmark: called right after close_contactor() returns, with the request time.
   std::function<void(std::uint32_t connector)> on_contactor_closed;
 
@@ -161,6 +184,8 @@ class SessionEngine {
   void start_commit(const std::shared_ptr<StartRequest>& req, std::optional<MeterReading> start_reading);
   void start_session(const std::shared_ptr<StartRequest>& req, const Status& committed);
   void start_refused(Connector& c, const std::shared_ptr<StartRequest>& req, StartOutcome outcome);
+  /// `done`, after the connector goes Unavailable when set_available(false) waits for its session.
+  StopDone then_availability(Connector& c, StopDone done);
   /// The session's bill nears its hold: a top-up when its method can, else the stop at the hold.
   void top_up(Connector& c);
   std::string next_transaction_id(std::uint32_t connector);
@@ -198,6 +223,7 @@ class SessionEngine {
   /// Set by stop_all(): no session starts any more, and a capture that a stopping payment method
   /// leaves unconfirmed is not closed as failed but left to recovery (see close_transaction).
   bool shutting_down_ = false;
+  std::optional<std::int64_t> remote_site_cap_w_;  ///< set_power_limit() without a connector
   CheckpointHealth checkpoint_health_;
 };
 

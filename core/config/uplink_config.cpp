@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <filesystem>
+
+#include "command_key.hpp"
 #include "site_config.hpp"
 
 namespace pilecore::core {
@@ -42,8 +45,67 @@ Field links_schema() {
                     "0"),
        with_default(with_range(field("heartbeat_s", FieldType::integer, "Clock time between status heartbeats (the connectors' states, the outbox's fill); 0: none"),
                                0, 86400, "s"),
-                    "300")});
+                    "300"),
+       with_fields(field("commands", FieldType::object,
+                         "Signed remote commands from the back end (docs/protocol.md section 3.4); without this section every command is refused"),
+                   {field("key", FieldType::string, "The back end's command key: its public half, a PEM file (public key or certificate, P-256 or SM2), absolute path", true),
+                    with_default(with_range(field("window_s", FieldType::integer, "A command is refused as stale when its timestamp is further than this from the pile's clock"), 1, 86400, "s"), "300"),
+                    with_default(with_range(field("retry_window_s", FieldType::integer, "How long after a refused start the back end may ask for it again (retry_start)"), 1, 86400, "s"), "300"),
+                    field("firmware_key", FieldType::string, "The firmware-signing key's public half (PEM), absolute path; without it firmware transfers are refused"),
+                    field("firmware_staging", FieldType::string, "The directory a verified firmware image is written to (absolute path); installing it is the package manager's job")})});
 }
+
+namespace {
+
+// A key that does not load is refused at its line: a pile that cannot check a command's
+// signature would refuse every command, and nobody would see why until one is needed.
+void check_key(const YAML::Node& node, const std::string& path, std::string& out, Diagnostics& diags) {
+  if (!node.IsDefined() || node.IsNull() || !node.IsScalar()) return;
+  const std::string value = node.Scalar();
+  if (!std::filesystem::path(value).is_absolute()) {
+    diags.error(position_of(node), fmt::format("'{}' must be an absolute path, not '{}'", path, value));
+    return;
+  }
+  try {
+    protocol::CommandKey key{std::filesystem::path(value)};
+  } catch (const std::exception& e) {
+    diags.error(position_of(node), fmt::format("'{}': {}", path, e.what()));
+    return;
+  }
+  out = value;
+}
+
+std::optional<CommandsConfig> parse_commands(const YAML::Node& node, const Field& schema, Diagnostics& diags) {
+  if (!node.IsDefined() || node.IsNull() || !node.IsMap()) return std::nullopt;
+  CommandsConfig cfg;
+  check_key(member(node, "key"), "links.commands.key", cfg.key, diags);
+  check_key(member(node, "firmware_key"), "links.commands.firmware_key", cfg.firmware_key, diags);
+  for (auto [name, target] : {std::pair{"window_s", &cfg.window_s}, std::pair{"retry_window_s", &cfg.retry_window_s}}) {
+    const YAML::Node n = member(node, name);
+    if (!n.IsDefined() || n.IsNull()) continue;
+    for (const auto& f : schema.fields) {
+      Value v;
+      if (f.key == name && !parse_value(f, n, v) && std::holds_alternative<std::int64_t>(v)) *target = std::get<std::int64_t>(v);
+    }
+  }
+  const YAML::Node staging = member(node, "firmware_staging");
+  if (staging.IsDefined() && staging.IsScalar()) {
+    if (!std::filesystem::path(staging.Scalar()).is_absolute()) {
+      diags.error(position_of(staging), fmt::format("'links.commands.firmware_staging' must be an absolute path, not '{}'", staging.Scalar()));
+    } else {
+      cfg.firmware_staging = staging.Scalar();
+    }
+  }
+  const YAML::Node fw_key = member(node, "firmware_key");
+  if (fw_key.IsDefined() != staging.IsDefined()) {
+    diags.error(position_of(fw_key.IsDefined() ? fw_key : staging),
+                "'links.commands': firmware_key and firmware_staging go together: an image is verified with the one and written to the other");
+  }
+  if (cfg.key.empty()) return std::nullopt;  // refused above (or missing: the schema says so)
+  return cfg;
+}
+
+}  // namespace
 
 UplinkConfig parse_uplink_config(const YAML::Node& links, const std::vector<InstanceSpec>& instances, Diagnostics& diags) {
   UplinkConfig cfg;
@@ -102,6 +164,7 @@ UplinkConfig parse_uplink_config(const YAML::Node& links, const std::vector<Inst
     Value v;
     if (!parse_value(schema.fields[index], n, v) && std::holds_alternative<std::int64_t>(v)) *target = std::get<std::int64_t>(v);
   }
+  cfg.commands = parse_commands(member(links, "commands"), schema.fields[6], diags);
   if (cfg.first_retry_s > cfg.max_retry_s) {
     diags.error(position_of(member(outbox, "first_retry_s")),
                 fmt::format("'links.outbox.first_retry_s' ({} s) is longer than max_retry_s ({} s)", cfg.first_retry_s, cfg.max_retry_s));

@@ -8,11 +8,17 @@
 //     device_id: 123456        # the frames' device id, assigned by the operator
 //     heartbeat_s: 300         # a status heartbeat every 5 minutes (0: none)
 //     outbox: {max_records: 20000, max_bytes: 33554432, first_retry_s: 15, max_retry_s: 600}
+//     commands:                # signed remote commands (docs/protocol.md section 3.4); none: refused
+//       key: /etc/pilecore/backend-command.pem
+//       window_s: 300
+//       firmware_key: /etc/pilecore/firmware-signing.pem
+//       firmware_staging: /var/lib/pilecore/firmware
 #pragma once
 
 #include <yaml-cpp/yaml.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +32,15 @@ struct InstanceSpec;
 
 Field links_schema();
 
+/// `links.commands`: the back end's keys and the limits remote commands are held to.
+struct CommandsConfig {
+  std::string key;               ///< the command key's public half (PEM), an absolute path
+  std::int64_t window_s = 300;   ///< a command's timestamp within this of the pile's clock
+  std::int64_t retry_window_s = 300;  ///< how long a refused start stays retryable from the app
+  std::string firmware_key;      ///< empty: firmware transfers are refused
+  std::string firmware_staging;  ///< the directory verified images are written to
+};
+
 struct UplinkConfig {
   std::string cellular;  ///< empty: the site has no link
   std::string lorawan;   ///< empty: none
@@ -37,6 +52,8 @@ struct UplinkConfig {
   std::int64_t max_retry_s = 600;
   std::int64_t device_id = 0;     ///< every frame's device id (docs/protocol.md section 1)
   std::int64_t heartbeat_s = 300; ///< 0: no heartbeat
+  /// None: every remote command is refused "commands are not enabled on this pile".
+  std::optional<CommandsConfig> commands;
 };
 
 /// Reads a validated `links` section (undefined or null: the defaults), reporting references to

@@ -26,6 +26,7 @@
 #include "strand_scheduler.hpp"
 #include "store_worker.hpp"
 #include "token_privacy.hpp"
+#include "remote_executor.hpp"
 #include "uplink.hpp"
 #include "wire.hpp"
 
@@ -835,7 +836,20 @@ void Runtime::start_uplink() {
                           .routing = site_.uplink.routing,
                           .heartbeat = std::chrono::seconds(site_.uplink.heartbeat_s),
                           .batch = 32};
-  uplink_ = std::make_unique<Uplink>(*clock_, *scheduler_, *store_, std::move(settings));
+  std::optional<RemoteCommandSettings> commands;
+  if (const auto& c = site_.uplink.commands) {
+    commands = RemoteCommandSettings{.device_id = settings.device_id,
+                                     .key = c->key,
+                                     .window = std::chrono::seconds(c->window_s),
+                                     .firmware_key = c->firmware_key,
+                                     .firmware_staging = c->firmware_staging,
+                                     .sequence_file = options_.state_dir / "command-sequence"};
+  }
+  auto downlink = std::make_unique<RemoteCommands>(*clock_, *store_, std::move(commands),
+                                                   make_remote_executor(*this, std::chrono::seconds(site_.uplink.commands ? site_.uplink.commands->retry_window_s : 300)));
+  // The risk layer's admission of remote commands goes here (Runtime::admit), once risk::Inbound has them.
+  downlink->admit = {};
+  uplink_ = std::make_unique<Uplink>(*clock_, *scheduler_, *store_, std::move(settings), std::move(downlink));
   for (const auto& inst : instances_) {
     if (inst->kind() == Kind::link && inst->state() == InstanceState::running) uplink_->add_link(inst->spec().name, inst->as<link::Link>());
   }

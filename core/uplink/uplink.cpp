@@ -28,12 +28,6 @@ OutboxLimits limits_of(Database& db) { return db.uplink() != nullptr ? db.uplink
 
 }  // namespace
 
-std::optional<protocol::Record> UnsupportedCommands::on_command(const protocol::Header& header, protocol::ByteView) {
-  return protocol::Record{fmt::format("cmd:{}", header.sequence), "command_result",
-                          {{"seq", header.sequence}, {"result", "unsupported"},
-                           {"message", "this pile does not act on remote commands yet (docs/protocol.md section 2)"}}};
-}
-
 struct Uplink::Batch {
   std::vector<OutboxRecord> records;
   std::optional<TimePoint> next_due;
@@ -45,7 +39,7 @@ Uplink::Uplink(const Clock& clock, Scheduler& scheduler, StoreWorker& store, Upl
       scheduler_(scheduler),
       store_(store),
       settings_(std::move(settings)),
-      downlink_(downlink ? std::move(downlink) : std::make_unique<UnsupportedCommands>()),
+      downlink_(downlink ? std::move(downlink) : std::make_unique<RemoteCommands>(clock, store, std::nullopt, RemoteCommands::Executor{})),
       reassembler_({}, &stats_.refusals) {}
 
 Uplink::~Uplink() {
@@ -282,7 +276,9 @@ void Uplink::on_message(std::uint8_t, const protocol::Header& header, protocol::
   }
   if (header.type == protocol::MessageType::command) {
     ++stats_.commands;
-    if (auto answer = downlink_->on_command(header, payload)) report(std::move(*answer), UplinkClass::control);
+    downlink_->on_command(header, payload, [this, alive = alive_](protocol::Record answer) {
+      if (*alive) report(std::move(answer), UplinkClass::control);
+    });
     return;
   }
   stats_.refusals.count(protocol::Error::unknown_type);
@@ -315,6 +311,7 @@ void Uplink::heartbeat() {
     if (stats_.refusals[e] > 0) refusals[std::string(protocol::to_string(e))] = stats_.refusals[e];
   }
   body["refusals"] = std::move(refusals);
+  body["commands"] = downlink_->counters();
   // The outbox's fill and what it dropped are part of status (docs/protocol.md section 4): read
   // in the same work that enqueues the heartbeat.
   store_.submit(

@@ -11,8 +11,9 @@
 //    reused), sent on the link choose_link() picks for its class among the links that are up,
 //    and fragmented when that link's MTU asks for it. A record no link can carry now waits.
 //  - Down frames: an ack removes the records it names and raises the ledger anchor; a command
-//    goes to the DownlinkHandler, whose answer is a control record; anything refused is counted
-//    by reason (protocol::Counters) and shown in status.
+//    goes to the DownlinkHandler (remote_commands.hpp: signature, window, sequence, then the
+//    command), whose answer is a control record; anything refused is counted by reason
+//    (protocol::Counters) and shown in status.
 //  - Heartbeat: a status record every `heartbeat` of clock time, with what heartbeat_body()
 //    returns (the connectors' states).
 #pragma once
@@ -34,26 +35,11 @@
 #include "outbox.hpp"
 #include "payloads.hpp"
 #include "pilecore/link.hpp"
+#include "remote_commands.hpp"
 #include "scheduler.hpp"
 #include "store_worker.hpp"
 
 namespace pilecore::core {
-
-/// What the pile answers to a down `command` frame. Remote commands (signed, replay-protected)
-/// come in a later protocol version; this is their seam.
-class DownlinkHandler {
- public:
-  virtual ~DownlinkHandler() = default;
-  /// The control record answering the command, or nothing.
-  virtual std::optional<protocol::Record> on_command(const protocol::Header& header, protocol::ByteView payload) = 0;
-};
-
-/// Today's handler: every command is answered "unsupported", so the back end learns at once
-/// that this pile does not act on it rather than waiting for a result.
-class UnsupportedCommands final : public DownlinkHandler {
- public:
-  std::optional<protocol::Record> on_command(const protocol::Header& header, protocol::ByteView payload) override;
-};
 
 struct UplinkSettings {
   std::uint32_t device_id = 0;
@@ -83,9 +69,9 @@ class Uplink {
     link::Link* link = nullptr;
   };
 
-  /// `store`'s Database must have the uplink enabled (Database::enable_uplink).
-  Uplink(const Clock& clock, Scheduler& scheduler, StoreWorker& store, UplinkSettings settings,
-         std::unique_ptr<DownlinkHandler> downlink = std::make_unique<UnsupportedCommands>());
+  /// `store`'s Database must have the uplink enabled (Database::enable_uplink). No `downlink`:
+  /// every command is refused "commands are not enabled on this pile".
+  Uplink(const Clock& clock, Scheduler& scheduler, StoreWorker& store, UplinkSettings settings, std::unique_ptr<DownlinkHandler> downlink = nullptr);
   ~Uplink();
   Uplink(const Uplink&) = delete;
   Uplink& operator=(const Uplink&) = delete;
@@ -108,6 +94,7 @@ class Uplink {
   void report(protocol::Record record, protocol::UplinkClass cls, Done done = {});
 
   [[nodiscard]] const UplinkStats& stats() const { return stats_; }
+  [[nodiscard]] const DownlinkHandler& downlink() const { return *downlink_; }
 
   /// Takes one frame from a link (what a link's receiver calls; public for tests).
   void on_frame(std::string_view link, protocol::ByteView bytes);
