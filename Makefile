@@ -86,7 +86,7 @@ test-arm64: deps-arm64
 	cmake --build build/arm64 -j $(JOBS)
 	ctest --test-dir build/arm64 --output-on-failure -j $(JOBS) -L unit -LE no_emulation
 	ctest --test-dir build/arm64 --output-on-failure -R '^crash_injection$$'
-	./scripts/demo build/arm64
+	DEMO_SPEED=300 ./scripts/demo build/arm64
 
 clean:
 	rm -rf build
