@@ -4,7 +4,7 @@ PRESET ?= dev
 JOBS ?= $(shell nproc)
 BUILD := build/$(PRESET)
 
-.PHONY: all deps configure build demo test test-asan schema bench fuzz deb test-packages clean
+.PHONY: all deps configure build demo test test-asan schema bench fuzz deb test-packages deps-arm64 deb-arm64 test-arm64 clean
 
 all: build
 
@@ -69,6 +69,24 @@ deb: deps
 # upgrade with an edited conffile and remove (root; several minutes, so not part of `make test`).
 test-packages: deb
 	JOBS=$(JOBS) ./tests/packaging/run build/deb
+
+# arm64, the pile's board, cross-built with Debian multiarch and run under qemu-user (binfmt).
+# See docs/packaging.md. Slow on two cores, so not part of `make test`: run it before resolving
+# a change to the build, the packaging or byte-level code.
+deps-arm64:
+	@./scripts/install-build-deps --arch arm64
+
+# The four packages for arm64, in build/deb-arm64/, checked by lintian.
+deb-arm64: deps-arm64
+	JOBS=$(JOBS) ./packaging/build-debs --arch arm64 --out build/deb-arm64
+
+# The unit tests and `pilectl demo`, as arm64 programs under qemu. Tests labelled no_emulation
+# (each with its reason where it is labelled) are left out; among them, for now, crash_injection.
+test-arm64: deps-arm64
+	@test -f build/arm64/build.ninja || cmake --preset arm64
+	cmake --build build/arm64 -j $(JOBS)
+	ctest --test-dir build/arm64 --output-on-failure -j $(JOBS) -L unit -LE no_emulation
+	DEMO_SPEED=300 ./scripts/demo build/arm64
 
 clean:
 	rm -rf build
