@@ -54,6 +54,23 @@ identification::Token parse_token(std::string_view text, std::optional<std::uint
   return t;
 }
 
+/// What the risk rules judge before an authorisation (evaluate_risk adds the pile and the day).
+/// Views: the strings must outlive the evaluation's start.
+static risk::Context authorize_context(const std::string& txn, std::uint32_t connector, const std::string& method, const std::string& user,
+                                std::int64_t amount_fen, TimePoint now) {
+  return {.phase = risk::Phase::authorize,
+          .transaction_id = txn,
+          .connector = connector,
+          .method = method,
+          .channel = {},
+          .user = user,
+          .amount_fen = amount_fen,
+          .time = now,
+          .pile = {},
+          .day_start = {},
+          .utc_offset_s = 0};
+}
+
 struct SessionEngine::Connector {
   ConnectorConfig cfg;
   ConnectorFsm fsm;
@@ -492,18 +509,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
                req->amount_fen);
   // Context holds views: the hash must outlive it (a temporary here was read after its end).
   const std::string user = user_hash(req->token);
-  const risk::Context ctx{.phase = risk::Phase::authorize,
-                          .transaction_id = req->txn,
-                          .connector = id,
-                          .method = req->method,
-                          .channel = {},
-                          .user = user,
-                          .amount_fen = req->amount_fen,
-                          .time = clock_.now(),
-                          .pile = {},
-                          .day_start = {},
-                          .utc_offset_s = 0};
-  evaluate_risk(ctx, [this, req, alive = alive_](risk::Verdict verdict, const std::string& reasons) {
+  evaluate_risk(authorize_context(req->txn, id, req->method, user, req->amount_fen, clock_.now()), [this, req, alive = alive_](risk::Verdict verdict, const std::string& reasons) {
     if (*alive) start_authorize(req, verdict, reasons);
   });
 }
@@ -657,18 +663,7 @@ bool SessionEngine::step_up_by_other_method(Connector& c, std::string method, st
   req->also_done.push_back(std::move(done));
   c.stepping.reset();
   const std::string user = user_hash(req->token);
-  const risk::Context ctx{.phase = risk::Phase::authorize,
-                          .transaction_id = req->txn,
-                          .connector = c.cfg.id,
-                          .method = req->method,
-                          .channel = {},
-                          .user = user,
-                          .amount_fen = req->amount_fen,
-                          .time = clock_.now(),
-                          .pile = {},
-                          .day_start = {},
-                          .utc_offset_s = 0};
-  evaluate_risk(ctx, [this, req, alive = alive_](risk::Verdict verdict, const std::string& reasons) {
+  evaluate_risk(authorize_context(req->txn, c.cfg.id, req->method, user, req->amount_fen, clock_.now()), [this, req, alive = alive_](risk::Verdict verdict, const std::string& reasons) {
     if (*alive) start_authorize(req, verdict, reasons);
   });
   return true;
