@@ -847,8 +847,8 @@ void Runtime::start_uplink() {
   }
   auto downlink = std::make_unique<RemoteCommands>(*clock_, *store_, std::move(commands),
                                                    make_remote_executor(*this, std::chrono::seconds(site_.uplink.commands ? site_.uplink.commands->retry_window_s : 300)));
-  // The risk layer's admission of remote commands goes here (Runtime::admit), once risk::Inbound has them.
-  downlink->admit = {};
+  // The risk layer's emergency guard sees every command frame before its signature is checked.
+  downlink->admit = [this] { return admit(risk::Inbound::remote_command); };
   uplink_ = std::make_unique<Uplink>(*clock_, *scheduler_, *store_, std::move(settings), std::move(downlink));
   for (const auto& inst : instances_) {
     if (inst->kind() == Kind::link && inst->state() == InstanceState::running) uplink_->add_link(inst->spec().name, inst->as<link::Link>());

@@ -53,6 +53,7 @@ std::string_view to_string(CommandRejection r) {
     case CommandRejection::stale: return "stale";
     case CommandRejection::replayed: return "replayed";
     case CommandRejection::reordered: return "reordered";
+    case CommandRejection::rate_limited: return "rate_limited";
   }
   return "unknown";
 }
@@ -143,6 +144,10 @@ void RemoteCommands::reject(const protocol::Header& header, CommandRejection why
 }
 
 void RemoteCommands::on_command(const protocol::Header& header, protocol::ByteView payload, Answer answer) {
+  if (admit && !admit()) {
+    ++rejected_[static_cast<std::size_t>(CommandRejection::rate_limited)];
+    return;
+  }
   if (!settings_) return reject(header, CommandRejection::not_enabled, "commands are not enabled on this pile", answer);
   if (!disabled_.empty()) return reject(header, CommandRejection::not_enabled, "commands are not enabled on this pile: " + disabled_, answer);
   auto outer = protocol::decode_signed_command(payload);
@@ -177,10 +182,6 @@ void RemoteCommands::on_command(const protocol::Header& header, protocol::ByteVi
   if (recent_.size() > kRecentSequences) recent_.erase(recent_.begin());
   ++accepted_;
   spdlog::info("remote command {} (sequence {}) accepted", cmd.name, cmd.seq);
-  if (admit && !admit(cmd)) {
-    finish(header, cmd, CommandResult::failed("refused by the risk layer's admission guard"), answer);
-    return;
-  }
   const bool at_once = cmd.name == kEmergencyStop;
   if (at_once) run(header, cmd, answer);
   store_.submit([file = settings_->sequence_file, seq = cmd.seq](Database&) { write_command_sequence(file, seq); },

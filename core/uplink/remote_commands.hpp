@@ -45,8 +45,10 @@ class DownlinkHandler {
   [[nodiscard]] virtual nlohmann::json counters() const { return nlohmann::json::object(); }
 };
 
-enum class CommandRejection : std::uint8_t { not_enabled, malformed, bad_signature, stale, replayed, reordered };
-inline constexpr std::size_t kCommandRejectionCount = 6;
+/// rate_limited: refused by the risk layer's admission guard before anything is decoded or
+/// verified, counted and not answered (a flood must not cost a signature check or an outbox write).
+enum class CommandRejection : std::uint8_t { not_enabled, malformed, bad_signature, stale, replayed, reordered, rate_limited };
+inline constexpr std::size_t kCommandRejectionCount = 7;
 [[nodiscard]] std::string_view to_string(CommandRejection r);
 
 /// An accepted command's outcome: `ok`, or why it could not be done (`failed`), and what the
@@ -85,9 +87,9 @@ class RemoteCommands final : public DownlinkHandler {
   [[nodiscard]] std::uint64_t rejected(CommandRejection r) const { return rejected_[static_cast<std::size_t>(r)]; }
   [[nodiscard]] std::uint64_t highest_sequence() const { return highest_; }
 
-  /// The risk layer's admission of an authentic command (the lead wires
-  /// Runtime::admit(risk::Inbound::remote_command) here); empty: every one is admitted.
-  std::function<bool(const protocol::Command&)> admit;
+  /// The risk layer's admission guard (Runtime::admit(risk::Inbound::remote_command)), asked
+  /// first for every command frame; empty: every one is admitted.
+  std::function<bool()> admit;
 
  private:
   void reject(const protocol::Header& header, CommandRejection why, std::string message, const Answer& answer, const protocol::Command* cmd = nullptr);

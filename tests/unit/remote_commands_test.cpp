@@ -312,6 +312,25 @@ TEST(RemoteCommands, EachRejectionReasonIsAnsweredAndCountedAndDoesNothing) {
   EXPECT_EQ(c["rejected"], (json{{"malformed", 1}, {"bad_signature", 2}, {"stale", 2}, {"replayed", 1}, {"reordered", 1}}));
 }
 
+TEST(RemoteCommands, AFloodIsRefusedByTheRiskLayerBeforeAnySignatureIsChecked) {
+  TempDir dir;
+  Backend backend(dir);
+  // risk-rate-limit at 1 request a second, one of burst: the first command goes through.
+  Pile p(dir, site_yaml(commands_section(backend), "{latency_ms: 0}\n  flood:\n    plugin: risk-rate-limit\n    config: {qps: 1, burst: 1}"));
+  for (std::uint64_t q = 1; q <= 3; ++q) p.deliver(backend.frames({.name = "status", .args = json::object(), .time = p.now(), .seq = q}));
+  EXPECT_EQ(p.result("cmd:1:")["result"], "ok");
+  ASSERT_TRUE(eventually([&] { return p.counters()["rejected"].value("rate_limited", 0) == 2; })) << p.counters().dump();
+  EXPECT_EQ(p.counters()["accepted"], 1);
+  EXPECT_FALSE(p.stored("cmd:2:").has_value()) << "a refused frame is not answered";
+  // The control socket shares the bucket: its status is admitted once the bucket refills.
+  json admission;
+  EXPECT_TRUE(eventually([&] {
+    admission = p.request({{"cmd", "status"}}).value("admission", json());
+    return admission.is_object();
+  }, 20s));
+  EXPECT_EQ(admission["refused"].value("remote_command", 0), 2) << admission.dump();
+}
+
 TEST(RemoteCommands, TheHighestAcceptedSequenceSurvivesARestart) {
   TempDir dir;
   Backend backend(dir);
