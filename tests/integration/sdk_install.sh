@@ -34,7 +34,9 @@ g++ $(pkg-config --cflags pilecore) $(pkg-config --variable=plugin_cflags pileco
 
 echo "== pilectl (installed) lists and shows it"
 "$prefix/bin/pilectl" plugins list | tee "$work/list.txt"
-grep -q '^hello-sensor  *sensor  *1.0.0  *2.2  ' "$work/list.txt"
+# The API column is the installed SDK's version, which the plugin was just built against.
+api="$(sed -n 's/^#define PILECORE_API_MAJOR //p' "$prefix/include/pilecore/version.hpp").$(sed -n 's/^#define PILECORE_API_MINOR //p' "$prefix/include/pilecore/version.hpp")"
+grep -q "^hello-sensor  *sensor  *1.0.0  *$api  " "$work/list.txt"
 "$prefix/bin/pilectl" plugins show hello-sensor | grep -q 'alarm_above_c'
 
 echo "== pilecored (installed) loads and runs it"
