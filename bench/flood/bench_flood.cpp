@@ -184,7 +184,10 @@ nlohmann::json status(Client& c) {
   throw std::runtime_error("status was refused for 2 s after the flood");
 }
 
-long readings(Client& c) {
+/// On a connection of its own: one left idle through a 30 s phase is closed by the daemon's
+/// idle timeout (30 s), as any idle client's would be.
+long readings(const fs::path& socket) {
+  Client c(socket);
   const auto st = status(c);
   for (const auto& conn : st["connectors"]) {
     if (conn.value("id", 0) == 1 && conn.contains("session")) return conn["session"].value("energy_wh", -1L);
@@ -230,7 +233,7 @@ int main(int argc, char** argv) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (!nlohmann::json::parse(started).value("ok", false)) throw std::runtime_error("the session did not start: " + started);
-    while (readings(control) <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    while (readings(sock) <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
 
     std::printf("bench/flood: %d requests a second for %d s at pilecored's control socket (%d connections), risk-rate-limit at %d a second,\n"
                 "  one vehicle charging; the probe: a session-control request for it every 20 ms; load average %s\n",
@@ -243,12 +246,12 @@ int main(int argc, char** argv) {
     Client probe_conn(sock);
     {
       std::atomic<bool> stop{false};
-      idle.readings_before = readings(control);
+      idle.readings_before = readings(sock);
       std::thread t([&] { idle.probe_ms = probe(probe_conn, stop); });
       std::this_thread::sleep_for(phase);
       stop = true;
       t.join();
-      idle.readings_after = readings(control);
+      idle.readings_after = readings(sock);
     }
     const long rss_before = rss_kib(daemon.pid());
 
@@ -256,7 +259,7 @@ int main(int argc, char** argv) {
     std::atomic<long> accepted{0}, refused{0}, errors{0}, sent{0};
     {
       std::atomic<bool> stop{false};
-      flood.readings_before = readings(control);
+      flood.readings_before = readings(sock);
       std::vector<std::thread> threads;
       const auto start = Steady::now();
       const auto end = start + phase;
@@ -297,10 +300,11 @@ int main(int argc, char** argv) {
       for (auto& th : threads) th.join();
       stop = true;
       t.join();
-      flood.readings_after = readings(control);
+      flood.readings_after = readings(sock);
     }
     const long rss_after = rss_kib(daemon.pid());
-    const auto st = status(control);
+    Client after(sock);  // `control` has been idle past the daemon's idle timeout
+    const auto st = status(after);
     const bool charging = st["connectors"][0].value("status", "") == "Charging";
 
     daemon.signal(SIGTERM);
