@@ -138,7 +138,7 @@ int main(int argc, char** argv) {
   auto* session_answer = session->add_subcommand("answer", "Answer the step-up a session start waits for: the PIN typed at the pile, or a confirmation");
   session_answer->add_option("CONNECTOR", session_connector, "Connector id")->required();
   auto* pin_opt = session_answer->add_option("--pin", answer_pin, "The PIN the driver typed");
-  session_answer->add_flag("--confirm", answer_confirm, "The driver confirmed (in the app, or by paying with the other method)")->excludes(pin_opt);
+  session_answer->add_flag("--confirm", answer_confirm, "Confirmed in the operator's app (a risk step-up's app_confirmation; to pay another way, start with that --method instead)")->excludes(pin_opt);
   add_socket_options(session_answer);
   std::string refund_txn, refund_reason;
   std::int64_t refund_fen = 0;
