@@ -288,7 +288,10 @@ int main(int argc, char** argv) {
   };
   auto request = [&](const nlohmann::json& req, nlohmann::json& out) -> bool {
     try {
-      out = control_request(socket_path(), req);
+      // A start may wait for a driver's second verification (payment.step_up.timeout_s, up to an
+      // hour) and the payment method; the daemon answers it either way.
+      const bool start = req.value("cmd", "") == "session_start";
+      out = control_request(socket_path(), req, start ? std::chrono::milliseconds(std::chrono::hours(1) + std::chrono::minutes(11)) : std::chrono::seconds(30));
     } catch (const std::exception& e) {
       std::fprintf(stderr, "pilectl: %s\n", e.what());
       return false;
