@@ -2,6 +2,7 @@
 
 #include <date/tz.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -9,6 +10,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <chrono>
+#include <future>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -55,12 +57,48 @@ const std::map<std::uint32_t, std::vector<const char*>> kFaults = {{2, {"12:35"}
 constexpr int kFaultClearS = 900;
 constexpr int kDepartAfterS = 600;
 
-/// The cards the drivers present, in order of arrival; "blocked-card" is declined by the
-/// simulated acquirer (sim-site.yaml's declined_tokens) and its driver pays by wallet instead.
-const std::vector<const char*> kCards = {"card:04A1B2C3D4", "card:04E5F60718", "wallet:DCEP-8842", "blocked-card",
-                                         "card:04AB12CD34", "card:0499887766", "wallet:DCEP-1207", "card:04F0E1D2C3",
-                                         "card:0455667788", "card:04CAFE0001", "card:04CAFE0002", "card:04CAFE0003"};
-constexpr const char* kFallbackCard = "wallet:DCEP-5510";
+/// How each driver pays. Every method is the production plugin, talking over the real protocol
+/// to its far side in pilecore-sim-payments: the member card and the e-CNY wallet through
+/// reader-nfc and libnfc to an emulated PN532 at the connector (a tap starts the session, the
+/// seed's proximity trigger), the face through the camera module and the face-pay provider
+/// (HTTPS), credit through the credit provider (HTTPS).
+enum class Pays {
+  card_tap,    ///< a member card held at the connector's reader (payment-card, local accounts)
+  wallet_tap,  ///< an e-CNY hard wallet held at the reader (payment-dcep)
+  face,        ///< a face at the connector's camera (payment-face)
+  credit_app,  ///< "charge now, pay later" chosen in the app (payment-credit)
+  card_app,    ///< the app, with an amount to charge, paying by member card (a risk step-up)
+};
+struct Driver {
+  Pays pays;
+  const char* id;                ///< card UID (hex), wallet id, face token or credit user
+  std::int64_t amount_fen = 0;   ///< card_app: the amount asked for (mode amount)
+};
+/// By connector, one per arrival of kArrivals. A vehicle that is back after the power cut is
+/// its last driver's again.
+const std::map<std::uint32_t, std::vector<Driver>> kDrivers = {
+    {1, {{Pays::card_tap, "04A1B2C3"}, {Pays::card_tap, "04E5F607"}, {Pays::card_tap, "04AB12CD"}, {Pays::card_app, "04998877", 35000},
+         {Pays::wallet_tap, "0021000087654321"}}},
+    {2, {{Pays::face, "Fz81kQ2"}, {Pays::wallet_tap, "0021000055551234"}, {Pays::credit_app, "U-2046"}, {Pays::face, "Hm27xP9"}}},
+};
+/// The member cards' accounts on the pile (payment-card, accounts: local): UID, balance. The
+/// 09:30 driver's card holds 0.50 yuan and is declined; that driver pays with kFallbackWallet.
+const std::vector<std::pair<const char*, std::int64_t>> kAccounts = {
+    {"04A1B2C3", 50000}, {"04E5F607", 50}, {"04AB12CD", 50000}, {"04998877", 100000}};
+constexpr const char* kPinCard = "04998877";
+constexpr const char* kPin = "4711";
+constexpr const char* kFallbackWallet = "0021000012345678";
+constexpr std::int64_t kWalletBalanceFen = 100000;
+/// Faces the face-pay provider knows (most it approves at once), and the credit user's score.
+const std::vector<std::pair<const char*, std::int64_t>> kFaces = {{"Fz81kQ2", 50000}, {"Hm27xP9", 50000}};
+constexpr const char* kCreditUser = "U-2046";
+constexpr int kCreditScore = 720;
+/// The credit bill is debited 12 simulated hours after the session: the next morning.
+constexpr int kCreditDebitDelayS = 12 * 3600;
+/// After the day the operator refunds part of the session the fault stopped.
+constexpr std::int64_t kRefundFen = 1000;
+/// The night ends when the credit debit is through, at the latest at this time of the next day.
+constexpr const char* kNextMorningLatest = "12:00";
 
 /// "06:30" on the scenario's day, as an instant.
 TimePoint utc_of(const char* hhmm) {
@@ -97,8 +135,62 @@ std::string describe_event(const json& ev);
 
 namespace {
 
-/// The simulated site plus the scenario, as a site file.
-std::string scenario_yaml(const fs::path& site_file, std::string& error) {
+/// The four payment methods as a site integrator configures them (docs/payments.md), pointed at
+/// the simulators: a reader at each connector, member cards from the pile's local account table,
+/// the e-CNY wallet, the face at connector 2's camera, and credit.
+void add_payment_methods(YAML::Node& root, const json& sims) {
+  YAML::Node plugins = root["plugins"];
+  const auto& readers = sims.at("readers");
+  for (std::uint32_t c = 1; c <= readers.size(); ++c) {
+    YAML::Node r;
+    r["plugin"] = "reader-nfc";
+    r["connector"] = c;
+    r["config"]["device"] = readers.at(c - 1).get<std::string>();
+    r["config"]["poll_ms"] = 50;
+    YAML::Node aids(YAML::NodeType::Sequence);
+    aids.push_back("F050434443455001");  // the wallet application (docs/payments.md)
+    r["config"]["wallet_aids"] = aids;
+    plugins[fmt::format("reader-{}", c)] = r;
+  }
+  YAML::Node card;
+  card["plugin"] = "payment-card";
+  card["config"]["identify_by"] = "uid";
+  card["config"]["accounts"] = "local";
+  card["config"]["time_zone"] = root["site"]["timezone"];
+  plugins["card"] = card;
+  YAML::Node ecny;
+  ecny["plugin"] = "payment-dcep";
+  ecny["config"]["merchant_id"] = "M-SIM-0001";
+  ecny["config"]["root_ca_file"] = sims.at("ecny_root").get<std::string>();
+  plugins["ecny"] = ecny;
+  YAML::Node face;
+  face["plugin"] = "payment-face";
+  face["connector"] = 2;
+  face["config"]["provider_url"] = sims.at("face_provider").get<std::string>();
+  face["config"]["provider_ca_file"] = sims.at("provider_ca").get<std::string>();
+  face["config"]["merchant_id"] = "M-SIM-0001";
+  face["config"]["min_liveness"] = 0.9;
+  face["config"]["module_host"] = sims.at("face_module").at("host").get<std::string>();
+  face["config"]["module_port"] = sims.at("face_module").at("port").get<int>();
+  face["config"]["module_reconnect_ms"] = 100;
+  plugins["face"] = face;
+  YAML::Node credit;
+  credit["plugin"] = "payment-credit";
+  credit["config"]["provider_url"] = sims.at("credit_provider").get<std::string>();
+  credit["config"]["provider_ca_file"] = sims.at("provider_ca").get<std::string>();
+  credit["config"]["debit_delay_s"] = kCreditDebitDelayS;
+  plugins["credit"] = credit;
+  root["plugins"] = plugins;
+  YAML::Node tokens;
+  tokens["card"]["method"] = "card";
+  tokens["wallet"]["method"] = "ecny";
+  tokens["face"]["method"] = "face";
+  root["payment"]["tokens"] = tokens;
+}
+
+/// The simulated site plus the scenario, as a site file; `sims` is where pilecore-sim-payments
+/// put the far side of the payment methods.
+std::string scenario_yaml(const fs::path& site_file, const json& sims, std::string& error) {
   YAML::Node root;
   try {
     root = YAML::LoadFile(site_file.string());
@@ -153,9 +245,13 @@ std::string scenario_yaml(const fs::path& site_file, std::string& error) {
   // The same for the risk rules' answer (2 simulated seconds would be 0.3 ms of wall time) and
   // the payment method's (30 s would be 4 ms: the declined card was sometimes timed out).
   YAML::Node pay = root["payment"];
+  // A tap's PN532 frames and a wallet's SM2 voucher take real milliseconds (an hour of
+  // simulated time is half a second at 7200x), and so does the driver's PIN.
   pay["risk_timeout_ms"] = 600000;
-  pay["authorize_timeout_ms"] = 600000;
+  pay["authorize_timeout_ms"] = 3600000;
+  pay["step_up"]["timeout_s"] = 3600;
   root["payment"] = pay;
+  add_payment_methods(root, sims);
   if (!root["identity"]) {
     YAML::Node id;
     id["key"] = "identity/device.key";
@@ -248,6 +344,123 @@ class Daemon {
   pid_t pid_ = -1;
 };
 
+/// pilecore-sim-payments as a child process: the readers, cards, wallets, camera and
+/// providers of the four payment methods. It stays up across the power cut, as the reader and
+/// the providers are not the pile's to lose.
+class Simulators {
+ public:
+  Simulators(const fs::path& program, const fs::path& dir, int readers, const fs::path& log) {
+    int in[2], out[2];
+    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
+    std::vector<std::string> args = {program.string(), "--dir", dir.string(), "--readers", std::to_string(readers)};
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error(fmt::format("fork: {}", std::strerror(errno)));
+    if (pid_ == 0) {
+      ::dup2(in[0], 0);
+      ::dup2(out[1], 1);
+      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (fd >= 0) ::dup2(fd, 2);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      std::fprintf(stderr, "pilectl demo: cannot run %s: %s\n", argv[0], std::strerror(errno));
+      ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    to_ = in[1];
+    from_ = out[0];
+    const std::string first = read_line(30s);
+    where_ = json::parse(first, nullptr, false);
+    if (!where_.is_object() || !where_.contains("readers")) throw std::runtime_error(fmt::format("{} did not start: {}", program.string(), first));
+  }
+  ~Simulators() {
+    if (to_ >= 0) ::close(to_);  // end of input: it quits
+    if (from_ >= 0) ::close(from_);
+    for (int i = 0; pid_ > 0 && i < 200; ++i) {
+      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+      std::this_thread::sleep_for(10ms);
+    }
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  Simulators(const Simulators&) = delete;
+  Simulators& operator=(const Simulators&) = delete;
+
+  /// Where everything is: the readers' libnfc devices, the camera's port, the providers' URLs
+  /// and the certificate files.
+  [[nodiscard]] const json& where() const { return where_; }
+
+  /// One command; its one-line answer. Throws when the simulator does not answer.
+  std::string command(const std::string& line) {
+    const std::string text = line + "\n";
+    if (::write(to_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) throw std::runtime_error("the payment simulators stopped");
+    return read_line(10s);
+  }
+  /// A command that must succeed.
+  void must(const std::string& line) {
+    const std::string answer = command(line);
+    if (answer != "ok") throw std::runtime_error(fmt::format("payment simulators: '{}': {}", line, answer));
+  }
+
+ private:
+  std::string read_line(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      if (const auto nl = buffer_.find('\n'); nl != std::string::npos) {
+        std::string line = buffer_.substr(0, nl);
+        buffer_.erase(0, nl + 1);
+        return line;
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) throw std::runtime_error("the payment simulators did not answer");
+      pollfd p{from_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char chunk[4096];
+      const ssize_t n = ::read(from_, chunk, sizeof chunk);
+      if (n <= 0) throw std::runtime_error("the payment simulators stopped");
+      buffer_.append(chunk, static_cast<std::size_t>(n));
+    }
+  }
+
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+  std::string buffer_;
+  json where_;
+};
+
+/// Runs `args` (pilectl itself, for `accounts`), with `input` on its standard input; its exit
+/// status, and what it printed in `output`.
+int run_tool(std::vector<std::string> args, const std::string& input, std::string& output) {
+  int in[2], out[2];
+  if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error(fmt::format("fork: {}", std::strerror(errno)));
+  if (pid == 0) {
+    ::dup2(in[0], 0);
+    ::dup2(out[1], 1);
+    ::dup2(out[1], 2);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(in[0]);
+  ::close(out[1]);
+  if (!input.empty() && ::write(in[1], input.data(), input.size()) < 0) output = "cannot write its input";
+  ::close(in[1]);
+  char chunk[4096];
+  for (ssize_t n; (n = ::read(out[0], chunk, sizeof chunk)) > 0;) output.append(chunk, static_cast<std::size_t>(n));
+  ::close(out[0]);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
 std::string tail(const fs::path& file, std::size_t lines) {
   std::ifstream in(file);
   std::vector<std::string> all;
@@ -257,13 +470,14 @@ std::string tail(const fs::path& file, std::size_t lines) {
   return out;
 }
 
-/// The day, driven through the control socket.
+/// The day, driven through the control socket and the payment simulators.
 class Day {
  public:
-  Day(const DemoOptions& o, std::ostream& out, std::string zone, fs::path state, fs::path site, fs::path log)
-      : o_(o), out_(out), zone_(std::move(zone)), state_(std::move(state)), site_(std::move(site)), log_(std::move(log)) {}
+  Day(const DemoOptions& o, std::ostream& out, std::string zone, fs::path state, fs::path site, fs::path log, Simulators& sims)
+      : o_(o), out_(out), zone_(std::move(zone)), state_(std::move(state)), site_(std::move(site)), log_(std::move(log)), sims_(sims) {}
 
-  /// Plays the day; false (with `error`) when it could not be played to the end.
+  /// Plays the day and the night after it; false (with `error`) when it could not be played
+  /// to the end.
   bool play(std::string& error) {
     try {
       socket_ = state_ / "pilecored.sock";
@@ -274,7 +488,9 @@ class Day {
       subscribe();
       const TimePoint cut_at = utc_of(kPowerCut);
       const TimePoint end_at = utc_of(kEnd);
-      const auto wall_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(static_cast<int>(2 * 86400 / o_.speed) + 60);
+      const TimePoint latest = utc_of(kNextMorningLatest) + std::chrono::hours(24);
+      const auto wall_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(static_cast<int>(3 * 86400 / o_.speed) + 60);
+      bool night = false;
       for (;;) {
         if (std::chrono::steady_clock::now() > wall_deadline) throw std::runtime_error("the day did not end in time (is the machine overloaded? try --speed lower)");
         if (auto ev = watch_->next(20ms)) {
@@ -282,11 +498,21 @@ class Day {
         } else {
           refresh_time();
         }
+        collect_replies();
         if (!cut_done_ && now_ >= cut_at && open_.count(kCutConnector)) power_cut();
-        if (now_ >= end_at && open_.empty()) break;
+        if (now_ < end_at || !open_.empty() || !starts_.empty()) continue;
+        if (!refund_done_) refund();
+        if (pending_captures_.empty()) break;
+        if (!night) {
+          night = true;
+          line(now_, "", fmt::format("the day's sessions are over; {} capture(s) wait: credit is debited {} h after its session", pending_captures_.size(),
+                                     kCreditDebitDelayS / 3600));
+        }
+        if (now_ > latest) throw std::runtime_error(fmt::format("{} capture(s) still pending the next noon", pending_captures_.size()));
       }
       collect_receipts();
-      line(now_, "", "the day is over: pilecored is stopped with SIGTERM");
+      stats_ = json::parse(sims_.command("stats"), nullptr, false);
+      line(now_, "", "all settled: pilecored is stopped with SIGTERM");
       watch_.reset();
       const int rc = daemon_->stop();
       daemon_.reset();
@@ -305,10 +531,24 @@ class Day {
   std::size_t declined() const { return declined_; }
   bool power_cut_done() const { return cut_done_; }
   const std::string& cut_transaction() const { return cut_txn_; }
+  std::size_t tap_starts() const { return tap_starts_; }
+  bool step_up_answered() const { return !step_up_txn_.empty(); }
+  const std::string& step_up_transaction() const { return step_up_txn_; }
+  /// When the credit bill's capture was confirmed (the debit went through), if it was.
+  std::optional<TimePoint> credit_settled() const { return credit_settled_; }
+  const json& simulator_stats() const { return stats_; }
 
  private:
+  /// What a driver at a connector is doing until the session starts or is refused.
+  struct Attempt {
+    Driver driver;
+    int tries = 0;
+    bool in_field = false;   ///< a card or wallet is at the reader
+    bool fallback = false;   ///< paying with kFallbackWallet after a declined card
+  };
+
   void line(TimePoint t, const std::string& who, const std::string& what) {
-    out_ << fmt::format("{}  {:<12} {}\n", local_time(t, zone_), who, what);
+    out_ << fmt::format("{}  {:<12} {}\n", local_time(t, zone_, "%a %H:%M"), who, what);
     out_.flush();
   }
 
@@ -342,48 +582,184 @@ class Day {
     if (auto t = time_of(st)) now_ = std::max(now_, *t);
   }
 
+  static std::string who(std::uint32_t connector) { return connector ? fmt::format("connector {}", connector) : ""; }
+
   void on_event(const json& ev) {
     const auto t = time_of(ev).value_or(now_);
     now_ = std::max(now_, t);
     const std::string kind = ev.value("event", "");
     const std::uint32_t connector = ev.value("connector", 0u);
-    const std::string who = connector ? fmt::format("connector {}", connector) : "";
     if (kind == "connector") {
       const std::string before = status_[connector];
       const std::string now = ev.value("status", "");
       status_[connector] = now;
-      line(t, who, describe_event(ev));
+      line(t, who(connector), describe_event(ev));
       if (now == "Preparing" && before == "Available") driver_arrives(t, connector);
       return;
     }
-    if (kind == "session_started") open_[connector] = ev.value("transaction", "");
+    if (kind == "session_started") {
+      open_[connector] = ev.value("transaction", "");
+      if (auto a = attempts_.find(connector); a != attempts_.end()) {
+        if (a->second.in_field) {
+          ++tap_starts_;
+          sims_.must(fmt::format("remove {}", connector));  // the driver puts the card or wallet away
+        }
+        attempts_.erase(a);
+      }
+    }
+    if (kind == "step_up") {
+      line(t, who(connector), describe_event(ev));
+      answer_step_up(t, connector, ev);
+      return;
+    }
+    if (kind == "start_refused") {
+      line(t, who(connector), fmt::format("refused: {}", ev.value("reason", "")));
+      start_refused(t, connector, ev.value("reason", ""));
+      return;
+    }
     if (kind == "session_closed") {
+      const std::string txn = ev.value("transaction", "");
       open_.erase(connector);
-      closed_.insert(ev.value("transaction", ""));
+      closed_.insert(txn);
+      if (ev.value("capture_status", "").rfind("pending", 0) == 0) pending_captures_.insert(txn);
+      if (ev.value("stop_reason", "") == "Fault") faulted_txn_ = txn;
+    }
+    if (kind == "operation") {
+      const std::string txn = ev.value("transaction", "");
+      const bool settles = ev.value("kind", "") == "capture" && ev.value("state", "") == "confirmed" && pending_captures_.erase(txn) > 0;
+      if (settles && ev.value("method", "") == "credit") credit_settled_ = t;
+      if (settles) line(t, "", describe_event(ev));
+      return;
     }
     if (kind == "ready" || kind == "recovering" || kind.rfind("session_", 0) == 0 || kind == "tariff_boundary" || kind == "alarm" ||
         kind == "instance_failed") {
-      line(t, who, describe_event(ev));
+      line(t, who(connector), describe_event(ev));
     }
   }
 
-  /// A driver plugs in and presents a card; a declined card is followed by another means.
+  /// A driver plugs in: the one scheduled for the latest arrival at this connector so far (a
+  /// vehicle back after the power cut is its driver's again).
   void driver_arrives(TimePoint t, std::uint32_t connector) {
-    std::string card = next_card_ < kCards.size() ? kCards[next_card_++] : kFallbackCard;
-    for (int attempt = 0; attempt < 4; ++attempt) {
-      line(t, fmt::format("connector {}", connector), fmt::format("the driver presents {}", mask_token(card)));
-      const json r = daemon_->request({{"cmd", "session_start"}, {"connector", connector}, {"method", "sim"}, {"token", card}});
-      if (r.value("ok", false)) break;
-      const std::string error = r.value("error", "?");
-      line(t, fmt::format("connector {}", connector), fmt::format("refused: {}", error));
-      // A declined card is followed by another means; a refusal that says nothing of the card
-      // (an answer that came too late on a machine too loaded for 7200x) by the same card again,
-      // as a driver taps again.
-      if (error.find("declined") != std::string::npos) {
-        ++declined_;
-        card = kFallbackCard;
-      }
+    const auto arrivals = kArrivals.find(connector);
+    const auto drivers = kDrivers.find(connector);
+    if (arrivals == kArrivals.end() || drivers == kDrivers.end()) return;
+    std::size_t i = 0;
+    while (i + 1 < arrivals->second.size() && utc_of(arrivals->second[i + 1]) <= t) ++i;
+    Attempt a{.driver = drivers->second.at(std::min(i, drivers->second.size() - 1))};
+    pay(t, connector, a);
+    attempts_[connector] = a;
+  }
+
+  void pay(TimePoint t, std::uint32_t connector, Attempt& a) {
+    ++a.tries;
+    const Driver& d = a.driver;
+    const std::string at = who(connector);
+    if (a.fallback) {
+      line(t, at, "the driver holds an e-CNY hard wallet to the reader instead");
+      sims_.must(fmt::format("tap-wallet {} {} {}", connector, kFallbackWallet, kWalletBalanceFen));
+      a.in_field = true;
+      return;
     }
+    switch (d.pays) {
+      case Pays::card_tap:
+        line(t, at, fmt::format("the driver holds a member card ({}) to the reader", mask_token(fmt::format("card:{}", d.id))));
+        sims_.must(fmt::format("tap {} {}", connector, d.id));
+        a.in_field = true;
+        break;
+      case Pays::wallet_tap:
+        line(t, at, fmt::format("the driver holds an e-CNY hard wallet ({}) to the reader", mask_token(fmt::format("wallet:{}", d.id))));
+        sims_.must(fmt::format("tap-wallet {} {} {}", connector, d.id, kWalletBalanceFen));
+        a.in_field = true;
+        break;
+      case Pays::face: {
+        line(t, at, "the driver looks into the camera (face payment)");
+        // payment-face connects to the camera module at its start (again after the power cut).
+        std::string answer;
+        for (int i = 0; i < 500 && (answer = sims_.command(fmt::format("face {} 970", d.id))) != "ok"; ++i) std::this_thread::sleep_for(10ms);
+        if (answer != "ok") throw std::runtime_error("face camera: " + answer);
+        break;
+      }
+      case Pays::credit_app:
+        line(t, at, "the driver chooses \"charge now, pay later\" (credit) in the app");
+        start_in_background({{"cmd", "session_start"}, {"connector", connector}, {"method", "credit"}, {"token", fmt::format("credit:{}", d.id)}});
+        break;
+      case Pays::card_app:
+        line(t, at, fmt::format("the driver asks the app for {} of charging, paid by member card", yuan(d.amount_fen)));
+        start_in_background({{"cmd", "session_start"},
+                             {"connector", connector},
+                             {"method", "card"},
+                             {"token", fmt::format("card:{}", d.id)},
+                             {"mode", fmt::format("amount:{}", d.amount_fen)}});
+        break;
+    }
+  }
+
+  /// A start through the control socket answers when the session has started or was refused,
+  /// which may wait for the driver's second factor: it goes on its own connection so the day
+  /// goes on meanwhile. Its outcome is read from the events.
+  void start_in_background(json req) {
+    const fs::path socket = socket_;
+    starts_.push_back(std::async(std::launch::async, [socket, req = std::move(req)] { return control_request(socket, req, 60s); }));
+  }
+
+  void collect_replies() {
+    for (auto it = starts_.begin(); it != starts_.end();) {
+      if (it->wait_for(0s) != std::future_status::ready) {
+        ++it;
+        continue;
+      }
+      try {
+        it->get();
+      } catch (const std::exception& e) {
+        line(now_, "", fmt::format("the app's request failed: {}", e.what()));
+      }
+      it = starts_.erase(it);
+    }
+  }
+
+  void start_refused(TimePoint t, std::uint32_t connector, const std::string& reason) {
+    auto it = attempts_.find(connector);
+    if (it == attempts_.end()) return;
+    Attempt& a = it->second;
+    if (a.in_field) {
+      sims_.must(fmt::format("remove {}", connector));
+      a.in_field = false;
+    }
+    // A declined card is followed by another means; a refusal that says nothing of the card
+    // (an answer that came too late on a machine too loaded for this speed) by the same again,
+    // as a driver taps again.
+    if (reason.find("declined") != std::string::npos && !a.fallback) {
+      ++declined_;
+      a.fallback = true;
+      a.tries = 0;
+    }
+    if (a.tries >= 4) {
+      attempts_.erase(it);
+      return;
+    }
+    pay(t, connector, a);
+  }
+
+  void answer_step_up(TimePoint t, std::uint32_t connector, const json& ev) {
+    const auto factors = ev.value("factors", json::array());
+    const bool pin = std::find(factors.begin(), factors.end(), "pin") != factors.end();
+    auto a = attempts_.find(connector);
+    if (!pin || a == attempts_.end() || std::string(a->second.driver.id) != kPinCard) {
+      line(t, who(connector), "nobody answers the second verification");
+      return;
+    }
+    line(t, who(connector), "the driver enters the card's PIN at the pile");
+    step_up_txn_ = ev.value("transaction", "");
+    start_in_background({{"cmd", "session_answer"}, {"connector", connector}, {"pin", kPin}});
+  }
+
+  /// The operator gives back part of the session that the fault stopped.
+  void refund() {
+    refund_done_ = true;
+    if (faulted_txn_.empty()) return;
+    const json r = daemon_->request({{"cmd", "refund"}, {"transaction", faulted_txn_}, {"amount_fen", kRefundFen}, {"reason", "goodwill: the charge stopped on a fault"}});
+    line(now_, "operator", fmt::format("refunds {} of {} (the charge stopped on a fault): {}", yuan(kRefundFen), faulted_txn_,
+                                       r.value("ok", false) ? r.value("state", std::string("asked")) : "refused: " + r.value("error", std::string("?"))));
   }
 
   void power_cut() {
@@ -399,6 +775,8 @@ class Day {
     if (auto tt = time_of(st)) now_ = std::max(now_, *tt);
     line(now_, "", fmt::format("*** POWER CUT: pilecored is killed (SIGKILL) while {} charges on connector {}{}", cut_txn_, kCutConnector, meter));
     watch_.reset();
+    for (auto& f : starts_) f.wait();
+    starts_.clear();
     daemon_->cut();
     daemon_.reset();
     const TimePoint back = now_ + std::chrono::minutes(kOutageMinutes);
@@ -406,16 +784,21 @@ class Day {
     now_ = back;
     open_.clear();
     status_.clear();
+    for (const auto& [connector, a] : attempts_) {
+      if (a.in_field) sims_.must(fmt::format("remove {}", connector));
+    }
+    attempts_.clear();
     daemon_ = std::make_unique<Daemon>(o_, site_, state_, socket_, back, log_);
     subscribe();
     const json r = daemon_->request({{"cmd", "receipt"}, {"transaction", cut_txn_}});
     if (r.value("status", "") == "closed") {
       closed_.insert(cut_txn_);
-      line(now_, fmt::format("connector {}", kCutConnector),
+      line(now_, who(kCutConnector),
            fmt::format("{} recovered from the meter: {} kWh, {} ({})", cut_txn_, format_kwh(r.value("energy_wh", std::int64_t{0})),
                        yuan(r.value("total_fen", std::int64_t{0})), r.value("capture_status", "")));
+      if (r.value("capture_status", "").rfind("pending", 0) == 0) pending_captures_.insert(cut_txn_);
     } else {
-      line(now_, fmt::format("connector {}", kCutConnector), fmt::format("{} is {} after the restart", cut_txn_, r.value("status", "unknown")));
+      line(now_, who(kCutConnector), fmt::format("{} is {} after the restart", cut_txn_, r.value("status", "unknown")));
     }
   }
 
@@ -431,17 +814,24 @@ class Day {
   std::ostream& out_;
   std::string zone_;
   fs::path state_, site_, log_, socket_;
+  Simulators& sims_;
   std::unique_ptr<Daemon> daemon_;
   std::unique_ptr<ControlWatch> watch_;
   TimePoint now_{};
   std::map<std::uint32_t, std::string> status_;
   std::map<std::uint32_t, std::string> open_;  // connector -> transaction
+  std::map<std::uint32_t, Attempt> attempts_;  // connector -> the driver trying to start
+  std::vector<std::future<json>> starts_;      // control requests on their own connections
   std::set<std::string> closed_;
+  std::set<std::string> pending_captures_;
   std::vector<json> receipts_;
-  std::size_t next_card_ = 0;
   std::size_t declined_ = 0;
+  std::size_t tap_starts_ = 0;
   bool cut_done_ = false;
-  std::string cut_txn_;
+  bool refund_done_ = false;
+  std::string cut_txn_, faulted_txn_, step_up_txn_;
+  std::optional<TimePoint> credit_settled_;
+  json stats_;
 };
 
 }  // namespace
@@ -473,6 +863,18 @@ std::string describe_event(const json& ev) {
     what = fmt::format("alarm {} {} by {}: {}", ev.value("code", ""), ev.value("active", true) ? "raised" : "cleared", ev.value("instance", ""), ev.value("message", ""));
   } else if (kind == "instance_failed") {
     what = fmt::format("instance {} failed: {}", ev.value("instance", ""), ev.value("reason", ""));
+  } else if (kind == "step_up") {
+    std::string reasons;
+    for (const auto& r : ev.value("reasons", json::array())) reasons += (reasons.empty() ? "" : "; ") + r.get<std::string>();
+    std::string factors;
+    for (const auto& f : ev.value("factors", json::array())) factors += (factors.empty() ? "" : ", ") + f.get<std::string>();
+    what = ev.value("source", "") == "risk" ? fmt::format("{}: risk control asks for a second verification ({}); the driver may give: {}", ev.value("transaction", ""), reasons, factors)
+                                            : fmt::format("{}: the payment method asks: {}", ev.value("transaction", ""), ev.value("prompt", ""));
+  } else if (kind == "start_refused") {
+    what = fmt::format("{} refused: {}", ev.value("transaction", ""), ev.value("reason", ""));
+  } else if (kind == "operation") {
+    what = fmt::format("{} {} of {} {} ({})", ev.value("transaction", ""), ev.value("kind", ""), yuan(ev.value("amount_fen", std::int64_t{0})),
+                       ev.value("state", ""), ev.value("method", ""));
   } else if (kind == "ready") {
     what = fmt::format("pilecored ready: site {}, {} connectors, {} plugin instances", ev.value("site", ""), ev.value("connectors", 0), ev.value("instances", 0));
   } else {
@@ -500,6 +902,15 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
     err << fmt::format("pilectl demo: cannot run {} (give --pilecored)\n", o.pilecored.string());
     return 2;
   }
+  if (o.sim_payments.empty()) {
+    // Beside pilectl in a build tree; <libexecdir>/pilecore when installed (pilecore-sim).
+    o.sim_payments = executable_dir() / "pilecore-sim-payments";
+    if (::access(o.sim_payments.c_str(), X_OK) != 0) o.sim_payments = executable_dir().parent_path() / "libexec" / "pilecore" / "pilecore-sim-payments";
+  }
+  if (::access(o.sim_payments.c_str(), X_OK) != 0) {
+    err << fmt::format("pilectl demo: cannot run the payment simulators {} (install pilecore-sim)\n", o.sim_payments.string());
+    return 2;
+  }
   fs::path state = o.state_dir;
   if (state.empty()) {
     const char* tmp = std::getenv("TMPDIR");
@@ -520,9 +931,18 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
   out << fmt::format("pilecore demo: a simulated day at site {} on {}\n", o.site.string(), day_text());
   out << fmt::format("state directory (kept): {}\n", state.string());
 
-  // The site with the scenario, validated like any site file.
+  // The far side of the payment methods: readers, cards, wallets, camera, providers.
   std::string error;
-  const std::string yaml = scenario_yaml(o.site, error);
+  std::unique_ptr<Simulators> sims;
+  try {
+    sims = std::make_unique<Simulators>(o.sim_payments, state / "sim", static_cast<int>(kArrivals.size()), state / "simulators.log");
+  } catch (const std::exception& e) {
+    err << fmt::format("pilectl demo: {}\n", e.what());
+    return 2;
+  }
+
+  // The site with the scenario, validated like any site file.
+  const std::string yaml = scenario_yaml(o.site, sims->where(), error);
   if (yaml.empty()) {
     err << "pilectl demo: " << error << "\n";
     return 2;
@@ -552,10 +972,44 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
     err << keys_err.str() << "pilectl demo: cannot make the device key\n";
     return 2;
   }
-  out << fmt::format("device key and certificate: {} ({})\n\n", id.certificate.string(), to_string(id.algorithm));
+  out << fmt::format("device key and certificate: {} ({})\n", id.certificate.string(), to_string(id.algorithm));
+
+  // The member cards' accounts, as an operator opens them with pilectl accounts; one card has
+  // a PIN for the risk step-up. The face-pay provider knows two faces; the credit provider
+  // scores one user.
+  const std::string pilectl = (executable_dir() / "pilectl").string();
+  // The instance's state directory, as pilecored makes it (owner-only): `accounts add` opens
+  // the table in an existing directory only, so a mistyped path is not a new table.
+  fs::create_directories(state / "plugins" / "card", ec);
+  fs::permissions(state / "plugins", fs::perms::owner_all, ec);
+  fs::permissions(state / "plugins" / "card", fs::perms::owner_all, ec);
+  for (const auto& [uid, balance] : kAccounts) {
+    std::string said;
+    std::vector<std::string> args = {pilectl, "accounts", "--state-dir", state.string(), "--instance", "card", "--time-zone", cfg.timezone,
+                                     "add", "--uid", uid, "--balance-fen", std::to_string(balance)};
+    int rc = run_tool(args, "", said);
+    if (rc == 0 && std::string(uid) == kPinCard) {
+      args = {pilectl, "accounts", "--state-dir", state.string(), "--instance", "card", "set-pin", "--uid", uid};
+      rc = run_tool(args, std::string(kPin) + "\n", said);
+    }
+    if (rc != 0) {
+      err << fmt::format("pilectl demo: pilectl accounts failed ({}): {}\n", rc, said);
+      return 2;
+    }
+  }
+  out << fmt::format("member-card accounts: {} in {}\n", kAccounts.size(), (state / "plugins" / "card" / "cards.db").string());
+  try {
+    for (const auto& [face, limit] : kFaces) sims->must(fmt::format("enrol-face {} {}", face, limit));
+    sims->must(fmt::format("credit-score {} {}", kCreditUser, kCreditScore));
+  } catch (const std::exception& e) {
+    err << fmt::format("pilectl demo: {}\n", e.what());
+    return 2;
+  }
+  out << fmt::format("payment simulators (PN532 readers, e-CNY wallets, face camera and provider, credit provider): {}\n\n",
+                     (state / "simulators.log").string());
 
   const fs::path log = state / "pilecored.log";
-  Day day(o, out, cfg.timezone, state, site, log);
+  Day day(o, out, cfg.timezone, state, site, log, *sims);
   const bool played = day.play(error);
   if (!played) {
     err << fmt::format("pilectl demo: {}\n  the last lines of {}:\n{}", error, log.string(), tail(log, 15));
@@ -564,8 +1018,16 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
 
   out << fmt::format("\nReceipts (times in {}; each period's electricity and service rounded to the fen, then added)\n\n", cfg.timezone);
   std::int64_t energy = 0, billed = 0, paid = 0;
+  std::int64_t refunded = 0;
   std::size_t recovered = 0, faulted = 0, split = 0, open = 0;
+  std::set<std::string> methods;
+  bool credit_paid = false;
   for (const auto& r : day.receipts()) {
+    methods.insert(r.value("method", ""));
+    for (const auto& op : r.value("operations", json::array())) {
+      if (op.value("kind", "") == "refund" && op.value("state", "") == "confirmed") refunded += op.value("amount_fen", std::int64_t{0});
+    }
+    if (r.value("method", "") == "credit") credit_paid = r.value("capture_status", "") == "captured" && r.value("captured_fen", std::int64_t{0}) == r.value("total_fen", std::int64_t{-1});
     out << format_receipt_text(r, cfg.timezone) << "\n";
     energy += r.value("energy_wh", std::int64_t{0});
     billed += r.value("total_fen", std::int64_t{0});
@@ -575,7 +1037,11 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
     open += r.value("status", "") == "closed" ? 0 : 1;
     if (r.contains("bill") && r["bill"].value("lines", json::array()).size() > 1) ++split;
   }
-  out << fmt::format("{} transactions, {} kWh, billed {}, paid {}\n", day.receipts().size(), format_kwh(energy), yuan(billed), yuan(paid));
+  out << fmt::format("{} transactions, {} kWh, billed {}, paid {}, refunded {}\n", day.receipts().size(), format_kwh(energy), yuan(billed), yuan(paid),
+                     yuan(refunded));
+  std::string used;
+  for (const auto& m : methods) used += (used.empty() ? "" : ", ") + m;
+  out << fmt::format("payment methods used: {}\n", used);
 
   out << "\nLedger: ";
   fs::path db = cfg.database;
@@ -597,6 +1063,16 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
   check(day.power_cut_done() && recovered == 1, fmt::format("one session recovered after the power cut ({} were)", recovered));
   check(day.declined() >= 1, "a declined card");
   check(billed == paid, fmt::format("every fen billed was paid (billed {}, paid {})", billed, paid));
+  for (const char* m : {"card", "ecny", "face", "credit"}) check(methods.count(m) > 0, fmt::format("a session paid with {}", m));
+  check(day.tap_starts() >= 1, "a session started by holding a card or wallet to the reader");
+  check(day.step_up_answered() && std::any_of(day.receipts().begin(), day.receipts().end(),
+                                               [&](const json& r) { return r.value("transaction", "") == day.step_up_transaction(); }),
+        "a risk step-up answered with the card's PIN, and its session charged");
+  const auto settled = day.credit_settled();
+  check(credit_paid && settled && local_time(*settled, cfg.timezone, "%F") != day_text(),
+        "the credit bill debited the next morning, in full");
+  check(day.simulator_stats().value("credit_debits", 0) >= 1, "the credit provider debited the agreement");
+  check(refunded == kRefundFen, fmt::format("a refund of {} confirmed (got {})", yuan(kRefundFen), yuan(refunded)));
   out << "\n";
   if (!failed.empty()) {
     for (const auto& f : failed) err << "pilectl demo: check failed: " << f << "\n";

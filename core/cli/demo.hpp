@@ -3,10 +3,13 @@
 // It takes the simulated site (configs/sim-site.yaml, or the installed copy), adds the day's
 // scenario (which vehicles come when, one fault, the ledger's identity) and writes the result to
 // <state dir>/site.yaml; makes a development key; starts pilecored under a fast clock; plays the
-// drivers (a card presented when a vehicle plugs in, one of them declined) by talking to the
-// control socket; cuts the power once (SIGKILL) while a session runs and restarts the daemon,
-// which recovers that session; then stops the daemon, prints the itemised receipts, verifies the
-// ledger and checks that the day happened as scripted. Everything it prints comes from the
+// drivers through the four payment methods' production plugins against pilecore-sim-payments
+// (member cards and e-CNY wallets held to an emulated PN532 reader, which starts the session by
+// proximity; a face at the camera; credit chosen in the app; a declined card; a risk step-up
+// answered with the card's PIN); cuts the power once (SIGKILL) while a session runs and restarts
+// the daemon, which recovers that session; refunds part of the faulted session; waits through
+// the night for the credit bill's automatic debit; then stops the daemon, prints the itemised
+// receipts, verifies the ledger and checks that the day happened as scripted. Everything it prints comes from the
 // daemon's event stream, its replies and its database.
 #pragma once
 
@@ -23,6 +26,8 @@ struct DemoOptions {
   std::filesystem::path state_dir;  ///< empty: a fresh directory under $TMPDIR (kept, and printed)
   std::filesystem::path pilecored;  ///< empty: the pilecored next to this executable
   std::vector<std::filesystem::path> plugin_dirs;  ///< empty: pilecored's default
+  /// empty: pilecore-sim-payments next to this executable, or in <libexecdir>/pilecore
+  std::filesystem::path sim_payments;
   double speed = 7200;              ///< simulated seconds per wall second
 };
 

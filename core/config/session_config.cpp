@@ -144,8 +144,9 @@ Field payment_field() {
                                    "2000"),
                       with_default(with_range(field("authorize_timeout_ms", FieldType::integer,
                                                     "Deadline the core enforces on each payment call: an authorisation not answered by then is "
-                                                    "declined and released, a capture, void or refund is asked again later"),
-                                              100, 600000, "ms"),
+                                                    "declined and released, a capture, void or refund is asked again later (up to an hour: under a "
+                                                    "fast simulated clock, as in the demo, a reader's real latency is a long simulated time)"),
+                                              100, 3600000, "ms"),
                                    "30000"),
                       with_fields(field("channels", FieldType::list,
                                         "The channels (acquirers) each payment method settles through, with their fee rates: the payment "

@@ -164,7 +164,7 @@ TEST(Pilectl, DemoPlaysTheDayAndVerifiesTheLedger) {
   // finds the simulated site and the plugins itself.
   TempDir dir;
   const fs::path state = dir.path() / "day";
-  const auto r = run_process({pilectl, "demo", "--state-dir", state.string()}, {}, std::chrono::seconds(120));
+  const auto r = run_process({pilectl, "demo", "--state-dir", state.string()}, {}, std::chrono::seconds(300));
   // The state directory goes with the test: on a failure, the daemon's log says what it saw.
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err << "\n--- pilecored.log ---\n" << slurp(state / "pilecored.log");
   EXPECT_NE(r.out.find("state directory (kept): " + state.string()), std::string::npos) << r.out;
@@ -174,6 +174,12 @@ TEST(Pilectl, DemoPlaysTheDayAndVerifiesTheLedger) {
   EXPECT_NE(r.out.find("recovered from the meter"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("enters the sharp period"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("ledger OK: "), std::string::npos) << r.out;
+  // The four payment methods, through their production plugins and the simulators' protocols.
+  EXPECT_NE(r.out.find("payment methods used: card, credit, ecny, face"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("risk control asks for a second verification"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("the driver enters the card's PIN"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("capture of"), std::string::npos) << r.out;  // the credit debit, the next morning
+  EXPECT_NE(r.out.find("refunded 10.00 yuan"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("All checks passed"), std::string::npos) << r.out;
   // The state is left for inspection, and an independent check of the ledger agrees.
   EXPECT_TRUE(fs::exists(state / "pilecore.db"));
