@@ -3,6 +3,7 @@
 #include <date/tz.h>
 #include <fmt/format.h>
 
+#include <charconv>
 #include <set>
 
 #include "clocks.hpp"
@@ -41,11 +42,31 @@ nlohmann::json bill_json(const Bill& b) {
           {"total_fen", b.total_fen}, {"price_decimals", b.decimals}};
 }
 
+namespace {
+/// The charging mode as the driver asked for it, in words: "full" -> "a full battery",
+/// "amount:35000" -> "350.00 yuan", "energy:30000" -> "30.000 kWh", "time:3600s" -> "60 min".
+std::string describe_mode(const std::string& mode) {
+  const auto colon = mode.find(':');
+  const std::string kind = mode.substr(0, colon);
+  std::int64_t n = 0;
+  if (colon != std::string::npos) {
+    const char* first = mode.data() + colon + 1;
+    std::from_chars(first, mode.data() + mode.size(), n);
+  }
+  if (kind == "full") return "a full battery";
+  if (kind == "amount") return format_yuan(n) + " yuan";
+  if (kind == "energy") return format_kwh(n) + " kWh";
+  if (kind == "time") return fmt::format("{} min", n / 60);
+  return mode;
+}
+}  // namespace
+
 std::string format_receipt_text(const nlohmann::json& r, const std::string& zone) {
   std::string out;
   out += fmt::format("Receipt {}  connector {}  {}\n", r.value("transaction", ""), r.value("connector", 0), r.value("outcome", r.value("status", "")));
   out += fmt::format("  {} -> {}  ({})\n", time_of(r, "started_ms", "started", zone), time_of(r, "stopped_ms", "stopped", zone), r.value("stop_reason", ""));
   out += fmt::format("  meter {} -> {} kWh\n", format_kwh(r.value("meter_start_wh", std::int64_t{0})), format_kwh(r.value("meter_stop_wh", std::int64_t{0})));
+  if (const std::string mode = r.value("mode", ""); !mode.empty()) out += fmt::format("  asked for {}\n", describe_mode(mode));
   if (!r.contains("bill") || !r["bill"].is_object()) return out + "  (not billed yet)\n";
   const auto& b = r["bill"];
   const int decimals = b.value("price_decimals", 2);

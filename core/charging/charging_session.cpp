@@ -349,7 +349,8 @@ void ChargingSession::open(const Opening& o, const MeterReading& start, std::fun
                                           .payment_ref = o.payment_ref,
                                           .authorized_fen = o.authorized_fen,
                                           .started = start.time,
-                                          .meter_start_wh = start.wh});
+                                          .meter_start_wh = start.wh,
+                                          .mode = o.mode.text()});
         ReadingRepository(db).insert(o.txn, 0, {start.time, start.wh}, ReadingKind::start);
       },
       // synchronous=FULL: on disk before the contactor closes

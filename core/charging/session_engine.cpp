@@ -1168,9 +1168,10 @@ void SessionEngine::recover(std::function<void()> done) {
     std::string method;
     std::int64_t authorized;
     std::optional<std::int64_t> next_start_wh;  ///< the next transaction's start reading on this connector
+    std::string mode;                           ///< as asked at the start: the recovered record says it too
   };
   std::vector<Open> open;
-  for (auto& t : TransactionRepository(*reader_db_).unfinished()) open.push_back({t.id, t.connector, t.method, t.authorized_fen, t.next_start_wh});
+  for (auto& t : TransactionRepository(*reader_db_).unfinished()) open.push_back({t.id, t.connector, t.method, t.authorized_fen, t.next_start_wh, t.mode});
   if (open.empty() || !site_.session.tariff) {
     if (!open.empty()) spdlog::error("{} open transaction(s) but no tariffs: they stay open until the site file has tariffs", open.size());
     done();
@@ -1207,7 +1208,7 @@ void SessionEngine::recover(std::function<void()> done) {
         if (m) spdlog::error("{}: the meter reads {} Wh, below the last committed {} Wh; billing to the committed reading", o.id, m->wh, readings.back().wh);
         readings.push_back(readings.back());
       }
-      closer_->close(o.id, o.connector, o.method, readings, "recovered", o.authorized, {}, [this, o, remaining, done_ptr](const StopOutcome&) {
+      closer_->close(o.id, o.connector, o.method, readings, "recovered", o.authorized, o.mode, [this, o, remaining, done_ptr](const StopOutcome&) {
         // The connector is free again: start the session autostart held back for a vehicle
         // that plugged in meanwhile (see Connector::recovering).
         Connector* cp = connector(o.connector);
@@ -1341,7 +1342,8 @@ Receipt SessionEngine::receipt(const std::string& txn) const {
                                                                                    : std::nullopt,
                  .capture_status = t->capture_status,
                  .bill_document = t->bill_document,
-                 .operations = operations::of_transaction(reader_, txn)};
+                 .operations = operations::of_transaction(reader_, txn),
+                 .mode = t->mode};
 }
 
 }  // namespace pilecore::core

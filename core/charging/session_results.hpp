@@ -207,6 +207,7 @@ struct Receipt {
   std::string capture_status;
   std::optional<std::string> bill_document;  ///< the stored bill (billing's bill_json)
   std::vector<MoneyOperation> operations;
+  std::string mode;  ///< what the driver asked for (ChargingMode::text()); '' when not recorded
 
   static Receipt missing(std::string error) {
     Receipt r;

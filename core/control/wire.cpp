@@ -127,6 +127,7 @@ nlohmann::json to_json(const Receipt& r) {
   if (r.uncovered_fen) j["uncovered_fen"] = *r.uncovered_fen;
   j["capture_status"] = r.capture_status;
   if (r.bill_document) j["bill"] = nlohmann::json::parse(*r.bill_document, nullptr, false);
+  if (!r.mode.empty()) j["mode"] = r.mode;
   nlohmann::json ops = nlohmann::json::array();
   for (const auto& op : r.operations) {
     nlohmann::json o{{"operation", op.id}, {"kind", std::string(to_string(op.kind))}, {"state", std::string(to_string(op.state))},

@@ -156,6 +156,10 @@ const char* const migrations[] = {
     "INSERT INTO risk_decisions_v9(txn_id, phase, verdict, answers, decided_ms) SELECT txn_id, phase, verdict, answers, decided_ms FROM risk_decisions;"
     "DROP TABLE risk_decisions;"
     "ALTER TABLE risk_decisions_v9 RENAME TO risk_decisions;",
+    // 9 -> 10: the charging mode the driver asked for (full, amount:<fen>, energy:<Wh>,
+    // time:<s>s), so a receipt and a recovered session's ledger record say it too. '' for rows
+    // written before.
+    "ALTER TABLE transactions ADD COLUMN mode TEXT NOT NULL DEFAULT '';",
 };
 }  // namespace
 

@@ -11,10 +11,11 @@ TimePoint tp_of(std::int64_t ms) { return TimePoint{Duration{ms}}; }
 
 void TransactionRepository::insert(const OpenedTransaction& t) {
   Stmt(db_,
-       "INSERT INTO transactions(id, connector, method, user_token, user_hash, payment_ref, authorized_fen, status, started_ms, meter_start_wh) "
-       "VALUES(?,?,?,?,?,?,?, 'open', ?, ?)")
+       "INSERT INTO transactions(id, connector, method, user_token, user_hash, payment_ref, authorized_fen, status, started_ms, meter_start_wh, mode) "
+       "VALUES(?,?,?,?,?,?,?, 'open', ?, ?, ?)")
       .bind(1, t.id).bind(2, static_cast<std::int64_t>(t.connector)).bind(3, t.method).bind(4, t.user_token).bind(5, t.user_hash)
       .bind(6, t.payment_ref).bind(7, t.authorized_fen).bind(8, ms_of(t.started)).bind(9, t.meter_start_wh)
+      .bind(10, t.mode)
       .step();
 }
 
@@ -59,7 +60,7 @@ void TransactionRepository::save_sequence(std::int64_t n) {
 std::optional<TransactionRow> TransactionRepository::find(std::string_view id) {
   Stmt s(db_,
          "SELECT id, connector, method, user_token, payment_ref, authorized_fen, status, outcome, stop_reason, started_ms, stopped_ms, "
-         "meter_start_wh, meter_stop_wh, energy_wh, total_fen, captured_fen, capture_status, bill FROM transactions WHERE id=?");
+         "meter_start_wh, meter_stop_wh, energy_wh, total_fen, captured_fen, capture_status, bill, mode FROM transactions WHERE id=?");
   s.bind(1, id);
   if (!s.step()) return std::nullopt;
   auto opt = [&s](int c) { return s.null(c) ? std::nullopt : std::optional<std::int64_t>(s.i64(c)); };
@@ -82,6 +83,7 @@ std::optional<TransactionRow> TransactionRepository::find(std::string_view id) {
   r.captured_fen = opt(15);
   r.capture_status = s.text(16);
   if (!s.null(17)) r.bill_document = s.text(17);
+  r.mode = s.text(18);
   return r;
 }
 
@@ -89,10 +91,11 @@ std::vector<UnfinishedTransaction> TransactionRepository::unfinished() {
   std::vector<UnfinishedTransaction> out;
   Stmt s(db_,
          "SELECT t.id, t.connector, t.method, t.authorized_fen, "
-         "(SELECT n.meter_start_wh FROM transactions n WHERE n.connector=t.connector AND n.started_ms>t.started_ms ORDER BY n.started_ms LIMIT 1) "
+         "(SELECT n.meter_start_wh FROM transactions n WHERE n.connector=t.connector AND n.started_ms>t.started_ms ORDER BY n.started_ms LIMIT 1), t.mode "
          "FROM transactions t WHERE t.status IN ('open','stopping') ORDER BY t.started_ms");
   while (s.step()) {
-    out.push_back({s.text(0), static_cast<std::uint32_t>(s.i64(1)), s.text(2), s.i64(3), s.null(4) ? std::nullopt : std::optional<std::int64_t>(s.i64(4))});
+    out.push_back({s.text(0), static_cast<std::uint32_t>(s.i64(1)), s.text(2), s.i64(3), s.null(4) ? std::nullopt : std::optional<std::int64_t>(s.i64(4)),
+                   s.text(5)});
   }
   return out;
 }

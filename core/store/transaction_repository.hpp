@@ -26,6 +26,7 @@ struct OpenedTransaction {
   std::int64_t authorized_fen = 0;
   TimePoint started{};
   std::int64_t meter_start_wh = 0;
+  std::string mode;  ///< ChargingMode::text(): full, amount:<fen>, energy:<Wh>, time:<s>s
 };
 
 /// What the close writes: the bill's figures and its document (the `bill` column).
@@ -61,6 +62,7 @@ struct TransactionRow {
   std::optional<std::int64_t> captured_fen;
   std::string capture_status;
   std::optional<std::string> bill_document;
+  std::string mode;  ///< as asked at the start; '' for rows from before schema 10
 };
 
 /// A transaction a crash left open or stopping, for recovery.
@@ -70,6 +72,7 @@ struct UnfinishedTransaction {
   std::string method;
   std::int64_t authorized_fen = 0;
   std::optional<std::int64_t> next_start_wh;  ///< the next transaction's start reading on its connector
+  std::string mode;
 };
 
 class TransactionRepository {

@@ -38,7 +38,7 @@ struct Pile {
     const std::string id = "S-" + std::to_string(++seq);
     TransactionRepository t(db);
     t.insert({.id = id, .connector = connector, .method = "pay", .user_token = "card:" + user, .user_hash = user, .payment_ref = "r",
-              .authorized_fen = 20000, .started = started, .meter_start_wh = 0});
+              .authorized_fen = 20000, .started = started, .meter_start_wh = 0, .mode = "full"});
     t.close(id, {.outcome = "completed", .meter_stop_wh = 1000, .energy_wh = 1000, .electricity_fen = fen, .service_fen = 0, .total_fen = fen,
                  .capture_status = "", .bill_document = "{}", .stopped = started + 1h});
     t.record_capture(id, fen, "captured");

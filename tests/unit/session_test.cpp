@@ -10,6 +10,7 @@
 #include <boost/asio/write.hpp>
 
 #include "control_socket.hpp"
+#include "receipt.hpp"
 #include "test_support.hpp"
 
 using namespace pilecore;
@@ -195,7 +196,9 @@ TEST(Session, AKilledDaemonRecoversTheOpenSessionAtItsNextStart) {
     Child daemon(args, {notify.env()});
     ASSERT_TRUE(notify.wait_for("READY=1", 10s)) << daemon.stderr_text();
     ASSERT_TRUE(eventually([&] { return control_request(state / "pilecored.sock", {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
-    const auto started = control_request(state / "pilecored.sock", {{"cmd", "session_start"}, {"connector", 1}});
+    // An hour asked for: the mode is on the transaction's row, so the recovered session's
+    // receipt and ledger record still say what the driver asked for.
+    const auto started = control_request(state / "pilecored.sock", {{"cmd", "session_start"}, {"connector", 1}, {"mode", "time:60"}});
     ASSERT_TRUE(started.value("ok", false)) << started.dump();
     txn = started["transaction"];
     std::this_thread::sleep_for(300ms);  // three minutes of charging
@@ -221,6 +224,8 @@ TEST(Session, AKilledDaemonRecoversTheOpenSessionAtItsNextStart) {
     const auto receipt = control_request(state / "pilecored.sock", {{"cmd", "receipt"}, {"transaction", txn}});
     EXPECT_EQ(receipt["status"], "closed") << receipt.dump(2);
     EXPECT_EQ(receipt["outcome"], "recovered");
+    EXPECT_EQ(receipt.value("mode", ""), "time:3600s");
+    EXPECT_NE(core::format_receipt_text(receipt, "Asia/Shanghai").find("asked for 60 min"), std::string::npos) << core::format_receipt_text(receipt, "Asia/Shanghai");
     EXPECT_GT(receipt["energy_wh"].get<std::int64_t>(), 0);
     check_bill_adds_up(receipt);
     daemon.signal(SIGTERM);

@@ -143,7 +143,7 @@ TEST(UplinkOutbox, ATransactionsCloseAndItsRecordCommitTogether) {
   Store store(dir.path() / "p.db", at_most(1));
   ASSERT_TRUE(store.run([](Database& db) {
                 TransactionRepository(db).insert({.id = "T-1", .connector = 1, .method = "sim", .user_token = "card:1", .user_hash = "h",
-                                                  .payment_ref = "", .authorized_fen = 30000, .started = kStart, .meter_start_wh = 1000});
+                                                  .payment_ref = "", .authorized_fen = 30000, .started = kStart, .meter_start_wh = 1000, .mode = "full"});
                 enqueue_uplink(db, {"op:X/intent", "operation", 1}, protocol::UplinkClass::transaction);
               }).ok());
   const Status refused = store.run([](Database& db) {
