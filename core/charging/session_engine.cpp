@@ -661,7 +661,6 @@ bool SessionEngine::step_up_by_other_method(Connector& c, std::string method, st
   req->presented = std::move(presented);
   if (req->presented) req->presented->connector = c.cfg.id;
   req->also_done.push_back(std::move(done));
-  c.stepping.reset();
   const std::string user = user_hash(req->token);
   evaluate_risk(authorize_context(req->txn, c.cfg.id, req->method, user, req->amount_fen, clock_.now()), [this, req, alive = alive_](risk::Verdict verdict, const std::string& reasons) {
     if (*alive) start_authorize(req, verdict, reasons);

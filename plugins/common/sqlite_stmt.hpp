@@ -54,4 +54,27 @@ class SqliteStmt {
   sqlite3_stmt* s_ = nullptr;
 };
 
+/// Opens the plugin's existing database `file` read-write, serialised (SQLITE_OPEN_FULLMUTEX):
+/// the plugin's thread and a pilectl command may share it. Throws "cannot open the <what> <file>:
+/// <reason>" and leaves nothing open.
+inline sqlite3* open_plugin_db(const std::string& file, const std::string& what) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
+    const std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    throw std::runtime_error("cannot open the " + what + " " + file + ": " + msg);
+  }
+  return db;
+}
+
+/// Runs `sql` (statements without results); throws "<what> <file>: <error>".
+inline void exec_plugin_sql(sqlite3* db, const char* sql, const std::string& what, const std::string& file) {
+  char* err = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : sqlite3_errmsg(db);
+    sqlite3_free(err);
+    throw std::runtime_error(what + " " + file + ": " + msg);
+  }
+}
+
 }  // namespace pilecore::plugins

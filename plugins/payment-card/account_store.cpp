@@ -108,12 +108,7 @@ AccountStore::AccountStore(const std::filesystem::path& file, bool create, std::
   } else if (!std::filesystem::exists(file)) {
     throw std::runtime_error("no account table at " + file_ + " (payment-card with accounts: local creates it when pilecored starts it)");
   }
-  if (sqlite3_open_v2(file.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
-    const std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
-    sqlite3_close(db_);
-    db_ = nullptr;
-    throw std::runtime_error("cannot open the account table " + file_ + ": " + msg);
-  }
+  db_ = plugins::open_plugin_db(file_, "account table");
   try {
     sqlite3_busy_timeout(db_, static_cast<int>(busy_timeout.count()));
     exec("PRAGMA journal_mode=WAL");
@@ -137,14 +132,7 @@ AccountStore::AccountStore(const std::filesystem::path& file, bool create, std::
 
 AccountStore::~AccountStore() { sqlite3_close(db_); }
 
-void AccountStore::exec(const char* sql) {
-  char* err = nullptr;
-  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string msg = err ? err : sqlite3_errmsg(db_);
-    sqlite3_free(err);
-    throw std::runtime_error("account table " + file_ + ": " + msg);
-  }
-}
+void AccountStore::exec(const char* sql) { plugins::exec_plugin_sql(db_, sql, "account table", file_); }
 
 Account AccountStore::read_account(const std::string& id, const std::string& day) {
   Stmt s(db_,

@@ -80,12 +80,7 @@ bool valid_pin(std::string_view pin) {
 
 CardPins::CardPins(const std::filesystem::path& file) : file_(file.string()) {
   if (!std::filesystem::exists(file)) throw std::runtime_error("no account table at " + file_);
-  if (sqlite3_open_v2(file.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
-    const std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
-    sqlite3_close(db_);
-    db_ = nullptr;
-    throw std::runtime_error("cannot open the account table " + file_ + ": " + msg);
-  }
+  db_ = plugins::open_plugin_db(file_, "account table");
   try {
     sqlite3_busy_timeout(db_, 5000);
     exec("PRAGMA synchronous=FULL");  // a failure counted must survive a power cut: it is the lockout
@@ -99,14 +94,7 @@ CardPins::CardPins(const std::filesystem::path& file) : file_(file.string()) {
 
 CardPins::~CardPins() { sqlite3_close(db_); }
 
-void CardPins::exec(const char* sql) {
-  char* err = nullptr;
-  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string msg = err ? err : sqlite3_errmsg(db_);
-    sqlite3_free(err);
-    throw std::runtime_error("card PIN table " + file_ + ": " + msg);
-  }
-}
+void CardPins::exec(const char* sql) { plugins::exec_plugin_sql(db_, sql, "card PIN table", file_); }
 
 void CardPins::set(const std::string& account, std::string_view pin, std::int64_t now_ms) {
   if (!valid_pin(pin)) throw std::invalid_argument("a PIN is 4 to 12 digits");

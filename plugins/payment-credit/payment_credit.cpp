@@ -380,9 +380,7 @@ class CreditPay final : public payment::Method {
     if (fd < 0) throw std::runtime_error("cannot create " + file.string());
     ::fchmod(fd, 0600);
     ::close(fd);
-    if (sqlite3_open_v2(file.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
-      throw std::runtime_error("cannot open " + file.string() + ": " + sqlite3_errmsg(db_));
-    }
+    db_ = plugins::open_plugin_db(file.string(), "credit database");
     exec("PRAGMA journal_mode=WAL");
     exec("PRAGMA synchronous=FULL");  // a debt is money: on disk before the capture is answered
     exec("CREATE TABLE IF NOT EXISTS grants(txn TEXT PRIMARY KEY, op TEXT, user_key TEXT, agreement TEXT, granted_fen INTEGER, "

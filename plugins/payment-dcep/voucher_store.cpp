@@ -114,12 +114,7 @@ VoucherStore::VoucherStore(const std::string& path) : path_(path) {
   const int rc_chmod = ::fchmod(fd, 0600);
   ::close(fd);
   if (rc_chmod != 0) throw std::runtime_error(fmt::format("{}: cannot be made owner-only: {}", path, std::strerror(errno)));
-  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
-    const std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
-    sqlite3_close(db_);
-    db_ = nullptr;
-    throw std::runtime_error(fmt::format("{}: {}", path, msg));
-  }
+  db_ = pilecore::plugins::open_plugin_db(path, "voucher database");
   sqlite3_busy_timeout(db_, 5000);
   exec("PRAGMA journal_mode=WAL");
   exec("PRAGMA synchronous=FULL");  // a voucher is on disk before the payment is approved
