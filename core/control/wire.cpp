@@ -9,6 +9,7 @@
 #include "overloaded.hpp"
 #include "pilecore/risk.hpp"
 #include "receipt.hpp"
+#include "remote_commands.hpp"
 #include "uplink.hpp"
 
 namespace pilecore::core {
@@ -304,6 +305,9 @@ nlohmann::json to_json(const DaemonStatus& s) {
                     {"unroutable", u.unroutable},   {"acks", u.acks},                   {"acknowledged", u.acknowledged},
                     {"commands", u.commands},       {"foreign", u.foreign},             {"enqueue_failures", u.enqueue_failures},
                     {"refusals", refusals}};
+    // Signed remote commands: accepted, rejected by reason, the highest sequence taken (the
+    // heartbeat carries the same to the back end).
+    st["uplink"]["command_outcomes"] = s.uplink->downlink().counters();
   }
   return st;
 }

@@ -259,6 +259,13 @@ TEST(RemoteCommands, APileWithoutACommandKeyRefusesEveryCommand) {
   EXPECT_EQ(r["reason"], "not_enabled");
   EXPECT_EQ(r["message"], "commands are not enabled on this pile");
   EXPECT_EQ(p.counters()["rejected"]["not_enabled"], 1);
+  // The operator sees the same in the control socket's status.
+  std::promise<json> answered;
+  auto status = answered.get_future();
+  p.site.runtime().dispatch([&] { p.site.runtime().handle_request({{"cmd", "status"}}, [&](json reply) { answered.set_value(std::move(reply)); }); });
+  const json st = status.get();
+  EXPECT_EQ(st["uplink"]["command_outcomes"]["rejected"]["not_enabled"], 1) << st.dump(2);
+  EXPECT_EQ(st["uplink"]["command_outcomes"]["accepted"], 0) << st.dump(2);
 }
 
 TEST(RemoteCommands, EachRejectionReasonIsAnsweredAndCountedAndDoesNothing) {
