@@ -52,14 +52,17 @@ bench: deps
 	build/release/bin/bench_lorawan
 
 # Builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS (fuzz_frame: the uplink
-# wire protocol's decoder, seeded with docs/protocol.md's examples).
+# wire protocol's decoder, seeded with docs/protocol.md's examples; fuzz_wallet_answers: the e-CNY
+# wallet's APDU answers; fuzz_rui3_lines: what a LoRaWAN module writes on its serial port).
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	@test -f build/fuzz/build.ninja || cmake --preset fuzz
-	cmake --build build/fuzz -j $(JOBS) --target fuzz_site_config fuzz_frame
-	mkdir -p build/fuzz/corpus build/fuzz/corpus-frames
+	cmake --build build/fuzz -j $(JOBS) --target fuzz_site_config fuzz_frame fuzz_wallet_answers fuzz_rui3_lines
+	mkdir -p build/fuzz/corpus build/fuzz/corpus-frames build/fuzz/corpus-wallet build/fuzz/corpus-rui3
 	build/fuzz/tests/fuzz/fuzz_site_config -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus tests/corpus/site
 	build/fuzz/tests/fuzz/fuzz_frame -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-frames tests/corpus/frames
+	build/fuzz/tests/fuzz/fuzz_wallet_answers -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-wallet
+	build/fuzz/tests/fuzz/fuzz_rui3_lines -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-rui3
 
 # Debian packages (pilecore, pilecore-sim, pilecore-dev) from a clean export of the tree, in
 # build/deb/, checked by lintian. See docs/packaging.md.
