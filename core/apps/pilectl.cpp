@@ -211,7 +211,7 @@ int main(int argc, char** argv) {
   ledger_verify_cmd->footer("Exit status: 0 the ledger is intact; 1 it is broken (the first bad record named); 2 the check cannot run (no "
                             "database, no ledger, an unreadable certificate, an invalid site file) or a usage error.");
 
-  auto accounts = cli::add_accounts_command(app, cli::AccountsGlobals{&state_dir_opt, &json});
+  auto accounts = cli::add_accounts_command(app, cli::AccountsGlobals{&state_dir_opt, &json, &time_zone_opt});
 
   // transactions (read from the database, as ledger verify). `pilectl transactions` alone is
   // `transactions list`, as it was before list existed; the options are the group's, so they

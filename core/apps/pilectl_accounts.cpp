@@ -30,7 +30,7 @@ class Accounts final : public AccountsCommand {
     cmd_->require_subcommand(1);
     cmd_->add_option("--db", db_, "The account table (default: <state dir>/plugins/<instance>/cards.db)");
     cmd_->add_option("--instance", instance_, "The payment-card instance in the site file")->default_val("card");
-    cmd_->add_option("--time-zone", time_zone_, "The time zone of the site's day, for today's spending (the plugin's time_zone)")->default_val("Asia/Shanghai");
+    time_zone_opt_ = cmd_->add_option("--time-zone", time_zone_, "The time zone of the site's day, for today's spending (the plugin's time_zone)")->default_val("Asia/Shanghai");
 
     list_ = cmd_->add_subcommand("list", "Every account: status, balance, daily limit, held and spent today");
     show_ = cmd_->add_subcommand("show", "One account");
@@ -65,6 +65,7 @@ class Accounts final : public AccountsCommand {
     // The global options (pilectl --state-dir, --json), given before or after `accounts`.
     if (globals_.state_dir) state_dir_ = *globals_.state_dir;
     if (globals_.json) json_ = *globals_.json;
+    if (globals_.time_zone && !globals_.time_zone->empty() && time_zone_opt_->count() == 0) time_zone_ = *globals_.time_zone;
     try {
       const date::time_zone* zone = nullptr;
       try {
@@ -190,6 +191,7 @@ class Accounts final : public AccountsCommand {
   }
 
   AccountsGlobals globals_;
+  CLI::Option* time_zone_opt_ = nullptr;
   CLI::App* cmd_ = nullptr;
   CLI::App *list_ = nullptr, *show_ = nullptr, *add_ = nullptr, *set_balance_ = nullptr, *top_up_ = nullptr, *block_ = nullptr, *unblock_ = nullptr,
            *set_limit_ = nullptr, *remove_ = nullptr, *set_pin_ = nullptr, *clear_pin_ = nullptr;

@@ -23,6 +23,7 @@ class AccountsCommand {
 struct AccountsGlobals {
   const std::string* state_dir = nullptr;  ///< --state-dir
   const bool* json = nullptr;              ///< --json
+  const std::string* time_zone = nullptr;  ///< --time-zone given before `accounts`
 };
 
 /// Adds `accounts` and its subcommands to `app`.
