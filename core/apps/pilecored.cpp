@@ -60,7 +60,17 @@ int main(int argc, char** argv) {
   // Test-only (docs/architecture.md, "A full disk"): the control socket accepts diag_max_pages,
   // which caps the database's size for a real SQLITE_FULL. No group: hidden from --help.
   app.add_flag("--diag-storage-limit", diag_storage_limit, "")->group("");
-  CLI11_PARSE(app, argc, argv);
+  app.footer("Exit status: 0 stopped cleanly (SIGTERM, SIGINT, or --check started the pile); 2 the command line, the site file or the "
+             "device identity is wrong (systemd does not restart it: RestartPreventExitStatus=2); 3 start-up failed (a plugin, the "
+             "database, the control socket); other values are failures systemd restarts.");
+  // Usage errors exit 2 like a bad site file, not with CLI11's 104-109: both are the
+  // operator's to fix, and the unit's RestartPreventExitStatus=2 stops a restart loop on them.
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
 
   init_logging(log_level.empty() ? "info" : log_level);
   std::vector<std::filesystem::path> dirs(plugin_dirs.begin(), plugin_dirs.end());

@@ -25,18 +25,15 @@ using core::format_yuan;
 
 class Accounts final : public AccountsCommand {
  public:
-  explicit Accounts(CLI::App& app) {
+  explicit Accounts(CLI::App& app, AccountsGlobals globals) : globals_(globals) {
     cmd_ = app.add_subcommand("accounts", "The member-card accounts payment-card keeps on the pile (accounts: local); safe while pilecored runs");
     cmd_->require_subcommand(1);
     cmd_->add_option("--db", db_, "The account table (default: <state dir>/plugins/<instance>/cards.db)");
-    cmd_->add_option("--state-dir", state_dir_, "pilecored's state directory (default: as pilecored)");
     cmd_->add_option("--instance", instance_, "The payment-card instance in the site file")->default_val("card");
-    cmd_->add_option("--time-zone", time_zone_, "The time zone of the site's day, for today's spending (the plugin's time_zone)")->default_val("Asia/Shanghai");
+    time_zone_opt_ = cmd_->add_option("--time-zone", time_zone_, "The time zone of the site's day, for today's spending (the plugin's time_zone)")->default_val("Asia/Shanghai");
 
     list_ = cmd_->add_subcommand("list", "Every account: status, balance, daily limit, held and spent today");
-    list_->add_flag("--json", json_, "As JSON");
     show_ = cmd_->add_subcommand("show", "One account");
-    show_->add_flag("--json", json_, "As JSON");
     target(show_);
     add_ = cmd_->add_subcommand("add", "Open an account");
     target(add_);
@@ -65,6 +62,10 @@ class Accounts final : public AccountsCommand {
   [[nodiscard]] bool chosen() const override { return cmd_->parsed(); }
 
   int run(std::ostream& out, std::ostream& err) override {
+    // The global options (pilectl --state-dir, --json), given before or after `accounts`.
+    if (globals_.state_dir) state_dir_ = *globals_.state_dir;
+    if (globals_.json) json_ = *globals_.json;
+    if (globals_.time_zone && !globals_.time_zone->empty() && time_zone_opt_->count() == 0) time_zone_ = *globals_.time_zone;
     try {
       const date::time_zone* zone = nullptr;
       try {
@@ -189,6 +190,8 @@ class Accounts final : public AccountsCommand {
             {"held_fen", a.held_fen},   {"spent_fen", a.spent_fen},                   {"day", day}};
   }
 
+  AccountsGlobals globals_;
+  CLI::Option* time_zone_opt_ = nullptr;
   CLI::App* cmd_ = nullptr;
   CLI::App *list_ = nullptr, *show_ = nullptr, *add_ = nullptr, *set_balance_ = nullptr, *top_up_ = nullptr, *block_ = nullptr, *unblock_ = nullptr,
            *set_limit_ = nullptr, *remove_ = nullptr, *set_pin_ = nullptr, *clear_pin_ = nullptr;
@@ -201,6 +204,6 @@ class Accounts final : public AccountsCommand {
 
 }  // namespace
 
-std::unique_ptr<AccountsCommand> add_accounts_command(CLI::App& app) { return std::make_unique<Accounts>(app); }
+std::unique_ptr<AccountsCommand> add_accounts_command(CLI::App& app, AccountsGlobals globals) { return std::make_unique<Accounts>(app, globals); }
 
 }  // namespace pilecore::cli

@@ -6,6 +6,7 @@
 
 #include <iosfwd>
 #include <memory>
+#include <string>
 
 namespace pilecore::cli {
 
@@ -18,7 +19,14 @@ class AccountsCommand {
   virtual int run(std::ostream& out, std::ostream& err) = 0;
 };
 
+/// pilectl's global options that `accounts` follows (set once the command line is parsed).
+struct AccountsGlobals {
+  const std::string* state_dir = nullptr;  ///< --state-dir
+  const bool* json = nullptr;              ///< --json
+  const std::string* time_zone = nullptr;  ///< --time-zone given before `accounts`
+};
+
 /// Adds `accounts` and its subcommands to `app`.
-std::unique_ptr<AccountsCommand> add_accounts_command(CLI::App& app);
+std::unique_ptr<AccountsCommand> add_accounts_command(CLI::App& app, AccountsGlobals globals);
 
 }  // namespace pilecore::cli

@@ -2,7 +2,11 @@
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
+
+#include "journal_log.hpp"
 
 namespace pilecore::core {
 namespace {
@@ -14,8 +18,17 @@ spdlog::sink_ptr& shared_sink() {
 
 void init_logging(const std::string& level) {
   auto& sink = shared_sink();
-  const bool journal = std::getenv("JOURNAL_STREAM") != nullptr || std::getenv("INVOCATION_ID") != nullptr;
-  sink->set_pattern(journal ? "%l [%n] %v" : "%Y-%m-%d %H:%M:%S.%e %^%l%$ [%n] %v");
+  // Priority prefixes only when stderr really is the journal's stream; under systemd with
+  // stderr sent elsewhere (StandardError=file:...) the journal still stamps nothing, so the
+  // timestamps stay off there as before.
+  const bool journal = is_journal_stream(STDERR_FILENO, std::getenv("JOURNAL_STREAM"));
+  if (journal) {
+    sink->set_formatter(make_log_formatter(true));
+  } else if (std::getenv("INVOCATION_ID") != nullptr) {
+    sink->set_pattern("%l [%n] %v");
+  } else {
+    sink->set_formatter(make_log_formatter(false));
+  }
   spdlog::set_level(spdlog::level::from_str(level));
   auto main = make_logger("core");
   spdlog::set_default_logger(main);

@@ -24,7 +24,8 @@ std::string time_of(const nlohmann::json& r, const char* ms_key, const char* tex
   }
   if (zone.empty()) return format_utc(t);
   try {
-    return date::format("%F %T %Z", date::make_zoned(zone, std::chrono::floor<std::chrono::seconds>(t)));
+    // The offset, not the abbreviation: "CST" is China's, Cuba's and the US's central time.
+    return date::format("%F %T %Ez", date::make_zoned(zone, std::chrono::floor<std::chrono::seconds>(t)));
   } catch (const std::exception&) {
     return format_utc(t);
   }
@@ -65,7 +66,11 @@ std::string format_receipt_text(const nlohmann::json& r, const std::string& zone
   std::string out;
   out += fmt::format("Receipt {}  connector {}  {}\n", r.value("transaction", ""), r.value("connector", 0), r.value("outcome", r.value("status", "")));
   out += fmt::format("  {} -> {}  ({})\n", time_of(r, "started_ms", "started", zone), time_of(r, "stopped_ms", "stopped", zone), r.value("stop_reason", ""));
-  out += fmt::format("  meter {} -> {} kWh\n", format_kwh(r.value("meter_start_wh", std::int64_t{0})), format_kwh(r.value("meter_stop_wh", std::int64_t{0})));
+  // A reading not taken (a session still open, a meter that never answered) is missing, not 0.
+  const auto reading = [&](const char* key) {
+    return r.contains(key) && r[key].is_number_integer() ? format_kwh(r[key].get<std::int64_t>()) + " kWh" : std::string("missing");
+  };
+  out += fmt::format("  meter {} -> {}\n", reading("meter_start_wh"), reading("meter_stop_wh"));
   if (const std::string mode = r.value("mode", ""); !mode.empty()) out += fmt::format("  asked for {}\n", describe_mode(mode));
   if (!r.contains("bill") || !r["bill"].is_object()) return out + "  (not billed yet)\n";
   const auto& b = r["bill"];

@@ -1079,9 +1079,9 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
     err << fmt::format("pilectl demo: see {}\n", log.string());
     return 1;
   }
-  out << fmt::format("All checks passed. Inspect the day with:\n  sqlite3 {} 'SELECT id, outcome, energy_wh, total_fen FROM transactions'\n"
+  out << fmt::format("All checks passed. Inspect the day with:\n  pilectl transactions list --db {} --day {} --time-zone {}\n"
                      "  pilectl ledger verify --db {} --cert {}\n  less {}\n",
-                     db.string(), db.string(), id.certificate.string(), log.string());
+                     db.string(), day_text(), cfg.timezone, db.string(), id.certificate.string(), log.string());
   return 0;
 }
 

@@ -93,6 +93,7 @@ struct DaemonStatus {
   std::optional<DiskStatus> storage;
   AdmissionCounts admission;
   const Uplink* uplink = nullptr;  ///< its counters, read on the strand; null: the site has no link
+  std::string timezone;            ///< site.timezone, so a client shows times as the site does
 };
 
 }  // namespace pilecore::core

@@ -283,6 +283,7 @@ nlohmann::json to_json(const DaemonStatus& s) {
   st["dropped_watchers"] = s.control ? s.control->dropped_watchers() : 0;
   if (s.control) st["control"] = s.control->stats();
   st["ready"] = s.ready;
+  if (!s.timezone.empty()) st["timezone"] = s.timezone;
   nlohmann::json alarms = nlohmann::json::array();
   for (const auto& a : s.alarms) alarms.push_back(to_json(a));
   st["alarms"] = alarms;

@@ -573,7 +573,7 @@ void Runtime::on_command(Command command, Responder reply) {
   if (!engine_) return reply(ErrorReply{"pilecored is still starting"});
   std::visit(overloaded{
                  [&](const commands::Status&) {
-                   DaemonStatus st{engine_->status(), instances(), control_.get(), ready_.load(), {}, std::nullopt, admission_, uplink_.get()};
+                   DaemonStatus st{engine_->status(), instances(), control_.get(), ready_.load(), {}, std::nullopt, admission_, uplink_.get(), site_.timezone};
                    for (const auto& [key, a] : active_alarms_) st.alarms.push_back(a);
                    if (disk_) st.storage = disk_->status();
                    reply(st);

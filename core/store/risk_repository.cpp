@@ -25,10 +25,27 @@ std::vector<RiskDecisionRow> RiskRepository::decisions(std::string_view txn) {
 }
 
 std::vector<TransactionListing> RiskRepository::listing(std::size_t limit, std::string_view only) {
+  TransactionFilter f;
+  f.limit = limit;
+  f.only = only;
+  return listing(f);
+}
+
+std::vector<TransactionListing> RiskRepository::listing(const TransactionFilter& f) {
+  // One statement with every filter, each off when its parameter is NULL or '' (an empty
+  // string_view binds as NULL): the plan rides
+  // started_ms for the order either way, and the limit applies after the filters.
   Stmt s(db_,
-         "SELECT id, connector, method, status, started_ms, total_fen, captured_fen FROM transactions"
-         " WHERE ?='' OR id=? ORDER BY started_ms DESC, id DESC LIMIT ?");
-  s.bind(1, only).bind(2, only).bind(3, static_cast<std::int64_t>(limit));
+         "SELECT id, connector, method, status, started_ms, total_fen, captured_fen, outcome, stop_reason, stopped_ms, energy_wh, capture_status"
+         " FROM transactions"
+         " WHERE (COALESCE(?1,'')='' OR id=?1) AND (?2 IS NULL OR started_ms>=?2) AND (?3 IS NULL OR started_ms<?3) AND (?4 IS NULL OR connector=?4)"
+         " AND (COALESCE(?5,'')='' OR method=?5) AND (COALESCE(?6,'')='' OR status=?6 OR outcome=?6)"
+         " ORDER BY started_ms DESC, id DESC LIMIT ?7");
+  s.bind(1, f.only);
+  if (f.started_from) s.bind(2, ms_of(*f.started_from));
+  if (f.started_before) s.bind(3, ms_of(*f.started_before));
+  if (f.connector) s.bind(4, static_cast<std::int64_t>(*f.connector));
+  s.bind(5, f.method).bind(6, f.state).bind(7, static_cast<std::int64_t>(f.limit));
   std::vector<TransactionListing> out;
   while (s.step()) {
     TransactionListing t{.id = s.text(0),
@@ -38,7 +55,12 @@ std::vector<TransactionListing> RiskRepository::listing(std::size_t limit, std::
                          .started = at_ms(s.i64(4)),
                          .total_fen = s.null(5) ? std::nullopt : std::optional(s.i64(5)),
                          .captured_fen = s.null(6) ? std::nullopt : std::optional(s.i64(6)),
-                         .decisions = {}};
+                         .decisions = {},
+                         .outcome = s.text(7),
+                         .stop_reason = s.text(8),
+                         .stopped = s.null(9) ? std::nullopt : std::optional(at_ms(s.i64(9))),
+                         .energy_wh = s.null(10) ? std::nullopt : std::optional(s.i64(10)),
+                         .capture_status = s.text(11)};
     out.push_back(std::move(t));
   }
   for (auto& t : out) t.decisions = decisions(t.id);

@@ -40,6 +40,23 @@ struct TransactionListing {
   std::optional<std::int64_t> total_fen;
   std::optional<std::int64_t> captured_fen;
   std::vector<RiskDecisionRow> decisions;
+  std::string outcome;      ///< completed, recovered; empty while open
+  std::string stop_reason;  ///< empty while open
+  std::optional<TimePoint> stopped;
+  std::optional<std::int64_t> energy_wh;
+  std::string capture_status;
+};
+
+/// Which transactions `pilectl transactions list` shows. Empty or unset fields do not filter.
+struct TransactionFilter {
+  std::size_t limit = 20;
+  std::string_view only;                ///< one transaction id
+  std::optional<TimePoint> started_from;  ///< started at or after
+  std::optional<TimePoint> started_before;
+  std::optional<std::uint32_t> connector;
+  std::string_view method;
+  /// open, stopping or closed (the row's status); completed or recovered (a closed one's outcome)
+  std::string_view state;
 };
 
 class RiskRepository {
@@ -52,6 +69,8 @@ class RiskRepository {
   [[nodiscard]] std::vector<RiskDecisionRow> decisions(std::string_view txn);
   /// The newest `limit` transactions (or the one named `only`), newest first, with their decisions.
   [[nodiscard]] std::vector<TransactionListing> listing(std::size_t limit, std::string_view only = {});
+  /// The newest transactions that pass `filter`, newest first, with their decisions.
+  [[nodiscard]] std::vector<TransactionListing> listing(const TransactionFilter& filter);
   /// Closed sessions of `user_hash` that started after `after`, oldest first, at most `limit`.
   /// Rides the (user_hash, started_ms) index.
   void sessions_after(std::string_view user_hash, TimePoint after, std::size_t limit, const std::function<void(const UserSessionRow&)>& each);
