@@ -4,7 +4,7 @@ PRESET ?= dev
 JOBS ?= $(shell nproc)
 BUILD := build/$(PRESET)
 
-.PHONY: all deps configure build demo test test-asan schema bench fuzz deb test-packages deps-arm64 deb-arm64 test-arm64 clean
+.PHONY: all deps configure build demo test test-asan schema bench fuzz deb test-packages deps-arm64 deb-arm64 test-arm64 test-packages-arm64 clean
 
 all: build
 
@@ -89,6 +89,11 @@ test-arm64: deps-arm64
 	ctest --test-dir build/arm64 --output-on-failure -j $(JOBS) -L unit -LE no_emulation
 	ctest --test-dir build/arm64 --output-on-failure -R '^crash_injection$$'
 	DEMO_SPEED=300 ./scripts/demo build/arm64
+
+# The package test of `make test-packages` on the arm64 packages, in an arm64 Debian 12 root
+# run by qemu-user (root; tens of minutes).
+test-packages-arm64: deb-arm64
+	JOBS=$(JOBS) ./tests/packaging/run --arch arm64 build/deb-arm64
 
 clean:
 	rm -rf build
