@@ -23,6 +23,9 @@
 // The seed is printed; PILECORE_CRASH_SEED=<seed> replays the same kill delays (the instants they
 // land on still depend on the machine's load). On failure the state directory and the daemons'
 // logs are kept under /tmp/pilecore-crash-<seed>.
+// Under emulation (the arm64 build under qemu-user, `make test-arm64`) the same test runs in slow
+// motion: PILECORE_TIME_SCALE (see TimeScale below) stretches every real-time instant and budget
+// and slows every simulated clock by the same factor. Natively it is 1 and nothing changes.
 #include <arpa/inet.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -82,6 +85,39 @@ constexpr auto kFinalRun = 1500ms;            // the last run, before SIGTERM, l
 // to close (the rest is recovered at the next start): 18 ms of real time at 1200x, which a loaded
 // machine can miss (that case is exercised by kKilledInStop), 730 ms at 30x.
 constexpr double kFinalClockSpeed = 30;
+
+/// How much slower than native this machine runs the daemon and this test: PILECORE_TIME_SCALE,
+/// 1 when unset. tests/crash/CMakeLists.txt sets it for a build whose tests run under an emulator
+/// (how much slower qemu-user ran this test than native, measured: see there). Every
+/// real-time figure above is multiplied by it and every clock speed divided by it, so that the
+/// daemon gets the same simulated time per unit of its own work: its simulated deadlines (a
+/// meter read every 4 s, meter_timeout 20 s, the acquirer's 5 s) are not missed because the
+/// emulator is slow, and the kills land at the same points of its sessions as natively. What is
+/// checked afterwards does not depend on it.
+struct TimeScale {
+  double factor = 1;
+
+  static TimeScale from_environment() {
+    TimeScale t;
+    const char* s = std::getenv("PILECORE_TIME_SCALE");
+    if (s == nullptr || *s == '\0') return t;
+    char* end = nullptr;
+    t.factor = std::strtod(s, &end);
+    // Below 1 would tighten the native budgets (they are already sized for a loaded 2-core machine).
+    if (end == s || *end != '\0' || !(t.factor >= 1 && t.factor <= 100)) {
+      throw std::invalid_argument(fmt::format("PILECORE_TIME_SCALE={}: expected a number from 1 to 100", s));
+    }
+    return t;
+  }
+  [[nodiscard]] double ms(double native_ms) const { return native_ms * factor; }
+  [[nodiscard]] std::chrono::microseconds us(double native_ms) const { return std::chrono::microseconds(static_cast<std::int64_t>(native_ms * factor * 1000)); }
+  template <class Rep, class Period>
+  [[nodiscard]] std::chrono::milliseconds operator()(std::chrono::duration<Rep, Period> native) const {
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::chrono::duration<double, std::milli>(native).count() * factor));
+  }
+  [[nodiscard]] double speed(double native_speed) const { return native_speed / factor; }
+};
+
 constexpr const char* kClockStart = "2026-03-06T14:30:00Z";  // Friday 22:30 in Shanghai: the weekend plan starts at midnight
 constexpr int kConnectors = 2;
 
@@ -208,8 +244,8 @@ class LyingMeters {
  public:
   enum class Lie { none, spike, back, random_words, zero };
 
-  LyingMeters(const fs::path& dir, std::function<fs::path(int)> register_of, std::uint64_t seed)
-      : register_of_(std::move(register_of)), map_file_(dir / "crash-meter.yaml"), rng_(seed) {
+  LyingMeters(const fs::path& dir, std::function<fs::path(int)> register_of, std::uint64_t seed, TimeScale scale)
+      : register_of_(std::move(register_of)), map_file_(dir / "crash-meter.yaml"), rng_(seed), scale_(scale) {
     std::ofstream(map_file_) << "model: crash-meter\n"
                                 "description: the crash test's meter, integer Wh\n"
                                 "registers:\n"
@@ -285,7 +321,8 @@ class LyingMeters {
   void mirror() {
     std::uniform_real_distribution<double> unit(0.0, 1.0);
     while (!stop_) {
-      std::this_thread::sleep_for(1ms);
+      // (one mirror per scaled millisecond: a lie's odds below are per pass, so they stay per poll)
+      std::this_thread::sleep_for(scale_.us(1));
       const auto now = std::chrono::steady_clock::now();
       for (std::size_t i = 0; i < meters_.size(); ++i) {
         Meter& m = *meters_[i];
@@ -297,7 +334,7 @@ class LyingMeters {
         // at 8 ms a poll, now and then a third. meter_fault_after (5) is seldom reached.
         if (m.lie == Lie::none && unit(rng_) < 1.0 / 300) {
           m.lie = static_cast<Lie>(1 + static_cast<int>(unit(rng_) * 4) % 4);
-          m.lie_until = now + std::chrono::microseconds(4000 + static_cast<std::int64_t>(unit(rng_) * 10000));
+          m.lie_until = now + scale_.us(4 + unit(rng_) * 10);
           ++lies_;
         }
         switch (m.lie) {
@@ -346,6 +383,7 @@ class LyingMeters {
   fs::path map_file_;
   std::vector<std::unique_ptr<Meter>> meters_;
   std::mt19937_64 rng_;  // the mirror thread's only
+  TimeScale scale_;
   std::atomic<bool> stop_{false};
   std::atomic<int> lies_{0};
   std::thread mirror_;
@@ -474,10 +512,12 @@ namespace {
 
 void crash_injection(const Variant& v) {
   const auto wall_start = std::chrono::steady_clock::now();
+  const TimeScale scale = TimeScale::from_environment();
+  const double clock_speed = scale.speed(v.clock_speed);
   std::uint64_t seed = std::random_device{}();
   if (const char* s = std::getenv("PILECORE_CRASH_SEED"); s && *s) seed = std::stoull(s);
-  std::printf("crash injection, %s: seed %llu (replay with PILECORE_CRASH_SEED=%llu)\n", v.name, static_cast<unsigned long long>(seed),
-              static_cast<unsigned long long>(seed));
+  std::printf("crash injection, %s: seed %llu (replay with PILECORE_CRASH_SEED=%llu), time scale %g\n", v.name,
+              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed), scale.factor);
   std::fflush(stdout);
   ::testing::Test::RecordProperty("seed", std::to_string(seed));
   std::mt19937_64 rng(seed);
@@ -505,7 +545,7 @@ void crash_injection(const Variant& v) {
   const fs::path state = dir.path() / "state";
   auto register_of = [&](int c) { return state / "plugins" / fmt::format("power-{}", c) / "energy_import.register"; };
   std::unique_ptr<LyingMeters> meters;
-  if (v.lying_meter) meters = std::make_unique<LyingMeters>(dir.path(), register_of, seed);
+  if (v.lying_meter) meters = std::make_unique<LyingMeters>(dir.path(), register_of, seed, scale);
   const fs::path file = dir.write("site.yaml", meters ? site_yaml(meters->ports(), meters->map_file()) : site_yaml());
   const fs::path socket = dir.path() / "ctl.sock";
   const fs::path db_file = state / "pilecore.db";
@@ -526,7 +566,7 @@ void crash_injection(const Variant& v) {
   const Tariff& tariff = *loaded.site->session.tariff;
 
   auto daemon_args = [&](const std::string& clock_start, double speed = -1) {
-    if (speed < 0) speed = v.clock_speed;
+    if (speed < 0) speed = clock_speed;
     return std::vector<std::string>{bin + "/pilecored", "--config", file.string(), "--state-dir", state.string(), "--clock-speed",
                                     fmt::format("{}", speed), "--clock-start", clock_start, "--socket", socket.string(),
                                     "--status-interval", "0"};
@@ -541,11 +581,20 @@ void crash_injection(const Variant& v) {
   std::map<int, std::int64_t> last_register;
   int runs = 0, startup_kills = 0, stop_kills = 0, kills_with_open = 0, kills_capture_in_flight = 0, kills_stopping = 0;
   std::int64_t transactions = 0;
+  // Start-up kills aim at the start-up and the recovery: the window is kStartUpKillMaxMs (scaled),
+  // or the longest spawn-to-READY seen so far when that is longer. On an idle machine start-up
+  // takes a few tens of milliseconds and the window stays as it is; on a loaded one it follows the
+  // start-up (hundreds of ms). Under qemu-user the first execution of each code path is
+  // translated, so start-up takes seconds, far more than the steady-state factor accounts for.
+  double startup_window_ms = scale.ms(kStartUpKillMaxMs);
+  const auto kill_loop_budget = scale(v.kill_loop_budget);
+  const auto ready_timeout = scale(30s);
 
   // ---- the kill loop ----
   while (transactions < v.min_transactions) {
-    ASSERT_LT(std::chrono::steady_clock::now() - wall_start, v.kill_loop_budget)
-        << "only " << transactions << " transactions after " << runs << " runs; the machine is too slow for the clock speed " << v.clock_speed;
+    ASSERT_LT(std::chrono::steady_clock::now() - wall_start, kill_loop_budget)
+        << "only " << transactions << " transactions after " << runs << " runs; the machine is too slow for the clock speed " << clock_speed
+        << " (PILECORE_TIME_SCALE " << scale.factor << ")";
     ++runs;
     const std::string start_arg = clock_arg(sim);
     TimePoint run_start;
@@ -556,23 +605,24 @@ void crash_injection(const Variant& v) {
     std::string when;
     bool sigterms = false;
     if (unit(rng) < kKilledInStartUp) {
-      const double ms = 1 + unit(rng) * (kStartUpKillMaxMs - 1);
+      const double ms = scale.ms(1) + unit(rng) * (startup_window_ms - scale.ms(1));
       std::this_thread::sleep_until(spawned + std::chrono::microseconds(static_cast<std::int64_t>(ms * 1000)));
       when = fmt::format("{:.1f} ms after the spawn", ms);
       ++startup_kills;
     } else {
-      if (!notify.wait_for("READY=1", 30s)) {
+      if (!notify.wait_for("READY=1", ready_timeout)) {
         daemon.signal(SIGKILL);
         daemon.wait();
         keep_log(runs, "never ready", daemon);
         FAIL() << "run " << runs << ": pilecored did not get ready:\n" << daemon.stderr_text();
       }
-      const double ms = kKillMinMs * std::pow(kKillMaxMs / kKillMinMs, unit(rng));
+      startup_window_ms = std::max(startup_window_ms, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - spawned).count());
+      const double ms = scale.ms(kKillMinMs * std::pow(kKillMaxMs / kKillMinMs, unit(rng)));
       std::this_thread::sleep_for(std::chrono::microseconds(static_cast<std::int64_t>(ms * 1000)));
       when = fmt::format("{:.1f} ms after READY", ms);
       if (unit(rng) < kKilledInStop) {
         daemon.signal(SIGTERM);
-        const double stop_ms = unit(rng) * kStopKillMaxMs;
+        const double stop_ms = scale.ms(unit(rng) * kStopKillMaxMs);
         std::this_thread::sleep_for(std::chrono::microseconds(static_cast<std::int64_t>(stop_ms * 1000)));
         when += fmt::format(", then SIGTERM and {:.1f} ms later", stop_ms);
         sigterms = true;
@@ -588,7 +638,7 @@ void crash_injection(const Variant& v) {
     }
     // The simulated time the daemon can have reached: its clock started after the spawn, so this
     // is never earlier than its last instant, and the next run starts there.
-    sim = run_start + Duration(static_cast<std::int64_t>(std::ceil(std::chrono::duration<double, std::milli>(killed - spawned).count() * v.clock_speed)));
+    sim = run_start + Duration(static_cast<std::int64_t>(std::ceil(std::chrono::duration<double, std::milli>(killed - spawned).count() * clock_speed)));
 
     // After each kill: the meter registers never go back, and no committed reading is above them.
     if (!fs::exists(db_file)) continue;
@@ -623,13 +673,13 @@ void crash_injection(const Variant& v) {
     ++runs;
     const std::string start_arg = clock_arg(sim);
     NotifyListener notify(dir.path() / "final.sock");
-    Child daemon(daemon_args(start_arg, kFinalClockSpeed), {notify.env()});
-    const bool ready = notify.wait_for("READY=1", 30s);
-    if (ready) std::this_thread::sleep_for(kFinalRun);
+    Child daemon(daemon_args(start_arg, scale.speed(kFinalClockSpeed)), {notify.env()});
+    const bool ready = notify.wait_for("READY=1", ready_timeout);
+    if (ready) std::this_thread::sleep_for(scale(kFinalRun));
     daemon.signal(SIGTERM);
     std::atomic<bool> exited{false};
     std::thread watchdog([&] {
-      if (!eventually([&] { return exited.load(); }, 30s)) daemon.signal(SIGKILL);
+      if (!eventually([&] { return exited.load(); }, ready_timeout)) daemon.signal(SIGKILL);
     });
     const int rc = daemon.wait();
     exited = true;
@@ -921,10 +971,10 @@ void crash_injection(const Variant& v) {
                 "a lie faulted, billed to their last honest reading, and stop readings the test's meter had not yet mirrored)\n",
                 meters->lies(), refused, static_cast<long long>(unbilled_wh));
   }
-  std::printf("crash injection: seed %llu: %d runs (%d killed in start-up, %d in a clean stop), %.1f s wall; %zu transactions: %d completed, %d recovered, "
+  std::printf("crash injection: seed %llu: %d runs (%d killed in start-up, within %.0f ms of the spawn; %d in a clean stop), %.1f s wall (time scale %g); %zu transactions: %d completed, %d recovered, "
               "%d funds-exhausted, %d faulted, %d across a tariff boundary; kills with a session open %d, stopping %d, capture in flight %d; "
               "%s yuan captured; holds of sessions that never started: %zu released, %zu left for the next start\n",
-              static_cast<unsigned long long>(seed), runs, startup_kills, stop_kills, wall_s, txns.size(), completed, recovered, funds, faults, crossed, kills_with_open,
+              static_cast<unsigned long long>(seed), runs, startup_kills, startup_window_ms, stop_kills, wall_s, scale.factor, txns.size(), completed, recovered, funds, faults, crossed, kills_with_open,
               kills_stopping, kills_capture_in_flight, fen_yuan(captured_db).c_str(), released, orphan_holds);
   std::fflush(stdout);
 }
