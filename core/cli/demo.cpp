@@ -268,6 +268,20 @@ std::string scenario_yaml(const fs::path& site_file, const json& sims, std::stri
       site_file.string(), day_text(), em.c_str());
 }
 
+/// In a forked child: runs `args` with its standard input, output and error on the given
+/// descriptors (-1: as inherited). Never returns.
+[[noreturn]] void exec_child(std::vector<std::string> args, int in, int out, int err) {
+  if (in >= 0) ::dup2(in, 0);
+  if (out >= 0) ::dup2(out, 1);
+  if (err >= 0) ::dup2(err, 2);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  ::execv(argv[0], argv.data());
+  std::fprintf(stderr, "pilectl demo: cannot run %s: %s\n", argv[0], std::strerror(errno));
+  ::_exit(127);
+}
+
 /// A pilecored child process.
 class Daemon {
  public:
@@ -283,16 +297,7 @@ class Daemon {
     if (pid_ < 0) throw std::runtime_error(fmt::format("fork: {}", std::strerror(errno)));
     if (pid_ == 0) {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      std::fprintf(stderr, "pilectl demo: cannot run %s: %s\n", argv[0], std::strerror(errno));
-      ::_exit(127);
+      exec_child(std::move(args), -1, fd, fd);
     }
   }
   ~Daemon() {
@@ -355,18 +360,7 @@ class Simulators {
     std::vector<std::string> args = {program.string(), "--dir", dir.string(), "--readers", std::to_string(readers)};
     pid_ = ::fork();
     if (pid_ < 0) throw std::runtime_error(fmt::format("fork: {}", std::strerror(errno)));
-    if (pid_ == 0) {
-      ::dup2(in[0], 0);
-      ::dup2(out[1], 1);
-      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-      if (fd >= 0) ::dup2(fd, 2);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      std::fprintf(stderr, "pilectl demo: cannot run %s: %s\n", argv[0], std::strerror(errno));
-      ::_exit(127);
-    }
+    if (pid_ == 0) exec_child(std::move(args), in[0], out[1], ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
     ::close(in[0]);
     ::close(out[1]);
     to_ = in[1];
@@ -439,16 +433,7 @@ int run_tool(std::vector<std::string> args, const std::string& input, std::strin
   if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
   const pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error(fmt::format("fork: {}", std::strerror(errno)));
-  if (pid == 0) {
-    ::dup2(in[0], 0);
-    ::dup2(out[1], 1);
-    ::dup2(out[1], 2);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
+  if (pid == 0) exec_child(std::move(args), in[0], out[1], out[1]);
   ::close(in[0]);
   ::close(out[1]);
   if (!input.empty() && ::write(in[1], input.data(), input.size()) < 0) output = "cannot write its input";
