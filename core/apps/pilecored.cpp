@@ -96,6 +96,8 @@ int main(int argc, char** argv) {
   // A segfault or abort inside a plugin call is written to the state directory and named at the
   // next start (crash attribution, quarantine: docs/architecture.md).
   options.catch_fatal_signals = true;
+  // SIGHUP and `pilectl reload` read the same file again, with the same plugins' checks.
+  options.reload_site = [config, &registry] { return load_site(config, registry); };
   if (socket != "none") options.socket_path = socket.empty() ? default_socket_path(options.state_dir) : std::filesystem::path(socket);
   if (clock_speed != 1.0 || !clock_start.empty()) {
     TimePoint start = SystemClock().now();

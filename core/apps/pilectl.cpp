@@ -165,6 +165,9 @@ int main(int argc, char** argv) {
   auto* receipt = app.add_subcommand("receipt", "The itemised receipt of a transaction");
   receipt->add_option("TXN", receipt_txn, "Transaction id")->required();
 
+  auto* reload = app.add_subcommand("reload", "Make pilecored read its site file again (as systemctl reload does): new tariffs apply to sessions that "
+                                               "start from now on; exit 1 with the file's errors when it is invalid (the running configuration stays)");
+
   auto* watch = app.add_subcommand("watch", "Follow the daemon's events (connector status, sessions, tariff boundaries, alarms) until interrupted");
 
   // demo
@@ -562,6 +565,27 @@ int main(int argc, char** argv) {
     const auto st = utc || !time_zone_opt.empty() ? std::nullopt : status_reply();
     if (!time_view(st ? &*st : nullptr, view)) return 2;
     std::fputs(format_receipt_text(r, view.name).c_str(), stdout);
+    return 0;
+  }
+  if (*reload) {
+    nlohmann::json r;
+    const bool answered = exchange({{"cmd", "reload"}}, r);
+    if (json) {
+      print_json(r);
+      return answered ? 0 : 1;
+    }
+    if (!answered) {
+      const auto errors = r.value("errors", std::vector<std::string>{});
+      if (errors.empty()) std::fprintf(stderr, "pilectl: %s\n", r.value("error", std::string("reload failed")).c_str());
+      if (!errors.empty()) std::fprintf(stderr, "pilectl: the site file is not valid; pilecored keeps running with the one it has:\n");
+      for (const auto& e : errors) std::fprintf(stderr, "%s\n", e.c_str());
+      return 1;
+    }
+    const auto applied = r.value("applied", std::vector<std::string>{});
+    const auto later = r.value("restart_needed", std::vector<std::string>{});
+    if (applied.empty()) std::printf("reloaded: nothing to apply\n");
+    for (const auto& a : applied) std::printf("applied: %s\n", a.c_str());
+    for (const auto& l : later) std::printf("at the next restart: %s\n", l.c_str());
     return 0;
   }
   if (*validate) {

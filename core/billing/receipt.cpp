@@ -90,6 +90,8 @@ std::string format_receipt_text(const nlohmann::json& r, const std::string& zone
   out += fmt::format("  {:<9} {:>9} {:>12} {:>11} {:>12} {:>11} {:>11}  yuan\n", "total", format_kwh(b.value("energy_wh", std::int64_t{0})), "",
                      format_yuan(b.value("electricity_fen", std::int64_t{0})), "", format_yuan(b.value("service_fen", std::int64_t{0})),
                      format_yuan(b.value("total_fen", std::int64_t{0})));
+  // The site's price changed during the session (a reload, an upgrade): it kept its own.
+  if (const std::string note = b.value("tariff_note", ""); !note.empty()) out += fmt::format("  {}\n", note);
   if (r.contains("captured_fen")) {
     out += fmt::format("  paid {} yuan ({})\n", format_yuan(r.value("captured_fen", std::int64_t{0})), r.value("capture_status", ""));
   }

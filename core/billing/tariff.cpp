@@ -2,9 +2,11 @@
 
 #include <date/tz.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <map>
 #include <stdexcept>
 
@@ -339,6 +341,73 @@ Slot Tariff::slot_at(TimePoint t) const {
   }
   if (s.start > t) s.start = t;
   return s;
+}
+
+nlohmann::json Tariff::document() const {
+  using nlohmann::json;
+  json plans = json::object();
+  for (const auto& [name, plan] : plans_) {
+    json prices = json::object();
+    for (std::size_t i = 0; i < plan.prices.size(); ++i) {
+      if (plan.prices[i]) prices[std::string(to_string(static_cast<PeriodType>(i)))] = {plan.prices[i]->electricity, plan.prices[i]->service};
+    }
+    json windows = json::array();
+    for (const auto& w : plan.windows) windows.push_back({w.start_minute, w.end_minute, std::string(to_string(w.type))});
+    plans[name] = {{"prices", prices}, {"windows", windows}};
+  }
+  json dates = json::object();
+  for (const auto& [day, plan] : dates_) {
+    const std::chrono::year_month_day ymd{std::chrono::sys_days{std::chrono::days{day}}};
+    dates[fmt::format("{:04}-{:02}-{:02}", static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()))] = plan;
+  }
+  for (const auto& [md, plan] : yearly_) dates[fmt::format("{:02}-{:02}", md.first, md.second)] = plan;
+  json seasons = json::array();
+  for (const auto& season : seasons_) {
+    seasons.push_back({{"name", season.name},
+                       {"from", fmt::format("{:02}-{:02}", season.from_month, season.from_day)},
+                       {"to", fmt::format("{:02}-{:02}", season.to_month, season.to_day)},
+                       {"week", season.week}});
+  }
+  return {{"time_zone", zone_name_}, {"decimals", decimals_},   {"rounding", std::string(to_string(rounding_))},
+          {"plans", plans},          {"week", weekday_plans_}, {"dates", dates},
+          {"seasons", seasons}};
+}
+
+Tariff Tariff::from_document(const nlohmann::json& doc) {
+  try {
+    const auto rounding = rounding_from(doc.at("rounding").get<std::string>());
+    if (!rounding) throw std::invalid_argument("unknown rounding");
+    std::map<std::string, Plan> plans;
+    for (const auto& [name, p] : doc.at("plans").items()) {
+      Plan plan{.name = name, .prices = {}, .windows = {}};
+      for (const auto& [type, price] : p.at("prices").items()) {
+        const auto t = period_type_from(type);
+        if (!t) throw std::invalid_argument(fmt::format("unknown period type '{}'", type));
+        plan.prices[static_cast<std::size_t>(*t)] = Price{price.at(0).get<std::int64_t>(), price.at(1).get<std::int64_t>()};
+      }
+      for (const auto& w : p.at("windows")) {
+        const auto t = period_type_from(w.at(2).get<std::string>());
+        if (!t) throw std::invalid_argument("unknown period type");
+        plan.windows.push_back(Window{w.at(0).get<int>(), w.at(1).get<int>(), *t});
+      }
+      plans.emplace(name, std::move(plan));
+    }
+    std::vector<Season> seasons;
+    for (const auto& s : doc.at("seasons")) {
+      const auto from = parse_month_day(s.at("from").get<std::string>()), to = parse_month_day(s.at("to").get<std::string>());
+      if (!from || !to) throw std::invalid_argument("a season's dates are not MM-DD");
+      seasons.push_back(Season{.name = s.at("name").get<std::string>(),
+                               .from_month = from->first,
+                               .from_day = from->second,
+                               .to_month = to->first,
+                               .to_day = to->second,
+                               .week = s.at("week").get<std::array<std::string, 7>>()});
+    }
+    return Tariff(doc.at("time_zone").get<std::string>(), doc.at("decimals").get<int>(), *rounding, std::move(plans),
+                  doc.at("week").get<std::array<std::string, 7>>(), doc.at("dates").get<std::map<std::string, std::string>>(), std::move(seasons));
+  } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument(fmt::format("not a tariff document: {}", e.what()));
+  }
 }
 
 }  // namespace pilecore::core

@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -102,6 +103,12 @@ class Tariff {
   [[nodiscard]] int decimals() const { return decimals_; }
   [[nodiscard]] Rounding rounding() const { return rounding_; }
   [[nodiscard]] const std::string& time_zone_name() const { return zone_name_; }
+  /// The whole tariff as JSON, from which from_document() makes one that prices every instant
+  /// the same. Each transaction keeps the document of the tariff it started with, so a reload
+  /// or a restart with a new price never reprices a session in progress.
+  [[nodiscard]] nlohmann::json document() const;
+  /// Throws std::invalid_argument when `doc` is not a tariff document (as the constructor does).
+  static Tariff from_document(const nlohmann::json& doc);
   /// A single-plan tariff charging `price` around the clock (tests, sites without time of use).
   static Tariff flat_rate(std::string time_zone, int decimals, Price price, Rounding rounding = Rounding::half_up);
 

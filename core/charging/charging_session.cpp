@@ -9,6 +9,7 @@
 
 #include "clocks.hpp"
 #include "reading_repository.hpp"
+#include "tariff_repository.hpp"
 #include "receipt.hpp"
 #include "tariff.hpp"
 #include "token_privacy.hpp"
@@ -56,16 +57,22 @@ bool follows(const MeterReading& r, const MeterReading& last) { return r.time >=
 
 // ---- SessionCloser ----
 
-SessionCloser::SessionCloser(std::string site_id, const Tariff& tariff, StoreWorker& store, PaymentSaga& saga, Hooks hooks)
-    : site_id_(std::move(site_id)), tariff_(tariff), store_(store), saga_(saga), hooks_(std::move(hooks)), alive_(std::make_shared<bool>(true)) {}
+SessionCloser::SessionCloser(std::string site_id, StoreWorker& store, PaymentSaga& saga, Hooks hooks)
+    : site_id_(std::move(site_id)), store_(store), saga_(saga), hooks_(std::move(hooks)), alive_(std::make_shared<bool>(true)) {}
 
 SessionCloser::~SessionCloser() { *alive_ = false; }
 
 void SessionCloser::close(const std::string& txn, std::uint32_t connector, const std::string& method, std::vector<MeterReading> readings,
-                          const std::string& outcome, std::int64_t authorized, const std::string& mode, StopDone done) {
+                          const std::string& outcome, std::int64_t authorized, const std::string& mode, const Tariff& tariff, StopDone done) {
   Bill bill;
+  std::string tariff_note;
   try {
-    bill = compute_bill(tariff_, readings);
+    bill = compute_bill(tariff, readings);
+    // The site's price changed while it charged (a reload, or a restart with a new file): the
+    // receipt says which price it paid.
+    if (!current_tariff_.empty() && tariff_digest(tariff.document().dump()) != current_tariff_) {
+      tariff_note = "priced at the tariff in force when the session started (the site's tariff has changed since)";
+    }
   } catch (const std::exception& e) {
     spdlog::critical("{}: cannot bill: {}", txn, e.what());
     bill = Bill{};
@@ -81,7 +88,7 @@ void SessionCloser::close(const std::string& txn, std::uint32_t connector, const
   // capture's intent. The capture is asked only once all of that is on disk. The work runs on the
   // storage thread and may outlive this object: it holds copies, not `this`.
   store_.submit(
-      [txn, connector, method, readings, outcome, bill, capture, op, record, authorized, uncovered, mode, site = site_id_, append = hooks_.ledger_append,
+      [txn, connector, method, readings, outcome, bill, capture, op, record, authorized, uncovered, mode, tariff_note, site = site_id_, append = hooks_.ledger_append,
        contains = hooks_.ledger_contains](Database& db) {
         TransactionRepository transactions(db);
         const auto row = transactions.find(txn);
@@ -115,7 +122,11 @@ void SessionCloser::close(const std::string& txn, std::uint32_t connector, const
                                  .service_fen = bill.service_fen,
                                  .total_fen = bill.total_fen,
                                  .capture_status = capture > 0 ? "pending" : "nothing to capture",
-                                 .bill_document = bill_json(bill).dump(),
+                                 .bill_document = [&] {
+                                   auto doc = bill_json(bill);
+                                   if (!tariff_note.empty()) doc["tariff_note"] = tariff_note;
+                                   return doc.dump();
+                                 }(),
                                  .stopped = readings.back().time});
         if (capture > 0) operations::insert_intent(db, op);
         if (append && !(contains && contains(txn))) append(*record);
@@ -220,17 +231,17 @@ void ChargingSession::on_sample(TimePoint time, double value_wh) {
 
 void ChargingSession::check_funds(const MeterReading& r, const std::optional<MeterReading>& previous) {
   Running& s = *running_;
-  if (s.funds_stop_asked || s.target_stop_asked || !settings_.tariff) return;
+  if (s.funds_stop_asked || s.target_stop_asked) return;
   std::vector<MeterReading> readings = s.readings;
   if (follows(r, readings.back()) && (r.wh != readings.back().wh || r.time != readings.back().time)) readings.push_back(r);
-  const Bill so_far = compute_bill(*settings_.tariff, readings);
+  const Bill so_far = compute_bill(*s.tariff, readings);
   // A session never costs more than was authorised: it stops while the bill plus what one more
   // meter interval may add (the energy of the last one, at the price now) is within the hold, so
   // the energy that flows until the contactor opens and the final reading is taken is covered.
   std::int64_t margin_fen = 0;
   if (previous && r.wh > previous->wh) {
-    const Price price = settings_.tariff->slot_at(r.time).price;
-    const std::int64_t scale = static_cast<std::int64_t>(std::pow(10, settings_.tariff->decimals())) * 1000;  // price unit x Wh -> fen
+    const Price price = s.tariff->slot_at(r.time).price;
+    const std::int64_t scale = static_cast<std::int64_t>(std::pow(10, s.tariff->decimals())) * 1000;  // price unit x Wh -> fen
     const std::int64_t per_kwh = price.electricity + price.service;
     margin_fen = ((r.wh - previous->wh) * per_kwh + scale - 1) / scale;
   }
@@ -352,6 +363,7 @@ void ChargingSession::open(const Opening& o, const MeterReading& start, std::fun
                                           .meter_start_wh = start.wh,
                                           .mode = o.mode.text()});
         ReadingRepository(db).insert(o.txn, 0, {start.time, start.wh}, ReadingKind::start);
+        TariffRepository(db).assign(o.txn, o.tariff_document, start.time);
       },
       // synchronous=FULL: on disk before the contactor closes
       [this, o, start, committed = std::move(committed), alive = alive_](const Status& st) {
@@ -363,6 +375,7 @@ void ChargingSession::open(const Opening& o, const MeterReading& start, std::fun
           run.token = o.token;
           run.authorized_fen = o.authorized_fen;
           run.mode = o.mode;
+          run.tariff = o.tariff;
           run.readings = {start};
           run.last_checkpoint = start;
           arm_boundary();
@@ -413,7 +426,7 @@ void ChargingSession::checkpoint(const MeterReading& r) {
 
 void ChargingSession::arm_boundary() {
   if (!running_) return;
-  const Slot slot = settings_.tariff->slot_at(clock_.now());
+  const Slot slot = running_->tariff->slot_at(clock_.now());
   boundary_timer_ = scheduler_.after(std::chrono::duration_cast<Duration>(slot.end - clock_.now()), [this, boundary = slot.end, txn = running_->id] {
     boundary_timer_ = 0;
     if (!running_ || running_->stopping || running_->id != txn) return;
@@ -434,7 +447,7 @@ void ChargingSession::on_boundary(TimePoint boundary, std::optional<MeterReading
     submit_logged(store_, fmt::format("connector {}: {}: boundary reading", settings_.connector, s.id),
                   [txn = s.id, seq, r = *m](Database& db) { ReadingRepository(db).insert(txn, seq, {r.time, r.wh}, ReadingKind::boundary); });
     spdlog::info("connector {}: {}: tariff boundary at {}: meter {} Wh", settings_.connector, s.id, format_utc(boundary), m->wh);
-    const Slot next = settings_.tariff->slot_at(boundary);
+    const Slot next = s.tariff->slot_at(boundary);
     if (hooks_.emit) {
       hooks_.emit(events::TariffBoundary{.connector = settings_.connector,
                                          .transaction = s.id,
@@ -483,7 +496,7 @@ void ChargingSession::close(std::optional<MeterReading> final_reading, StopDone 
     readings.push_back(readings.back());
   }
   const std::string txn = s.id;
-  closer_->close(txn, settings_.connector, s.method, readings, "completed", s.authorized_fen, s.mode.text(),
+  closer_->close(txn, settings_.connector, s.method, readings, "completed", s.authorized_fen, s.mode.text(), *s.tariff,
                  [this, txn, last_reading = readings.back(), done = std::move(done), alive = alive_](StopOutcome outcome) mutable {
                    if (!*alive) return;
                    if (!outcome.ok && outcome.retry && running_ && running_->id == txn) {

@@ -56,19 +56,23 @@ class SessionCloser {
                        std::function<void()> proceed)>
         before_capture;
   };
-  SessionCloser(std::string site_id, const Tariff& tariff, StoreWorker& store, PaymentSaga& saga, Hooks hooks);
+  SessionCloser(std::string site_id, StoreWorker& store, PaymentSaga& saga, Hooks hooks);
   ~SessionCloser();
   SessionCloser(const SessionCloser&) = delete;
   SessionCloser& operator=(const SessionCloser&) = delete;
 
-  /// `readings` run from the start reading to the final one. `done` gets the receipt (its user
-  /// masked), or retry=true when the work did not commit (nothing of it is on disk).
+  /// `readings` run from the start reading to the final one, billed at `tariff` (the one the
+  /// transaction started with). `done` gets the receipt (its user masked), or retry=true when
+  /// the work did not commit (nothing of it is on disk).
   void close(const std::string& txn, std::uint32_t connector, const std::string& method, std::vector<MeterReading> readings, const std::string& outcome,
-             std::int64_t authorized_fen, const std::string& mode, StopDone done);
+             std::int64_t authorized_fen, const std::string& mode, const Tariff& tariff, StopDone done);
+  /// The digest (tariff_digest) of the site's tariff now: a bill at another tariff says on its
+  /// receipt that it kept the price it started with.
+  void set_current_tariff(std::string digest) { current_tariff_ = std::move(digest); }
 
  private:
   std::string site_id_;
-  const Tariff& tariff_;
+  std::string current_tariff_;
   StoreWorker& store_;
   PaymentSaga& saga_;
   Hooks hooks_;
@@ -81,7 +85,6 @@ class ChargingSession {
     std::uint32_t connector = 0;
     std::string meter;  ///< the billing meter instance (logs)
     const ChargingSettings& charging;
-    const Tariff* tariff = nullptr;  ///< none: no session opens (SessionEngine::start refuses)
     std::int64_t increment_step_fen = 0;  ///< payment.increment_step_fen: a top-up is asked half a step before the hold
   };
   struct Hooks {
@@ -113,6 +116,10 @@ class ChargingSession {
     std::string payment_ref;
     std::int64_t authorized_fen = 0;
     ChargingMode mode;
+    /// The site's tariff at the start, and its document (Tariff::document()), kept with the
+    /// transaction: the session is billed at it whatever a reload or a restart brings.
+    std::shared_ptr<const Tariff> tariff;
+    std::string tariff_document;
   };
   /// The running session, read-only for the coordinator.
   struct Running {
@@ -131,6 +138,7 @@ class ChargingSession {
     bool target_stop_asked = false;  ///< the mode's target was reached: the stop is asked once
     bool increment_asked = false;    ///< a top-up of the hold is in flight
     bool increments_over = false;    ///< a top-up was declined or is unsupported: none asked again
+    std::shared_ptr<const Tariff> tariff;  ///< the one it started with (never null)
   };
 
   ChargingSession(Settings settings, MeterPlausibility plausibility, std::int64_t max_power_w, StoreWorker& store, Scheduler& scheduler,

@@ -16,6 +16,7 @@
 #include "receipt.hpp"
 #include "reading_repository.hpp"
 #include "risk_repository.hpp"
+#include "tariff_repository.hpp"
 #include "strand_scheduler.hpp"
 #include "transaction_repository.hpp"
 #include "token_privacy.hpp"
@@ -130,8 +131,8 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
                                                               .retry_first = Duration(5000),
                                                               .retry_max = Duration(600000)},
                                         std::move(sh));
-  if (site_.session.tariff) {
-    closer_ = std::make_unique<SessionCloser>(site_.id, *site_.session.tariff, store_, *saga_,
+  {
+    closer_ = std::make_unique<SessionCloser>(site_.id, store_, *saga_,
                                               SessionCloser::Hooks{.ledger_append = hooks_.ledger_append,
                                                                    .ledger_contains = hooks_.ledger_contains,
                                                                    .emit = [this](const Event& e) { emit(e); },
@@ -141,6 +142,7 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
                                                                      risk_before_capture(txn, connector, method, fen, std::move(proceed));
                                                                    }});
   }
+  if (site_.session.tariff) set_tariff(*site_.session.tariff);
   for (const auto& cfg : site_.connectors) {
     auto conn = std::make_unique<Connector>();
     conn->cfg = cfg;
@@ -166,7 +168,6 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
     h.checkpoint_committed = [this](const Status& st) { on_checkpoint_commit(st); };
     conn->charging = std::make_unique<ChargingSession>(
         ChargingSession::Settings{.connector = cfg.id, .meter = cfg.meter, .charging = site_.session.charging,
-                                  .tariff = site_.session.tariff ? &*site_.session.tariff : nullptr,
                                   .increment_step_fen = site_.session.payment.increment_step_fen},
         site_.session.charging.meter, cfg.max_power_w, store_, *scheduler_, clock_, closer_.get(), std::move(h));
     // A lie right after a restart must not become a start reading: the guard compares the first
@@ -445,6 +446,8 @@ struct SessionEngine::StartRequest {
   std::string token;
   std::int64_t amount_fen = 0;
   ChargingMode mode;
+  std::shared_ptr<const Tariff> tariff;  ///< the site's at the request: the hold's and the bill's
+  std::string tariff_document;
   StartDone done;
   std::optional<identification::Token> presented;  ///< as a reader or camera presented it
   PaymentSaga::Authorization authorization;
@@ -466,7 +469,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   Connector* cp = connector(id);
   if (!cp) return fail(fmt::format("no connector {}", id));
   Connector& c = *cp;
-  if (!site_.session.tariff) return fail("no tariffs in the site file: sessions cannot be billed, so none can start");
+  if (!tariff_) return fail("no tariffs in the site file: sessions cannot be billed, so none can start");
   if (shutting_down_) return fail("pilecored is stopping: no session starts");
   if (c.recovering > 0) return fail(fmt::format("connector {} is still closing a transaction left open by an unclean stop; try again shortly", id));
   if (checkpoint_health_.paused()) return fail(fmt::format("charging is paused: meter checkpoints cannot be committed ({}); no session starts", checkpoint_health_.error()));
@@ -489,7 +492,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   const ChargingMode chosen = std::get<ChargingMode>(parsed);
   std::int64_t max_power_w = c.cfg.max_power_w;
   if (const auto& site_max = site_.session.charging.site_max_power_w; site_max && *site_max < max_power_w) max_power_w = *site_max;
-  const auto hold = hold_for(chosen, *site_.session.tariff, clock_.now(), max_power_w, site_.session.payment);
+  const auto hold = hold_for(chosen, *tariff_, clock_.now(), max_power_w, site_.session.payment);
   if (const auto* err = std::get_if<std::string>(&hold)) return fail(*err);
   c.starting = true;
   auto req = std::make_shared<StartRequest>();
@@ -498,6 +501,8 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   req->method = std::move(method);
   req->token = std::move(token);
   req->amount_fen = std::get<std::int64_t>(hold);
+  req->tariff = tariff_;  // the price the hold was computed at is the price it is billed at
+  req->tariff_document = tariff_document_;
   req->mode = chosen;
   req->done = std::move(done);
   if (presented) {
@@ -731,7 +736,9 @@ void SessionEngine::start_commit(const std::shared_ptr<StartRequest>& req, std::
                     .user_hash = user_hash(req->token),
                     .payment_ref = a.reference,
                     .authorized_fen = a.authorized_fen,
-                    .mode = req->mode},
+                    .mode = req->mode,
+                    .tariff = req->tariff,
+                    .tariff_document = req->tariff_document},
                    *m, [this, req, alive = alive_](const Status& st) {
                      if (*alive) start_session(req, st);
                    });
@@ -1168,11 +1175,20 @@ void SessionEngine::recover(std::function<void()> done) {
     std::int64_t authorized;
     std::optional<std::int64_t> next_start_wh;  ///< the next transaction's start reading on this connector
     std::string mode;                           ///< as asked at the start: the recovered record says it too
+    std::shared_ptr<const Tariff> tariff;       ///< the one it started with, else (before schema 11) the site's now
   };
   std::vector<Open> open;
-  for (auto& t : TransactionRepository(*reader_db_).unfinished()) open.push_back({t.id, t.connector, t.method, t.authorized_fen, t.next_start_wh, t.mode});
-  if (open.empty() || !site_.session.tariff) {
-    if (!open.empty()) spdlog::error("{} open transaction(s) but no tariffs: they stay open until the site file has tariffs", open.size());
+  std::size_t unpriced = 0;
+  for (auto& t : TransactionRepository(*reader_db_).unfinished()) {
+    auto tariff = tariff_of(t.id);
+    if (!tariff) {
+      ++unpriced;
+      continue;
+    }
+    open.push_back({t.id, t.connector, t.method, t.authorized_fen, t.next_start_wh, t.mode, std::move(tariff)});
+  }
+  if (unpriced > 0) spdlog::error("{} open transaction(s) without a stored tariff and no tariffs in the site file: they stay open until it has tariffs", unpriced);
+  if (open.empty()) {
     done();
     return;
   }
@@ -1207,7 +1223,7 @@ void SessionEngine::recover(std::function<void()> done) {
         if (m) spdlog::error("{}: the meter reads {} Wh, below the last committed {} Wh; billing to the committed reading", o.id, m->wh, readings.back().wh);
         readings.push_back(readings.back());
       }
-      closer_->close(o.id, o.connector, o.method, readings, "recovered", o.authorized, o.mode, [this, o, remaining, done_ptr](const StopOutcome&) {
+      closer_->close(o.id, o.connector, o.method, readings, "recovered", o.authorized, o.mode, *o.tariff, [this, o, remaining, done_ptr](const StopOutcome&) {
         // The connector is free again: start the session autostart held back for a vehicle
         // that plugged in meanwhile (see Connector::recovering).
         Connector* cp = connector(o.connector);
@@ -1275,6 +1291,25 @@ void SessionEngine::stop_all(std::function<void()> done) {
   }
 }
 
+void SessionEngine::set_tariff(const Tariff& tariff) {
+  tariff_ = std::make_shared<const Tariff>(tariff);
+  tariff_document_ = tariff_->document().dump();
+  closer_->set_current_tariff(tariff_digest(tariff_document_));
+}
+
+std::shared_ptr<const Tariff> SessionEngine::tariff_of(const std::string& txn) const {
+  if (auto doc = TariffRepository(*reader_db_).document_of(txn)) {
+    try {
+      return std::make_shared<const Tariff>(Tariff::from_document(nlohmann::json::parse(*doc)));
+    } catch (const std::exception& e) {
+      // A stored document this version cannot read (edited by hand, or from a newer one): the
+      // site's tariff now is the best price there is, and the log says so.
+      spdlog::error("{}: its stored tariff cannot be read ({}); billing it at the site's tariff", txn, e.what());
+    }
+  }
+  return tariff_;
+}
+
 StatusSnapshot SessionEngine::status() const {
   StatusSnapshot out{.site = site_.id, .time = clock_.now(), .connectors = {}};
   for (const auto& [id, c] : connectors_) {
@@ -1298,10 +1333,10 @@ StatusSnapshot SessionEngine::status() const {
       sj.started = s.readings.front().time;
       sj.setpoint_w = s.setpoint_w;
       sj.stopping = s.stopping;
-      if (last && site_.session.tariff) {
+      if (last) {
         std::vector<MeterReading> r = s.readings;
         if (last->time >= r.back().time && last->wh >= r.back().wh) r.push_back(*last);
-        const Bill b = compute_bill(*site_.session.tariff, r);
+        const Bill b = compute_bill(*s.tariff, r);
         sj.energy_wh = b.energy_wh;
         sj.amount_fen = b.total_fen;
       }

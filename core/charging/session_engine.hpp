@@ -110,6 +110,9 @@ class SessionEngine {
   /// Refunds part or all of a closed transaction's capture (its own refund id).
   void refund(const std::string& txn, std::int64_t amount_fen, const std::string& reason, RefundDone done);
   void stop(std::uint32_t connector, StopReason reason, StopDone done);
+  /// The tariff sessions start with from now on (a reload): sessions already running keep
+  /// theirs, and their receipts say they did.
+  void set_tariff(const Tariff& tariff);
   /// Tokens only as token_ref(), in status and receipts alike.
   [[nodiscard]] StatusSnapshot status() const;
   [[nodiscard]] Receipt receipt(const std::string& txn) const;
@@ -211,7 +214,11 @@ class SessionEngine {
   std::shared_ptr<DbHistory> risk_history_;       ///< on reader_db_
   std::unique_ptr<RiskEngine> risk_;
   std::unique_ptr<PaymentSaga> saga_;
-  std::unique_ptr<SessionCloser> closer_;  ///< none without tariffs (no session starts then)
+  std::unique_ptr<SessionCloser> closer_;
+  std::shared_ptr<const Tariff> tariff_;  ///< the site's now; none: no session starts
+  std::string tariff_document_;          ///< its Tariff::document(), kept with each transaction
+  /// The tariff `txn` started with (stored with it), else the site's now; null when neither.
+  [[nodiscard]] std::shared_ptr<const Tariff> tariff_of(const std::string& txn) const;
   const Clock& clock_;
   Strand& strand_;
   Hooks hooks_;

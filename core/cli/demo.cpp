@@ -43,6 +43,12 @@ constexpr int kUtcOffsetHours = 8;  // the site's zone, Asia/Shanghai, has no da
 constexpr const char* kStart = "06:00";      // the daemon starts
 constexpr const char* kPowerCut = "14:50";   // SIGKILL, while a session charges on connector 1
 constexpr int kOutageMinutes = 10;
+/// The operator lowers the service fee from 0.80 to 0.60 yuan/kWh and reloads the site file
+/// (`pilectl reload`, as `systemctl reload pilecore`), while the 17:20 car charges on connector 2:
+/// that session keeps the price it started with, sessions after it pay the new one.
+constexpr const char* kPriceChange = "17:40";
+constexpr const char* kOldService = "service: 80.00";
+constexpr const char* kNewService = "service: 60.00";
 constexpr const char* kEnd = "23:50";        // the day ends once no session is open
 constexpr std::uint32_t kCutConnector = 1;
 
@@ -487,6 +493,7 @@ class Day {
         }
         collect_replies();
         if (!cut_done_ && now_ >= cut_at && open_.count(kCutConnector)) power_cut();
+        if (!price_changed_ && now_ >= utc_of(kPriceChange)) price_change();
         if (now_ < end_at || !open_.empty() || !starts_.empty()) continue;
         if (!refund_done_) refund();
         if (pending_captures_.empty()) break;
@@ -517,6 +524,8 @@ class Day {
   const std::vector<json>& receipts() const { return receipts_; }
   std::size_t declined() const { return declined_; }
   bool power_cut_done() const { return cut_done_; }
+  bool reload_applied() const { return reload_applied_; }
+  const std::set<std::string>& charging_at_reload() const { return charging_at_reload_; }
   const std::string& cut_transaction() const { return cut_txn_; }
   std::size_t tap_starts() const { return tap_starts_; }
   bool step_up_answered() const { return !step_up_txn_.empty(); }
@@ -749,6 +758,28 @@ class Day {
                                        r.value("ok", false) ? r.value("state", std::string("asked")) : "refused: " + r.value("error", std::string("?"))));
   }
 
+  /// The site file with the lower service fee, written whole and renamed into place (an editor
+  /// or a configuration tool does the same), then the reload.
+  void price_change() {
+    price_changed_ = true;
+    std::ifstream in(site_);
+    std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    for (std::size_t at; (at = text.find(kOldService)) != std::string::npos;) text.replace(at, std::string(kOldService).size(), kNewService);
+    const fs::path next = site_.string() + ".new";
+    {
+      std::ofstream out(next, std::ios::trunc);
+      out << text;
+    }
+    fs::rename(next, site_);
+    for (const auto& [connector, txn] : open_) charging_at_reload_.insert(txn);
+    const json r = daemon_->request({{"cmd", "reload"}});
+    std::string what;
+    for (const auto& a : r.value("applied", json::array())) what += (what.empty() ? "" : "; ") + a.get<std::string>();
+    if (!r.value("ok", false)) what = "refused: " + r.value("error", std::string("no answer"));
+    reload_applied_ = r.value("ok", false) && !r.value("applied", json::array()).empty();
+    line(now_, "operator", fmt::format("lowers the service fee to 0.60 yuan/kWh and reloads the site file (pilectl reload): {}", what));
+  }
+
   void power_cut() {
     cut_done_ = true;
     cut_txn_ = open_[kCutConnector];
@@ -815,6 +846,9 @@ class Day {
   std::size_t declined_ = 0;
   std::size_t tap_starts_ = 0;
   bool cut_done_ = false;
+  bool price_changed_ = false;
+  bool reload_applied_ = false;
+  std::set<std::string> charging_at_reload_;  ///< the sessions that keep their price
   bool refund_done_ = false;
   std::string cut_txn_, faulted_txn_, step_up_txn_;
   std::optional<TimePoint> credit_settled_;
@@ -1059,6 +1093,22 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
   check(credit_paid && settled && local_time(*settled, cfg.timezone, "%F") != day_text(),
         "the credit bill debited the next morning, in full");
   check(day.simulator_stats().value("credit_debits", 0) >= 1, "the credit provider debited the agreement");
+  // The price change by reload: the session charging then kept the old service fee (and its
+  // receipt says so); the sessions after it pay the new one.
+  std::size_t kept = 0, repriced = 0;
+  for (const auto& r : day.receipts()) {
+    const auto& lines = r.contains("bill") ? r["bill"].value("lines", json::array()) : json::array();
+    const bool all_old = !lines.empty() && std::all_of(lines.begin(), lines.end(), [](const json& l) { return l.value("service_price", 0) == 8000; });
+    const bool all_new = !lines.empty() && std::all_of(lines.begin(), lines.end(), [](const json& l) { return l.value("service_price", 0) == 6000; });
+    if (day.charging_at_reload().count(r.value("transaction", "")) > 0) {
+      kept += all_old && r["bill"].contains("tariff_note") ? 1 : 0;
+    } else if (TimePoint started; parse_utc(r.value("started", ""), started) && local_time(started, cfg.timezone, "%H:%M") > kPriceChange) {
+      repriced += all_new ? 1 : 0;
+    }
+  }
+  check(day.reload_applied() && kept >= 1 && kept == day.charging_at_reload().size(),
+        fmt::format("the session charging at the {} reload kept its price, said on its receipt ({} of {})", kPriceChange, kept, day.charging_at_reload().size()));
+  check(repriced >= 2, fmt::format("sessions after the reload paid the new service fee ({} did)", repriced));
   check(refunded == kRefundFen, fmt::format("a refund of {} confirmed (got {})", yuan(kRefundFen), yuan(refunded)));
   out << "\n";
   if (!failed.empty()) {

@@ -61,6 +61,7 @@ std::variant<Command, Refused> parse(const nlohmann::json& req, const CommandOpt
     return commands::Refund{text(req, "transaction"), req["amount_fen"].get<std::int64_t>(), text(req, "reason")};
   }
   if (cmd == "receipt") return commands::ReceiptOf{text(req, "transaction")};
+  if (cmd == "reload") return commands::Reload{};
   if (cmd == "diag_max_pages" && options.storage_diagnostics) {
     commands::DiagMaxPages d;
     if (req.contains("headroom_pages") && !req["headroom_pages"].is_null()) {
@@ -71,7 +72,7 @@ std::variant<Command, Refused> parse(const nlohmann::json& req, const CommandOpt
     }
     return d;
   }
-  return Refused{fmt::format("unknown command '{}'; commands: status, session_start, session_stop, session_answer, refund, receipt, watch", cmd)};
+  return Refused{fmt::format("unknown command '{}'; commands: status, session_start, session_stop, session_answer, refund, receipt, reload, watch", cmd)};
 }
 
 nlohmann::json error_json(const std::string& message) { return {{"ok", false}, {"error", message}}; }
@@ -86,6 +87,14 @@ void Responder::operator()(const Receipt& r) const { send_(to_json(r)); }
 void Responder::operator()(const DaemonStatus& s) const { send_(to_json(s)); }
 void Responder::operator()(const DiagPagesReply& r) const { send_({{"ok", true}, {"page_count", r.page_count}, {"max_page_count", r.max_page_count}}); }
 void Responder::operator()(const ErrorReply& e) const { send_(error_json(e.message)); }
+void Responder::operator()(const ReloadReply& r) const {
+  nlohmann::json j{{"ok", r.ok}, {"applied", r.applied}, {"restart_needed", r.restart_needed}};
+  if (!r.ok) {
+    j["errors"] = r.errors;
+    j["error"] = r.errors.empty() ? std::string("reload failed") : r.errors.front();
+  }
+  send_(j);
+}
 
 void serve_request(const nlohmann::json& request, std::function<void(nlohmann::json)> reply, const CommandOptions& options,
                    const CommandHandler& handler) {

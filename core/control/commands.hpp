@@ -43,6 +43,8 @@ struct Refund {
 struct ReceiptOf {
   std::string transaction;
 };
+/// Re-reads the site file (as SIGHUP does): the reply says what applied and what waits for a restart.
+struct Reload {};
 /// pilecored --diag-storage-limit only: the database may grow `headroom_pages` past its size
 /// now (0: full now); none: SQLite's own limit again.
 struct DiagMaxPages {
@@ -51,10 +53,18 @@ struct DiagMaxPages {
 }  // namespace commands
 
 using Command = std::variant<commands::Status, commands::SessionStart, commands::SessionStop, commands::SessionAnswer, commands::Refund,
-                             commands::ReceiptOf, commands::DiagMaxPages>;
+                             commands::ReceiptOf, commands::DiagMaxPages, commands::Reload>;
 
 struct ErrorReply {
   std::string message;
+};
+/// A reload's outcome: refused with the file's errors (the running configuration stays), or
+/// what it applied and which changed settings take effect only at the next restart.
+struct ReloadReply {
+  bool ok = false;
+  std::vector<std::string> errors;
+  std::vector<std::string> applied;
+  std::vector<std::string> restart_needed;
 };
 struct DiagPagesReply {
   std::int64_t page_count = 0, max_page_count = 0;
@@ -71,6 +81,7 @@ class Responder {
   void operator()(const Receipt& r) const;
   void operator()(const DaemonStatus& s) const;
   void operator()(const DiagPagesReply& r) const;
+  void operator()(const ReloadReply& r) const;
   void operator()(const ErrorReply& e) const;
 
  private:

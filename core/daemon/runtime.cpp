@@ -1,6 +1,8 @@
 #include "runtime.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
 
 #include <boost/asio/bind_executor.hpp>
@@ -10,6 +12,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <cmath>
 #include <csignal>
+#include <fstream>
+#include <iterator>
 
 #include "build_config.hpp"
 #include "clocks.hpp"
@@ -27,6 +31,7 @@
 #include "store_worker.hpp"
 #include "token_privacy.hpp"
 #include "remote_executor.hpp"
+#include "site_changes.hpp"
 #include "uplink.hpp"
 #include "wire.hpp"
 
@@ -280,6 +285,67 @@ Runtime::Runtime(SiteConfig site, RuntimeOptions options)
       strand_(asio::make_strand(io_)) {
   for (const auto& c : site_.connectors) connector_status_[c.id] = ConnectorStatus::available;
   connector_snapshot_ = connector_status_;
+  if (!site_.file.empty()) {
+    std::ifstream in(site_.file, std::ios::binary);
+    site_text_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+}
+
+void Runtime::reload(std::function<void(ReloadReply)> done) {
+  ReloadReply r;
+  if (!options_.reload_site || site_.file.empty()) {
+    r.errors.push_back("this pilecored cannot reload: it was not started from a site file");
+    return done(r);
+  }
+  if (!engine_ || !ready_) {
+    r.errors.push_back("pilecored is still starting; reload once it is ready");
+    return done(r);
+  }
+  LoadOutcome loaded = options_.reload_site();
+  if (!loaded.site) {
+    for (const auto& d : loaded.diagnostics.items()) {
+      if (d.severity == Severity::error) r.errors.push_back(d.format());
+    }
+    if (r.errors.empty()) r.errors.push_back(fmt::format("{}: cannot be read", site_.file.string()));
+    spdlog::error("reload: {} has {} error(s); the running configuration stays:", site_.file.string(), r.errors.size());
+    for (const auto& e : r.errors) spdlog::error("reload:   {}", e);
+    return done(r);
+  }
+  std::string text;
+  {
+    std::ifstream in(site_.file, std::ios::binary);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  r.ok = true;
+  SiteConfig& next = *loaded.site;
+  for (const auto& setting : changed_settings(site_text_, text)) {
+    if (!applies_on_reload(setting)) r.restart_needed.push_back(setting);
+  }
+  // The tariffs: sessions that start from now on. A session in progress keeps the tariff it
+  // started with (stored with its transaction) and its receipt says so.
+  const std::string before = site_.session.tariff ? site_.session.tariff->document().dump() : std::string();
+  const std::string after = next.session.tariff ? next.session.tariff->document().dump() : std::string();
+  if (before != after) {
+    if (next.session.tariff && engine_) {
+      std::size_t running = 0;
+      for (const auto& c : engine_->status().connectors) running += c.session ? 1 : 0;
+      engine_->set_tariff(*next.session.tariff);
+      site_.session.tariff = next.session.tariff;
+      r.applied.push_back(fmt::format("tariffs: sessions that start from now on; {} session(s) in progress keep the price they started with", running));
+    } else {
+      r.restart_needed.push_back("tariffs");
+    }
+  }
+  if (next.log_level != site_.log_level) {
+    spdlog::set_level(spdlog::level::from_str(next.log_level));
+    site_.log_level = next.log_level;
+    r.applied.push_back(fmt::format("log level: {}", next.log_level));
+  }
+  spdlog::info("reload: {}: {}", site_.file.string(), r.applied.empty() ? std::string("nothing to apply") : fmt::format("applied {}", fmt::join(r.applied, "; ")));
+  if (!r.restart_needed.empty()) {
+    spdlog::warn("reload: changed settings that take effect at the next restart (systemctl restart pilecore): {}", fmt::join(r.restart_needed, ", "));
+  }
+  done(r);
 }
 
 Runtime::~Runtime() {
@@ -584,6 +650,7 @@ void Runtime::on_command(Command command, Responder reply) {
                  [&](const commands::Refund& c) { engine_->refund(c.transaction, c.amount_fen, c.reason, reply); },
                  [&](const commands::ReceiptOf& c) { reply(engine_->receipt(c.transaction)); },
                  [&](const commands::DiagMaxPages& c) { diag_max_pages(c.headroom_pages, reply); },
+                 [&](const commands::Reload&) { reload([reply](const ReloadReply& r) { reply(r); }); },
              },
              command);
 }
@@ -680,6 +747,17 @@ int Runtime::run() {
     spdlog::info("received {}", signo == SIGTERM ? "SIGTERM" : "SIGINT");
     shutdown();
   }));
+  // SIGHUP (systemctl reload pilecore): the site file again, without ending a session.
+  asio::signal_set hangups(io_, SIGHUP);
+  std::function<void()> await_hangup = [&] {
+    hangups.async_wait(asio::bind_executor(strand_, [this, &await_hangup](const boost::system::error_code& e, int) {
+      if (e || stopping_) return;
+      spdlog::info("received SIGHUP: reloading {}", site_.file.string());
+      reload([](const ReloadReply&) {});
+      await_hangup();
+    }));
+  };
+  await_hangup();
   auto work = asio::make_work_guard(io_);
   asio::post(strand_, [this] { start_instances(); });
   for (;;) {

@@ -58,6 +58,9 @@ struct RuntimeOptions {
   /// pilecore-plugin-host, for instances with `isolate: true`; empty: the one beside this
   /// program (/proc/self/exe).
   std::filesystem::path plugin_host;
+  /// Reads and validates the site file again, for a reload (SIGHUP, `pilectl reload`); pilecored
+  /// sets it to load_site over the file it started with. Empty: a reload is refused.
+  std::function<LoadOutcome()> reload_site;
 };
 
 class Runtime {
@@ -90,6 +93,11 @@ class Runtime {
   [[nodiscard]] std::optional<Kind> kind_of(std::string_view instance) const;
   /// The session engine (exists once the instances have started). Use on the strand.
   [[nodiscard]] SessionEngine* engine() { return engine_.get(); }
+  /// Re-reads the site file (reload_site). An invalid file changes nothing and its errors are
+  /// logged; a valid one applies its tariffs to the sessions that start from now on (those in
+  /// progress keep their price) and its log level, and names in the log every other changed
+  /// setting, which takes effect at the next restart. On the strand.
+  void reload(std::function<void(ReloadReply)> done);
   /// Handles one control request (the socket's handler; tests call it directly on the strand).
   void handle_request(const nlohmann::json& request, std::function<void(nlohmann::json)> reply);
   /// The admission guard: asks the risk rules of API >= 2.2 (risk-rate-limit) whether to let an
@@ -185,6 +193,9 @@ class Runtime {
   std::vector<InstanceInfo> snapshot_;
   std::map<std::uint32_t, ConnectorStatus> connector_snapshot_;
   std::string start_error_;
+  /// The site file's text as it was when the pile started: what a reload compares with, since
+  /// only the tariffs and the log level of a new file are applied before a restart.
+  std::string site_text_;
 };
 
 }  // namespace pilecore::core

@@ -160,6 +160,10 @@ const char* const migrations[] = {
     // time:<s>s), so a receipt and a recovered session's ledger record say it too. '' for rows
     // written before.
     "ALTER TABLE transactions ADD COLUMN mode TEXT NOT NULL DEFAULT '';",
+    // 10 -> 11: the tariff each transaction started with (tariff_repository.hpp), so a reload or
+    // an upgrade with new prices bills a session in progress, recovered or resumed at its own.
+    "CREATE TABLE tariffs(digest TEXT PRIMARY KEY, document TEXT NOT NULL, first_used_ms INTEGER NOT NULL);"
+    "CREATE TABLE transaction_tariffs(txn_id TEXT PRIMARY KEY REFERENCES transactions(id), digest TEXT NOT NULL REFERENCES tariffs(digest));",
 };
 }  // namespace
 

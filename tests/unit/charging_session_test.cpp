@@ -85,7 +85,7 @@ class ChargingSessionTest : public ::testing::Test {
     PaymentSaga::Hooks sh;
     sh.method = [this](std::string_view name) -> payment::Method* { return name == "pay" ? &method : nullptr; };
     saga = std::make_unique<PaymentSaga>(*store, reader->handle(), clock, clock, PaymentSaga::Settings{}, std::move(sh));
-    closer = std::make_unique<SessionCloser>("SITE", tariff, *store, *saga,
+    closer = std::make_unique<SessionCloser>("SITE", *store, *saga,
                                              SessionCloser::Hooks{.ledger_append =
                                                                       [this](const SessionRecord& r) {
                                                                         if (ledger_fails) throw std::runtime_error("disk full");
@@ -116,7 +116,7 @@ class ChargingSessionTest : public ::testing::Test {
         }
       });
     };
-    session = std::make_unique<ChargingSession>(ChargingSession::Settings{.connector = 1, .meter = "meter", .charging = settings, .tariff = &tariff,
+    session = std::make_unique<ChargingSession>(ChargingSession::Settings{.connector = 1, .meter = "meter", .charging = settings,
                                                                           .increment_step_fen = 200},
                                                 MeterPlausibility{}, 22'000, *store, clock, clock, closer.get(), std::move(h));
   }
@@ -155,7 +155,7 @@ class ChargingSessionTest : public ::testing::Test {
   void open(std::int64_t wh, std::int64_t authorized_fen = 100'000, ChargingMode mode = {}) {
     sample(wh);
     session->open({.txn = "T-1", .method = "pay", .token = "card:04A1B2C3D4", .user_hash = "h", .payment_ref = "REF", .authorized_fen = authorized_fen,
-                   .mode = mode},
+                   .mode = mode, .tariff = tariff, .tariff_document = tariff->document().dump()},
                   {clock.now(), wh}, [](const Status& st) { ASSERT_TRUE(st.ok()) << st.message(); });
     pump();
     ASSERT_TRUE(session->active());
@@ -180,7 +180,7 @@ class ChargingSessionTest : public ::testing::Test {
   TempDir dir;
   ManualScheduler clock{at(1, 0)};
   ChargingSettings settings;
-  Tariff tariff = two_periods();
+  std::shared_ptr<const Tariff> tariff = std::make_shared<const Tariff>(two_periods());
   FakeMethod method;
   std::mutex mutex;
   std::deque<std::function<void()>> posted;
@@ -200,7 +200,8 @@ class ChargingSessionTest : public ::testing::Test {
 };
 
 TEST_F(ChargingSessionTest, OpeningCommitsTheRowAndTheStartReadingBeforeTheSessionRuns) {
-  session->open({.txn = "T-1", .method = "pay", .token = "card:04A1B2C3D4", .user_hash = "h", .payment_ref = "REF", .authorized_fen = 5000, .mode = {}},
+  session->open({.txn = "T-1", .method = "pay", .token = "card:04A1B2C3D4", .user_hash = "h", .payment_ref = "REF", .authorized_fen = 5000, .mode = {},
+                 .tariff = tariff, .tariff_document = tariff->document().dump()},
                 {clock.now(), 1000}, [](const Status&) {});
   EXPECT_FALSE(session->active()) << "running before the row is on disk";
   pump();

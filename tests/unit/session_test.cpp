@@ -179,7 +179,7 @@ TEST(Session, RequestsAreRefusedWithReasons) {
   EXPECT_EQ(request(site, {{"cmd", "session_start"}, {"connector", 9}})["error"], "no connector 9");
   EXPECT_EQ(request(site, {{"cmd", "session_stop"}, {"connector", 1}})["error"], "connector 1 has no session");
   EXPECT_EQ(request(site, {{"cmd", "session_start"}, {"connector", 1}, {"method", "nope"}})["error"], "'nope' is not a running payment instance");
-  EXPECT_EQ(request(site, {{"cmd", "warp"}})["error"], "unknown command 'warp'; commands: status, session_start, session_stop, session_answer, refund, receipt, watch");
+  EXPECT_EQ(request(site, {{"cmd", "warp"}})["error"], "unknown command 'warp'; commands: status, session_start, session_stop, session_answer, refund, receipt, reload, watch");
   EXPECT_EQ(request(site, {{"cmd", "receipt"}, {"transaction", "X"}})["error"], "no transaction 'X'");
 }
 
