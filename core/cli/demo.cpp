@@ -22,6 +22,7 @@
 
 #include "clocks.hpp"
 #include "control_socket.hpp"
+#include "fd_lines.hpp"
 #include "ledger_commands.hpp"
 #include "money.hpp"
 #include "paths.hpp"
@@ -410,22 +411,13 @@ class Simulators {
 
  private:
   std::string read_line(std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    for (;;) {
-      if (const auto nl = buffer_.find('\n'); nl != std::string::npos) {
-        std::string line = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        return line;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) throw std::runtime_error("the payment simulators did not answer");
-      pollfd p{from_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-      char chunk[4096];
-      const ssize_t n = ::read(from_, chunk, sizeof chunk);
-      if (n <= 0) throw std::runtime_error("the payment simulators stopped");
-      buffer_.append(chunk, static_cast<std::size_t>(n));
+    std::string line;
+    switch (core::read_line(from_, buffer_, timeout, line)) {
+      case LineRead::line: return line;
+      case LineRead::timeout: throw std::runtime_error("the payment simulators did not answer");
+      case LineRead::closed: break;
     }
+    throw std::runtime_error("the payment simulators stopped");
   }
 
   pid_t pid_ = -1;

@@ -1,4 +1,5 @@
 #include "control_socket.hpp"
+#include "fd_lines.hpp"
 
 #include <fmt/format.h>
 #include <grp.h>
@@ -418,26 +419,16 @@ ControlWatch::~ControlWatch() {
 }
 
 std::optional<std::string> ControlWatch::line(std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    if (const auto nl = buffer_.find('\n'); nl != std::string::npos) {
-      std::string out = buffer_.substr(0, nl);
-      buffer_.erase(0, nl + 1);
-      return out;
-    }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() < 0) return std::nullopt;
-    pollfd pfd{fd_, POLLIN, 0};
-    const int r = ::poll(&pfd, 1, static_cast<int>(left.count()));
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) throw std::runtime_error(fmt::format("{}: poll: {}", path_.string(), std::strerror(errno)));
-    if (r == 0) return std::nullopt;
-    char chunk[8192];
-    const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw std::runtime_error(fmt::format("{}: pilecored closed the connection", path_.string()));
-    buffer_.append(chunk, static_cast<std::size_t>(n));
+  std::string out;
+  LineRead r = LineRead::closed;
+  try {
+    r = read_line(fd_, buffer_, timeout, out);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(fmt::format("{}: {}", path_.string(), e.what()));
   }
+  if (r == LineRead::closed) throw std::runtime_error(fmt::format("{}: pilecored closed the connection", path_.string()));
+  if (r == LineRead::timeout) return std::nullopt;
+  return out;
 }
 
 std::optional<nlohmann::json> ControlWatch::next(std::chrono::milliseconds timeout) {
