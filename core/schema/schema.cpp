@@ -118,7 +118,15 @@ bool parse_number(std::string_view s, double& out) {
 }
 
 std::optional<std::string> check_range(const Field& f, double v, const std::string& text) {
-  if (v < f.min || v > f.max) return fmt::format("is {}, out of range: allowed {}", text, range_text(f));
+  if (v < f.min || v > f.max) {
+    // Power and energy keys are in W and Wh; the common slip is writing kW or kWh, so when a
+    // thousand times the value fits, say what the integrator most likely meant.
+    if ((f.unit == "W" || f.unit == "Wh") && v > 0 && v < f.min && v * 1000 >= f.min && v * 1000 <= f.max) {
+      return fmt::format("is {}, out of range: allowed {}; the unit is {}: {} k{} is {}", text, range_text(f), f.unit, text, f.unit,
+                         fmt_bound(v * 1000));
+    }
+    return fmt::format("is {}, out of range: allowed {}", text, range_text(f));
+  }
   return std::nullopt;
 }
 
@@ -239,7 +247,22 @@ std::string suggestion(std::string_view word, const std::vector<std::string>& ca
       best = c;
     }
   }
-  if (best.empty() || best_d > limit) return {};
+  if (best.empty() || best_d > limit) {
+    // A shortened name ("sdm630" for "eastron-sdm630") is far by edits but is one whole part of
+    // the name meant: suggest the candidate that has it as a part, when only one does.
+    best.clear();
+    if (word.size() >= 3) {
+      for (const auto& c : candidates) {
+        const auto at = c.find(word);
+        const bool starts = at != std::string::npos && (at == 0 || c[at - 1] == '-' || c[at - 1] == '_');
+        const bool ends = at != std::string::npos && (at + word.size() == c.size() || c[at + word.size()] == '-' || c[at + word.size()] == '_');
+        if (!starts || !ends) continue;
+        if (!best.empty()) return {};
+        best = c;
+      }
+    }
+    if (best.empty()) return {};
+  }
   return fmt::format("did you mean '{}'? ", best);
 }
 
