@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -115,6 +116,38 @@ bool parse_number(std::string_view s, double& out) {
   std::string copy(s.front() == '+' ? s.substr(1) : s);
   auto [ptr, ec] = std::from_chars(copy.data(), copy.data() + copy.size(), out);
   return ec == std::errc() && ptr == copy.data() + copy.size() && std::isfinite(out);
+}
+
+/// "1s", "7000W", "7 kW" for a key in ms or W: the number with its unit written after it, as on
+/// a nameplate. Says to write the number alone and, for the usual units, what it is in the key's.
+std::string unit_hint(const Field& f, std::string_view s) {
+  if (f.unit.empty()) return {};
+  std::size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+  if (i == 0) return {};
+  const std::string_view number = s.substr(0, i);
+  std::size_t j = i;
+  while (j < s.size() && s[j] == ' ') ++j;
+  const std::string_view suffix = s.substr(j);
+  if (suffix.empty() || !std::all_of(suffix.begin(), suffix.end(), [](char c) { return std::isalpha(static_cast<unsigned char>(c)); })) return {};
+  double v = 0;
+  if (!parse_number(number, v)) return {};
+  static const std::map<std::string, std::map<std::string, double>> factors = {
+      {"ms", {{"ms", 1}, {"s", 1000}, {"min", 60000}, {"h", 3600000}}},
+      {"s", {{"s", 1}, {"min", 60}, {"h", 3600}}},
+      {"W", {{"W", 1}, {"kW", 1000}, {"MW", 1000000}}},
+      {"Wh", {{"Wh", 1}, {"kWh", 1000}, {"MWh", 1000000}}},
+      {"fen", {{"fen", 1}, {"yuan", 100}}},
+  };
+  if (auto unit = factors.find(f.unit); unit != factors.end()) {
+    if (auto factor = unit->second.find(std::string(suffix)); factor != unit->second.end()) {
+      const double meant = v * factor->second;
+      if (f.type != FieldType::integer || meant == std::floor(meant)) {
+        return fmt::format("; write the number alone, in {}: {}", f.unit, fmt_bound(meant));
+      }
+    }
+  }
+  return fmt::format("; write the number alone, in {}", f.unit);
 }
 
 std::optional<std::string> check_range(const Field& f, double v, const std::string& text) {
@@ -322,7 +355,7 @@ std::optional<std::string> parse_value(const Field& f, const YAML::Node& node, V
         if (plain && is_decimal_integer(s)) return fmt::format("is {}, too large for an integer: allowed {}", s, range_text(f));
         double d = 0;
         if (plain && parse_number(s, d)) return fmt::format("must be a whole number, got {}", s);
-        return fmt::format("must be an integer, got {}{}", kind_of(node), plain ? "" : " (remove the quotes)");
+        return fmt::format("must be an integer, got {}{}{}", kind_of(node), plain ? "" : " (remove the quotes)", unit_hint(f, s));
       }
       if (!plain) return fmt::format("must be an integer, got {} (remove the quotes)", kind_of(node));
       if (auto e = check_range(f, static_cast<double>(v), s)) return e;
@@ -332,7 +365,7 @@ std::optional<std::string> parse_value(const Field& f, const YAML::Node& node, V
     case FieldType::number: {
       double v = 0;
       if (!parse_number(s, v) || !plain) {
-        return fmt::format("must be a number, got {}{}", kind_of(node), plain || !parse_number(s, v) ? "" : " (remove the quotes)");
+        return fmt::format("must be a number, got {}{}{}", kind_of(node), plain || !parse_number(s, v) ? "" : " (remove the quotes)", unit_hint(f, s));
       }
       if (auto e = check_range(f, v, s)) return e;
       out = v;
