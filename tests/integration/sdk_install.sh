@@ -18,6 +18,9 @@ echo "== build examples/hello-sensor with find_package(pilecore)"
 cmake -S "$work/hello-sensor" -B "$work/hello-build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CXX_FLAGS="-Wall -Wextra -Werror" >/dev/null
 cmake --build "$work/hello-build" >/dev/null
+ctest --test-dir "$work/hello-build" --output-on-failure >"$work/hello-tests.txt" 2>&1 ||
+  { cat "$work/hello-tests.txt"; echo "hello-sensor's unit tests failed"; exit 1; }
+tail -n 3 "$work/hello-tests.txt"
 cmake --install "$work/hello-build" >/dev/null
 plugin_dir=$(find "$prefix" -type d -path '*/pilecore/plugins')
 test -f "$plugin_dir/hello-sensor.so" || { echo "hello-sensor.so was not installed into $plugin_dir"; exit 1; }
