@@ -21,6 +21,7 @@ cmake --build "$work/hello-build" >/dev/null
 ctest --test-dir "$work/hello-build" --output-on-failure >"$work/hello-tests.txt" 2>&1 ||
   { cat "$work/hello-tests.txt"; echo "hello-sensor's unit tests failed"; exit 1; }
 tail -n 3 "$work/hello-tests.txt"
+ctest --test-dir "$work/hello-build" -N | grep -q 'Total Tests: [1-9]' || { echo "hello-sensor's unit tests were not built"; exit 1; }
 cmake --install "$work/hello-build" >/dev/null
 plugin_dir=$(find "$prefix" -type d -path '*/pilecore/plugins')
 test -f "$plugin_dir/hello-sensor.so" || { echo "hello-sensor.so was not installed into $plugin_dir"; exit 1; }
