@@ -91,11 +91,10 @@ class ManualClock final : public Clock {
 class FakeConfig final : public ConfigValues {
  public:
   FakeConfig(std::span<const ConfigKey> keys, const std::map<std::string, std::string>& values) {
-    for (const auto& [key, text] : values) {
-      if (std::none_of(keys.begin(), keys.end(), [&](const ConfigKey& k) { return k.key && key == k.key; })) {
-        throw std::invalid_argument("configuration key '" + key + "' is not declared by the plugin");
+    for (const auto& given : values) {
+      if (std::none_of(keys.begin(), keys.end(), [&](const ConfigKey& k) { return k.key && given.first == k.key; })) {
+        throw std::invalid_argument("configuration key '" + given.first + "' is not declared by the plugin");
       }
-      (void)text;
     }
     for (const ConfigKey& k : keys) {
       if (!k.key) continue;
