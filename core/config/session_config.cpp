@@ -254,6 +254,16 @@ Field charging_field() {
                                "sensor")});
 }
 
+namespace {
+/// `scaled` / `one` as a decimal without trailing zeros: 7000 / 100 -> "70", 1234 / 100 -> "12.34".
+std::string fen_text(std::int64_t scaled, std::int64_t one) {
+  std::string text = std::to_string(scaled / one);
+  std::string fraction = std::to_string(one + scaled % one).substr(1);
+  while (!fraction.empty() && fraction.back() == '0') fraction.pop_back();
+  return fraction.empty() ? text : text + "." + fraction;
+}
+}  // namespace
+
 std::optional<Tariff> parse_tariffs(const YAML::Node& tariffs, const std::string& time_zone, Diagnostics& diags) {
   const Field tf = tariffs_field();
   const int decimals = static_cast<int>(int_or(member(tariffs, "decimals"), child(tf, "decimals"), 2));
@@ -264,6 +274,7 @@ std::optional<Tariff> parse_tariffs(const YAML::Node& tariffs, const std::string
   for (const auto& m : members_of(member(tariffs, "plans"))) {
     if (!m.value.IsMap()) continue;
     Plan plan{m.key, {}, {}};
+    std::set<PeriodType> refused;  // prices written but refused, already reported: no "needs prices" too
     for (const auto& pm : members_of(member(m.value, "prices"))) {
       const auto type = period_type_from(pm.key);
       if (!type) continue;
@@ -283,9 +294,24 @@ std::optional<Tariff> parse_tariffs(const YAML::Node& tariffs, const std::string
           ok = false;
           continue;
         }
+        std::int64_t one_fen = 1;
+        for (int i = 0; i < decimals; ++i) one_fen *= 10;
+        if (*units > 0 && *units < one_fen) {
+          // No tariff charges less than a fen per kWh: this is yuan written where fen belong,
+          // and would bill a hundredth of the price without a word.
+          diags.error(position_of(n), fmt::format("'tariffs.plans.{}.prices.{}.{}' is {}, less than a fen per kWh: prices are in fen per kWh, "
+                                                  "so {} yuan is written {}",
+                                                  m.key, pm.key, part, n.Scalar(), n.Scalar(), fen_text(*units * 100, one_fen)));
+          ok = false;
+          continue;
+        }
         (std::string_view(part) == "electricity" ? price.electricity : price.service) = *units;
       }
-      if (ok) plan.prices[static_cast<std::size_t>(*type)] = price;
+      if (ok) {
+        plan.prices[static_cast<std::size_t>(*type)] = price;
+      } else {
+        refused.insert(*type);
+      }
     }
     const YAML::Node periods = member(m.value, "periods");
     std::vector<YAML::Node> period_nodes;
@@ -301,7 +327,7 @@ std::optional<Tariff> parse_tariffs(const YAML::Node& tariffs, const std::string
       }
       // Copied out of the optional: GCC 12 at -O2 cannot see that *parsed is initialised here.
       const PeriodType type = parsed.value_or(PeriodType::flat);
-      if (!plan.prices[static_cast<std::size_t>(type)]) {
+      if (!plan.prices[static_cast<std::size_t>(type)] && !refused.contains(type)) {
         diags.error(position_of(type_node), fmt::format("'tariffs.plans.{}': a {} period needs prices.{}", m.key, type_node.Scalar(), type_node.Scalar()));
       }
       plan.windows.push_back(Window{*from % 1440, *to, type});

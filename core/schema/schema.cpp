@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -117,8 +118,48 @@ bool parse_number(std::string_view s, double& out) {
   return ec == std::errc() && ptr == copy.data() + copy.size() && std::isfinite(out);
 }
 
+/// "1s", "7000W", "7 kW" for a key in ms or W: the number with its unit written after it, as on
+/// a nameplate. Says to write the number alone and, for the usual units, what it is in the key's.
+std::string unit_hint(const Field& f, std::string_view s) {
+  if (f.unit.empty()) return {};
+  std::size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+  if (i == 0) return {};
+  const std::string_view number = s.substr(0, i);
+  std::size_t j = i;
+  while (j < s.size() && s[j] == ' ') ++j;
+  const std::string_view suffix = s.substr(j);
+  if (suffix.empty() || !std::all_of(suffix.begin(), suffix.end(), [](char c) { return std::isalpha(static_cast<unsigned char>(c)); })) return {};
+  double v = 0;
+  if (!parse_number(number, v)) return {};
+  static const std::map<std::string, std::map<std::string, double>> factors = {
+      {"ms", {{"ms", 1}, {"s", 1000}, {"min", 60000}, {"h", 3600000}}},
+      {"s", {{"s", 1}, {"min", 60}, {"h", 3600}}},
+      {"W", {{"W", 1}, {"kW", 1000}, {"MW", 1000000}}},
+      {"Wh", {{"Wh", 1}, {"kWh", 1000}, {"MWh", 1000000}}},
+      {"fen", {{"fen", 1}, {"yuan", 100}}},
+  };
+  if (auto unit = factors.find(f.unit); unit != factors.end()) {
+    if (auto factor = unit->second.find(std::string(suffix)); factor != unit->second.end()) {
+      const double meant = v * factor->second;
+      if (f.type != FieldType::integer || meant == std::floor(meant)) {
+        return fmt::format("; write the number alone, in {}: {}", f.unit, fmt_bound(meant));
+      }
+    }
+  }
+  return fmt::format("; write the number alone, in {}", f.unit);
+}
+
 std::optional<std::string> check_range(const Field& f, double v, const std::string& text) {
-  if (v < f.min || v > f.max) return fmt::format("is {}, out of range: allowed {}", text, range_text(f));
+  if (v < f.min || v > f.max) {
+    // Power and energy keys are in W and Wh; the common slip is writing kW or kWh, so when a
+    // thousand times the value fits, say what the integrator most likely meant.
+    if ((f.unit == "W" || f.unit == "Wh") && v > 0 && v < f.min && v * 1000 >= f.min && v * 1000 <= f.max) {
+      return fmt::format("is {}, out of range: allowed {}; the unit is {}: {} k{} is {}", text, range_text(f), f.unit, text, f.unit,
+                         fmt_bound(v * 1000));
+    }
+    return fmt::format("is {}, out of range: allowed {}", text, range_text(f));
+  }
   return std::nullopt;
 }
 
@@ -239,7 +280,22 @@ std::string suggestion(std::string_view word, const std::vector<std::string>& ca
       best = c;
     }
   }
-  if (best.empty() || best_d > limit) return {};
+  if (best.empty() || best_d > limit) {
+    // A shortened name ("sdm630" for "eastron-sdm630") is far by edits but is one whole part of
+    // the name meant: suggest the candidate that has it as a part, when only one does.
+    best.clear();
+    if (word.size() >= 3) {
+      for (const auto& c : candidates) {
+        const auto at = c.find(word);
+        const bool starts = at != std::string::npos && (at == 0 || c[at - 1] == '-' || c[at - 1] == '_');
+        const bool ends = at != std::string::npos && (at + word.size() == c.size() || c[at + word.size()] == '-' || c[at + word.size()] == '_');
+        if (!starts || !ends) continue;
+        if (!best.empty()) return {};
+        best = c;
+      }
+    }
+    if (best.empty()) return {};
+  }
   return fmt::format("did you mean '{}'? ", best);
 }
 
@@ -299,7 +355,7 @@ std::optional<std::string> parse_value(const Field& f, const YAML::Node& node, V
         if (plain && is_decimal_integer(s)) return fmt::format("is {}, too large for an integer: allowed {}", s, range_text(f));
         double d = 0;
         if (plain && parse_number(s, d)) return fmt::format("must be a whole number, got {}", s);
-        return fmt::format("must be an integer, got {}{}", kind_of(node), plain ? "" : " (remove the quotes)");
+        return fmt::format("must be an integer, got {}{}{}", kind_of(node), plain ? "" : " (remove the quotes)", unit_hint(f, s));
       }
       if (!plain) return fmt::format("must be an integer, got {} (remove the quotes)", kind_of(node));
       if (auto e = check_range(f, static_cast<double>(v), s)) return e;
@@ -309,7 +365,7 @@ std::optional<std::string> parse_value(const Field& f, const YAML::Node& node, V
     case FieldType::number: {
       double v = 0;
       if (!parse_number(s, v) || !plain) {
-        return fmt::format("must be a number, got {}{}", kind_of(node), plain || !parse_number(s, v) ? "" : " (remove the quotes)");
+        return fmt::format("must be a number, got {}{}{}", kind_of(node), plain || !parse_number(s, v) ? "" : " (remove the quotes)", unit_hint(f, s));
       }
       if (auto e = check_range(f, v, s)) return e;
       out = v;

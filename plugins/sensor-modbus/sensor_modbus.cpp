@@ -140,8 +140,13 @@ void read_settings(const ConfigValues& c, Settings& out, Problem&& problem) {
 
   if (tcp) {
     const auto h = c.get_string("host");
+    // "192.168.1.50:502" as a gateway's web page writes it: libmodbus would look up the whole
+    // string as a name and fail at every poll. One colon only, so an IPv6 address stays valid.
+    const auto colon = h ? h->find(':') : std::string_view::npos;
     if (!h || h->empty()) {
       problem("host", "transport tcp needs host (the meter's or gateway's address)");
+    } else if (colon != std::string_view::npos && h->find(':', colon + 1) == std::string_view::npos) {
+      problem("host", fmt::format("'{}' has a port in it: write host: {} and port: {}", *h, h->substr(0, colon), h->substr(colon + 1)));
     } else {
       out.host_name_ = std::string(*h);
       out.port_ = static_cast<int>(c.integer("port"));

@@ -18,19 +18,24 @@ echo "== build examples/hello-sensor with find_package(pilecore)"
 cmake -S "$work/hello-sensor" -B "$work/hello-build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CXX_FLAGS="-Wall -Wextra -Werror" >/dev/null
 cmake --build "$work/hello-build" >/dev/null
+ctest --test-dir "$work/hello-build" --output-on-failure >"$work/hello-tests.txt" 2>&1 ||
+  { cat "$work/hello-tests.txt"; echo "hello-sensor's unit tests failed"; exit 1; }
+tail -n 3 "$work/hello-tests.txt"
+ctest --test-dir "$work/hello-build" -N | grep -q 'Total Tests: [1-9]' || { echo "hello-sensor's unit tests were not built"; exit 1; }
 cmake --install "$work/hello-build" >/dev/null
 plugin_dir=$(find "$prefix" -type d -path '*/pilecore/plugins')
 test -f "$plugin_dir/hello-sensor.so" || { echo "hello-sensor.so was not installed into $plugin_dir"; exit 1; }
-# Its only export is the entry alias.
-exports=$(nm -D --defined-only "$plugin_dir/hello-sensor.so" | awk '{print $3}' | grep -v '^_' | tr '\n' ' ')
-[ "$exports" = "pilecore_plugin_v2 " ] || { echo "unexpected exports: $exports"; exit 1; }
+# Its only export is the entry alias: no weak Boost or libstdc++ instance either.
+"$src/tests/integration/plugin_exports.sh" "$plugin_dir"
 
 echo "== build it again with pkg-config alone"
 PKG_CONFIG_PATH=$(dirname "$(find "$prefix" -name pilecore.pc)")
 export PKG_CONFIG_PATH
 # shellcheck disable=SC2046
-g++ $(pkg-config --cflags pilecore) $(pkg-config --variable=plugin_cflags pilecore) -shared -fPIC -Wall -Wextra -Werror -o "$work/hello-sensor.so" \
-  "$work/hello-sensor/hello_sensor.cpp" $(pkg-config --libs pilecore)
+mkdir "$work/pc"
+g++ $(pkg-config --cflags pilecore) $(pkg-config --variable=plugin_cflags pilecore) -shared -fPIC -Wall -Wextra -Werror -o "$work/pc/hello-sensor.so" \
+  "$work/hello-sensor/hello_sensor.cpp" $(pkg-config --libs pilecore) $(pkg-config --variable=plugin_ldflags pilecore)
+"$src/tests/integration/plugin_exports.sh" "$work/pc"
 
 echo "== pilectl (installed) lists and shows it"
 "$prefix/bin/pilectl" plugins list | tee "$work/list.txt"
@@ -82,11 +87,20 @@ grep -q "\[sensor:hello-sensor:soc\] up: $work/temp" "$work/log"
 
 echo "== the example payment method, built out of tree, takes a PIN, a pending capture and two refunds"
 cp -r "$src/examples/hello-payment" "$work/hello-payment"
-cmake -S "$work/hello-payment" -B "$work/pay-build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
+# No build type given: the example's own default applies.
+cmake -S "$work/hello-payment" -B "$work/pay-build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" \
   -DCMAKE_CXX_FLAGS="-Wall -Wextra -Werror" >/dev/null
+grep -q '^CMAKE_BUILD_TYPE:STRING=RelWithDebInfo$' "$work/pay-build/CMakeCache.txt" ||
+  { grep CMAKE_BUILD_TYPE "$work/pay-build/CMakeCache.txt"; echo "the example set no default build type"; exit 1; }
 cmake --build "$work/pay-build" >/dev/null
+echo "== its unit tests, on the installed SDK's fake host (pilecore/testing/fake_host.hpp)"
+ctest --test-dir "$work/pay-build" --output-on-failure >"$work/pay-tests.txt" 2>&1 ||
+  { cat "$work/pay-tests.txt"; echo "the example's unit tests failed"; exit 1; }
+tail -n 3 "$work/pay-tests.txt"
+ctest --test-dir "$work/pay-build" -N | grep -q 'Total Tests: [1-9]' || { echo "the example's unit tests were not built"; exit 1; }
 cmake --install "$work/pay-build" >/dev/null
 test -f "$plugin_dir/hello-payment.so" || { echo "hello-payment.so was not installed into $plugin_dir"; exit 1; }
+"$src/tests/integration/plugin_exports.sh" "$plugin_dir"
 cat > "$work/pay.yaml" <<YAML
 site:
   id: SDK-PAY

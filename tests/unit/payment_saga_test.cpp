@@ -5,6 +5,7 @@
 
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <set>
 
 #include "money_operations.hpp"
@@ -28,19 +29,22 @@ class FakeMethod final : public payment::Method {
   void stop() noexcept override {}
   [[nodiscard]] payment::Capabilities capabilities() const noexcept override { return {}; }
   void authorize(const payment::AuthorizationRequest& r, payment::AuthorizationCallback done) noexcept override {
-    authorizations.push_back({std::string(r.operation_id), r.amount_fen, std::move(done), std::string(r.channel)});
+    authorizations.push_back({std::string(r.operation_id), r.amount_fen, done, std::string(r.channel)});
+    if (answer_now) done(*answer_now);  // inside the call, as the SDK allows
   }
   void answer_step_up(std::string_view operation_id, const payment::StepUpAnswer& a, payment::AuthorizationCallback done) noexcept override {
     step_up_answers.push_back({std::string(operation_id), a.value, std::move(done)});
   }
   void capture(const payment::CaptureRequest& r, payment::OperationCallback done) noexcept override {
-    operations.push_back({"capture", std::string(r.operation_id), r.amount_fen, std::move(done), {}});
+    operations.push_back({"capture", std::string(r.operation_id), r.amount_fen, done, {}});
+    if (operation_now) done(*operation_now);
   }
   void cancel(const payment::VoidRequest& r, payment::OperationCallback done) noexcept override {
     operations.push_back({"cancel", std::string(r.operation_id), 0, std::move(done), std::string(r.authorization_id) + "@" + std::string(r.channel)});
   }
   void refund(const payment::RefundRequest& r, payment::OperationCallback done) noexcept override {
-    operations.push_back({"refund", std::string(r.operation_id), r.amount_fen, std::move(done), {}});
+    operations.push_back({"refund", std::string(r.operation_id), r.amount_fen, done, {}});
+    if (operation_now) done(*operation_now);
   }
   void increment(const payment::IncrementRequest& r, payment::AuthorizationCallback done) noexcept override {
     increments.push_back({std::string(r.operation_id), std::string(r.authorization_id), r.amount_fen, r.total_fen, std::move(done)});
@@ -72,6 +76,9 @@ class FakeMethod final : public payment::Method {
     payment::OperationCallback done;
     std::string released = {};  ///< cancel: "<authorization id>@<channel>"
   };
+  /// Set: each authorisation (capture, refund) is answered with it before the call returns.
+  std::optional<payment::AuthorizationResult> answer_now;
+  std::optional<payment::OperationResult> operation_now;
   std::vector<Auth> authorizations;
   std::vector<StepUp> step_up_answers;
   std::vector<Op> operations;
@@ -198,6 +205,71 @@ TEST_F(SagaTest, APluginThatNeverAnswersCannotHoldTheAuthorisation) {
   method.operations[0].done(confirmed(5000));
   pump();
   EXPECT_EQ(op("T-1/void")->state, OperationStateRow::confirmed);
+}
+
+// The SDK lets a plugin call its callback before the call returns (docs/plugin-guide.md,
+// "Callbacks are answered exactly once"): the answer counts as any other, nothing waits for the
+// deadline, and nothing is recorded twice.
+TEST_F(SagaTest, AnAuthorisationAnsweredInsideTheCallIsTakenAtOnce) {
+  method.answer_now = approve(5000);
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [&](PaymentSaga::Authorization a) { result = a; });
+  pump();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->decision, payment::Decision::approved);
+  EXPECT_FALSE(result->timed_out);
+  EXPECT_EQ(op("T-1/authorize")->state, OperationStateRow::confirmed);
+  advance(60s);  // the deadline it was given passes: nothing changes, nothing is released
+  EXPECT_EQ(op("T-1/authorize")->state, OperationStateRow::confirmed);
+  EXPECT_TRUE(method.operations.empty()) << "a void was sent for an approval that counted";
+}
+
+TEST_F(SagaTest, CapturesAndRefundsAnsweredInsideTheCallAreFinalAtOnce) {
+  write_transaction("T-1");
+  method.operation_now = confirmed(4321);
+  const MoneyOperation intent = saga->capture_intent("T-1", "pay", 4321);
+  store->submit([intent](Database& d) { operations::insert_intent(d, intent); }, [](const Status&) {});
+  pump();
+  std::vector<MoneyOperation> outcomes;
+  saga->execute(intent, [&](const MoneyOperation& o) { outcomes.push_back(o); });
+  method.operation_now = confirmed(300);
+  saga->refund("T-1", "pay", 300, "short charge", [&](const MoneyOperation& o) { outcomes.push_back(o); });
+  pump();
+  ASSERT_EQ(outcomes.size(), 2u);
+  EXPECT_EQ(op("T-1/capture")->state, OperationStateRow::confirmed);
+  EXPECT_EQ(op("T-1/capture")->amount_fen, 4321);
+  EXPECT_EQ(op("T-1/refund/1")->state, OperationStateRow::confirmed);
+  advance(120s);
+  EXPECT_EQ(method.operations.size(), 2u) << "an operation answered in the call was asked again";
+}
+
+// Exactly once is the plugin's duty; a second answer (a bug) must not be a second outcome.
+TEST_F(SagaTest, ASecondAnswerToOneCallIsIgnored) {
+  std::optional<PaymentSaga::Authorization> result;
+  int results = 0;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [&](PaymentSaga::Authorization a) {
+    result = a;
+    ++results;
+  });
+  pump();
+  ASSERT_EQ(method.authorizations.size(), 1u);
+  method.authorizations[0].done(approve(5000));
+  method.authorizations[0].done({.decision = payment::Decision::declined, .authorized_fen = 0, .reference = {}, .reason = "again", .challenge = {}});
+  pump();
+  EXPECT_EQ(results, 1);
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->decision, payment::Decision::approved);
+  EXPECT_EQ(op("T-1/authorize")->state, OperationStateRow::confirmed);
+}
+
+TEST_F(SagaTest, AnApprovalAboveTheAmountAskedHoldsOnlyTheAmountAsked) {
+  std::optional<PaymentSaga::Authorization> result;
+  saga->authorize("T-1", 1, "pay", kCard, 5000, {}, [&](PaymentSaga::Authorization a) { result = a; });
+  pump();
+  method.authorizations[0].done(approve(9000));
+  pump();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->authorized_fen, 5000);
 }
 
 TEST_F(SagaTest, AStepUpIsRelayedAndItsAnswerDecides) {
