@@ -68,6 +68,11 @@ struct Daemon {
     const auto r = ask({{"cmd", "session_start"}, {"connector", connector}, {"token", fmt::format("card:04{}", connector)}});
     return r.value("ok", false) ? r["transaction"].get<std::string>() : std::string();
   }
+  /// The connector's session has metered some energy (a kWh at least): its bill has a line.
+  bool charged(int connector) {
+    const auto c = ask({{"cmd", "status"}})["connectors"][connector - 1];
+    return c.contains("session") && c["session"].value("energy_wh", std::int64_t{0}) >= 1000;
+  }
   /// Stops the connector's session and returns its receipt.
   nlohmann::json stop(int connector) {
     const auto r = ask({{"cmd", "session_stop"}, {"connector", connector}});
@@ -109,7 +114,7 @@ TEST(Reload, ANewTariffAppliesToNewSessionsWhileOneInProgressKeepsItsPrice) {
 
   const std::string second = d.start(2);
   ASSERT_FALSE(second.empty());
-  std::this_thread::sleep_for(300ms);  // three simulated minutes of charging on both
+  ASSERT_TRUE(eventually([&] { return d.charged(1) && d.charged(2); })) << d.ask({{"cmd", "status"}}).dump(2);
   const auto kept = d.stop(1);
   const auto repriced = d.stop(2);
   ASSERT_EQ(kept.value("transaction", ""), first) << kept.dump(2);
@@ -132,7 +137,7 @@ TEST(Reload, ANewTariffAppliesToNewSessionsWhileOneInProgressKeepsItsPrice) {
   EXPECT_NE(refused["errors"].dump().find("tarifs"), std::string::npos) << refused.dump(2);
   EXPECT_NE(d.child.stderr_text().find("the running configuration stays"), std::string::npos);
   ASSERT_FALSE(d.start(1).empty());
-  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(eventually([&] { return d.charged(1); }));
   EXPECT_EQ(prices_of(d.stop(1)), (std::set<std::int64_t>{20000})) << "the last valid file's tariff still applies";
 
   // The same file again: nothing to apply, and `charging` is still named (it is not applied yet).
@@ -154,7 +159,8 @@ TEST(Reload, ARecoveredSessionIsBilledAtTheTariffItStartedWith) {
     ASSERT_TRUE(d.notify.wait_for("READY=1", 15s)) << d.child.stderr_text();
     txn = d.start(1);
     ASSERT_FALSE(txn.empty());
-    std::this_thread::sleep_for(300ms);
+    // Committed readings beyond the start (checkpoint_wh: 1000), so the recovery has energy to bill.
+    ASSERT_TRUE(eventually([&] { return d.charged(1); }));
     d.child.signal(SIGKILL);
     EXPECT_EQ(d.child.wait(), 128 + SIGKILL);
   }
