@@ -188,7 +188,7 @@ TEST(Session, AKilledDaemonRecoversTheOpenSessionAtItsNextStart) {
   const auto file = dir.write("site.yaml", site_yaml());
   const fs::path state = dir.path() / "state";
   const std::string pilecored = std::string(PILECORE_BIN_DIR) + "/pilecored";
-  const std::vector<std::string> args = {pilecored, "--config", file.string(), "--state-dir", state.string(), "--clock-speed", "600",
+  const std::vector<std::string> args = {pilecored, "--config", file.string(), "--state-dir", state.string(), "--clock-speed", time_scale().speed_arg(600),
                                          "--clock-start", "2026-03-02T03:00:00Z"};
   std::string txn;
   {
@@ -218,7 +218,7 @@ TEST(Session, AKilledDaemonRecoversTheOpenSessionAtItsNextStart) {
   EXPECT_EQ(query("SELECT status FROM transactions WHERE id='" + txn + "'"), "open") << "the transaction was committed before charging";
   {
     NotifyListener notify(dir.path() / "n2.sock");
-    Child daemon({pilecored, "--config", file.string(), "--state-dir", state.string(), "--clock-speed", "600", "--clock-start", "2026-03-02T03:10:00Z"},
+    Child daemon({pilecored, "--config", file.string(), "--state-dir", state.string(), "--clock-speed", time_scale().speed_arg(600), "--clock-start", "2026-03-02T03:10:00Z"},
                  {notify.env()});
     ASSERT_TRUE(notify.wait_for("READY=1", 15s)) << daemon.stderr_text();
     const auto receipt = control_request(state / "pilecored.sock", {{"cmd", "receipt"}, {"transaction", txn}});
@@ -239,7 +239,7 @@ TEST(ControlSocket, WatchersSeeTheSessionsEvents) {
   const auto file = dir.write("site.yaml", site_yaml());
   NotifyListener notify(dir.path() / "n.sock");
   Child daemon({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", file.string(), "--state-dir", (dir.path() / "state").string(),
-                "--clock-speed", "600", "--clock-start", "2026-03-02T03:00:00Z"},
+                "--clock-speed", time_scale().speed_arg(600), "--clock-start", "2026-03-02T03:00:00Z"},
                {notify.env()});
   ASSERT_TRUE(notify.wait_for("READY=1", 10s)) << daemon.stderr_text();
   const fs::path sock = dir.path() / "state" / "pilecored.sock";
