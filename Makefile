@@ -84,8 +84,8 @@ deps-arm64:
 deb-arm64: deps-arm64
 	JOBS=$(JOBS) ./packaging/build-debs --arch arm64 --out build/deb-arm64
 
-# The unit tests, the crash-injection test (in slow motion: PILECORE_TIME_SCALE, set by the
-# arm64 build's CMake) and `pilectl demo`, as arm64 programs under qemu. Tests labelled
+# The unit tests and the crash-injection test (both in slow motion: PILECORE_TIME_SCALE, set by
+# the arm64 build's CMake) and `pilectl demo`, as arm64 programs under qemu. Tests labelled
 # no_emulation (each with its reason where it is labelled) are left out.
 test-arm64: deps-arm64
 	@test -f build/arm64/build.ninja || cmake --preset arm64

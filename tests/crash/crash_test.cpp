@@ -24,7 +24,7 @@
 // land on still depend on the machine's load). On failure the state directory and the daemons'
 // logs are kept under /tmp/pilecore-crash-<seed>.
 // Under emulation (the arm64 build under qemu-user, `make test-arm64`) the same test runs in slow
-// motion: PILECORE_TIME_SCALE (see TimeScale below) stretches every real-time instant and budget
+// motion: PILECORE_TIME_SCALE (TimeScale, tests/support/time_scale.hpp) stretches every real-time instant and budget
 // and slows every simulated clock by the same factor. Natively it is 1 and nothing changes.
 #include <arpa/inet.h>
 #include <fmt/format.h>
@@ -86,37 +86,12 @@ constexpr auto kFinalRun = 1500ms;            // the last run, before SIGTERM, l
 // machine can miss (that case is exercised by kKilledInStop), 730 ms at 30x.
 constexpr double kFinalClockSpeed = 30;
 
-/// How much slower than native this machine runs the daemon and this test: PILECORE_TIME_SCALE,
-/// 1 when unset. tests/crash/CMakeLists.txt sets it for a build whose tests run under an emulator
-/// (how much slower qemu-user ran this test than native, measured: see there). Every
-/// real-time figure above is multiplied by it and every clock speed divided by it, so that the
-/// daemon gets the same simulated time per unit of its own work: its simulated deadlines (a
-/// meter read every 4 s, meter_timeout 20 s, the acquirer's 5 s) are not missed because the
-/// emulator is slow, and the kills land at the same points of its sessions as natively. What is
-/// checked afterwards does not depend on it.
-struct TimeScale {
-  double factor = 1;
-
-  static TimeScale from_environment() {
-    TimeScale t;
-    const char* s = std::getenv("PILECORE_TIME_SCALE");
-    if (s == nullptr || *s == '\0') return t;
-    char* end = nullptr;
-    t.factor = std::strtod(s, &end);
-    // Below 1 would tighten the native budgets (they are already sized for a loaded 2-core machine).
-    if (end == s || *end != '\0' || !(t.factor >= 1 && t.factor <= 100)) {
-      throw std::invalid_argument(fmt::format("PILECORE_TIME_SCALE={}: expected a number from 1 to 100", s));
-    }
-    return t;
-  }
-  [[nodiscard]] double ms(double native_ms) const { return native_ms * factor; }
-  [[nodiscard]] std::chrono::microseconds us(double native_ms) const { return std::chrono::microseconds(static_cast<std::int64_t>(native_ms * factor * 1000)); }
-  template <class Rep, class Period>
-  [[nodiscard]] std::chrono::milliseconds operator()(std::chrono::duration<Rep, Period> native) const {
-    return std::chrono::milliseconds(static_cast<std::int64_t>(std::chrono::duration<double, std::milli>(native).count() * factor));
-  }
-  [[nodiscard]] double speed(double native_speed) const { return native_speed / factor; }
-};
+// How much slower than native this machine runs the daemon and this test: PILECORE_TIME_SCALE
+// (tests/support/time_scale.hpp), 1 when unset; tests/crash/CMakeLists.txt says how it was
+// measured. Every real-time figure above is multiplied by it and every clock speed divided by it,
+// so that the daemon's simulated deadlines (a meter read every 4 s, meter_timeout 20 s, the
+// acquirer's 5 s) are not missed because the emulator is slow, and the kills land at the same
+// points of its sessions as natively. What is checked afterwards does not depend on it.
 
 constexpr const char* kClockStart = "2026-03-06T14:30:00Z";  // Friday 22:30 in Shanghai: the weekend plan starts at midnight
 constexpr int kConnectors = 2;
@@ -588,7 +563,8 @@ void crash_injection(const Variant& v) {
   // translated, so start-up takes seconds, far more than the steady-state factor accounts for.
   double startup_window_ms = scale.ms(kStartUpKillMaxMs);
   const auto kill_loop_budget = scale(v.kill_loop_budget);
-  const auto ready_timeout = scale(30s);
+  // (native: NotifyListener::wait_for and eventually() stretch it themselves)
+  constexpr auto ready_timeout = 30s;
 
   // ---- the kill loop ----
   while (transactions < v.min_transactions) {

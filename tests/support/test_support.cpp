@@ -45,7 +45,7 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::vecto
   }
   ProcessResult result;
   pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const auto deadline = std::chrono::steady_clock::now() + time_scale()(timeout);
   int open = 2;
   char buf[4096];
   while (open > 0) {
@@ -146,25 +146,17 @@ NotifyListener::~NotifyListener() {
   std::filesystem::remove(path_, ec);
 }
 
-int NotifyListener::count(const std::string& line, std::chrono::milliseconds during) {
-  const auto end = std::chrono::steady_clock::now() + during;
-  int n = 0;
-  for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return n;
-    if (wait_for(line, left)) ++n;
-  }
-}
+namespace {
 
-bool NotifyListener::wait_for(const std::string& line, std::chrono::milliseconds timeout) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
+/// Reads datagrams from `fd` until one holds the line `line` (true) or `end` passes (false).
+bool receive_line(int fd, const std::string& line, std::chrono::steady_clock::time_point end) {
   char buf[4096];
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()).count();
     if (left <= 0) return false;
-    pollfd p{fd_, POLLIN, 0};
+    pollfd p{fd, POLLIN, 0};
     if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-    const ssize_t n = ::recv(fd_, buf, sizeof buf - 1, 0);
+    const ssize_t n = ::recv(fd, buf, sizeof buf - 1, 0);
     if (n <= 0) continue;
     const std::string msg(buf, static_cast<std::size_t>(n));
     std::size_t start = 0;
@@ -175,6 +167,22 @@ bool NotifyListener::wait_for(const std::string& line, std::chrono::milliseconds
       start = end_line + 1;
     }
   }
+}
+
+}  // namespace
+
+// A count is a rate over a real-time window (WATCHDOG=1 every few seconds): not stretched.
+int NotifyListener::count(const std::string& line, std::chrono::milliseconds during) {
+  const auto end = std::chrono::steady_clock::now() + during;
+  int n = 0;
+  while (std::chrono::steady_clock::now() < end) {
+    if (receive_line(fd_, line, end)) ++n;
+  }
+  return n;
+}
+
+bool NotifyListener::wait_for(const std::string& line, std::chrono::milliseconds timeout) {
+  return receive_line(fd_, line, std::chrono::steady_clock::now() + time_scale()(timeout));
 }
 
 std::shared_ptr<CaptureSink> capture_log(const std::string& logger_name) {

@@ -20,6 +20,7 @@
 #include "runtime.hpp"
 #include "site_config.hpp"
 #include "storage.hpp"
+#include "time_scale.hpp"
 
 namespace pilecore::test {
 
@@ -48,9 +49,9 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-/// Polls `pred` every 5 ms until it holds or `limit` passes.
+/// Polls `pred` every 5 ms until it holds or `limit` passes (stretched by PILECORE_TIME_SCALE).
 inline bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
-  const auto end = std::chrono::steady_clock::now() + limit;
+  const auto end = std::chrono::steady_clock::now() + time_scale()(limit);
   while (std::chrono::steady_clock::now() < end) {
     if (pred()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -59,7 +60,8 @@ inline bool eventually(const std::function<bool()>& pred, std::chrono::milliseco
 }
 
 /// Loads `site_yaml` (written into `dir`) with plugins from `plugin_dirs`, fails the test on
-/// diagnostics, and runs the runtime on a thread until destroyed.
+/// diagnostics, and runs the runtime on a thread until destroyed. The clock runs `clock_speed`
+/// times real time, divided by PILECORE_TIME_SCALE (time_scale.hpp).
 class RunningSite {
  public:
   RunningSite(const TempDir& dir, const std::string& site_yaml, std::vector<std::filesystem::path> plugin_dirs, double clock_speed = 1.0,
@@ -73,7 +75,7 @@ class RunningSite {
     options.status_interval = Duration(0);
     TimePoint start;
     core::parse_utc(clock_start, start);
-    options.clock = std::make_shared<core::ScaledClock>(start, clock_speed);
+    options.clock = std::make_shared<core::ScaledClock>(start, time_scale().speed(clock_speed));
     if (adjust) adjust(options);
     runtime_ = std::make_unique<core::Runtime>(std::move(*outcome.site), std::move(options));
     thread_ = std::thread([this] { exit_code_ = runtime_->run(); });
@@ -148,7 +150,8 @@ class NotifyListener {
   NotifyListener(const NotifyListener&) = delete;
   NotifyListener& operator=(const NotifyListener&) = delete;
   [[nodiscard]] std::string env() const { return "NOTIFY_SOCKET=" + path_.string(); }
-  /// Waits for a datagram containing the line `line` (e.g. "READY=1"); false on timeout.
+  /// Waits for a datagram containing the line `line` (e.g. "READY=1"); false on timeout
+  /// (stretched by PILECORE_TIME_SCALE).
   bool wait_for(const std::string& line, std::chrono::milliseconds timeout);
   /// Counts the datagrams containing the line `line` (e.g. "WATCHDOG=1") that arrive within `during`.
   int count(const std::string& line, std::chrono::milliseconds during);
@@ -166,7 +169,6 @@ struct ProcessResult {
   std::string err;
 };
 
-/// Runs `argv` with optional extra environment, capturing stdout and stderr.
 /// Collects the messages of one logger (see capture_log).
 class CaptureSink final : public spdlog::sinks::base_sink<std::mutex> {
  public:
@@ -199,6 +201,8 @@ std::string sim_payment_and_flat_tariff(std::int64_t preauth_fen = 30000);
 /// then sim_payment_and_flat_tariff().
 std::string one_connector_sim_site(const std::string& id, const std::string& name);
 
+/// Runs `argv` with optional extra environment, capturing stdout and stderr; killed after
+/// `timeout` (stretched by PILECORE_TIME_SCALE).
 ProcessResult run_process(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
                           std::chrono::seconds timeout = std::chrono::seconds(30));
 

@@ -112,7 +112,7 @@ TEST(DiskFull, ChargingPausesWhileCheckpointsCannotCommitAndTheSessionIsBilledOn
   const auto file = dir.write("site.yaml", site_yaml());
   const std::string bin = PILECORE_BIN_DIR;
   auto daemon_args = [&](const std::string& clock_start) {
-    return std::vector<std::string>{bin + "/pilecored", "--config", file.string(), "--state-dir", state.string(), "--clock-speed", "60", "--clock-start",
+    return std::vector<std::string>{bin + "/pilecored", "--config", file.string(), "--state-dir", state.string(), "--clock-speed", time_scale().speed_arg(60), "--clock-start",
                                     clock_start, "--socket", sock.string(), "--status-interval", "0", "--diag-storage-limit"};
   };
   auto request = [&](const nlohmann::json& req) { return control_request(sock, req, 10s); };

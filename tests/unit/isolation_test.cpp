@@ -178,7 +178,7 @@ TEST(Isolation, AnIsolatedPowerStageAndPaymentMethodBillASessionAsInProcessOnes)
   for (const std::string plugin : {"plugin: sim-power\n", "plugin: sim-payment\n"}) {
     site.replace(site.find(plugin), plugin.size(), plugin + "    isolate: true\n");
   }
-  d.start(site, {"--clock-speed", "60"});
+  d.start(site, {"--clock-speed", time_scale().speed_arg(60)});
   EXPECT_EQ(d.instance("power-1").value("isolated", false), true);
   EXPECT_EQ(d.instance("sim").value("isolated", false), true);
   ASSERT_TRUE(eventually([&] { return d.connector(1) == "Preparing"; })) << d.child->stderr_text();

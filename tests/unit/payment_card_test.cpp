@@ -381,7 +381,7 @@ payment: {preauth_fen: 20000, authorize_timeout_ms: 600000, tokens: )" + tokens 
     notify_ = std::make_unique<pilecore::test::NotifyListener>(dir.path() / "notify.sock");
     daemon_ = std::make_unique<pilecore::test::Child>(
         std::vector<std::string>{std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", dir.write("site.yaml", site).string(), "--state-dir",
-                                 state_.string(), "--plugin-dir", PILECORE_PLUGIN_DIR, "--status-interval", "0", "--clock-speed", "30"},
+                                 state_.string(), "--plugin-dir", PILECORE_PLUGIN_DIR, "--status-interval", "0", "--clock-speed", pilecore::test::time_scale().speed_arg(30)},
         std::vector<std::string>{notify_->env()});
     ready_ = notify_->wait_for("READY=1", 20s);
   }

@@ -590,7 +590,7 @@ payment:
     wallet: {method: ecny}
 )";
   test::Child daemon({kPilecored, "--config", dir.write("site.yaml", site).string(), "--state-dir", state.string(), "--plugin-dir", PILECORE_PLUGIN_DIR,
-                      "--plugin-dir", PILECORE_TEST_PLUGIN_DIR, "--status-interval", "0", "--clock-speed", "60", "--clock-start", "2026-12-01T02:00:00Z"});
+                      "--plugin-dir", PILECORE_TEST_PLUGIN_DIR, "--status-interval", "0", "--clock-speed", test::time_scale().speed_arg(60), "--clock-start", "2026-12-01T02:00:00Z"});
   auto ctl = [&](std::vector<std::string> args) {
     args.insert(args.begin(), kPilectl);
     args.insert(args.end(), {"--state-dir", state.string()});

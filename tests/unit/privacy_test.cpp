@@ -77,7 +77,7 @@ TEST(TokenPrivacy, NoFullCardUidInTheLogOrTheEventStream) {
   const auto file = dir.write("site.yaml", site_yaml());
   NotifyListener notify(dir.path() / "n.sock");
   Child daemon({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", file.string(), "--state-dir", (dir.path() / "state").string(), "--clock-speed",
-                "600", "--clock-start", "2026-03-02T03:00:00Z", "--log-level", "trace"},
+                time_scale().speed_arg(600), "--clock-start", "2026-03-02T03:00:00Z", "--log-level", "trace"},
                {notify.env()});
   ASSERT_TRUE(notify.wait_for("READY=1", 10s)) << daemon.stderr_text();
   const fs::path sock = dir.path() / "state" / "pilecored.sock";
@@ -116,7 +116,7 @@ TEST(TokenPrivacy, StatusReceiptsAndTheWatchStreamNameATokenOnlyMasked) {
   const auto file = dir.write("site.yaml", site_yaml());
   NotifyListener notify(dir.path() / "n.sock");
   Child daemon({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", file.string(), "--state-dir", (dir.path() / "state").string(), "--clock-speed",
-                "600", "--clock-start", "2026-03-02T03:00:00Z"},
+                time_scale().speed_arg(600), "--clock-start", "2026-03-02T03:00:00Z"},
                {notify.env()});
   ASSERT_TRUE(notify.wait_for("READY=1", 10s)) << daemon.stderr_text();
   const fs::path sock = dir.path() / "state" / "pilecored.sock";

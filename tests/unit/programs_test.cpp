@@ -167,7 +167,7 @@ TEST(Pilectl, DemoPlaysTheDayAndVerifiesTheLedger) {
   // At 1800x rather than make demo's 7200x: a PIN check is 100,000 rounds of PBKDF2, about 0.7 s
   // of real time under ASan's interceptors, and the method's deadline is an hour of simulated
   // time (payment.authorize_timeout_ms' maximum): 0.5 s at 7200x, 2 s here.
-  const auto r = run_process({pilectl, "demo", "--state-dir", state.string(), "--speed", "1800"}, {}, std::chrono::seconds(400));
+  const auto r = run_process({pilectl, "demo", "--state-dir", state.string(), "--speed", time_scale().speed_arg(1800)}, {}, std::chrono::seconds(400));
   // The state directory goes with the test: on a failure, the daemon's log says what it saw.
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err << "\n--- pilecored.log ---\n" << slurp(state / "pilecored.log");
   EXPECT_NE(r.out.find("state directory (kept): " + state.string()), std::string::npos) << r.out;

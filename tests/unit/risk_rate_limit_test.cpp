@@ -195,7 +195,7 @@ TEST(RiskRateLimitSite, ASustainedFloodSwitchesTheLinksToBackupAndBack) {
   EXPECT_NE(detail.find("backup endpoint"), std::string::npos) << st["instances"].dump();
   // Quiet: the alarm clears and the links fail back.
   EXPECT_TRUE(eventually([&] {
-    std::this_thread::sleep_for(20ms);
+    std::this_thread::sleep_for(pilecore::test::time_scale()(20ms));
     const auto r = request(s, {{"cmd", "status"}});
     if (!r.value("ok", false) || r["admission"]["prefer_backup"].get<bool>()) return false;
     for (const auto& i : r["instances"]) {

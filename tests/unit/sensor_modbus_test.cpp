@@ -646,14 +646,14 @@ TEST(SensorModbus, RefreshGivesAFreshReadingAtOnce) {
                    plugin_dirs());
   ASSERT_TRUE(eventually([&] { return log.last("energy_import") == 5000000.0; }, 5s)) << "the first poll comes at start";
   set_kwh(0x459C, 0x4800);  // 5001.0 kWh
-  std::this_thread::sleep_for(150ms);
+  std::this_thread::sleep_for(pilecore::test::time_scale()(150ms));
   EXPECT_EQ(log.values("energy_import").size(), 1u) << "no poll for 10 minutes";
 
   const auto t0 = std::chrono::steady_clock::now();
   site.on_strand([&] { static_cast<sensor::Sensor*>(site.runtime().find_plugin("meter"))->refresh(); });
   ASSERT_TRUE(eventually([&] { return log.last("energy_import") == 5001000.0; }, 5s));
   const auto took = std::chrono::steady_clock::now() - t0;
-  EXPECT_LT(took, 500ms) << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+  EXPECT_LT(took, test::time_scale()(500ms)) << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
   EXPECT_EQ(log.values("energy_import").size(), 2u);
   EXPECT_EQ(site.stop(), 0);
 }
@@ -787,11 +787,11 @@ TEST(SensorModbus, StopIsPromptDuringABlockedRead) {
                                     return o;
                                   }())), plugin_dirs());
   ASSERT_TRUE(eventually([&] { return site.runtime().ready() && server->silent_requests() >= 1; }, 5s));
-  std::this_thread::sleep_for(50ms);  // the driver thread is now inside the 10 s wait
+  std::this_thread::sleep_for(pilecore::test::time_scale()(50ms));  // the driver thread is now inside the 10 s wait
   const auto t0 = std::chrono::steady_clock::now();
   EXPECT_EQ(site.stop(), 0);
   const auto took = std::chrono::steady_clock::now() - t0;
-  EXPECT_LT(took, 1s) << "stop waited " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+  EXPECT_LT(took, test::time_scale()(1s)) << "stop waited " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
 }
 
 // The session engine with a real Modbus meter: the session's energy is the difference of the
@@ -897,7 +897,7 @@ class LyingMeter {
     write();
     thread_ = std::thread([this] {
       while (!stop_) {
-        std::this_thread::sleep_for(20ms);
+        std::this_thread::sleep_for(pilecore::test::time_scale()(20ms));
         std::lock_guard lock(mutex_);
         true_wh_ += rate_ * 0.02;
         write();
@@ -1048,11 +1048,11 @@ TEST(LyingMeter, ALieInTheMiddleOfASessionIsNeverBilled) {
     EXPECT_EQ(started["meter_start_wh"], static_cast<std::int64_t>(start));
 
     meter.flow(50);  // 180 kW
-    std::this_thread::sleep_for(500ms);
+    std::this_thread::sleep_for(pilecore::test::time_scale()(500ms));
     meter.lie(lie);
-    std::this_thread::sleep_for(600ms);  // six polls
+    std::this_thread::sleep_for(pilecore::test::time_scale()(600ms));  // six polls
     meter.lie(Lie::none);
-    std::this_thread::sleep_for(500ms);
+    std::this_thread::sleep_for(pilecore::test::time_scale()(500ms));
     meter.flow(0);
     const double end = meter.honest();
     ASSERT_TRUE(site.reads(end)) << site.connector().dump();
@@ -1090,7 +1090,7 @@ TEST(LyingMeter, ALieThatGoesOnStopsTheSessionAsFaultBilledToTheLastPlausibleRea
     const auto started = site.request({{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
     ASSERT_TRUE(started.value("ok", false)) << started.dump();
     meter.flow(50);
-    std::this_thread::sleep_for(500ms);
+    std::this_thread::sleep_for(pilecore::test::time_scale()(500ms));
     meter.flow(0);
     const double last_plausible = meter.honest();
     ASSERT_TRUE(site.reads(last_plausible));
@@ -1114,7 +1114,7 @@ TEST(LyingMeter, ALieThatGoesOnStopsTheSessionAsFaultBilledToTheLastPlausibleRea
     const auto again = site.request({{"cmd", "session_start"}, {"connector", 1}});
     ASSERT_TRUE(again.value("ok", false)) << again.dump();
     meter.flow(50);
-    std::this_thread::sleep_for(400ms);
+    std::this_thread::sleep_for(pilecore::test::time_scale()(400ms));
     meter.flow(0);
     const double end2 = meter.honest();
     ASSERT_TRUE(site.reads(end2));
@@ -1132,7 +1132,7 @@ TEST(LyingMeter, ANegativeStartReadingOpensNoTransaction) {
   LyingSite site(meter, "  meter_timeout_ms: 800\n");
   ASSERT_TRUE(eventually([&] { return site.ready(); }, 5s));
   meter.lie(Lie::negative);
-  std::this_thread::sleep_for(300ms);
+  std::this_thread::sleep_for(pilecore::test::time_scale()(300ms));
   const auto refused = site.request({{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
   EXPECT_FALSE(refused.value("ok", true)) << refused.dump();
   EXPECT_NE(refused.value("error", "").find("no plausible reading; authorisation released"), std::string::npos) << refused.dump();
@@ -1144,7 +1144,7 @@ TEST(LyingMeter, ANegativeStartReadingOpensNoTransaction) {
   const auto started = site.request({{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
   ASSERT_TRUE(started.value("ok", false)) << started.dump();
   meter.flow(50);
-  std::this_thread::sleep_for(400ms);
+  std::this_thread::sleep_for(pilecore::test::time_scale()(400ms));
   meter.flow(0);
   const double end = meter.honest();
   ASSERT_TRUE(site.reads(end));
@@ -1166,7 +1166,7 @@ TEST(LyingMeter, ARegisterThatHoldsWhilePowerFlowsStopsTheSession) {
   ASSERT_TRUE(started.value("ok", false)) << started.dump();
   ASSERT_TRUE(eventually([&] { return site.connector().value("power_w", 0) > 1000; }, 5s)) << site.connector().dump();
   meter.flow(50);
-  std::this_thread::sleep_for(500ms);
+  std::this_thread::sleep_for(pilecore::test::time_scale()(500ms));
   meter.flow(0);  // the vehicle still draws 60 kW; the register stops counting
   const double held = meter.honest();
   expect_billed(site.closed(started["transaction"]), start, held, "Fault");

@@ -188,7 +188,7 @@ TEST(Session, AKilledDaemonRecoversTheOpenSessionAtItsNextStart) {
   const auto file = dir.write("site.yaml", site_yaml());
   const fs::path state = dir.path() / "state";
   const std::string pilecored = std::string(PILECORE_BIN_DIR) + "/pilecored";
-  const std::vector<std::string> args = {pilecored, "--config", file.string(), "--state-dir", state.string(), "--clock-speed", "600",
+  const std::vector<std::string> args = {pilecored, "--config", file.string(), "--state-dir", state.string(), "--clock-speed", time_scale().speed_arg(600),
                                          "--clock-start", "2026-03-02T03:00:00Z"};
   std::string txn;
   {
@@ -201,7 +201,7 @@ TEST(Session, AKilledDaemonRecoversTheOpenSessionAtItsNextStart) {
     const auto started = control_request(state / "pilecored.sock", {{"cmd", "session_start"}, {"connector", 1}, {"mode", "time:60"}});
     ASSERT_TRUE(started.value("ok", false)) << started.dump();
     txn = started["transaction"];
-    std::this_thread::sleep_for(300ms);  // three minutes of charging
+    std::this_thread::sleep_for(pilecore::test::time_scale()(300ms));  // three minutes of charging
     daemon.signal(SIGKILL);
     EXPECT_EQ(daemon.wait(), 128 + SIGKILL);
   }
@@ -218,7 +218,7 @@ TEST(Session, AKilledDaemonRecoversTheOpenSessionAtItsNextStart) {
   EXPECT_EQ(query("SELECT status FROM transactions WHERE id='" + txn + "'"), "open") << "the transaction was committed before charging";
   {
     NotifyListener notify(dir.path() / "n2.sock");
-    Child daemon({pilecored, "--config", file.string(), "--state-dir", state.string(), "--clock-speed", "600", "--clock-start", "2026-03-02T03:10:00Z"},
+    Child daemon({pilecored, "--config", file.string(), "--state-dir", state.string(), "--clock-speed", time_scale().speed_arg(600), "--clock-start", "2026-03-02T03:10:00Z"},
                  {notify.env()});
     ASSERT_TRUE(notify.wait_for("READY=1", 15s)) << daemon.stderr_text();
     const auto receipt = control_request(state / "pilecored.sock", {{"cmd", "receipt"}, {"transaction", txn}});
@@ -239,7 +239,7 @@ TEST(ControlSocket, WatchersSeeTheSessionsEvents) {
   const auto file = dir.write("site.yaml", site_yaml());
   NotifyListener notify(dir.path() / "n.sock");
   Child daemon({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", file.string(), "--state-dir", (dir.path() / "state").string(),
-                "--clock-speed", "600", "--clock-start", "2026-03-02T03:00:00Z"},
+                "--clock-speed", time_scale().speed_arg(600), "--clock-start", "2026-03-02T03:00:00Z"},
                {notify.env()});
   ASSERT_TRUE(notify.wait_for("READY=1", 10s)) << daemon.stderr_text();
   const fs::path sock = dir.path() / "state" / "pilecored.sock";
@@ -248,7 +248,7 @@ TEST(ControlSocket, WatchersSeeTheSessionsEvents) {
   ASSERT_TRUE(eventually([&] { return control_request(sock, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
   const auto started = control_request(sock, {{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
   ASSERT_TRUE(started.value("ok", false)) << started.dump();
-  std::this_thread::sleep_for(100ms);
+  std::this_thread::sleep_for(pilecore::test::time_scale()(100ms));
   const auto stopped = control_request(sock, {{"cmd", "session_stop"}, {"connector", 1}});
   ASSERT_TRUE(stopped.value("ok", false)) << stopped.dump();
   std::vector<nlohmann::json> events;
@@ -348,7 +348,7 @@ TEST(Strategy, AmbientTemperatureComesFromTheCabinetSensor) {
   TempDir dir;
   RunningSite site(dir, strategy_site("{formula: \"ambient_temperature > 35 ? 20000 : 50000\"}"), {PILECORE_PLUGIN_DIR}, 600.0,
                    "2026-03-02T03:00:00Z");
-  std::this_thread::sleep_for(20ms);  // a few cabinet readings at 40 degC
+  std::this_thread::sleep_for(pilecore::test::time_scale()(20ms));  // a few cabinet readings at 40 degC
   start_both(site, false);
   EXPECT_TRUE(eventually([&] { return setpoint_of(site, 1) == 20000; })) << setpoint_of(site, 1);
 }
@@ -359,7 +359,7 @@ TEST(Strategy, AStrategyWithoutAnAnswerFallsBackLowNotToFullPower) {
   RunningSite site(dir, strategy_site("{formula: grid_limit, variables: [grid_limit]}"), {PILECORE_PLUGIN_DIR}, 600.0, "2026-03-02T03:00:00Z");
   start_both(site, false);
   EXPECT_TRUE(eventually([&] { return setpoint_of(site, 1) == 3500; })) << setpoint_of(site, 1);
-  std::this_thread::sleep_for(30ms);  // several more failed evaluations keep it
+  std::this_thread::sleep_for(pilecore::test::time_scale()(30ms));  // several more failed evaluations keep it
   EXPECT_EQ(setpoint_of(site, 1), 3500);
   EXPECT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][0].value("power_w", 0) == 3500; }));
 }
@@ -390,7 +390,7 @@ TEST(Session, AStepUpIsAnsweredAtThePileAndRefundsArePartialAndRepeated) {
   ASSERT_TRUE(s.value("ok", false)) << s.dump();
   const std::string txn = s["transaction"];
 
-  std::this_thread::sleep_for(300ms);  // three minutes of charging
+  std::this_thread::sleep_for(pilecore::test::time_scale()(300ms));  // three minutes of charging
   const auto stopped = request(site, {{"cmd", "session_stop"}, {"connector", 1}});
   ASSERT_TRUE(stopped.value("ok", false)) << stopped.dump();
   const std::int64_t captured = stopped["receipt"].value("captured_fen", std::int64_t{0});
