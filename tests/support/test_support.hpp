@@ -20,6 +20,7 @@
 #include "runtime.hpp"
 #include "site_config.hpp"
 #include "storage.hpp"
+#include "test_paths.hpp"
 #include "time_scale.hpp"
 
 namespace pilecore::test {

@@ -12,6 +12,7 @@
 #include "frame.hpp"
 #include "link_routing.hpp"
 #include "payloads.hpp"
+#include "test_paths.hpp"
 #include "uplink_class.hpp"
 
 using namespace pilecore;

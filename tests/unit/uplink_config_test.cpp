@@ -6,6 +6,7 @@
 
 #include "plugin_loader.hpp"
 #include "site_config.hpp"
+#include "test_paths.hpp"
 
 using namespace pilecore;
 using namespace pilecore::core;
