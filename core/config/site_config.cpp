@@ -611,6 +611,7 @@ LoadOutcome load_site_text(const std::string& text, const std::string& display_n
   if (const YAML::Node identity = member(root, "identity"); identity.IsDefined() && !identity.IsNull()) cfg.identity = identity_config(identity);
   cfg.uplink = parse_uplink_config(member(root, "links"), cfg.instances, diags);
   if (diags.has_errors()) return out;
+  cfg.text = text;
   out.site = std::move(cfg);
   return out;
 }

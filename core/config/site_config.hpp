@@ -76,6 +76,9 @@ struct StorageSettings {
 
 struct SiteConfig {
   std::filesystem::path file;
+  /// The text the site was loaded from: a reload compares it with the new file's text (what
+  /// changed, what waits for a restart) without reading either file a second time.
+  std::string text;
   std::string id;
   std::string name;
   double latitude = 0;

@@ -285,10 +285,6 @@ Runtime::Runtime(SiteConfig site, RuntimeOptions options)
       strand_(asio::make_strand(io_)) {
   for (const auto& c : site_.connectors) connector_status_[c.id] = ConnectorStatus::available;
   connector_snapshot_ = connector_status_;
-  if (!site_.file.empty()) {
-    std::ifstream in(site_.file, std::ios::binary);
-    site_text_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
 }
 
 void Runtime::reload(std::function<void(ReloadReply)> done) {
@@ -311,14 +307,11 @@ void Runtime::reload(std::function<void(ReloadReply)> done) {
     for (const auto& e : r.errors) spdlog::error("reload:   {}", e);
     return done(r);
   }
-  std::string text;
-  {
-    std::ifstream in(site_.file, std::ios::binary);
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
   r.ok = true;
   SiteConfig& next = *loaded.site;
-  for (const auto& setting : changed_settings(site_text_, text)) {
+  // Compared with the text the pile started with (site_.text is not replaced by a reload: what
+  // waits for a restart keeps waiting until one).
+  for (const auto& setting : changed_settings(site_.text, next.text)) {
     if (!applies_on_reload(setting)) r.restart_needed.push_back(setting);
   }
   // The tariffs: sessions that start from now on. A session in progress keeps the tariff it
@@ -326,7 +319,7 @@ void Runtime::reload(std::function<void(ReloadReply)> done) {
   const std::string before = site_.session.tariff ? site_.session.tariff->document().dump() : std::string();
   const std::string after = next.session.tariff ? next.session.tariff->document().dump() : std::string();
   if (before != after) {
-    if (next.session.tariff && engine_) {
+    if (next.session.tariff) {
       std::size_t running = 0;
       for (const auto& c : engine_->status().connectors) running += c.session ? 1 : 0;
       engine_->set_tariff(*next.session.tariff);

@@ -193,9 +193,6 @@ class Runtime {
   std::vector<InstanceInfo> snapshot_;
   std::map<std::uint32_t, ConnectorStatus> connector_snapshot_;
   std::string start_error_;
-  /// The site file's text as it was when the pile started: what a reload compares with, since
-  /// only the tariffs and the log level of a new file are applied before a restart.
-  std::string site_text_;
 };
 
 }  // namespace pilecore::core
