@@ -173,6 +173,10 @@ class SessionEngine {
   void evaluate_risk(const risk::Context& ctx, std::function<void(risk::Verdict, std::string)> done);
   /// The rules' capture phase, between the close's commit and the capture (SessionCloser's hook).
   void risk_before_capture(const std::string& txn, std::uint32_t connector, const std::string& method, std::int64_t fen, std::function<void()> proceed);
+  /// Runs `fn` once no capture waits for its risk check: until the check answers, the capture is
+  /// not yet the payment saga's, and a shutdown that drained the saga then would stop the payment
+  /// method under it.
+  void after_capture_checks(std::function<void()> fn);
   // The start's steps, in order (start() runs the checks and the risk rules).
   void start_authorize(const std::shared_ptr<StartRequest>& req, risk::Verdict verdict, const std::string& reasons);
   /// Risk said step_up: offer the site's second factors and wait for one (risk step-up).
@@ -230,6 +234,8 @@ class SessionEngine {
   /// Set by stop_all(): no session starts any more, and a capture that a stopping payment method
   /// leaves unconfirmed is not closed as failed but left to recovery (see close_transaction).
   bool shutting_down_ = false;
+  std::size_t captures_checking_ = 0;                   // captures waiting for their risk check
+  std::vector<std::function<void()>> captures_checked_;  // after_capture_checks' waiters
   std::optional<std::int64_t> remote_site_cap_w_;  ///< set_power_limit() without a connector
   CheckpointHealth checkpoint_health_;
 };
