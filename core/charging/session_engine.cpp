@@ -96,6 +96,10 @@ struct SessionEngine::Connector {
     TimePoint at;
   };
   std::optional<RefusedStart> last_refused;  ///< what retry_last_start() starts again
+  /// Why and since when the connector is in its present state (a fault's reason, an operator's
+  /// unavailability): a refused start says it.
+  std::string status_why;
+  std::optional<TimePoint> status_since;
 };
 
 SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& store, const Clock& clock, Strand& strand, Hooks hooks)
@@ -212,9 +216,25 @@ void SessionEngine::apply(Connector& c, ConnectorEvent e, const std::string& why
     spdlog::warn("connector {}: refused: {} ({})", c.cfg.id, t.refusal, why);
     return;
   }
+  if (t.to != before) {
+    c.status_why = why;
+    c.status_since = clock_.now();
+  }
   if (t.to != before && hooks_.status_changed) hooks_.status_changed(c.cfg.id, t.to, why);
 }
 
+namespace {
+
+/// `t` in the site's time zone with its offset, e.g. "2026-03-01 08:00:00+08:00".
+std::string local_time_text(TimePoint t, const SiteDay& day) {
+  const std::int32_t offset = day.utc_offset_s(t);
+  std::string text = format_utc(t + std::chrono::seconds(offset));
+  text = text.substr(0, 10) + " " + text.substr(11, 8);  // 2026-03-01 08:00:00
+  const std::int32_t a = offset < 0 ? -offset : offset;
+  return fmt::format("{}{}{:02}:{:02}", text, offset < 0 ? '-' : '+', a / 3600, a % 3600 / 60);
+}
+
+}  // namespace
 
 void SessionEngine::attach() {
   for (auto& [id, c] : connectors_) {
@@ -493,7 +513,13 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
   }
   if (c.charging->active() || c.starting) return fail(fmt::format("connector {} already has a session", id));
   if (const auto t = c.fsm.check(ConnectorEvent::authorized_start); !t.allowed) {
-    return fail(fmt::format("connector {} is {}: a session cannot start", id, pilecore::to_string(c.fsm.status())));
+    // The refusal says why the connector is in that state and since when (a fault's reason, an
+    // operator's unavailability), in the site's time with its offset.
+    std::string why;
+    if (c.status_since && (c.fsm.status() == ConnectorStatus::faulted || c.fsm.status() == ConnectorStatus::unavailable)) {
+      why = fmt::format(" since {} ({})", local_time_text(*c.status_since, *site_day_), c.status_why);
+    }
+    return fail(fmt::format("connector {} is {}{}: a session cannot start", id, pilecore::to_string(c.fsm.status()), why));
   }
   if (method.empty()) method = site_.session.payment.default_method;
   const auto pay = hooks_.find(method);
