@@ -39,7 +39,7 @@ schema: build
 # figures and the load average: compare with the document's, which say how they were taken).
 bench: deps
 	@test -f build/release/build.ninja || cmake --preset release
-	cmake --build build/release -j $(JOBS) --target bench_startup bench_ledger bench_session bench_strand bench_isolation bench_face bench_routing bench_risk bench_flood bench_lorawan
+	cmake --build build/release -j $(JOBS) --target bench_startup bench_ledger bench_session bench_strand bench_isolation bench_face bench_routing bench_risk bench_flood bench_lorawan bench_estop
 	build/release/bin/bench_startup --runs 20
 	build/release/bin/bench_ledger
 	build/release/bin/bench_session
@@ -50,6 +50,7 @@ bench: deps
 	build/release/bin/bench_risk
 	build/release/bin/bench_flood
 	build/release/bin/bench_lorawan
+	build/release/bin/bench_estop
 
 # Builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS (fuzz_frame: the uplink
 # wire protocol's decoder, seeded with docs/protocol.md's examples; fuzz_wallet_answers: the e-CNY

@@ -87,10 +87,12 @@ inline bool accepts_connections(int port) {
 class MosquittoBroker {
  public:
   /// Starts mosquitto with a TLS listener that requires a client certificate signed by pki.ca.
-  MosquittoBroker(const std::filesystem::path& dir, const MqttPki& pki, const std::string& name = "broker") : port_(free_loopback_port()) {
+  /// `extra`: more lines of mosquitto.conf (global options, before the listener).
+  MosquittoBroker(const std::filesystem::path& dir, const MqttPki& pki, const std::string& name = "broker", const std::string& extra = "")
+      : port_(free_loopback_port()) {
     conf_ = dir / (name + ".conf");
     std::ofstream f(conf_);
-    f << "persistence false\n"
+    f << extra << "persistence false\n"
       << "log_dest stderr\n"
       << "log_type error\nlog_type warning\n";
     // As root mosquitto drops to the user `mosquitto`, which cannot read the test's 0700 directory.
