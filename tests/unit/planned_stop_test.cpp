@@ -23,9 +23,12 @@ using test::TempDir;
 TEST(PlannedStop, AtAFastClockTheStoppedSessionIsBilledAndCapturedBeforeThePaymentMethodStops) {
   TempDir dir;
   std::string yaml = test::one_connector_sim_site("STOP-1", "Planned stop");
-  // The payment method answers in 9 simulated seconds (within authorize_timeout_ms, 30 s) and the
-  // risk rule in 1 (within risk_timeout_ms, 2 s): the close's risk check and capture alone take
-  // 10, more than the old bound of 7 (meter_timeout_ms + 2000).
+  // The payment method answers in 9 simulated seconds and the risk rule in 1: the close's risk
+  // check and capture alone take 10, more than the old bound of 7 (meter_timeout_ms + 2000). The
+  // deadlines on them are long (risk 600 s, payment an hour: 1 s and 6 s of real time), so that
+  // a loaded machine (ASan) never turns the start into a step-up or a decline.
+  const std::string deadlines = "preauth_fen: 30000}";
+  yaml.replace(yaml.find(deadlines), deadlines.size(), "preauth_fen: 30000, risk_timeout_ms: 600000, authorize_timeout_ms: 3600000}");
   const std::string instant = "config: {latency_ms: 0}";
   yaml.replace(yaml.find(instant), instant.size(), "config: {latency_ms: 9000}\n  rule:\n    plugin: sim-risk\n    config: {latency_ms: 1000}");
   std::string txn;

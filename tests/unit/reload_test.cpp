@@ -49,12 +49,13 @@ payment: {default_method: sim, preauth_fen: 30000, authorize_timeout_ms: 600000}
 charging: )" + charging + "\n";
 }
 
-/// pilecored on `file`, at 600x from a Monday morning in Shanghai.
+/// pilecored on `file`, at 600x (slowed under an emulator: time_scale.hpp) from a Monday morning in
+/// Shanghai.
 struct Daemon {
   Daemon(const TempDir& dir, const fs::path& file, const std::string& name)
       : state(dir.path() / "state"),
         notify(dir.path() / (name + ".sock")),
-        child({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", file.string(), "--state-dir", state.string(), "--clock-speed", "600",
+        child({std::string(PILECORE_BIN_DIR) + "/pilecored", "--config", file.string(), "--state-dir", state.string(), "--clock-speed", test::time_scale().speed_arg(600),
                "--clock-start", "2026-03-02T03:00:00Z"},
               {notify.env()}) {}
   nlohmann::json ask(const nlohmann::json& req) { return control_request(state / "pilecored.sock", req); }

@@ -22,6 +22,7 @@
 #include <future>
 #include <tuple>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <regex>
@@ -685,31 +686,36 @@ TEST(SimStrategy, ScalesBasePowerWithAFloor) {
 // ---------------------------------------------------------------------------------------------
 // power
 
-/// Collects the power stage's events (the sink is called on the strand).
+/// Collects the power stage's events (the sink is called on the strand). The list outlives this
+/// object: a test's Events is destroyed before its SimSite (declared after it), and the plugin
+/// may report an event in between.
 struct Events {
-  std::mutex m;
-  std::vector<std::pair<power::Event, std::string>> list;
+  struct List {
+    std::mutex m;
+    std::vector<std::pair<power::Event, std::string>> items;
+  };
+  std::shared_ptr<List> list = std::make_shared<List>();
 
   power::EventSink sink() {
-    return [this](power::Event e, std::string_view detail) {
-      std::lock_guard lock(m);
-      list.emplace_back(e, std::string(detail));
+    return [l = list](power::Event e, std::string_view detail) {
+      std::lock_guard lock(l->m);
+      l->items.emplace_back(e, std::string(detail));
     };
   }
   bool wait_for(power::Event e, std::chrono::milliseconds timeout = kWait) { return eventually([&] { return has(e); }, timeout); }
   bool has(power::Event e) {
-    std::lock_guard lock(m);
-    return std::any_of(list.begin(), list.end(), [&](const auto& x) { return x.first == e; });
+    std::lock_guard lock(list->m);
+    return std::any_of(list->items.begin(), list->items.end(), [&](const auto& x) { return x.first == e; });
   }
   std::vector<power::Event> kinds() {
-    std::lock_guard lock(m);
+    std::lock_guard lock(list->m);
     std::vector<power::Event> out;
-    for (const auto& x : list) out.push_back(x.first);
+    for (const auto& x : list->items) out.push_back(x.first);
     return out;
   }
   std::string detail(power::Event e) {
-    std::lock_guard lock(m);
-    for (const auto& x : list) {
+    std::lock_guard lock(list->m);
+    for (const auto& x : list->items) {
       if (x.first == e) return x.second;
     }
     return {};
