@@ -385,6 +385,53 @@ void ChargingSession::open(const Opening& o, const MeterReading& start, std::fun
       });
 }
 
+void ChargingSession::suspend(std::optional<MeterReading> reading, std::function<void(const Status&)> done) {
+  if (!running_) return done(Status::success());
+  Running& s = *running_;
+  s.stopping = true;  // no checkpoint, boundary or target writes from here
+  cancel_timers();
+  const auto& last = guard_.last();
+  if (!reading && last && follows(*last, s.readings.back())) reading = last;
+  std::optional<MeterReading> extra;
+  if (reading && follows(*reading, s.readings.back())) extra = reading;
+  const MeterReading at = extra ? *extra : s.readings.back();
+  const int seq = static_cast<int>(s.readings.size());
+  store_.submit(
+      [txn = s.id, seq, extra, at, now = clock_.now()](Database& db) {
+        if (extra) ReadingRepository(db).insert(txn, seq, {extra->time, extra->wh}, ReadingKind::checkpoint);
+        TransactionRepository(db).mark_suspended(txn, now, at.wh);
+      },
+      [this, txn = s.id, done = std::move(done), alive = alive_](const Status& st) {
+        if (!*alive) return;
+        if (running_ && running_->id == txn) running_.reset();
+        auto waiting = std::move(on_closed_);
+        on_closed_.clear();
+        done(st);
+        for (auto& w : waiting) w();
+      });
+}
+
+void ChargingSession::resume(const Resuming& r, std::function<void(const Status&)> done) {
+  store_.submit([txn = r.txn](Database& db) { TransactionRepository(db).clear_suspended(txn); },
+                [this, r, done = std::move(done), alive = alive_](const Status& st) {
+                  if (!*alive) return;
+                  if (st.ok()) {
+                    Running& run = running_.emplace();
+                    run.id = r.txn;
+                    run.method = r.method;
+                    run.token = r.token;
+                    run.authorized_fen = r.authorized_fen;
+                    run.mode = r.mode;
+                    run.tariff = r.tariff;
+                    run.readings = r.readings;
+                    run.last_checkpoint = r.readings.back();
+                    arm_boundary();
+                    arm_time_target();
+                  }
+                  done(st);
+                });
+}
+
 bool ChargingSession::start_charging() {
   if (!running_ || running_->charging_started) return false;
   running_->charging_started = true;

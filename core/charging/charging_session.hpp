@@ -121,6 +121,17 @@ class ChargingSession {
     std::shared_ptr<const Tariff> tariff;
     std::string tariff_document;
   };
+  /// A transaction a planned stop suspended, as the next start resumes it: its row and its
+  /// committed readings (the start reading first, the suspension's reading last).
+  struct Resuming {
+    std::string txn;
+    std::string method;
+    std::string token;
+    std::int64_t authorized_fen = 0;
+    ChargingMode mode;
+    std::shared_ptr<const Tariff> tariff;
+    std::vector<MeterReading> readings;
+  };
   /// The running session, read-only for the coordinator.
   struct Running {
     std::string id;
@@ -184,6 +195,15 @@ class ChargingSession {
   /// last committed one). A close that does not commit keeps the session, raises
   /// storage.close_failed once and is retried; `done` gets each attempt's outcome.
   void close(std::optional<MeterReading> final_reading, StopDone done);
+  /// A planned stop, with the power already paused: commits `reading` (or the guard's last
+  /// plausible one) as a checkpoint and the suspension mark in one work, and ends the session
+  /// here without a bill or a capture; the transaction stays open for the next start to resume.
+  /// `done` gets the commit's outcome; either way the session no longer runs here (not on disk:
+  /// the next start closes the transaction as after a power cut).
+  void suspend(std::optional<MeterReading> reading, std::function<void(const Status&)> done);
+  /// The next start: clears the suspension mark; once that is durable the session runs again
+  /// from its committed readings, with its tariff boundaries and time target armed.
+  void resume(const Resuming& r, std::function<void(const Status&)> done);
   /// Called once the running session is closed (a clean stop waits with it).
   void when_closed(std::function<void()> fn) { on_closed_.push_back(std::move(fn)); }
 

@@ -1218,28 +1218,70 @@ void SessionEngine::recover(std::function<void()> done) {
     std::shared_ptr<const Tariff> tariff;       ///< the one it started with, else (before schema 11) the site's now
   };
   std::vector<Open> open;
+  std::vector<std::pair<std::uint32_t, ChargingSession::Resuming>> resumable;  // by connector
   std::size_t unpriced = 0;
+  const auto& ch = site_.session.charging;
   for (auto& t : TransactionRepository(*reader_db_).unfinished()) {
     auto tariff = tariff_of(t.id);
     if (!tariff) {
       ++unpriced;
       continue;
     }
+    // Suspended by a planned stop, recently enough, on a connector this site still has, one per
+    // connector: it runs again. Anything else is closed, billed to its committed readings.
+    if (const auto susp = TransactionRepository(*reader_db_).suspension(t.id)) {
+      const auto age = std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - susp->at);
+      const bool taken = std::any_of(resumable.begin(), resumable.end(), [&](const auto& r) { return r.first == t.connector; });
+      auto readings = stored_readings(t.id);
+      const auto row = TransactionRepository(*reader_db_).find(t.id);
+      if (ch.suspend_on_stop && age.count() <= ch.resume_within_s && connector(t.connector) && !taken && !readings.empty() && row) {
+        ChargingSession::Resuming r{.txn = t.id, .method = t.method, .token = row->user_token, .authorized_fen = row->authorized_fen, .mode = {},
+                                    .tariff = std::move(tariff), .readings = std::move(readings)};
+        if (auto m = parse_mode(t.mode.empty() ? std::string("full") : t.mode, site_.session.payment, ch); std::holds_alternative<ChargingMode>(m)) {
+          r.mode = std::get<ChargingMode>(m);
+        } else {
+          spdlog::warn("{}: its mode '{}' is no longer allowed here ({}); it resumes as full, bounded by its hold", t.id, t.mode, std::get<std::string>(m));
+        }
+        resumable.emplace_back(t.connector, std::move(r));
+        continue;
+      }
+      spdlog::warn("{}: suspended {} s ago by a planned stop; {}", t.id, age.count(),
+                   !ch.suspend_on_stop ? "charging.on_planned_stop is 'stop' now: closing it"
+                   : age.count() > ch.resume_within_s ? fmt::format("longer than charging.resume_within_s ({} s): closing it", ch.resume_within_s)
+                                                      : std::string("it cannot resume here: closing it"));
+    }
     open.push_back({t.id, t.connector, t.method, t.authorized_fen, t.next_start_wh, t.mode, std::move(tariff)});
   }
   if (unpriced > 0) spdlog::error("{} open transaction(s) without a stored tariff and no tariffs in the site file: they stay open until it has tariffs", unpriced);
-  if (open.empty()) {
+  if (open.empty() && resumable.empty()) {
     done();
     return;
   }
+  auto remaining = std::make_shared<std::size_t>(open.size() + resumable.size());
+  auto done_ptr = std::make_shared<std::function<void()>>(std::move(done));
+  for (auto& [connector_id, r] : resumable) {
+    Connector& c = *connector(connector_id);
+    ++c.recovering;  // no start (autostart of the vehicle plugged in again) while it resumes
+    spdlog::info("connector {}: {}: resuming the session a planned stop suspended ({} Wh so far, hold {} fen)", c.cfg.id, r.txn,
+                 r.readings.back().wh - r.readings.front().wh, r.authorized_fen);
+    c.charging->resume(r, [this, &c, txn = r.txn, remaining, done_ptr, alive = alive_](const Status& st) {
+      if (!*alive) return;
+      --c.recovering;
+      if (st.ok()) {
+        resume_session(c);
+      } else {
+        spdlog::error("connector {}: {}: cannot resume ({}); the next start closes it", c.cfg.id, txn, st.message());
+      }
+      if (--*remaining == 0) (*done_ptr)();
+    });
+  }
+  if (open.empty()) return;
   spdlog::warn("recovering {} transaction(s) left open by an unclean stop", open.size());
   {
     events::Recovering ev;
     for (const auto& o : open) ev.transactions.push_back(o.id);
     emit(std::move(ev));
   }
-  auto remaining = std::make_shared<std::size_t>(open.size());
-  auto done_ptr = std::make_shared<std::function<void()>>(std::move(done));
   for (const auto& o : open) {
     if (Connector* c = connector(o.connector)) ++c->recovering;
   }
@@ -1337,10 +1379,57 @@ void SessionEngine::stop_all(std::function<void()> done) {
     };
     if (c->charging->running()->stopping) {
       c->charging->when_closed(one_closed);
+    } else if (site_.session.charging.suspend_on_stop) {
+      suspend_session(*c, one_closed);  // a restart or an upgrade: the next start resumes it
     } else {
       stop(id, StopReason::shutdown, [one_closed](const StopOutcome&) { one_closed(); });
     }
   }
+}
+
+void SessionEngine::suspend_session(Connector& c, std::function<void()> done) {
+  const std::string txn = c.charging->running()->id;
+  const std::uint32_t id = c.cfg.id;
+  if (auto ref = hooks_.find(c.cfg.power); ref.plugin && ref.kind == Kind::power) {
+    auto* stage = static_cast<power::PowerStage*>(ref.plugin);
+    if (Status st = stage->set_power_limit(0); !st.ok()) spdlog::warn("connector {}: the power stage did not take the setpoint 0 W: {}", id, st.message());
+    if (Status st = stage->open_contactor(); !st.ok()) spdlog::error("connector {}: the contactor did not open: {}", id, st.message());
+  }
+  spdlog::info("connector {}: {}: suspending for the planned stop: power paused, the transaction kept open for the next start (within {} s)", id,
+               txn, site_.session.charging.resume_within_s);
+  auto suspend = [this, &c, id, txn, done = std::move(done), alive = alive_](std::optional<MeterReading> m) {
+    if (!*alive) return;
+    c.charging->suspend(m, [id, txn, done](const Status& st) {
+      if (st.ok()) {
+        spdlog::info("connector {}: {}: suspended", id, txn);
+      } else {
+        spdlog::error("connector {}: {}: the suspension was not recorded ({}); the next start closes it as after a power cut", id, txn, st.message());
+      }
+      done();
+    });
+  };
+  if (c.meter_failed || c.charging->guard().faulted()) {
+    suspend(std::nullopt);
+  } else {
+    c.charging->read_meter(std::move(suspend));
+  }
+}
+
+void SessionEngine::resume_session(Connector& c) {
+  const ChargingSession::Running& s = *c.charging->running();
+  spdlog::info("connector {}: {}: resumed after the planned stop, hold {} fen, meter {} Wh", c.cfg.id, s.id, s.authorized_fen, s.readings.back().wh);
+  apply(c, ConnectorEvent::authorized_start, fmt::format("transaction {} resumed after a restart", s.id));
+  if (c.fsm.status() == ConnectorStatus::preparing && c.fsm.plugged()) apply(c, ConnectorEvent::authorized_start, "the vehicle is still plugged in");
+  if (c.fsm.status() == ConnectorStatus::charging) begin_charging(c);
+  // The vehicle may have left while the pile restarted: not plugged in by the deadline, the
+  // session ends, billed to its reading at the suspension.
+  scheduler_->after(std::chrono::seconds(site_.session.charging.resume_plug_wait_s), [this, id = c.cfg.id, txn = s.id] {
+    Connector* cp = connector(id);
+    const ChargingSession::Running* run = cp ? cp->charging->running() : nullptr;
+    if (!run || run->id != txn || run->stopping || cp->fsm.plugged()) return;
+    spdlog::warn("connector {}: {}: no vehicle plugged in {} s after the session resumed; stopping it", id, txn, site_.session.charging.resume_plug_wait_s);
+    stop(id, StopReason::ev_disconnected, [](const StopOutcome&) {});
+  });
 }
 
 void SessionEngine::set_tariff(const Tariff& tariff) {
@@ -1385,9 +1474,11 @@ StatusSnapshot SessionEngine::status() const {
       sj.started = s.readings.front().time;
       sj.setpoint_w = s.setpoint_w;
       sj.stopping = s.stopping;
-      if (last) {
-        std::vector<MeterReading> r = s.readings;
-        if (last->time >= r.back().time && last->wh >= r.back().wh) r.push_back(*last);
+      // The committed readings, and the meter's last plausible one when it follows them (none yet
+      // right after a resume: the energy before the restart is shown all the same).
+      std::vector<MeterReading> r = s.readings;
+      if (last && last->time >= r.back().time && last->wh >= r.back().wh) r.push_back(*last);
+      if (r.size() >= 2) {
         const Bill b = compute_bill(*s.tariff, r);
         sj.energy_wh = b.energy_wh;
         sj.amount_fen = b.total_fen;

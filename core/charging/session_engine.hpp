@@ -22,6 +22,10 @@
 //  5. no session starts on a connector while recover() closes one of its transactions, so the
 //     recovery's final meter reading holds no energy of a new session; and a recovered
 //     transaction's energy is bounded by the next transaction's start reading on its connector.
+//  6. a planned stop (charging.on_planned_stop: suspend) pauses the power, then commits the
+//     session's reading and its suspension mark in one work; the transaction stays open with its
+//     hold. The next start resumes it (same transaction, hold and tariff) when it is recent
+//     (resume_within_s), else closes it as recovered, billed to that reading.
 // tests/crash kills the daemon at random instants and checks all of this from the files.
 #pragma once
 
@@ -163,6 +167,13 @@ class SessionEngine {
   void apply(Connector& c, ConnectorEvent e, const std::string& why);
   void on_power_event(Connector& c, power::Event e, std::string_view detail);
   void begin_charging(Connector& c);
+  /// A planned stop: the power paused through the power stage (setpoint 0, contactor open), then
+  /// the session's reading and suspension mark committed (ChargingSession::suspend); `done` once
+  /// on disk, or once it could not be.
+  void suspend_session(Connector& c, std::function<void()> done);
+  /// A suspended session runs again (ChargingSession::resume done): the state machine as at a
+  /// start, the contactor once the vehicle asks, and a deadline for the vehicle to be plugged in.
+  void resume_session(Connector& c);
   /// The strategy's setpoint, clamped to the connector's and what the site leaves it.
   void update_setpoint(Connector& c);
   /// A checkpoint's (or a close's) commit outcome: the storage.checkpoint_failed alarm, and

@@ -213,6 +213,25 @@ Field charging_field() {
                       }(),
                       with_default(with_range(field("max_energy_wh", FieldType::integer, "Most energy a session in energy mode may ask for"), 1, 10'000'000, "Wh"), "200000"),
                       with_default(with_range(field("max_time_s", FieldType::integer, "Longest a session in time mode may ask for"), 60, 604800, "s"), "86400"),
+                      [] {
+                        Field f = field("on_planned_stop", FieldType::enumeration,
+                                        "What a planned stop (systemctl stop or restart, a package upgrade) does to the sessions in progress: "
+                                        "suspend them (power paused, the transaction kept open, resumed by the next start within "
+                                        "resume_within_s) or stop them (billed and captured as Shutdown)");
+                        f.allowed = {"suspend", "stop"};
+                        f.default_value = "suspend";
+                        return f;
+                      }(),
+                      with_default(with_range(field("resume_within_s", FieldType::integer,
+                                                    "A session suspended by a planned stop is resumed by a start within this time; later, it "
+                                                    "is closed, billed to its reading at the suspension"),
+                                              1, 86400, "s"),
+                                   "300"),
+                      with_default(with_range(field("resume_plug_wait_s", FieldType::integer,
+                                                    "A resumed session whose vehicle the power stage does not report plugged in within this "
+                                                    "time stops (EVDisconnected), billed to its reading at the suspension"),
+                                              1, 3600, "s"),
+                                   "120"),
                       with_range(field("site_max_power_w", FieldType::integer, "Most power the whole pile may draw (all connectors)"), 1000, 10'000'000, "W"),
                       with_default(with_range(field("fallback_power_w", FieldType::integer,
                                                     "Setpoint when the strategy cannot give one and has given none before in the session (then the "
@@ -637,6 +656,9 @@ SessionConfig parse_session_config(const YAML::Node& root, const std::string& ti
   if (const YAML::Node m = member(ch, "default_mode"); m.IsScalar()) cfg.charging.default_mode = m.Scalar();
   cfg.charging.max_energy_wh = int_or(member(ch, "max_energy_wh"), child(cf, "max_energy_wh"), 200'000);
   cfg.charging.max_time_s = int_or(member(ch, "max_time_s"), child(cf, "max_time_s"), 86'400);
+  if (const YAML::Node m = member(ch, "on_planned_stop"); m.IsScalar()) cfg.charging.suspend_on_stop = m.Scalar() != "stop";
+  cfg.charging.resume_within_s = int_or(member(ch, "resume_within_s"), child(cf, "resume_within_s"), 300);
+  cfg.charging.resume_plug_wait_s = int_or(member(ch, "resume_plug_wait_s"), child(cf, "resume_plug_wait_s"), 120);
   auto& meter = cfg.charging.meter;
   meter.max_wh = int_or(member(ch, "meter_max_wh"), child(cf, "meter_max_wh"), meter.max_wh);
   meter.tolerance_wh = int_or(member(ch, "meter_tolerance_wh"), child(cf, "meter_tolerance_wh"), meter.tolerance_wh);

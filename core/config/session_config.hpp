@@ -84,6 +84,11 @@ struct ChargingSettings {
   std::string default_mode = "full";     // a session_start without a mode: full, amount:<fen>, energy:<Wh>, time:<minutes>
   std::int64_t max_energy_wh = 200'000;  // most an `energy` session may ask for
   std::int64_t max_time_s = 86'400;      // longest a `time` session may ask for
+  /// A planned stop (SIGTERM: systemctl stop/restart, a package upgrade): suspend the sessions in
+  /// progress for the next start to resume (true), or stop and bill them (false).
+  bool suspend_on_stop = true;
+  std::int64_t resume_within_s = 300;      // a suspended session older than this is closed at the start, not resumed
+  std::int64_t resume_plug_wait_s = 120;   // a resumed session whose vehicle is not plugged in by then stops
 };
 
 struct SessionConfig {

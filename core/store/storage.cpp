@@ -164,6 +164,10 @@ const char* const migrations[] = {
     // an upgrade with new prices bills a session in progress, recovered or resumed at its own.
     "CREATE TABLE tariffs(digest TEXT PRIMARY KEY, document TEXT NOT NULL, first_used_ms INTEGER NOT NULL);"
     "CREATE TABLE transaction_tariffs(txn_id TEXT PRIMARY KEY REFERENCES transactions(id), digest TEXT NOT NULL REFERENCES tariffs(digest));",
+    // 11 -> 12: sessions a planned stop suspended (charging.on_planned_stop): the transaction stays
+    // open, its hold neither captured nor released, and the next start resumes it. The row goes
+    // with the transaction's close.
+    "CREATE TABLE suspended_sessions(txn_id TEXT PRIMARY KEY REFERENCES transactions(id), suspended_ms INTEGER NOT NULL, meter_wh INTEGER NOT NULL);",
 };
 }  // namespace
 

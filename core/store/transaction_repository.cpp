@@ -24,6 +24,7 @@ void TransactionRepository::mark_stopping(std::string_view id, std::string_view 
 }
 
 void TransactionRepository::close(std::string_view id, const ClosedTransaction& c) {
+  clear_suspended(id);  // a suspended session closed (not resumed in time) is no longer one
   Stmt(db_,
        "UPDATE transactions SET status='closed', outcome=?, meter_stop_wh=?, energy_wh=?, electricity_fen=?, service_fen=?, total_fen=?, "
        "captured_fen=0, capture_status=?, bill=?, stopped_ms=COALESCE(stopped_ms, ?), "
@@ -51,6 +52,21 @@ void TransactionRepository::add_authorized(std::string_view id, std::int64_t fen
   // captured = min(bill, authorized_fen) stays true; a top-up confirmed later (asked again after
   // a crash) is in its operation row, and the acquirer releases it with the capture.
   Stmt(db_, "UPDATE transactions SET authorized_fen=authorized_fen+? WHERE id=? AND status!='closed'").bind(1, fen).bind(2, id).step();
+}
+
+void TransactionRepository::mark_suspended(std::string_view id, TimePoint at, std::int64_t meter_wh) {
+  Stmt(db_, "INSERT INTO suspended_sessions(txn_id, suspended_ms, meter_wh) VALUES(?,?,?) "
+            "ON CONFLICT(txn_id) DO UPDATE SET suspended_ms=excluded.suspended_ms, meter_wh=excluded.meter_wh")
+      .bind(1, id).bind(2, ms_of(at)).bind(3, meter_wh).step();
+}
+
+void TransactionRepository::clear_suspended(std::string_view id) { Stmt(db_, "DELETE FROM suspended_sessions WHERE txn_id=?").bind(1, id).step(); }
+
+std::optional<Suspension> TransactionRepository::suspension(std::string_view id) {
+  Stmt s(db_, "SELECT suspended_ms, meter_wh FROM suspended_sessions WHERE txn_id=?");
+  s.bind(1, id);
+  if (!s.step()) return std::nullopt;
+  return Suspension{tp_of(s.i64(0)), s.i64(1)};
 }
 
 void TransactionRepository::save_sequence(std::int64_t n) {

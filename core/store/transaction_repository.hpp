@@ -65,6 +65,12 @@ struct TransactionRow {
   std::string mode;  ///< as asked at the start; '' for rows from before schema 10
 };
 
+/// A session a planned stop suspended: when, and the meter reading committed then.
+struct Suspension {
+  TimePoint at{};
+  std::int64_t meter_wh = 0;
+};
+
 /// A transaction a crash left open or stopping, for recovery.
 struct UnfinishedTransaction {
   std::string id;
@@ -91,11 +97,17 @@ class TransactionRepository {
   /// (a closed transaction keeps the hold its capture was bounded by).
   void add_authorized(std::string_view id, std::int64_t fen);
   void save_sequence(std::int64_t n);
+  /// A planned stop suspended the session: the transaction stays open for the next start.
+  void mark_suspended(std::string_view id, TimePoint at, std::int64_t meter_wh);
+  /// The session runs again (resumed) or is about to close: no longer suspended.
+  void clear_suspended(std::string_view id);
 
   // Readers.
   [[nodiscard]] std::optional<TransactionRow> find(std::string_view id);
   /// Open or stopping, oldest first.
   [[nodiscard]] std::vector<UnfinishedTransaction> unfinished();
+  /// Whether a planned stop suspended it, and when.
+  [[nodiscard]] std::optional<Suspension> suspension(std::string_view id);
   /// The last transaction number handed out (0 on a new database).
   [[nodiscard]] std::int64_t last_sequence();
   /// The risk rules' history: by the user's salted hash, since a time.

@@ -22,7 +22,8 @@ using test::TempDir;
 
 TEST(PlannedStop, AtAFastClockTheStoppedSessionIsBilledAndCapturedBeforeThePaymentMethodStops) {
   TempDir dir;
-  std::string yaml = test::one_connector_sim_site("STOP-1", "Planned stop");
+  // Sessions end at a planned stop (the default suspends them: suspend_resume_test.cpp).
+  std::string yaml = test::one_connector_sim_site("STOP-1", "Planned stop") + "charging: {on_planned_stop: stop}\n";
   // The payment method answers in 9 simulated seconds and the risk rule in 1: the close's risk
   // check and capture alone take 10, more than the old bound of 7 (meter_timeout_ms + 2000). The
   // deadlines on them are long (risk 600 s, payment an hour: 1 s and 6 s of real time), so that
