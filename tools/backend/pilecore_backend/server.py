@@ -1,0 +1,363 @@
+"""`pilecore-backend serve`: the MQTT back end (docs/protocol.md sections 1-6).
+
+Threads: paho's network thread only queues what arrives; a stdin thread queues command lines;
+the main thread does everything else (decode, reassemble, store, ack, commands), so the SQLite
+connection and the reassembler have one user.
+"""
+
+import collections
+import json
+import logging
+import os
+import queue
+import signal
+import ssl
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from . import cbor, fragment
+from .frame import (ACK, COMMAND, CONTROL, HEADER_SIZE, TELEMETRY_COMPACT, TYPE_NAMES, UP_TYPES, Ack,
+                    Frame, Refused, build_command, decode_frame, decode_payload, encode_ack, encode_frame)
+from .store import Store
+
+log = logging.getLogger("pilecore-backend")
+
+UP_FILTER = "pilecore/v1/+/+/up/#"
+# 6.1: the class level of an up topic, by message type.
+TOPIC_CLASS = {0x01: "control", 0x02: "transaction", 0x03: "status", 0x04: "telemetry", 0x05: "telemetry"}
+# An ack frame's largest size. 3.2 bounds nothing but a frame's 65535 payload bytes; acks are
+# split into several frames (acks may be repeated) to keep each frame small.
+ACK_FRAME_MAX = 4096
+BATCH = 256  # up frames handled before the acks they earned are published
+FORBIDDEN_IN_IDS = set("/+#")
+
+
+class Events:
+    """One JSON object per line on stdout, flushed."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.lock = threading.Lock()
+
+    def __call__(self, event, **fields):
+        line = json.dumps(dict(event=event, **fields), sort_keys=False)
+        with self.lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+def load_private_key(path):
+    with open(path, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("%s is not a P-256 private key" % path)
+    return key
+
+
+def json_to_cbor_args(value):
+    """Command arguments from JSON: {"$hex": "..."} and {"$file": "path"} become byte strings
+    (the firmware command's `image` and `sig`), everything else is taken as it is."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "$hex" in value:
+            return bytes.fromhex(value["$hex"])
+        if len(value) == 1 and "$file" in value:
+            with open(value["$file"], "rb") as f:
+                return f.read()
+        return {k: json_to_cbor_args(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_to_cbor_args(v) for v in value]
+    return value
+
+
+class Server:
+    def __init__(self, args, events=None):
+        self.args = args
+        self.events = events or Events()
+        self.store = Store(args.db)
+        self.command_key = load_private_key(args.command_key) if args.command_key else None
+        self.firmware_key = load_private_key(args.firmware_key) if args.firmware_key else None
+        self.reassembler = fragment.Reassembler()
+        self.inbox = queue.Queue()
+        self.pushback = None  # an item taken from the inbox while batching, handled next
+        self.ready = False
+        self.stopping = False
+        # 3.4: "send the next one after the previous one's answer": per device, the command in
+        # flight (q, sent at) and those waiting for it. emergency_stop never waits.
+        self.in_flight = {}
+        self.waiting = collections.defaultdict(collections.deque)
+        self.last_prune = 0.0
+        self.client = self._client()
+
+    # MQTT
+
+    def _client(self):
+        client = mqtt.Client(client_id=self.args.client_id or "pilecore-backend-%d" % os.getpid(),
+                             clean_session=True, protocol=mqtt.MQTTv311)
+        client.tls_set(ca_certs=self.args.ca, certfile=self.args.cert, keyfile=self.args.key,
+                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = lambda c, u, msg: self.inbox.put(("up", msg.topic, bytes(msg.payload)))
+        return client
+
+    def _on_connect(self, client, userdata, flags, rc):
+        if rc != 0:
+            log.warning("broker refused the connection: %s", mqtt.connack_string(rc))
+            return
+        log.info("connected to %s:%d", self.args.host, self.args.port)
+        # A clean session: subscribe again on every connection (6.1).
+        client.subscribe(UP_FILTER, qos=1)
+
+    def _on_subscribe(self, client, userdata, mid, granted_qos):
+        if granted_qos and granted_qos[0] == 0x80:
+            log.error("the broker refused the subscription to %s", UP_FILTER)
+            return
+        self.inbox.put(("subscribed",))
+
+    def _on_disconnect(self, client, userdata, rc):
+        if not self.stopping:
+            log.warning("disconnected from the broker (%s); reconnecting", mqtt.error_string(rc))
+            self.events("disconnected")
+
+    def publish(self, site, pile, data):
+        """Downlink frames go to the pile's down/cmd, QoS 1, retain false (6.1). paho keeps a
+        QoS 1 message queued while disconnected and sends it after reconnecting."""
+        self.client.publish("pilecore/v1/%s/%s/down/cmd" % (site, pile), data, qos=1, retain=False)
+
+    # Main loop
+
+    def run(self):
+        signal.signal(signal.SIGTERM, lambda *_: self.inbox.put(("stop",)))
+        threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
+        self.client.connect_async(self.args.host, self.args.port, keepalive=30)
+        self.client.loop_start()
+        try:
+            while True:
+                item, self.pushback = self.pushback, None
+                if item is None:
+                    try:
+                        item = self.inbox.get(timeout=1.0)
+                    except queue.Empty:
+                        pass
+                if item is not None and item[0] in ("stop", "eof"):
+                    log.info("stopping (%s)", "SIGTERM" if item[0] == "stop" else "end of stdin")
+                    break
+                self._housekeeping()
+                if item is None:
+                    continue
+                if item[0] == "up":
+                    self._handle_ups([item])
+                elif item[0] == "command":
+                    self._command_line(item[1])
+                elif item[0] == "subscribed":
+                    self.events("ready" if not self.ready else "resubscribed")
+                    self.ready = True
+        finally:
+            self.stopping = True
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.store.close()
+        return 0
+
+    def _read_stdin(self):
+        for line in sys.stdin:
+            if line.strip():
+                self.inbox.put(("command", line))
+        self.inbox.put(("eof",))
+
+    def _housekeeping(self):
+        now = time.monotonic()
+        for device, tid in self.reassembler.expire():
+            with self.store.transaction():
+                self.store.refusal(device, "timed_out")
+            self.events("refused", reason="timed_out", device=device, detail="transfer %d" % tid)
+        for device, (q, sent) in list(self.in_flight.items()):
+            if now - sent >= self.args.command_timeout:
+                self.events("command_timeout", device=device, q=q)
+                del self.in_flight[device]
+                self._send_waiting(device)
+        if now - self.last_prune > 3600:
+            self.last_prune = now
+            with self.store.transaction():
+                self.store.forget_old_frames()
+
+    # Uplink
+
+    def _handle_ups(self, items):
+        """Handle a batch of up frames (those queued now), each committed on its own, then
+        publish the acks they earned: one ack per pile with every key (3.2)."""
+        while len(items) < BATCH:
+            try:
+                nxt = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if nxt[0] != "up":
+                self.pushback = nxt  # stop, eof or a command: the main loop's, in its turn
+                break
+            items.append(nxt)
+        acks = collections.OrderedDict()  # (site, pile, device) -> keys, in arrival order
+        for _, topic, data in items:
+            try:
+                self._handle_up(topic, data, acks)
+            except Exception:  # a bug must cost one frame (rolled back, resent by the pile), not the server
+                log.exception("failed on a message on %s", topic)
+        for (site, pile, device), keys in acks.items():
+            self._send_acks(site, pile, device, keys)
+
+    def _handle_up(self, topic, data, acks):
+        parts = topic.split("/")
+        if len(parts) != 6:
+            log.warning("ignored a message on %s: not pilecore/v1/<site>/<pile>/up/<class>", topic)
+            return
+        site, pile = parts[2], parts[3]
+        with self.store.transaction():
+            try:
+                frame = decode_frame(data)
+            except Refused as exc:
+                device = int.from_bytes(data[4:8], "big") if len(data) >= 8 else self.store.device_for(site, pile)
+                return self._refused(exc, site, pile, device)
+            if frame.type not in UP_TYPES:
+                # Section 7: a frame of the other direction is ignored and counted apart.
+                self.store.refusal(frame.device, "wrong_direction")
+                self.events("refused", reason="wrong_direction", site=site, pile=pile, device=frame.device,
+                            detail="%s frame on an up topic" % TYPE_NAMES[frame.type])
+                return
+            if TOPIC_CLASS[frame.type] != parts[5]:
+                log.warning("a %s frame of device %d on %s", TYPE_NAMES[frame.type], frame.device, topic)
+            self.store.remember_pile(site, pile, frame.device)
+            if self.store.frame_seen(frame.device, frame.seq):
+                self.events("duplicate", level="frame", site=site, pile=pile, device=frame.device, seq=frame.seq)
+                return
+            try:
+                if frame.is_fragment:
+                    message = self.reassembler.add(frame)
+                    if message is None:
+                        return
+                else:
+                    message = fragment.Message(frame.type, frame.device, frame.timestamp, frame.seq, frame.payload)
+                value = decode_payload(message.type, message.payload)
+            except Refused as exc:
+                return self._refused(exc, site, pile, frame.device)
+            if message.type == TELEMETRY_COMPACT:
+                self.store.put_telemetry(message.device, message.timestamp, value)
+                self.events("telemetry", site=site, pile=pile, device=message.device, time=message.timestamp,
+                            connectors=[dict(connector=r.connector, status=r.status_name, power_w=r.power_w,
+                                             meter_wh=r.meter_wh) for r in value])
+                return
+            self._record(site, pile, message, value, acks)
+
+    def _record(self, site, pile, message, record, acks):
+        new = self.store.put_record(message.device, site, pile, message.type, record, message.seq, message.timestamp)
+        common = dict(site=site, pile=pile, device=message.device, key=record.key, kind=record.kind)
+        if not new:
+            self.events("duplicate", level="record", **common)
+        else:
+            self.events("record", type=TYPE_NAMES[message.type], seq=message.seq, time=message.timestamp,
+                        body=cbor.to_json(record.body), **common)
+            if message.type == CONTROL and record.kind == "command_result":
+                matched = self.store.match_result(message.device, record.key, record.body)
+                if matched:
+                    q, name = matched
+                    self.events("command_result", site=site, pile=pile, device=message.device, q=q,
+                                command=name, key=record.key, result=cbor.to_json(record.body))
+                    if self.in_flight.get(message.device, (None,))[0] == q:
+                        del self.in_flight[message.device]
+                        self._send_waiting(message.device)
+        # Acknowledged again whether new or not: the pile resends until it sees the key (3.1).
+        keys = acks.setdefault((site, pile, message.device), [])
+        if record.key not in keys:
+            keys.append(record.key)
+
+    def _refused(self, exc, site, pile, device):
+        self.store.refusal(device, exc.reason)
+        self.events("refused", reason=exc.reason, detail=exc.detail, site=site, pile=pile, device=device)
+
+    def _send_acks(self, site, pile, device, keys):
+        """Ack frames with `keys` (after their commit). "l" is the ledger anchor (store.py)."""
+        limit = min(ACK_FRAME_MAX, self.args.max_frame) - HEADER_SIZE
+        ledger = self.store.ledger_anchor(device)
+        chunks, chunk = [], []
+        for key in keys:
+            if chunk and len(encode_ack(Ack(chunk + [key], ledger))) > limit:
+                chunks.append(chunk)
+                chunk = []
+            chunk.append(key)
+        chunks.append(chunk)
+        with self.store.transaction():
+            first = self.store.next_down_seq(device, len(chunks))
+        now = int(time.time())
+        for i, chunk in enumerate(chunks):
+            seq = (first + i) & 0xFFFFFFFF
+            self.publish(site, pile, encode_frame(Frame(ACK, device, now, seq, encode_ack(Ack(chunk, ledger)))))
+            self.events("ack", site=site, pile=pile, device=device, seq=seq, keys=chunk, l=ledger)
+
+    # Commands
+
+    def _command_line(self, line):
+        try:
+            request = json.loads(line)
+            site, pile, name = request["site"], request["pile"], request["command"]
+            for ident in (site, pile):
+                if not isinstance(ident, str) or not ident or FORBIDDEN_IN_IDS & set(ident):
+                    raise ValueError("site and pile must be non-empty text without / + #")
+            if not isinstance(name, str) or not 1 <= len(name.encode("utf-8")) <= 32:
+                raise ValueError("command must be text of 1..32 bytes")
+            args = json_to_cbor_args(request.get("args") or {})
+            if not isinstance(args, dict):
+                raise ValueError("args must be an object")
+            device = request.get("device")
+            if device is None:
+                device = self.store.device_for(site, pile)
+                if device is None:
+                    raise ValueError("no device id given and no uplink seen from %s/%s" % (site, pile))
+            if not isinstance(device, int) or isinstance(device, bool) or not 0 <= device < 1 << 32:
+                raise ValueError("device must be an integer 0..2^32-1")
+            if self.command_key is None:
+                raise ValueError("no --command-key: commands cannot be signed")
+            if name == "firmware" and "sig" not in args and "image" in args:
+                if self.firmware_key is None:
+                    raise ValueError("firmware without sig needs --firmware-key")
+                args["sig"] = self.firmware_key.sign(args["image"], ec.ECDSA(hashes.SHA256()))
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            self.events("error", what="command", message=str(exc), line=line.strip())
+            return
+        job = (site, pile, device, name, args)
+        if device in self.in_flight and name != "emergency_stop":
+            self.waiting[device].append(job)
+            self.events("command_waiting", site=site, pile=pile, device=device, command=name,
+                        behind=self.in_flight[device][0])
+            return
+        self._send_command(*job)
+
+    def _send_waiting(self, device):
+        if self.waiting[device]:
+            self._send_command(*self.waiting[device].popleft())
+
+    def _send_command(self, site, pile, device, name, args):
+        """3.4: encode the body once, sign prefix + device id + body, send; a frame over
+        --max-frame goes as a transfer of command frames (section 5)."""
+        now = int(time.time())
+        with self.store.transaction():
+            q = self.store.next_command_seq(device)
+            payload, _ = build_command(name, args, now, q, device, self.command_key)
+            if HEADER_SIZE + len(payload) <= self.args.max_frame:
+                seq = self.store.next_down_seq(device)
+                frames = [encode_frame(Frame(COMMAND, device, now, seq, payload))]
+            else:
+                count = fragment.fragment_count(len(payload), self.args.max_frame)
+                seq = self.store.next_down_seq(device, count)
+                frames = fragment.split(COMMAND, device, now, seq, payload, self.args.max_frame,
+                                        self.store.next_transfer_id(device))
+            self.store.add_command(device, q, name, site, pile, seq, len(frames))
+        for data in frames:
+            self.publish(site, pile, data)
+        self.in_flight[device] = (q, time.monotonic())
+        self.events("command", site=site, pile=pile, device=device, q=q, command=name, seq=seq,
+                    time=now, fragments=len(frames), bytes=len(payload))
