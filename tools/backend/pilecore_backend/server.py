@@ -45,7 +45,7 @@ class Events:
         self.lock = threading.Lock()
 
     def __call__(self, event, **fields):
-        line = json.dumps(dict(event=event, **fields), sort_keys=False)
+        line = json.dumps(dict(event=event, **fields))
         with self.lock:
             self.stream.write(line + "\n")
             self.stream.flush()
@@ -221,6 +221,8 @@ class Server:
             try:
                 frame = decode_frame(data)
             except Refused as exc:
+                # Counted against the header's device id when its bytes arrived, else against
+                # the device last seen on this topic (section 7 counts by reason only).
                 device = int.from_bytes(data[4:8], "big") if len(data) >= 8 else self.store.device_for(site, pile)
                 return self._refused(exc, site, pile, device)
             if frame.type not in UP_TYPES:

@@ -73,8 +73,9 @@ class Lines:
         threading.Thread(target=self._read, args=(stream,), daemon=True).start()
 
     def _read(self, stream):
-        for line in stream:
-            self.queue.put(json.loads(line))
+        with stream:
+            for line in stream:
+                self.queue.put(json.loads(line))
         self.queue.put(None)
 
     def wait(self, pred, timeout=WAIT):
@@ -107,6 +108,7 @@ class Broker:
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=WAIT)
+        self.proc.stdout.close()
 
 
 class Server:
@@ -128,6 +130,7 @@ class Server:
         """SIGTERM; returns the exit status."""
         self.proc.send_signal(signal.SIGTERM)
         status = self.proc.wait(timeout=WAIT)
+        self.proc.stdin.close()
         self.stderr.close()
         return status
 
