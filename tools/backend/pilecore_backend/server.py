@@ -345,6 +345,13 @@ class Server:
     def _send_command(self, site, pile, device, name, args):
         """3.4: encode the body once, sign prefix + device id + body, send; a frame over
         --max-frame goes as a transfer of command frames (section 5)."""
+        try:
+            self._sign_and_send(site, pile, device, name, args)
+        except ValueError as exc:  # rolled back: the sequences are not used
+            self.events("error", what="command", message=str(exc), site=site, pile=pile, device=device,
+                        command=name)
+
+    def _sign_and_send(self, site, pile, device, name, args):
         now = int(time.time())
         with self.store.transaction():
             q = self.store.next_command_seq(device)
@@ -354,6 +361,11 @@ class Server:
                 frames = [encode_frame(Frame(COMMAND, device, now, seq, payload))]
             else:
                 count = fragment.fragment_count(len(payload), self.args.max_frame)
+                # The pile abandons a transfer over these bounds (section 5): do not send it.
+                if len(payload) > fragment.MAX_PAYLOAD or count > fragment.MAX_FRAGMENTS:
+                    raise ValueError("a command of %d bytes in %d fragments is over the pile's transfer"
+                                     " bounds (%d bytes, %d fragments)"
+                                     % (len(payload), count, fragment.MAX_PAYLOAD, fragment.MAX_FRAGMENTS))
                 seq = self.store.next_down_seq(device, count)
                 frames = fragment.split(COMMAND, device, now, seq, payload, self.args.max_frame,
                                         self.store.next_transfer_id(device))

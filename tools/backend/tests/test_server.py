@@ -149,7 +149,7 @@ class Server(Base):
         self.pile.send_record("op:T-2/intent", "operation", {})  # the back end learns the device id
         self.pile.wait(lambda: self.pile.acks_naming("op:T-2/intent"))
         self.server.command(site="s1", pile="p1", command="stop_session", args={"connector": 1})
-        sent = self.event(event="command", command="stop_session")
+        sent = self.event(event="command", command="stop_session", device=DEVICE)
         self.pile.wait(lambda: any(cbor2.loads(cbor2.loads(p)["m"])["c"] == "stop_session"
                                    for _, p in self.pile.commands if not _[0] & 1))
         header, payload = [(h, p) for h, p in self.pile.commands
@@ -160,20 +160,20 @@ class Server(Base):
         self.pile.send_record("cmd:%d" % command["q"], "command_result",
                               {"seq": header[5], "q": command["q"], "command": "stop_session", "result": "ok",
                                "message": "stopped"}, mtype=1)
-        result = self.event(event="command_result", q=command["q"])
+        result = self.event(event="command_result", device=DEVICE, q=command["q"])
         self.assertEqual(result["result"]["result"], "ok")
         self.pile.wait(lambda: self.pile.acks_naming("cmd:%d" % command["q"]))
 
         # The next command waited for that answer; its sequence follows. It is rejected by the
         # pile, whose answer is matched by the command frame's sequence.
         self.server.command(site="s1", pile="p1", device=DEVICE, command="status")
-        sent2 = self.event(event="command", command="status")
+        sent2 = self.event(event="command", command="status", device=DEVICE)
         self.assertEqual(sent2["q"], sent["q"] + 1)
         self.assertGreater(sent2["seq"], sent["seq"])
         self.pile.send_record("cmd:r%d:1767225610000:0" % sent2["seq"], "command_result",
                               {"seq": sent2["seq"], "q": sent2["q"], "command": "status", "result": "rejected",
                                "reason": "stale", "message": "too old"}, mtype=1)
-        self.assertEqual(self.event(event="command_result", q=sent2["q"])["result"]["reason"], "stale")
+        self.assertEqual(self.event(event="command_result", device=DEVICE, q=sent2["q"])["result"]["reason"], "stale")
 
         # A firmware image larger than --max-frame travels as a transfer of command frames.
         image = os.urandom(5000)
@@ -183,7 +183,7 @@ class Server(Base):
         sig = ec.generate_private_key(ec.SECP256R1()).sign(image, ec.ECDSA(hashes.SHA256()))
         self.server.command(site="s1", pile="p1", command="firmware",
                             args={"name": "fw-1.bin", "image": {"$file": image_path}, "sig": {"$hex": sig.hex()}})
-        sent3 = self.event(event="command", command="firmware")
+        sent3 = self.event(event="command", command="firmware", device=DEVICE)
         self.assertGreater(sent3["fragments"], 1)
         self.pile.wait(lambda: sum(1 for h, _ in self.pile.commands if h[0] & 1) >= sent3["fragments"])
         fragments = [(h, p) for h, p in self.pile.commands if h[0] & 1]
@@ -196,6 +196,12 @@ class Server(Base):
     def test_bad_command_lines_are_reported(self):
         self.server.command(site="nowhere", pile="p9", command="status")
         self.assertIn("no uplink seen", self.event(event="error")["message"])
+        # Over the pile's transfer bounds (1 MiB): refused here, no sequence used.
+        self.server.command(site="s9", pile="p9", device=9, command="firmware",
+                            args={"name": "big.bin", "image": {"$hex": "00" * (1 << 20)}, "sig": {"$hex": "00"}})
+        self.assertIn("transfer bounds", self.event(event="error", command="firmware")["message"])
+        self.server.command(site="s9", pile="p9", device=9, command="status")
+        self.assertEqual(self.event(event="command", device=9)["q"], 1)
 
 
 class Restarts(Base):
@@ -219,11 +225,11 @@ class Restarts(Base):
         self.pile.send_record("op:R-1/intent", "operation", {})
         self.pile.wait(lambda: self.pile.acks_naming("op:R-1/intent"))
         self.server.command(site="s1", pile="p1", command="status")
-        first = self.event(event="command", command="status")
+        first = self.event(event="command", command="status", device=DEVICE)
         self.assertEqual(self.server.stop(), 0)  # SIGTERM: a clean exit
         type(self).server = support.Server(self.pki, self.broker.port, self.db, "--max-frame", str(MAX_FRAME))
         self.server.command(site="s1", pile="p1", command="status")  # the device id is remembered
-        second = self.event(event="command", command="status")
+        second = self.event(event="command", command="status", device=DEVICE)
         self.assertEqual(second["q"], first["q"] + 1)
         self.assertGreater(second["seq"], first["seq"])
         self.pile.send_record("op:R-1/intent", "operation", {})  # held from before the restart
