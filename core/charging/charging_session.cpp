@@ -369,17 +369,13 @@ void ChargingSession::open(const Opening& o, const MeterReading& start, std::fun
       [this, o, start, committed = std::move(committed), alive = alive_](const Status& st) {
         if (!*alive) return;
         if (st.ok()) {
-          Running& run = running_.emplace();
-          run.id = o.txn;
-          run.method = o.method;
-          run.token = o.token;
-          run.authorized_fen = o.authorized_fen;
-          run.mode = o.mode;
-          run.tariff = o.tariff;
-          run.readings = {start};
-          run.last_checkpoint = start;
-          arm_boundary();
-          arm_time_target();
+          run_from({.txn = o.txn,
+                    .method = o.method,
+                    .token = o.token,
+                    .authorized_fen = o.authorized_fen,
+                    .mode = o.mode,
+                    .tariff = o.tariff,
+                    .readings = {start}});
         }
         committed(st);
       });
@@ -415,21 +411,23 @@ void ChargingSession::resume(const Resuming& r, std::function<void(const Status&
   store_.submit([txn = r.txn](Database& db) { TransactionRepository(db).clear_suspended(txn); },
                 [this, r, done = std::move(done), alive = alive_](const Status& st) {
                   if (!*alive) return;
-                  if (st.ok()) {
-                    Running& run = running_.emplace();
-                    run.id = r.txn;
-                    run.method = r.method;
-                    run.token = r.token;
-                    run.authorized_fen = r.authorized_fen;
-                    run.mode = r.mode;
-                    run.tariff = r.tariff;
-                    run.readings = r.readings;
-                    run.last_checkpoint = r.readings.back();
-                    arm_boundary();
-                    arm_time_target();
-                  }
+                  if (st.ok()) run_from(r);
                   done(st);
                 });
+}
+
+void ChargingSession::run_from(const Resuming& r) {
+  Running& run = running_.emplace();
+  run.id = r.txn;
+  run.method = r.method;
+  run.token = r.token;
+  run.authorized_fen = r.authorized_fen;
+  run.mode = r.mode;
+  run.tariff = r.tariff;
+  run.readings = r.readings;
+  run.last_checkpoint = r.readings.back();
+  arm_boundary();
+  arm_time_target();
 }
 
 bool ChargingSession::start_charging() {

@@ -121,8 +121,9 @@ class ChargingSession {
     std::shared_ptr<const Tariff> tariff;
     std::string tariff_document;
   };
-  /// A transaction a planned stop suspended, as the next start resumes it: its row and its
-  /// committed readings (the start reading first, the suspension's reading last).
+  /// A transaction as it runs from its row and its committed readings: just opened (the start
+  /// reading alone), or suspended by a planned stop and resumed by the next start (the start
+  /// reading first, the suspension's reading last).
   struct Resuming {
     std::string txn;
     std::string method;
@@ -219,6 +220,9 @@ class ChargingSession {
   void check_funds(const MeterReading& r, const std::optional<MeterReading>& previous);
   /// Asks for a stop when the mode's target (energy, amount) is reached, less one meter interval.
   bool check_target(const MeterReading& r, const std::optional<MeterReading>& previous, std::int64_t bill_fen, std::int64_t margin_fen);
+  /// The session runs from `r` (its row and committed readings): Running made, the tariff
+  /// boundaries and the time target armed. For open() and resume() alike.
+  void run_from(const Resuming& r);
   void arm_time_target();
   void arm_boundary();
   void on_boundary(TimePoint boundary, std::optional<MeterReading> m);

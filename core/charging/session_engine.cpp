@@ -18,6 +18,7 @@
 #include "risk_repository.hpp"
 #include "tariff_repository.hpp"
 #include "strand_scheduler.hpp"
+#include "time_view.hpp"
 #include "transaction_repository.hpp"
 #include "token_privacy.hpp"
 
@@ -161,9 +162,9 @@ SessionEngine::SessionEngine(const SiteConfig& site, Database& db, StoreWorker& 
       }
     };
     h.power_w = [this, c]() -> std::optional<std::int64_t> {
-      const auto ref = hooks_.find(c->cfg.power);
-      if (!ref.plugin || ref.kind != Kind::power) return std::nullopt;
-      return static_cast<power::PowerStage*>(ref.plugin)->vehicle().power_w;
+      auto* stage = power_stage(*c);
+      if (!stage) return std::nullopt;
+      return stage->vehicle().power_w;
     };
     h.meter_check = [this, c](const MeterCheck& chk, double value) { on_meter_check(*c, chk, value); };
     h.stop = [this, id = cfg.id](StopReason r) { stop(id, r, [](const StopOutcome&) {}); };
@@ -223,26 +224,12 @@ void SessionEngine::apply(Connector& c, ConnectorEvent e, const std::string& why
   if (t.to != before && hooks_.status_changed) hooks_.status_changed(c.cfg.id, t.to, why);
 }
 
-namespace {
-
-/// `t` in the site's time zone with its offset, e.g. "2026-03-01 08:00:00+08:00".
-std::string local_time_text(TimePoint t, const SiteDay& day) {
-  const std::int32_t offset = day.utc_offset_s(t);
-  std::string text = format_utc(t + std::chrono::seconds(offset));
-  text = text.substr(0, 10) + " " + text.substr(11, 8);  // 2026-03-01 08:00:00
-  const std::int32_t a = offset < 0 ? -offset : offset;
-  return fmt::format("{}{}{:02}:{:02}", text, offset < 0 ? '-' : '+', a / 3600, a % 3600 / 60);
-}
-
-}  // namespace
-
 void SessionEngine::attach() {
   for (auto& [id, c] : connectors_) {
-    if (c->cfg.power.empty()) continue;
-    auto ref = hooks_.find(c->cfg.power);
-    if (!ref.plugin || ref.kind != Kind::power) continue;
+    auto* stage = c->cfg.power.empty() ? nullptr : power_stage(*c);
+    if (!stage) continue;
     Connector* conn = c.get();
-    static_cast<power::PowerStage*>(ref.plugin)->set_event_sink([this, conn, alive = alive_](power::Event e, std::string_view detail) {
+    stage->set_event_sink([this, conn, alive = alive_](power::Event e, std::string_view detail) {
       if (*alive) on_power_event(*conn, e, detail);
     });
   }
@@ -517,7 +504,7 @@ void SessionEngine::start(std::uint32_t id, std::string method, std::string toke
     // operator's unavailability), in the site's time with its offset.
     std::string why;
     if (c.status_since && (c.fsm.status() == ConnectorStatus::faulted || c.fsm.status() == ConnectorStatus::unavailable)) {
-      why = fmt::format(" since {} ({})", local_time_text(*c.status_since, *site_day_), c.status_why);
+      why = fmt::format(" since {} ({})", format_time(*c.status_since, TimeView{site_day_->zone(), ""}), c.status_why);
     }
     return fail(fmt::format("connector {} is {}{}: a session cannot start", id, pilecore::to_string(c.fsm.status()), why));
   }
@@ -940,10 +927,15 @@ void SessionEngine::refund(const std::string& txn, std::int64_t amount_fen, cons
   });
 }
 
+power::PowerStage* SessionEngine::power_stage(const Connector& c) const {
+  const auto ref = hooks_.find(c.cfg.power);
+  return ref.plugin && ref.kind == Kind::power ? static_cast<power::PowerStage*>(ref.plugin) : nullptr;
+}
+
 void SessionEngine::begin_charging(Connector& c) {
   if (!c.charging->start_charging()) return;
-  auto ref = hooks_.find(c.cfg.power);
-  if (!ref.plugin || ref.kind != Kind::power) {
+  auto* stage = power_stage(c);
+  if (!stage) {
     spdlog::error("connector {}: no running power stage '{}'", c.cfg.id, c.cfg.power);
     stop(c.cfg.id, StopReason::fault, [](const StopOutcome&) {});
     return;
@@ -952,7 +944,7 @@ void SessionEngine::begin_charging(Connector& c) {
   Status closed_st;
   {
     InFlight mark(c.cfg.power, "close_contactor");
-    closed_st = static_cast<power::PowerStage*>(ref.plugin)->close_contactor();
+    closed_st = stage->close_contactor();
   }
   if (Status st = std::move(closed_st); !st.ok()) {
     spdlog::error("connector {}: the contactor did not close: {}", c.cfg.id, st.message());
@@ -966,9 +958,8 @@ void SessionEngine::begin_charging(Connector& c) {
 void SessionEngine::update_setpoint(Connector& c) {
   const ChargingSession::Running* run = c.charging->running();
   if (!run) return;
-  auto pref = hooks_.find(c.cfg.power);
-  if (!pref.plugin) return;
-  auto* stage = static_cast<power::PowerStage*>(pref.plugin);
+  auto* stage = power_stage(c);
+  if (!stage) return;
   const power::VehicleStatus v = stage->vehicle();
   std::int64_t limit = c.cfg.max_power_w;
   if (const auto& site_max = site_.session.charging.site_max_power_w) {
@@ -1065,8 +1056,8 @@ void SessionEngine::stop(std::uint32_t id, StopReason reason, StopDone done) {
   }
   done = then_availability(c, std::move(done));
   c.charging->begin_stop(reason);  // the stop's mark, committed before the final reading
-  if (auto ref = hooks_.find(c.cfg.power); ref.plugin && ref.kind == Kind::power) {
-    if (Status st = static_cast<power::PowerStage*>(ref.plugin)->open_contactor(); !st.ok()) {
+  if (auto* stage = power_stage(c)) {
+    if (Status st = stage->open_contactor(); !st.ok()) {
       spdlog::error("connector {}: the contactor did not open: {}", id, st.message());
     }
   }
@@ -1114,10 +1105,10 @@ void SessionEngine::emergency_stop(std::function<void(std::vector<StopOutcome>)>
   // Every contactor first, in one pass: a stop's bookkeeping (the stop's mark, the meter) must
   // not delay the next connector's contactor.
   for (auto& [id, c] : connectors_) {
-    auto ref = hooks_.find(c->cfg.power);
-    if (!ref.plugin || ref.kind != Kind::power) continue;
+    auto* stage = power_stage(*c);
+    if (!stage) continue;
     InFlight mark(c->cfg.power, "open_contactor");
-    if (Status st = static_cast<power::PowerStage*>(ref.plugin)->open_contactor(); !st.ok()) {
+    if (Status st = stage->open_contactor(); !st.ok()) {
       spdlog::critical("connector {}: emergency stop: the contactor did not open: {}", id, st.message());
     }
   }
@@ -1221,7 +1212,8 @@ void SessionEngine::recover(std::function<void()> done) {
   std::vector<std::pair<std::uint32_t, ChargingSession::Resuming>> resumable;  // by connector
   std::size_t unpriced = 0;
   const auto& ch = site_.session.charging;
-  for (auto& t : TransactionRepository(*reader_db_).unfinished()) {
+  TransactionRepository txns(*reader_db_);
+  for (auto& t : txns.unfinished()) {
     auto tariff = tariff_of(t.id);
     if (!tariff) {
       ++unpriced;
@@ -1229,12 +1221,13 @@ void SessionEngine::recover(std::function<void()> done) {
     }
     // Suspended by a planned stop, recently enough, on a connector this site still has, one per
     // connector: it runs again. Anything else is closed, billed to its committed readings.
-    if (const auto susp = TransactionRepository(*reader_db_).suspension(t.id)) {
+    if (const auto susp = txns.suspension(t.id)) {
       const auto age = std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - susp->at);
       const bool taken = std::any_of(resumable.begin(), resumable.end(), [&](const auto& r) { return r.first == t.connector; });
-      auto readings = stored_readings(t.id);
-      const auto row = TransactionRepository(*reader_db_).find(t.id);
-      if (ch.suspend_on_stop && age.count() <= ch.resume_within_s && connector(t.connector) && !taken && !readings.empty() && row) {
+      const bool can = ch.suspend_on_stop && age.count() <= ch.resume_within_s && connector(t.connector) && !taken;
+      auto readings = can ? stored_readings(t.id) : std::vector<MeterReading>{};
+      const auto row = can && !readings.empty() ? txns.find(t.id) : std::nullopt;
+      if (row) {
         ChargingSession::Resuming r{.txn = t.id, .method = t.method, .token = row->user_token, .authorized_fen = row->authorized_fen, .mode = {},
                                     .tariff = std::move(tariff), .readings = std::move(readings)};
         if (auto m = parse_mode(t.mode.empty() ? std::string("full") : t.mode, site_.session.payment, ch); std::holds_alternative<ChargingMode>(m)) {
@@ -1390,8 +1383,7 @@ void SessionEngine::stop_all(std::function<void()> done) {
 void SessionEngine::suspend_session(Connector& c, std::function<void()> done) {
   const std::string txn = c.charging->running()->id;
   const std::uint32_t id = c.cfg.id;
-  if (auto ref = hooks_.find(c.cfg.power); ref.plugin && ref.kind == Kind::power) {
-    auto* stage = static_cast<power::PowerStage*>(ref.plugin);
+  if (auto* stage = power_stage(c)) {
     if (Status st = stage->set_power_limit(0); !st.ok()) spdlog::warn("connector {}: the power stage did not take the setpoint 0 W: {}", id, st.message());
     if (Status st = stage->open_contactor(); !st.ok()) spdlog::error("connector {}: the contactor did not open: {}", id, st.message());
   }
@@ -1460,8 +1452,8 @@ StatusSnapshot SessionEngine::status() const {
     j.plugged = c->fsm.plugged();
     const auto& last = c->charging->last();
     if (last) j.meter_wh = last->wh;
-    if (auto ref = hooks_.find(c->cfg.power); ref.plugin && ref.kind == Kind::power) {
-      const auto v = static_cast<power::PowerStage*>(ref.plugin)->vehicle();
+    if (auto* stage = power_stage(*c)) {
+      const auto v = stage->vehicle();
       j.power_w = v.power_w;
       j.soc_pct = v.soc_percent;
     }

@@ -167,6 +167,8 @@ class SessionEngine {
   void apply(Connector& c, ConnectorEvent e, const std::string& why);
   void on_power_event(Connector& c, power::Event e, std::string_view detail);
   void begin_charging(Connector& c);
+  /// The connector's power stage when it is a running power plugin, else null.
+  [[nodiscard]] power::PowerStage* power_stage(const Connector& c) const;
   /// A planned stop: the power paused through the power stage (setpoint 0, contactor open), then
   /// the session's reading and suspension mark committed (ChargingSession::suspend); `done` once
   /// on disk, or once it could not be.

@@ -22,6 +22,7 @@ class SiteDay {
   /// midnight).
   [[nodiscard]] TimePoint day_start(TimePoint t) const;
   [[nodiscard]] std::int32_t utc_offset_s(TimePoint t) const;
+  [[nodiscard]] const date::time_zone* zone() const { return zone_; }
 
  private:
   const date::time_zone* zone_;

@@ -1104,7 +1104,7 @@ TEST(LyingMeter, ALieThatGoesOnStopsTheSessionAsFaultBilledToTheLastPlausibleRea
     EXPECT_NE(refused.value("error", "").find("Faulted"), std::string::npos) << refused.dump();
     // It says since when, in the site's time with its offset, and why.
     EXPECT_TRUE(std::regex_search(refused.value("error", ""),
-                                  std::regex(R"(is Faulted since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d \(meter '[^']+' .+\): a session cannot start)")))
+                                  std::regex(R"(is Faulted since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d\d:\d\d \(meter '[^']+' .+\): a session cannot start)")))
         << refused.dump();
 
     // The meter reads true again: the connector leaves Faulted (the vehicle is still plugged in),
