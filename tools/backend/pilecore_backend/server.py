@@ -321,6 +321,11 @@ class Server:
                     raise ValueError("no device id given and no uplink seen from %s/%s" % (site, pile))
             if not isinstance(device, int) or isinstance(device, bool) or not 0 <= device < 1 << 32:
                 raise ValueError("device must be an integer 0..2^32-1")
+            # "t": the command's time (3.4), Unix seconds; default now. A pile on a simulated
+            # clock (pilectl demo) checks it against its own clock, so its driver stamps it.
+            stamp = request.get("t")
+            if stamp is not None and (not isinstance(stamp, int) or isinstance(stamp, bool) or not 0 <= stamp < 1 << 32):
+                raise ValueError("t must be an integer 0..2^32-1 (Unix seconds)")
             if self.command_key is None:
                 raise ValueError("no --command-key: commands cannot be signed")
             if name == "firmware" and "sig" not in args and "image" in args:
@@ -330,7 +335,7 @@ class Server:
         except (ValueError, KeyError, TypeError, OSError) as exc:
             self.events("error", what="command", message=str(exc), line=line.strip())
             return
-        job = (site, pile, device, name, args)
+        job = (site, pile, device, name, args, stamp)
         if device in self.in_flight and name != "emergency_stop":
             self.waiting[device].append(job)
             self.events("command_waiting", site=site, pile=pile, device=device, command=name,
@@ -342,17 +347,17 @@ class Server:
         if self.waiting[device]:
             self._send_command(*self.waiting[device].popleft())
 
-    def _send_command(self, site, pile, device, name, args):
+    def _send_command(self, site, pile, device, name, args, stamp=None):
         """3.4: encode the body once, sign prefix + device id + body, send; a frame over
         --max-frame goes as a transfer of command frames (section 5)."""
         try:
-            self._sign_and_send(site, pile, device, name, args)
+            self._sign_and_send(site, pile, device, name, args, stamp)
         except ValueError as exc:  # rolled back: the sequences are not used
             self.events("error", what="command", message=str(exc), site=site, pile=pile, device=device,
                         command=name)
 
-    def _sign_and_send(self, site, pile, device, name, args):
-        now = int(time.time())
+    def _sign_and_send(self, site, pile, device, name, args, stamp=None):
+        now = int(time.time()) if stamp is None else stamp
         with self.store.transaction():
             q = self.store.next_command_seq(device)
             payload, _ = build_command(name, args, now, q, device, self.command_key)
