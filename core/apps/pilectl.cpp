@@ -178,6 +178,12 @@ int main(int argc, char** argv) {
   demo->add_option("--site", demo_site, "The simulated site to start from (default: the shipped sim-site.yaml)")->check(CLI::ExistingFile);
   demo->add_option("--pilecored", demo_daemon, "The daemon to run (default: the pilecored next to pilectl)");
   demo->add_option("--speed", demo_opts.speed, "Simulated seconds per real second")->check(CLI::Range(60.0, 100000.0));
+  demo->add_option("--uplink", demo_opts.uplink,
+                   "How the pile's records reach the operator: mqtt (link-5g and a simulated modem to a Mosquitto broker on loopback, "
+                   "answered by the reference back end), loopback (sim-link inside pilecored), or auto: mqtt when Mosquitto and the back "
+                   "end can run here")
+      ->check(CLI::IsMember({"auto", "mqtt", "loopback"}))
+      ->capture_default_str();
   demo->footer("The day's database, log and keys are kept in --state-dir (default: a new directory under $TMPDIR).\n"
                "Exit status: 0 the day happened as scripted and the ledger verifies; 1 a check failed (each named); 2 it could not run.");
 

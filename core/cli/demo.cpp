@@ -10,6 +10,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <chrono>
+#include <functional>
 #include <future>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +25,8 @@
 #include "control_socket.hpp"
 #include "fd_lines.hpp"
 #include "ledger_commands.hpp"
+#include "statement.hpp"
+#include "storage.hpp"
 #include "money.hpp"
 #include "paths.hpp"
 #include "plugin_loader.hpp"
@@ -108,6 +111,16 @@ constexpr int kCreditDebitDelayS = 12 * 3600;
 constexpr std::int64_t kRefundFen = 1000;
 /// The night ends when the credit debit is through, at the latest at this time of the next day.
 constexpr const char* kNextMorningLatest = "12:00";
+
+/// The pile as the operator's back end knows it: the device id in its frames' headers, its name
+/// in the MQTT topics (pilecore/v1/<site id>/<pile>/...).
+constexpr std::uint32_t kDeviceId = 20261126;
+constexpr const char* kPileId = "pile-01";
+/// The operator takes connector 1 out of service for an inspection from the back end (signed
+/// remote commands over MQTT), between its morning and afternoon drivers, and puts it back.
+constexpr const char* kInspectionFrom = "12:00";
+constexpr const char* kInspectionTo = "12:30";
+constexpr std::uint32_t kInspectionConnector = 1;
 
 /// "06:30" on the scenario's day, as an instant.
 TimePoint utc_of(const char* hhmm) {
@@ -197,9 +210,52 @@ void add_payment_methods(YAML::Node& root, const json& sims) {
   root["payment"]["tokens"] = tokens;
 }
 
+/// The uplink as the site integrator configures it (docs/protocol.md, docs/integrator-guide.md).
+/// With `backend` (where the reference back end's broker and certificates are): link-5g on the
+/// simulated modem, MQTT with mutual TLS to the broker on loopback, and the back end's command
+/// key; the site's sim-link instances go. Without: the site's own sim-link plays the back end.
+/// Either way the pile's device id, and retries and heartbeats spaced for a fast clock.
+void add_uplink(YAML::Node& root, const json& sims, const json& backend) {
+  YAML::Node links = root["links"];
+  links["device_id"] = kDeviceId;
+  // An hour of simulated time is half a second at 7200x: a record is not resent before its
+  // acknowledgement had time to come back, and the heartbeat comes hourly.
+  links["heartbeat_s"] = 3600;
+  links["outbox"]["first_retry_s"] = 3600;
+  links["outbox"]["max_retry_s"] = 3600;
+  if (backend.is_object()) {
+    YAML::Node plugins = root["plugins"];
+    std::vector<std::string> loopback;
+    for (auto it = plugins.begin(); it != plugins.end(); ++it) {
+      if (it->second["plugin"] && it->second["plugin"].as<std::string>() == "sim-link") loopback.push_back(it->first.as<std::string>());
+    }
+    for (const auto& name : loopback) plugins.remove(name);
+    YAML::Node modem;
+    modem["plugin"] = "link-5g";
+    YAML::Node c = modem["config"];
+    c["serial_port"] = sims.at("modem").get<std::string>();
+    c["poll_s"] = 3600;  // registration and signal: hourly, half a second at 7200x
+    c["site_id"] = root["site"]["id"];
+    c["pile_id"] = kPileId;
+    c["primary"] = fmt::format("ssl://127.0.0.1:{}", backend.at("port").get<int>());
+    c["tls_certificate"] = backend.at("device_cert").get<std::string>();
+    c["tls_key"] = backend.at("device_key").get<std::string>();
+    c["tls_ca"] = backend.at("ca").get<std::string>();
+    plugins["modem"] = modem;
+    root["plugins"] = plugins;
+    links["cellular"] = "modem";
+    links["commands"]["key"] = backend.at("command_public_key").get<std::string>();
+    // The back end stamps a command with the pile's simulated time as the demo last saw it; at
+    // 7200x the default 300 s window is 42 ms of wall time, less than a busy machine may lag.
+    links["commands"]["window_s"] = 86400;
+  }
+  root["links"] = links;
+}
+
 /// The simulated site plus the scenario, as a site file; `sims` is where pilecore-sim-payments
-/// put the far side of the payment methods.
-std::string scenario_yaml(const fs::path& site_file, const json& sims, std::string& error) {
+/// put the far side of the payment methods, `backend` where the reference back end listens
+/// (null: the loopback link).
+std::string scenario_yaml(const fs::path& site_file, const json& sims, const json& backend, std::string& error) {
   YAML::Node root;
   try {
     root = YAML::LoadFile(site_file.string());
@@ -261,6 +317,7 @@ std::string scenario_yaml(const fs::path& site_file, const json& sims, std::stri
   pay["step_up"]["timeout_s"] = 3600;
   root["payment"] = pay;
   add_payment_methods(root, sims);
+  add_uplink(root, sims, backend);
   if (!root["identity"]) {
     YAML::Node id;
     id["key"] = "identity/device.key";
@@ -273,7 +330,7 @@ std::string scenario_yaml(const fs::path& site_file, const json& sims, std::stri
   em << root;
   return fmt::format(
       "# Written by `pilectl demo`: {} with the demo's scenario (vehicles at set times on\n"
-      "# {}, one fault, a ledger identity, checkpoints spaced for a fast clock).\n{}\n",
+      "# {}, one fault, a ledger identity, the uplink, checkpoints spaced for a fast clock).\n{}\n",
       site_file.string(), day_text(), em.c_str());
 }
 
@@ -426,6 +483,89 @@ class Simulators {
   json where_;
 };
 
+/// The operator's side of the uplink: the reference back end (tools/backend, `pilecore-backend
+/// stack`) with the Mosquitto broker it starts on a free loopback port, mutual TLS with
+/// certificates it makes. It takes signed-command requests a line each on its standard input and
+/// reports what it receives a JSON line each on its standard output; the demo reads those
+/// between the day's events so the back end never blocks on a full pipe.
+class BackEnd {
+ public:
+  BackEnd(const fs::path& program, const fs::path& dir, const fs::path& log) {
+    int in[2], out[2];
+    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
+    std::vector<std::string> args = {program.string(), "stack", "--dir", dir.string()};
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error(fmt::format("fork: {}", std::strerror(errno)));
+    if (pid_ == 0) exec_child(std::move(args), in[0], out[1], ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+    ::close(in[0]);
+    ::close(out[1]);
+    to_ = in[1];
+    from_ = out[0];
+    std::string first;
+    if (core::read_line(from_, buffer_, 60s, first) != LineRead::line) {
+      finish();
+      throw std::runtime_error(fmt::format("the reference back end did not start (see {})", log.string()));
+    }
+    where_ = json::parse(first, nullptr, false);
+    if (!where_.is_object() || !where_.contains("port")) {
+      finish();
+      throw std::runtime_error(fmt::format("the reference back end did not start: {}", first));
+    }
+  }
+  ~BackEnd() { finish(); }
+  BackEnd(const BackEnd&) = delete;
+  BackEnd& operator=(const BackEnd&) = delete;
+
+  /// The broker's port, the CA, the pile's certificate and key, the command key's public half,
+  /// the back end's database.
+  [[nodiscard]] const json& where() const { return where_; }
+
+  /// Asks the back end to sign and send a command to the pile.
+  void command(const json& request) {
+    const std::string text = request.dump() + "\n";
+    if (to_ < 0 || ::write(to_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) throw std::runtime_error("the reference back end stopped");
+  }
+
+  /// What the back end has said since the last call, waiting at most `wait` for the first line.
+  std::vector<json> events(std::chrono::milliseconds wait = 0ms) {
+    std::vector<json> out;
+    std::string line;
+    while (from_ >= 0 && core::read_line(from_, buffer_, out.empty() ? wait : 0ms, line) == LineRead::line) {
+      if (auto j = json::parse(line, nullptr, false); j.is_object()) out.push_back(std::move(j));
+    }
+    return out;
+  }
+
+  /// End of input: the back end disconnects, stops its broker and exits. Its exit status.
+  int finish() {
+    if (to_ >= 0) ::close(to_);
+    to_ = -1;
+    int st = 0;
+    for (int i = 0; pid_ > 0 && i < 1000; ++i) {
+      events();  // never let it block on a full pipe while it stops
+      if (::waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = -1;
+        break;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &st, 0);
+      pid_ = -1;
+    }
+    if (from_ >= 0) ::close(from_);
+    from_ = -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+  std::string buffer_;
+  json where_;
+};
+
 /// Runs `args` (pilectl itself, for `accounts`), with `input` on its standard input; its exit
 /// status, and what it printed in `output`.
 int run_tool(std::vector<std::string> args, const std::string& input, std::string& output) {
@@ -458,8 +598,17 @@ std::string tail(const fs::path& file, std::size_t lines) {
 /// The day, driven through the control socket and the payment simulators.
 class Day {
  public:
-  Day(const DemoOptions& o, std::ostream& out, std::string zone, fs::path state, fs::path site, fs::path log, Simulators& sims)
-      : o_(o), out_(out), zone_(std::move(zone)), state_(std::move(state)), site_(std::move(site)), log_(std::move(log)), sims_(sims) {}
+  Day(const DemoOptions& o, std::ostream& out, std::string zone, fs::path state, fs::path site, fs::path log, Simulators& sims, BackEnd* backend,
+      std::string site_id)
+      : o_(o),
+        out_(out),
+        zone_(std::move(zone)),
+        state_(std::move(state)),
+        site_(std::move(site)),
+        log_(std::move(log)),
+        sims_(sims),
+        backend_(backend),
+        site_id_(std::move(site_id)) {}
 
   /// Plays the day and the night after it; false (with `error`) when it could not be played
   /// to the end.
@@ -484,6 +633,7 @@ class Day {
           refresh_time();
         }
         collect_replies();
+        if (backend_) from_backend();
         if (!cut_done_ && now_ >= cut_at && open_.count(kCutConnector)) power_cut();
         if (!price_changed_ && now_ >= utc_of(kPriceChange)) price_change();
         if (now_ < end_at || !open_.empty() || !starts_.empty()) continue;
@@ -498,6 +648,7 @@ class Day {
       }
       collect_receipts();
       stats_ = json::parse(sims_.command("stats"), nullptr, false);
+      if (backend_) uplink_drained_ = drain_uplink();
       line(now_, "", "all settled: pilecored is stopped with SIGTERM");
       watch_.reset();
       const int rc = daemon_->stop();
@@ -525,6 +676,12 @@ class Day {
   /// When the credit bill's capture was confirmed (the debit went through), if it was.
   std::optional<TimePoint> credit_settled() const { return credit_settled_; }
   const json& simulator_stats() const { return stats_; }
+  /// The back end's answers to its remote commands, by command sequence.
+  const std::map<std::int64_t, json>& command_results() const { return results_; }
+  std::size_t commands_sent() const { return commands_sent_; }
+  std::size_t records_received() const { return records_; }
+  /// No control or transaction record was left unacknowledged in the outbox at the end.
+  bool uplink_drained() const { return uplink_drained_; }
 
  private:
   /// What a driver at a connector is doing until the session starts or is refused.
@@ -812,6 +969,65 @@ class Day {
     }
   }
 
+  /// The back end's events: records as they arrive (counted), and the answers to its remote
+  /// commands (shown). Then the operator's inspection of connector 1, from the back end.
+  void from_backend() {
+    for (const json& ev : backend_->events()) {
+      const std::string kind = ev.value("event", "");
+      if (kind == "record") ++records_;
+      if (kind == "command_result") {  // the pile's answer record's body is "result"
+        const json body = ev.value("result", json::object());
+        results_[ev.value("q", std::int64_t{0})] = body;
+        line(now_, "back end", fmt::format("the pile answers {} #{}: {}{}", ev.value("command", "?"), ev.value("q", 0), body.value("result", "?"),
+                                           body.contains("message") ? ": " + body.value("message", "") : std::string()));
+      }
+    }
+    const bool from = now_ >= utc_of(kInspectionFrom), to = now_ >= utc_of(kInspectionTo);
+    if (from && inspection_ == 0) {
+      remote("takes connector 1 out of service for an inspection", "set_availability", {{"connector", kInspectionConnector}, {"available", false}});
+      inspection_ = 1;
+    } else if (to && inspection_ == 1) {
+      remote("puts connector 1 back in service", "set_availability", {{"connector", kInspectionConnector}, {"available", true}});
+      inspection_ = 2;
+    }
+  }
+
+  /// A remote command from the operator's back end: signed with its command key and sent over
+  /// MQTT; the pile's answer comes back as a record. Stamped with the pile's (simulated) time.
+  void remote(const std::string& what, const std::string& command, const json& args) {
+    const auto t = std::chrono::duration_cast<std::chrono::seconds>(now_.time_since_epoch()).count();
+    backend_->command({{"site", site_id_}, {"pile", kPileId}, {"device", kDeviceId}, {"command", command}, {"args", args}, {"t", t}});
+    ++commands_sent_;
+    line(now_, "back end", fmt::format("the operator {} (remote command {}, signed)", what, command));
+  }
+
+  /// Waits (in wall time) until the outbox holds no control or transaction record: every money
+  /// operation, ledger record and command answer acknowledged by the back end.
+  bool drain_uplink() {
+    fs::path db = state_ / "pilecore.db";
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    for (;;) {
+      from_backend();
+      std::int64_t waiting = -1;
+      try {
+        Database ro(db, Database::ReadOnly{});
+        Stmt q(ro.handle(), "SELECT count(*) FROM outbox WHERE class <= 1");
+        if (q.step()) waiting = q.i64(0);
+      } catch (const std::exception&) {
+        waiting = -1;  // busy: the daemon writes; ask again
+      }
+      if (waiting == 0) {
+        line(now_, "back end", fmt::format("every control and transaction record is acknowledged ({} records received over MQTT)", records_));
+        return true;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        line(now_, "back end", fmt::format("{} control or transaction record(s) still wait for the back end's acknowledgement", waiting));
+        return false;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+  }
+
   void collect_receipts() {
     for (const auto& txn : closed_) {
       json r = daemon_->request({{"cmd", "receipt"}, {"transaction", txn}});
@@ -843,6 +1059,13 @@ class Day {
   std::set<std::string> charging_at_reload_;  ///< the sessions that keep their price
   bool refund_done_ = false;
   std::string cut_txn_, faulted_txn_, step_up_txn_;
+  BackEnd* backend_ = nullptr;
+  std::string site_id_;
+  int inspection_ = 0;  ///< 0 before, 1 out of service, 2 back
+  std::map<std::int64_t, json> results_;
+  std::size_t commands_sent_ = 0;
+  std::size_t records_ = 0;
+  bool uplink_drained_ = false;
   std::optional<TimePoint> credit_settled_;
   json stats_;
 };
@@ -902,6 +1125,73 @@ std::string format_event_text(const json& ev, const std::string& zone) {
   return fmt::format("{}  {:<12} {}", t ? local_time(*t, zone) : "--:--", connector ? fmt::format("connector {}", connector) : "", describe_event(ev));
 }
 
+namespace {
+
+/// What the pile's database says the back end must hold: a key per ledger record, per money
+/// operation's state and per closed transaction (docs/protocol.md section 4), and the highest
+/// ledger seq.
+std::pair<std::set<std::string>, std::int64_t> expected_records(const fs::path& db_path) {
+  std::set<std::string> keys;
+  std::int64_t highest = 0;
+  Database db(db_path, Database::ReadOnly{});
+  for (Stmt q(db.handle(), "SELECT seq FROM ledger"); q.step();) {
+    keys.insert(fmt::format("ledger:{}", q.i64(0)));
+    highest = std::max(highest, q.i64(0));
+  }
+  for (Stmt q(db.handle(), "SELECT id, state, attempts FROM operations"); q.step();) {
+    keys.insert(fmt::format("op:{}/{}{}", q.text(0), q.text(1), q.text(1) == "pending" ? fmt::format("/{}", q.i64(2)) : ""));
+  }
+  for (Stmt q(db.handle(), "SELECT id FROM transactions WHERE status = 'closed'"); q.step();) keys.insert(fmt::format("txn:{}/closed", q.text(0)));
+  return {keys, highest};
+}
+
+/// The uplink's part of the summary: the back end stops, its report is read, and every record
+/// the pile's database says it must hold is checked to be there, once; the ledger anchored at
+/// its last record; the remote commands answered.
+void uplink_summary(BackEnd& backend, const fs::path& program, const fs::path& db, const std::string& verified, const Day& day, std::ostream& out,
+                    const std::function<void(bool, const std::string&)>& check) {
+  const json where = backend.where();
+  const int rc = backend.finish();
+  std::string said;
+  const int rr = run_tool({program.string(), "report", "--db", where.value("db", ""), "--json"}, "", said);
+  const json report = json::parse(said, nullptr, false);
+  json device;
+  for (const auto& d : report.is_object() ? report.value("devices", json::array()) : json::array()) {
+    if (d.value("device", json()) == json(kDeviceId)) device = d;
+  }
+  check(rc == 0 && rr == 0 && device.is_object(), fmt::format("the reference back end stopped cleanly (status {}) and reported (status {}) on device {}", rc, rr, kDeviceId));
+  if (!device.is_object()) return;
+  std::set<std::string> held;
+  for (const auto& k : device.value("keys", json::array())) held.insert(k.get<std::string>());
+  std::string kinds;
+  std::size_t records = 0;
+  const json by_kind = device.value("records", json::object());  // named: items() does not keep a temporary alive
+  for (const auto& [kind, n] : by_kind.items()) {
+    kinds += fmt::format("{}{} {}", kinds.empty() ? "" : ", ", n.get<std::size_t>(), kind);
+    records += n.get<std::size_t>();
+  }
+  out << fmt::format("\nBack end: {} records held ({}); {} resent records and {} repeated frames dropped as duplicates; ledger held to seq {}\n",
+                     records, kinds, device.value("record_duplicates", 0), device.value("frame_duplicates", 0),
+                     device.value("ledger_anchor", json()).is_number() ? device["ledger_anchor"].dump() : "-");
+  auto [expected, highest] = expected_records(db);
+  std::vector<std::string> missing;
+  for (const auto& k : expected) {
+    if (!held.count(k)) missing.push_back(k);
+  }
+  check(missing.empty(), fmt::format("every ledger record, money operation and closed transaction reached the back end ({} of {} missing{}{})",
+                                     missing.size(), expected.size(), missing.empty() ? "" : ", e.g. ", missing.empty() ? "" : missing.front()));
+  check(highest > 0 && device.value("ledger_anchor", json()) == json(highest) && verified.find(fmt::format("up to seq {},", highest)) != std::string::npos,
+        fmt::format("the ledger anchored at its last record, seq {} (the back end holds {}; ledger verify said: {})", highest,
+                    device.value("ledger_anchor", json()).dump(), verified));
+  check(day.uplink_drained(), "every control and transaction record acknowledged by the back end at the end of the day");
+  const auto& results = day.command_results();
+  const bool all_ok = std::all_of(results.begin(), results.end(), [](const auto& r) { return r.second.value("result", "") == "ok"; });
+  check(day.commands_sent() == 2 && results.size() == 2 && all_ok,
+        fmt::format("the back end's two remote commands answered ok ({} sent, {} answered)", day.commands_sent(), results.size()));
+}
+
+}  // namespace
+
 int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
   DemoOptions o = options;
   if (o.site.empty()) o.site = data_dir() / "sim-site.yaml";
@@ -954,8 +1244,42 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
     return 2;
   }
 
+  // The operator's side of the uplink: the reference back end with a Mosquitto broker on
+  // loopback, unless asked for the loopback link or these cannot run here.
+  std::unique_ptr<BackEnd> backend;
+  if (o.uplink != "loopback") {
+    if (o.backend.empty()) {
+      o.backend = executable_dir() / "pilecore-backend";
+      if (::access(o.backend.c_str(), X_OK) != 0) o.backend = executable_dir().parent_path() / "libexec" / "pilecore" / "pilecore-backend";
+    }
+    std::string why;
+    if (::access("/usr/sbin/mosquitto", X_OK) != 0) {
+      why = "Mosquitto is not installed (/usr/sbin/mosquitto; Debian package mosquitto)";
+    } else if (::access(o.backend.c_str(), X_OK) != 0) {
+      why = fmt::format("the reference back end {} is not installed (pilecore-sim)", o.backend.string());
+    } else {
+      try {
+        backend = std::make_unique<BackEnd>(o.backend, state / "backend", state / "backend.log");
+      } catch (const std::exception& e) {
+        why = e.what();
+      }
+    }
+    if (!backend && o.uplink == "mqtt") {
+      err << fmt::format("pilectl demo: --uplink mqtt: {}\n", why);
+      return 2;
+    }
+    if (!backend) out << fmt::format("uplink: {}; the pile's records go to sim-link instead, a loopback link inside pilecored that plays the back end\n", why);
+  }
+  if (backend) {
+    out << fmt::format("uplink: link-5g on a simulated RM500Q modem, MQTT with mutual TLS to Mosquitto on 127.0.0.1:{}, answered by the reference "
+                       "back end (log {})\n",
+                       backend->where().value("port", 0), (state / "backend.log").string());
+  } else if (o.uplink == "loopback") {
+    out << "uplink: sim-link, a loopback link inside pilecored that plays the back end (--uplink loopback)\n";
+  }
+
   // The site with the scenario, validated like any site file.
-  const std::string yaml = scenario_yaml(o.site, sims->where(), error);
+  const std::string yaml = scenario_yaml(o.site, sims->where(), backend ? backend->where() : json(), error);
   if (yaml.empty()) {
     err << "pilectl demo: " << error << "\n";
     return 2;
@@ -1022,7 +1346,7 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
                      (state / "simulators.log").string());
 
   const fs::path log = state / "pilecored.log";
-  Day day(o, out, cfg.timezone, state, site, log, *sims);
+  Day day(o, out, cfg.timezone, state, site, log, *sims, backend.get(), cfg.id);
   const bool played = day.play(error);
   if (!played) {
     err << fmt::format("pilectl demo: {}\n  the last lines of {}:\n{}", error, log.string(), tail(log, 15));
@@ -1068,6 +1392,7 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
   auto check = [&](bool ok, const std::string& what) {
     if (!ok) failed.push_back(what);
   };
+  if (backend) uplink_summary(*backend, o.backend, db, verify_out.str(), day, out, check);
   check(verified == 0, "the ledger verifies");
   check(day.receipts().size() >= 8, fmt::format("at least 8 transactions (got {})", day.receipts().size()));
   check(open == 0, fmt::format("every transaction is closed ({} are not)", open));

@@ -9,8 +9,12 @@
 // answered with the card's PIN); cuts the power once (SIGKILL) while a session runs and restarts
 // the daemon, which recovers that session; refunds part of the faulted session; waits through
 // the night for the credit bill's automatic debit; then stops the daemon, prints the itemised
-// receipts, verifies the ledger and checks that the day happened as scripted. Everything it prints comes from the
-// daemon's event stream, its replies and its database.
+// receipts, verifies the ledger and checks that the day happened as scripted. The pile's records
+// go up to the reference back end (tools/backend) through a Mosquitto broker on loopback, over
+// link-5g and a simulated modem; the back end acknowledges them, anchors the ledger and sends two
+// signed remote commands; the demo checks that every ledger record and money operation arrived
+// exactly once. Everything it prints comes from the daemon's event stream, its replies and its
+// database, and from the back end's.
 #pragma once
 
 #include <filesystem>
@@ -28,6 +32,13 @@ struct DemoOptions {
   std::vector<std::filesystem::path> plugin_dirs;  ///< empty: pilecored's default
   /// empty: pilecore-sim-payments next to this executable, or in <libexecdir>/pilecore
   std::filesystem::path sim_payments;
+  /// How the pile's records reach the operator: "mqtt" (link-5g over the simulated modem to a
+  /// Mosquitto broker on loopback, answered by the reference back end, tools/backend),
+  /// "loopback" (sim-link, inside pilecored, plays the back end), or "auto": mqtt when Mosquitto
+  /// and the reference back end can run here, else loopback, saying why.
+  std::string uplink = "auto";
+  /// empty: pilecore-backend next to this executable, or in <libexecdir>/pilecore
+  std::filesystem::path backend;
   double speed = 7200;              ///< simulated seconds per wall second
 };
 

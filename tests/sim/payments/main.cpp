@@ -6,7 +6,9 @@
 //   - an e-CNY root (SM2) that signs each wallet's certificate: payment-dcep's root_ca_file;
 //   - the face camera module (PCFM/1 over TCP) and the face-pay provider (HTTPS);
 //   - the credit provider (HTTPS);
-//   - one test CA for both providers' TLS certificates: the plugins' provider_ca_file.
+//   - one test CA for both providers' TLS certificates: the plugins' provider_ca_file;
+//   - the pile's 5G modem (a Quectel RM500Q on a pseudo-terminal, answering link-5g's AT
+//     commands), for the demo's uplink.
 //
 // It prints one JSON line describing where everything is, then reads one command a line and
 // answers each with one line ("ok", a JSON object, or "error: ..."):
@@ -18,6 +20,8 @@
 //   face TOKEN LIVENESS-PERMILLE       the camera module recognises a face ("error" until
 //                                      payment-face has connected to it)
 //   credit-score USER SCORE            the credit provider's score for a user
+//   modem-registration STAT            the modem's network registration from now on (3GPP
+//                                      +C5GREG stat: 1 home, 5 roaming, 2 searching, 0 idle)
 //   stats                              {"credit_debits", "credit_debit_attempts", "credit_debited_fen"
 //                                       per scored user, "face_effects", "wallets" balances}
 //   quit                               (or end of input)
@@ -35,6 +39,7 @@
 #include "cards.hpp"
 #include "https_provider.hpp"
 #include "face_module_sim.hpp"
+#include "modem_sim.hpp"
 #include "pn532_emulator.hpp"
 #include "sm2_pki.hpp"
 #include "test_pki.hpp"
@@ -49,9 +54,9 @@ namespace {
 constexpr const char* kUsage =
     "usage: pilecore-sim-payments --dir DIR [--readers N] [--provider-latency-ms MS]\n"
     "Writes the simulators' certificates into DIR, prints one JSON line (readers' libnfc devices,\n"
-    "the face module's port, the providers' URLs, the CA files), then reads commands on stdin:\n"
+    "the face module's port, the providers' URLs, the CA files, the modem's serial port), then reads commands on stdin:\n"
     "  tap R UID | tap-wallet R WALLET-ID BALANCE-FEN | remove R | enrol-face TOKEN LIMIT-FEN |\n"
-    "  face TOKEN LIVENESS-PERMILLE | credit-score USER SCORE | stats | quit\n";
+    "  face TOKEN LIVENESS-PERMILLE | credit-score USER SCORE | modem-registration STAT | stats | quit\n";
 
 std::chrono::system_clock::time_point years_from_now(int years) { return std::chrono::system_clock::now() + std::chrono::hours(24 * 366 * years); }
 
@@ -130,6 +135,7 @@ int main(int argc, char** argv) {
     face_pay.set_latency(std::chrono::milliseconds(latency_ms));
     credit.set_latency(std::chrono::milliseconds(latency_ms));
     FaceModuleSim module;
+    ModemSim modem;
     std::map<std::string, bool> scored;  // users given a score, for stats
 
     std::cout << json{{"readers", devices},
@@ -137,7 +143,8 @@ int main(int argc, char** argv) {
                       {"face_provider", face_pay.url()},
                       {"credit_provider", credit.url()},
                       {"provider_ca", fs::absolute(pki.ca_cert).string()},
-                      {"ecny_root", fs::absolute(wallets.root_file()).string()}}
+                      {"ecny_root", fs::absolute(wallets.root_file()).string()},
+                      {"modem", modem.path()}}
                      .dump()
               << std::endl;
 
@@ -183,6 +190,13 @@ int main(int argc, char** argv) {
           if (!(in >> user >> score)) throw std::invalid_argument("credit-score USER SCORE");
           credit.set_score(user, score);
           scored[user] = true;
+        } else if (cmd == "modem-registration") {
+          int stat = 0;
+          if (!(in >> stat) || stat < 0 || stat > 5) throw std::invalid_argument("modem-registration STAT (0..5)");
+          modem.update([stat](ModemSim::Settings& m) {
+            m.stat = stat;
+            m.stat_after_reattach = stat == 1 || stat == 5 ? stat : -1;  // a re-attach finds the network as it is
+          });
         } else if (cmd == "stats") {
           json debited = json::object();
           for (const auto& [user, _] : scored) debited[user] = credit.debited_fen(user);
@@ -195,7 +209,7 @@ int main(int argc, char** argv) {
                     << std::endl;
           continue;
         } else {
-          std::cout << "error: unknown command '" << cmd << "': tap, tap-wallet, remove, enrol-face, face, credit-score, stats, quit" << std::endl;
+          std::cout << "error: unknown command '" << cmd << "': tap, tap-wallet, remove, enrol-face, face, credit-score, modem-registration, stats, quit" << std::endl;
           continue;
         }
         std::cout << "ok" << std::endl;
