@@ -185,6 +185,13 @@ TEST(Pilectl, DemoPlaysTheDayAndVerifiesTheLedger) {
   EXPECT_NE(r.out.find("the driver enters the card's PIN"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("capture of"), std::string::npos) << r.out;  // the credit debit, the next morning
   EXPECT_NE(r.out.find("refunded 10.00 yuan"), std::string::npos) << r.out;
+  // The uplink: link-5g over the simulated modem to Mosquitto and the reference back end (both
+  // are build dependencies), two signed remote commands answered, every record held once.
+  EXPECT_NE(r.out.find("uplink: link-5g on a simulated RM500Q modem, MQTT with mutual TLS"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Unavailable (made unavailable by a remote command)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("the pile answers set_availability #2: ok"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Back end: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("anchored: the back end holds records up to seq"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("All checks passed"), std::string::npos) << r.out;
   // The state is left for inspection, and an independent check of the ledger agrees.
   EXPECT_TRUE(fs::exists(state / "pilecore.db"));
