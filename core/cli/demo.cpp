@@ -348,6 +348,20 @@ std::string scenario_yaml(const fs::path& site_file, const json& sims, const jso
   ::_exit(127);
 }
 
+/// Starts `args` as a child whose standard input (`to`) and output (`from`) are pipes to this
+/// process, its standard error appended to `log`.
+void spawn_piped(std::vector<std::string> args, const fs::path& log, pid_t& pid, int& to, int& from) {
+  int in[2], out[2];
+  if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
+  pid = ::fork();
+  if (pid < 0) throw std::runtime_error(fmt::format("fork: {}", std::strerror(errno)));
+  if (pid == 0) exec_child(std::move(args), in[0], out[1], ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+  ::close(in[0]);
+  ::close(out[1]);
+  to = in[1];
+  from = out[0];
+}
+
 /// A pilecored child process.
 class Daemon {
  public:
@@ -421,16 +435,7 @@ class Daemon {
 class Simulators {
  public:
   Simulators(const fs::path& program, const fs::path& dir, int readers, const fs::path& log) {
-    int in[2], out[2];
-    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
-    std::vector<std::string> args = {program.string(), "--dir", dir.string(), "--readers", std::to_string(readers)};
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error(fmt::format("fork: {}", std::strerror(errno)));
-    if (pid_ == 0) exec_child(std::move(args), in[0], out[1], ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
-    ::close(in[0]);
-    ::close(out[1]);
-    to_ = in[1];
-    from_ = out[0];
+    spawn_piped({program.string(), "--dir", dir.string(), "--readers", std::to_string(readers)}, log, pid_, to_, from_);
     const std::string first = read_line(30s);
     where_ = json::parse(first, nullptr, false);
     if (!where_.is_object() || !where_.contains("readers")) throw std::runtime_error(fmt::format("{} did not start: {}", program.string(), first));
@@ -491,16 +496,7 @@ class Simulators {
 class BackEnd {
  public:
   BackEnd(const fs::path& program, const fs::path& dir, const fs::path& log) {
-    int in[2], out[2];
-    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
-    std::vector<std::string> args = {program.string(), "stack", "--dir", dir.string()};
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error(fmt::format("fork: {}", std::strerror(errno)));
-    if (pid_ == 0) exec_child(std::move(args), in[0], out[1], ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
-    ::close(in[0]);
-    ::close(out[1]);
-    to_ = in[1];
-    from_ = out[0];
+    spawn_piped({program.string(), "stack", "--dir", dir.string()}, log, pid_, to_, from_);
     std::string first;
     if (core::read_line(from_, buffer_, 60s, first) != LineRead::line) {
       finish();
