@@ -70,16 +70,6 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(i, v.size() - 1)];
 }
 
-mqtt::connect_options tls_options(const test::MqttPki& pki) {
-  auto ssl = mqtt::ssl_options_builder()
-                 .trust_store(pki.ca.string())
-                 .key_store(pki.client_cert.string())
-                 .private_key(pki.client_key.string())
-                 .enable_server_cert_auth(true)
-                 .finalize();
-  return mqtt::connect_options_builder().clean_session(true).ssl(std::move(ssl)).connect_timeout(5s).finalize();
-}
-
 /// Waits up to `ms` for the next 8-byte stamp on `fd`; -1 when none came.
 std::int64_t next_stamp(int fd, int ms) {
   pollfd p{fd, POLLIN, 0};
@@ -161,10 +151,10 @@ links:
     std::atomic<std::int64_t> probe_at{0};
     mqtt::async_client probe(broker.uri(), "bench-probe");
     probe.set_message_callback([&](mqtt::const_message_ptr) { probe_at.store(mono_ns()); });
-    probe.connect(tls_options(pki))->wait();
+    probe.connect(test::client_tls_options(pki))->wait();
     probe.subscribe(kProbe, 1)->wait();
     mqtt::async_client backend(broker.uri(), "bench-backend");
-    backend.connect(tls_options(pki))->wait();
+    backend.connect(test::client_tls_options(pki))->wait();
 
     std::uint64_t seq = 0;
     auto command_frame = [&] {

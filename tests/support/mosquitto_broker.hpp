@@ -9,6 +9,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <mqtt/async_client.h>
+
+#include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +29,18 @@ struct MqttPki {
   std::filesystem::path client_cert, client_key;  ///< signed by `ca`
   std::filesystem::path rogue_cert, rogue_key;    ///< signed by a CA the broker does not trust
 };
+
+/// Paho connect options for the broker's other clients (the back end's side in the tests and
+/// bench_estop): clean session, mutual TLS with the PKI's client certificate.
+inline mqtt::connect_options client_tls_options(const MqttPki& pki) {
+  auto ssl = mqtt::ssl_options_builder()
+                 .trust_store(pki.ca.string())
+                 .key_store(pki.client_cert.string())
+                 .private_key(pki.client_key.string())
+                 .enable_server_cert_auth(true)
+                 .finalize();
+  return mqtt::connect_options_builder().clean_session(true).ssl(std::move(ssl)).connect_timeout(std::chrono::seconds(5)).finalize();
+}
 
 namespace detail {
 inline void openssl(const std::vector<std::string>& args) {

@@ -39,15 +39,8 @@ std::vector<std::uint8_t> frame(std::uint8_t type, const std::string& payload) {
 class BackEnd {
  public:
   BackEnd(const std::string& uri, const test::MqttPki& pki, const std::string& id) : client_(uri, id) {
-    auto ssl = mqtt::ssl_options_builder()
-                   .trust_store(pki.ca.string())
-                   .key_store(pki.client_cert.string())
-                   .private_key(pki.client_key.string())
-                   .enable_server_cert_auth(true)
-                   .finalize();
-    auto opts = mqtt::connect_options_builder().clean_session(true).ssl(std::move(ssl)).connect_timeout(5s).finalize();
     client_.start_consuming();
-    client_.connect(opts)->wait();
+    client_.connect(test::client_tls_options(pki))->wait();
     client_.subscribe("pilecore/v1/site-1/pile-7/up/#", 1)->wait();
   }
   ~BackEnd() {
