@@ -362,6 +362,35 @@ void spawn_piped(std::vector<std::string> args, const fs::path& log, pid_t& pid,
   from = out[0];
 }
 
+/// Waits up to `patience` for the child `pid` to exit (its input closed, it is quitting),
+/// calling `meanwhile` between looks; then kills it. Its exit status; `pid` is -1 after.
+int reap_child(pid_t& pid, std::chrono::milliseconds patience, const std::function<void()>& meanwhile = {}) {
+  int st = 0;
+  for (const auto until = std::chrono::steady_clock::now() + patience; pid > 0;) {
+    if (meanwhile) meanwhile();
+    if (::waitpid(pid, &st, WNOHANG) == pid) {
+      pid = -1;
+      break;
+    }
+    if (std::chrono::steady_clock::now() > until) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &st, 0);
+      pid = -1;
+      break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/// A helper program of the demo: beside pilectl in a build tree, <libexecdir>/pilecore when
+/// installed (pilecore-sim).
+fs::path helper_program(const std::string& name) {
+  fs::path p = executable_dir() / name;
+  if (::access(p.c_str(), X_OK) != 0) p = executable_dir().parent_path() / "libexec" / "pilecore" / name;
+  return p;
+}
+
 /// A pilecored child process.
 class Daemon {
  public:
@@ -443,14 +472,7 @@ class Simulators {
   ~Simulators() {
     if (to_ >= 0) ::close(to_);  // end of input: it quits
     if (from_ >= 0) ::close(from_);
-    for (int i = 0; pid_ > 0 && i < 200; ++i) {
-      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-      std::this_thread::sleep_for(10ms);
-    }
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
+    reap_child(pid_, 2s);
   }
   Simulators(const Simulators&) = delete;
   Simulators& operator=(const Simulators&) = delete;
@@ -522,11 +544,11 @@ class BackEnd {
     if (to_ < 0 || ::write(to_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) throw std::runtime_error("the reference back end stopped");
   }
 
-  /// What the back end has said since the last call, waiting at most `wait` for the first line.
-  std::vector<json> events(std::chrono::milliseconds wait = 0ms) {
+  /// What the back end has said since the last call (without waiting).
+  std::vector<json> events() {
     std::vector<json> out;
     std::string line;
-    while (from_ >= 0 && core::read_line(from_, buffer_, out.empty() ? wait : 0ms, line) == LineRead::line) {
+    while (from_ >= 0 && core::read_line(from_, buffer_, 0ms, line) == LineRead::line) {
       if (auto j = json::parse(line, nullptr, false); j.is_object()) out.push_back(std::move(j));
     }
     return out;
@@ -536,23 +558,10 @@ class BackEnd {
   int finish() {
     if (to_ >= 0) ::close(to_);
     to_ = -1;
-    int st = 0;
-    for (int i = 0; pid_ > 0 && i < 1000; ++i) {
-      events();  // never let it block on a full pipe while it stops
-      if (::waitpid(pid_, &st, WNOHANG) == pid_) {
-        pid_ = -1;
-        break;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, &st, 0);
-      pid_ = -1;
-    }
+    const int st = reap_child(pid_, 10s, [this] { events(); });  // never let it block on a full pipe while it stops
     if (from_ >= 0) ::close(from_);
     from_ = -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return st;
   }
 
  private:
@@ -675,7 +684,6 @@ class Day {
   /// The back end's answers to its remote commands, by command sequence.
   const std::map<std::int64_t, json>& command_results() const { return results_; }
   std::size_t commands_sent() const { return commands_sent_; }
-  std::size_t records_received() const { return records_; }
   /// No control or transaction record was left unacknowledged in the outbox at the end.
   bool uplink_drained() const { return uplink_drained_; }
 
@@ -980,10 +988,11 @@ class Day {
     }
     const bool from = now_ >= utc_of(kInspectionFrom), to = now_ >= utc_of(kInspectionTo);
     if (from && inspection_ == 0) {
-      remote("takes connector 1 out of service for an inspection", "set_availability", {{"connector", kInspectionConnector}, {"available", false}});
+      remote(fmt::format("takes connector {} out of service for an inspection", kInspectionConnector), "set_availability",
+             {{"connector", kInspectionConnector}, {"available", false}});
       inspection_ = 1;
     } else if (to && inspection_ == 1) {
-      remote("puts connector 1 back in service", "set_availability", {{"connector", kInspectionConnector}, {"available", true}});
+      remote(fmt::format("puts connector {} back in service", kInspectionConnector), "set_availability", {{"connector", kInspectionConnector}, {"available", true}});
       inspection_ = 2;
     }
   }
@@ -1146,7 +1155,7 @@ std::pair<std::set<std::string>, std::int64_t> expected_records(const fs::path& 
 /// its last record; the remote commands answered.
 void uplink_summary(BackEnd& backend, const fs::path& program, const fs::path& db, const std::string& verified, const Day& day, std::ostream& out,
                     const std::function<void(bool, const std::string&)>& check) {
-  const json where = backend.where();
+  const json& where = backend.where();
   const int rc = backend.finish();
   std::string said;
   const int rr = run_tool({program.string(), "report", "--db", where.value("db", ""), "--json"}, "", said);
@@ -1201,11 +1210,7 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
     err << fmt::format("pilectl demo: cannot run {} (give --pilecored)\n", o.pilecored.string());
     return 2;
   }
-  if (o.sim_payments.empty()) {
-    // Beside pilectl in a build tree; <libexecdir>/pilecore when installed (pilecore-sim).
-    o.sim_payments = executable_dir() / "pilecore-sim-payments";
-    if (::access(o.sim_payments.c_str(), X_OK) != 0) o.sim_payments = executable_dir().parent_path() / "libexec" / "pilecore" / "pilecore-sim-payments";
-  }
+  if (o.sim_payments.empty()) o.sim_payments = helper_program("pilecore-sim-payments");
   if (::access(o.sim_payments.c_str(), X_OK) != 0) {
     err << fmt::format("pilectl demo: cannot run the payment simulators {} (install pilecore-sim)\n", o.sim_payments.string());
     return 2;
@@ -1244,10 +1249,7 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
   // loopback, unless asked for the loopback link or these cannot run here.
   std::unique_ptr<BackEnd> backend;
   if (o.uplink != "loopback") {
-    if (o.backend.empty()) {
-      o.backend = executable_dir() / "pilecore-backend";
-      if (::access(o.backend.c_str(), X_OK) != 0) o.backend = executable_dir().parent_path() / "libexec" / "pilecore" / "pilecore-backend";
-    }
+    if (o.backend.empty()) o.backend = helper_program("pilecore-backend");
     std::string why;
     if (::access("/usr/sbin/mosquitto", X_OK) != 0) {
       why = "Mosquitto is not installed (/usr/sbin/mosquitto; Debian package mosquitto)";
