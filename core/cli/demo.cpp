@@ -121,6 +121,21 @@ constexpr const char* kPileId = "pile-01";
 constexpr const char* kInspectionFrom = "12:00";
 constexpr const char* kInspectionTo = "12:30";
 constexpr std::uint32_t kInspectionConnector = 1;
+/// The uplink outage, once the inspection's commands are answered: the back end's broker stops
+/// for kBrokerDownMinutes, the modem loses its registration, and the LoRaWAN module resets and
+/// finds the network refusing its joins; the network takes joins again after kJoinsRefusedMinutes
+/// and the modem registers again after kUnregisteredMinutes. The 12:35 fault (an alarm and a
+/// closed e-CNY session) falls inside it. Each phase also lasts kOutagePhaseWall of real time, so
+/// that the links see it at any clock speed.
+constexpr const char* kOutageFrom = "12:32";
+constexpr int kBrokerDownMinutes = 10;
+constexpr int kJoinsRefusedMinutes = 5;
+constexpr int kUnregisteredMinutes = 8;
+constexpr auto kOutagePhaseWall = std::chrono::milliseconds(150);
+/// The pile's LoRaWAN identity at the network server (OTAA).
+constexpr const char* kDevEui = "70B3D57ED0061126";
+constexpr const char* kAppEui = "70B3D57ED0000001";
+constexpr const char* kAppKey = "2B7E151628AED2A6ABF7158809CF4F3C";
 
 /// "06:30" on the scenario's day, as an instant.
 TimePoint utc_of(const char* hhmm) {
@@ -213,8 +228,9 @@ void add_payment_methods(YAML::Node& root, const json& sims) {
 /// The uplink as the site integrator configures it (docs/protocol.md, docs/integrator-guide.md).
 /// With `backend` (where the reference back end's broker and certificates are): link-5g on the
 /// simulated modem, MQTT with mutual TLS to the broker on loopback, and the back end's command
-/// key; the site's sim-link instances go. Without: the site's own sim-link plays the back end.
-/// Either way the pile's device id, and retries and heartbeats spaced for a fast clock.
+/// key; link-lorawan on the simulated RAK3172 when the back end can take LoRaWAN through its
+/// network server; the site's sim-link instances go. Without: the site's own sim-link plays the
+/// back end. Either way the pile's device id, and retries and heartbeats spaced for a fast clock.
 void add_uplink(YAML::Node& root, const json& sims, const json& backend) {
   YAML::Node links = root["links"];
   links["device_id"] = kDeviceId;
@@ -234,7 +250,7 @@ void add_uplink(YAML::Node& root, const json& sims, const json& backend) {
     modem["plugin"] = "link-5g";
     YAML::Node c = modem["config"];
     c["serial_port"] = sims.at("modem").get<std::string>();
-    c["poll_s"] = 3600;  // registration and signal: hourly, half a second at 7200x
+    c["poll_s"] = 300;  // registration and signal every 5 simulated minutes: the outage's lost registration is seen
     c["site_id"] = root["site"]["id"];
     c["pile_id"] = kPileId;
     c["primary"] = fmt::format("ssl://127.0.0.1:{}", backend.at("port").get<int>());
@@ -242,8 +258,27 @@ void add_uplink(YAML::Node& root, const json& sims, const json& backend) {
     c["tls_key"] = backend.at("device_key").get<std::string>();
     c["tls_ca"] = backend.at("ca").get<std::string>();
     plugins["modem"] = modem;
-    root["plugins"] = plugins;
     links["cellular"] = "modem";
+    if (backend.contains("lns_cert") && sims.contains("lorawan")) {
+      // Status and telemetry go over LoRaWAN by default (protocol.md section 4), CN470 at DR5.
+      YAML::Node lora;
+      lora["plugin"] = "link-lorawan";
+      YAML::Node l = lora["config"];
+      l["device"] = sims.at("lorawan").get<std::string>();
+      l["region"] = "CN470";
+      l["dev_eui"] = kDevEui;
+      l["app_eui"] = kAppEui;
+      l["app_key"] = kAppKey;
+      l["data_rate"] = 5;
+      // The back end's ack comes back in the receive window of the uplink it answers, within
+      // tens of milliseconds here: listen that long, not a field module's half second.
+      l["rx_linger_ms"] = 150;
+      l["join_retry_min_s"] = 60;
+      l["join_retry_max_s"] = 300;
+      plugins["lora"] = lora;
+      links["lorawan"] = "lora";
+    }
+    root["plugins"] = plugins;
     links["commands"]["key"] = backend.at("command_public_key").get<std::string>();
     // The back end stamps a command with the pile's simulated time as the demo last saw it; at
     // 7200x the default 300 s window is 42 ms of wall time, less than a busy machine may lag.
@@ -544,6 +579,9 @@ class BackEnd {
     if (to_ < 0 || ::write(to_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) throw std::runtime_error("the reference back end stopped");
   }
 
+  /// Stops ("stop") or starts ("start") the back end's broker, on the same port.
+  void broker(const std::string& what) { command({{"broker", what}}); }
+
   /// What the back end has said since the last call (without waiting).
   std::vector<json> events() {
     std::vector<json> out;
@@ -686,6 +724,18 @@ class Day {
   std::size_t commands_sent() const { return commands_sent_; }
   /// No control or transaction record was left unacknowledged in the outbox at the end.
   bool uplink_drained() const { return uplink_drained_; }
+  /// The uplink outage: whether it ran to its end, how long the broker was down, the backup
+  /// taken just before it.
+  bool outage_done() const { return outage_step_ >= 4 && broker_started_.has_value(); }
+  std::chrono::minutes broker_down() const {
+    return broker_stopped_ && broker_started_ ? std::chrono::duration_cast<std::chrono::minutes>(*broker_started_ - *broker_stopped_) : std::chrono::minutes(0);
+  }
+  const fs::path& backup_copy() const { return snapshot_; }
+  /// Alarm events the daemon sent on the watch stream: (code, raised, when).
+  const std::vector<std::tuple<std::string, bool, TimePoint>>& alarms() const { return alarms_; }
+  /// The day plays the uplink outage (LoRaWAN and the back end's broker are there).
+  void with_outage() { lorawan_ = true; }
+  bool outage_planned() const { return lorawan_; }
 
  private:
   /// What a driver at a connector is doing until the session starts or is refused.
@@ -780,6 +830,7 @@ class Day {
       if (settles) line(t, "", describe_event(ev));
       return;
     }
+    if (kind == "alarm") alarms_.emplace_back(ev.value("code", ""), ev.value("active", true), t);
     if (kind == "ready" || kind == "recovering" || kind.rfind("session_", 0) == 0 || kind == "tariff_boundary" || kind == "alarm" ||
         kind == "instance_failed") {
       line(t, who(connector), describe_event(ev));
@@ -978,7 +1029,8 @@ class Day {
   void from_backend() {
     for (const json& ev : backend_->events()) {
       const std::string kind = ev.value("event", "");
-      if (kind == "record") ++records_;
+      if (kind == "record") ++(ev.value("link", "mqtt") == "lorawan" ? lorawan_records_ : records_);
+      if (kind == "broker") broker_event(ev);
       if (kind == "command_result") {  // the pile's answer record's body is "result"
         const json body = ev.value("result", json::object());
         results_[ev.value("q", std::int64_t{0})] = body;
@@ -995,6 +1047,72 @@ class Day {
       remote(fmt::format("puts connector {} back in service", kInspectionConnector), "set_availability", {{"connector", kInspectionConnector}, {"available", true}});
       inspection_ = 2;
     }
+    if (lorawan_) outage();
+  }
+
+  /// The uplink outage, a phase at a time (kOutageFrom): each step waits for its simulated time
+  /// and for kOutagePhaseWall of real time since the step before.
+  void outage() {
+    const auto wall = std::chrono::steady_clock::now();
+    const bool phase_over = wall >= outage_step_wall_ + kOutagePhaseWall;
+    auto step = [&](const std::string& what) {
+      ++outage_step_;
+      outage_step_wall_ = wall;
+      line(now_, "", what);
+    };
+    switch (outage_step_) {
+      case 0:
+        // After the inspection's two commands are answered: a command sent into the outage
+        // would wait for the pile's next connection, which the demo does not script.
+        if (now_ < utc_of(kOutageFrom) || inspection_ < 2 || results_.size() < commands_sent_) return;
+        snapshot_ = backup();
+        backend_->broker("stop");
+        sims_.must("modem-registration 2");
+        sims_.must("lorawan-joins fail");
+        sims_.must("lorawan-reset");
+        outage_from_ = now_;
+        step(fmt::format("*** UPLINK OUTAGE: the back end's broker stops, the modem loses its registration, the LoRaWAN module resets and the "
+                         "network refuses its joins (the operator's backup of the database was taken just before: {})",
+                         snapshot_.string()));
+        return;
+      case 1:
+        if (now_ < outage_from_ + std::chrono::minutes(kJoinsRefusedMinutes) || !phase_over) return;
+        sims_.must("lorawan-joins ok");
+        return step("the LoRaWAN network accepts joins again");
+      case 2:
+        if (now_ < outage_from_ + std::chrono::minutes(kUnregisteredMinutes) || !phase_over) return;
+        sims_.must("modem-registration 1");
+        return step("the modem finds its network again (registered, home)");
+      case 3:
+        if (!broker_stopped_ || now_ < *broker_stopped_ + std::chrono::minutes(kBrokerDownMinutes) || !phase_over) return;
+        backend_->broker("start");
+        return step("the back end's broker starts again on the same port");
+      default: return;
+    }
+  }
+
+  void broker_event(const json& ev) {
+    const std::string state = ev.value("state", "");
+    if (state == "stopped" && !broker_stopped_) broker_stopped_ = now_;
+    if (state == "started" && broker_stopped_ && !broker_started_) {
+      broker_started_ = now_;
+      line(now_, "back end", fmt::format("the broker is back after {} simulated minutes", std::chrono::duration_cast<std::chrono::minutes>(now_ - *broker_stopped_).count()));
+    }
+  }
+
+  /// The operator's backup of the pile's database (a consistent copy, as `sqlite3 .backup` or
+  /// VACUUM INTO takes one while the daemon runs): the older copy the ledger's anchor must catch.
+  fs::path backup() {
+    const fs::path dir = state_ / "backup";
+    fs::create_directories(dir);
+    const fs::path copy = dir / "pilecore.db";
+    std::error_code ec;
+    fs::remove(copy, ec);
+    Database ro(state_ / "pilecore.db", Database::ReadOnly{});
+    Stmt vacuum(ro.handle(), "VACUUM INTO ?");
+    vacuum.bind(1, copy.string());
+    vacuum.step();
+    return copy;
   }
 
   /// A remote command from the operator's back end: signed with its command key and sent over
@@ -1022,7 +1140,8 @@ class Day {
         waiting = -1;  // busy: the daemon writes; ask again
       }
       if (waiting == 0) {
-        line(now_, "back end", fmt::format("every control and transaction record is acknowledged ({} records received over MQTT)", records_));
+        line(now_, "back end", fmt::format("every control and transaction record is acknowledged ({} records received over MQTT, {} over LoRaWAN)", records_,
+                                           lorawan_records_));
         return true;
       }
       if (std::chrono::steady_clock::now() > deadline) {
@@ -1069,8 +1188,15 @@ class Day {
   int inspection_ = 0;  ///< 0 before, 1 out of service, 2 back
   std::map<std::int64_t, json> results_;
   std::size_t commands_sent_ = 0;
-  std::size_t records_ = 0;
+  std::size_t records_ = 0, lorawan_records_ = 0;
   bool uplink_drained_ = false;
+  bool lorawan_ = false;
+  int outage_step_ = 0;
+  std::chrono::steady_clock::time_point outage_step_wall_{};
+  TimePoint outage_from_{};
+  std::optional<TimePoint> broker_stopped_, broker_started_;
+  fs::path snapshot_;
+  std::vector<std::tuple<std::string, bool, TimePoint>> alarms_;
   std::optional<TimePoint> credit_settled_;
   json stats_;
 };
@@ -1153,8 +1279,8 @@ std::pair<std::set<std::string>, std::int64_t> expected_records(const fs::path& 
 /// The uplink's part of the summary: the back end stops, its report is read, and every record
 /// the pile's database says it must hold is checked to be there, once; the ledger anchored at
 /// its last record; the remote commands answered.
-void uplink_summary(BackEnd& backend, const fs::path& program, const fs::path& db, const std::string& verified, const Day& day, std::ostream& out,
-                    const std::function<void(bool, const std::string&)>& check) {
+void uplink_summary(BackEnd& backend, const fs::path& program, const fs::path& db, const fs::path& cert, const std::string& verified, const Day& day,
+                    std::ostream& out, const std::function<void(bool, const std::string&)>& check) {
   const json& where = backend.where();
   const int rc = backend.finish();
   std::string said;
@@ -1189,6 +1315,56 @@ void uplink_summary(BackEnd& backend, const fs::path& program, const fs::path& d
         fmt::format("the ledger anchored at its last record, seq {} (the back end holds {}; ledger verify said: {})", highest,
                     device.value("ledger_anchor", json()).dump(), verified));
   check(day.uplink_drained(), "every control and transaction record acknowledged by the back end at the end of the day");
+  // Alarms have no row on the pile but their outbox record: each one the watch stream showed
+  // must be held, keyed alarm:<ms>:<n> (the record is stamped a moment after the event).
+  std::vector<std::int64_t> alarm_ms;
+  for (const auto& k : held) {
+    if (k.rfind("alarm:", 0) == 0) alarm_ms.push_back(std::strtoll(k.c_str() + 6, nullptr, 10));
+  }
+  std::size_t alarms_missing = 0;
+  std::string first_missing;
+  for (const auto& [code, active, t] : day.alarms()) {
+    const std::int64_t ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+    if (std::none_of(alarm_ms.begin(), alarm_ms.end(), [&](std::int64_t a) { return a >= ms - 60000 && a <= ms + 60000; })) {
+      if (alarms_missing++ == 0) first_missing = fmt::format("{} {}", code, active ? "raised" : "cleared");
+    }
+  }
+  check(!day.alarms().empty() && alarms_missing == 0, fmt::format("every alarm raised or cleared reached the back end ({} of {} missing{}{})", alarms_missing,
+                                                                   day.alarms().size(), first_missing.empty() ? "" : ", e.g. ", first_missing));
+  if (day.outage_planned()) {
+    const json by_link = device.value("records_by_link", json::object());
+    const json lora = day.simulator_stats().value("lorawan", json::object());
+    out << fmt::format("Uplink outage: the broker was down {} simulated minutes; LoRaWAN: {} join attempts, {} uplinks ({} reached the back end's "
+                       "broker, {} lost with it), {} downlinks; records first held from MQTT {}, from LoRaWAN {}\n",
+                       day.broker_down().count(), lora.value("join_attempts", 0), lora.value("uplinks", 0), lora.value("forwarded", 0), lora.value("lost", 0),
+                       lora.value("downlinks", 0), by_link.value("mqtt", 0), by_link.value("lorawan", 0));
+    check(day.outage_done() && day.broker_down() >= std::chrono::minutes(kBrokerDownMinutes),
+          fmt::format("the uplink outage played to its end, the broker down at least {} simulated minutes (it was {})", kBrokerDownMinutes, day.broker_down().count()));
+    check(by_link.value("lorawan", 0) > 0 && lora.value("downlinks", 0) > 0, "records went up over LoRaWAN, and acknowledgements came down");
+    // The operator's backup from before the outage, put in the database's place: the anchor
+    // the back end acknowledged since (kept beside the database) says the copy is short.
+    const fs::path copy = day.backup_copy();
+    std::error_code ec;
+    fs::copy_file(fs::path(db.string() + ".anchor"), fs::path(copy.string() + ".anchor"), fs::copy_options::overwrite_existing, ec);
+    std::int64_t copy_highest = 0;
+    try {
+      Database ro(copy, Database::ReadOnly{});
+      Stmt q(ro.handle(), "SELECT COALESCE(MAX(seq), 0) FROM ledger");
+      if (q.step()) copy_highest = q.i64(0);
+    } catch (const std::exception&) {
+      copy_highest = -1;
+    }
+    std::ostringstream vo, ve;
+    const int rv = ec ? -1 : ledger_verify(copy, cert, vo, ve);
+    std::string said_copy = ve.str().empty() ? vo.str() : ve.str();
+    while (!said_copy.empty() && said_copy.back() == '\n') said_copy.pop_back();
+    out << fmt::format("The backup from before the outage in the database's place (ends at ledger seq {}): pilectl ledger verify says: {}\n", copy_highest,
+                       said_copy);
+    const json anchor = device.value("ledger_anchor", json());
+    check(rv == 1 && said_copy.find("BROKEN") != std::string::npos && anchor.is_number() && anchor.get<std::int64_t>() > copy_highest,
+          fmt::format("the ledger anchor catches the older copy of the database (verify status {}; the back end holds seq {}, the copy ends at {})", rv,
+                      anchor.dump(), copy_highest));
+  }
   const auto& results = day.command_results();
   const bool all_ok = std::all_of(results.begin(), results.end(), [](const auto& r) { return r.second.value("result", "") == "ok"; });
   check(day.commands_sent() == 2 && results.size() == 2 && all_ok,
@@ -1268,16 +1444,29 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
     }
     if (!backend) out << fmt::format("uplink: {}; the pile's records go to sim-link instead, a loopback link inside pilecored that plays the back end\n", why);
   }
+  bool lorawan = false;
   if (backend) {
     out << fmt::format("uplink: link-5g on a simulated RM500Q modem, MQTT with mutual TLS to Mosquitto on 127.0.0.1:{}, answered by the reference "
                        "back end (log {})\n",
                        backend->where().value("port", 0), (state / "backend.log").string());
+    const json& w = backend->where();
+    if (w.contains("lns_cert") && sims->where().contains("lorawan")) {
+      // The LoRaWAN network server (ChirpStack's MQTT integration) on the back end's broker.
+      const std::string answer = sims->command(fmt::format("network-server {} {} {} {}", w.value("port", 0), w.value("ca", ""), w.value("lns_cert", ""),
+                                                           w.value("lns_key", "")));
+      lorawan = answer == "ok";
+      out << (lorawan ? "uplink: link-lorawan on a simulated RAK3172 (CN470), through a simulated network server to the same back end; "
+                        "status records go that way\n"
+                      : fmt::format("uplink: no LoRaWAN: the network server did not start: {}\n", answer));
+    }
   } else if (o.uplink == "loopback") {
     out << "uplink: sim-link, a loopback link inside pilecored that plays the back end (--uplink loopback)\n";
   }
 
   // The site with the scenario, validated like any site file.
-  const std::string yaml = scenario_yaml(o.site, sims->where(), backend ? backend->where() : json(), error);
+  json backend_where = backend ? backend->where() : json();
+  if (!lorawan && backend_where.is_object()) backend_where.erase("lns_cert");
+  const std::string yaml = scenario_yaml(o.site, sims->where(), backend_where, error);
   if (yaml.empty()) {
     err << "pilectl demo: " << error << "\n";
     return 2;
@@ -1345,6 +1534,7 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
 
   const fs::path log = state / "pilecored.log";
   Day day(o, out, cfg.timezone, state, site, log, *sims, backend.get(), cfg.id);
+  if (lorawan) day.with_outage();
   const bool played = day.play(error);
   if (!played) {
     err << fmt::format("pilectl demo: {}\n  the last lines of {}:\n{}", error, log.string(), tail(log, 15));
@@ -1390,7 +1580,7 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
   auto check = [&](bool ok, const std::string& what) {
     if (!ok) failed.push_back(what);
   };
-  if (backend) uplink_summary(*backend, o.backend, db, verify_out.str(), day, out, check);
+  if (backend) uplink_summary(*backend, o.backend, db, id.certificate, verify_out.str(), day, out, check);
   check(verified == 0, "the ledger verifies");
   check(day.receipts().size() >= 8, fmt::format("at least 8 transactions (got {})", day.receipts().size()));
   check(open == 0, fmt::format("every transaction is closed ({} are not)", open));

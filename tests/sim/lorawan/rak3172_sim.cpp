@@ -92,8 +92,23 @@ void Rak3172Sim::busy_sends(unsigned n) {
   busy_ = n;
 }
 void Rak3172Sim::queue_downlink(int port, std::vector<std::uint8_t> data) {
+  {
+    std::lock_guard lock(mutex_);
+    if (std::chrono::steady_clock::now() >= rx_open_until_) {
+      downlinks_.emplace_back(port, std::move(data));
+      return;
+    }
+    rx_open_until_ = {};  // one downlink per uplink
+  }
+  emit("+EVT:RX_1:-70:8:UNICAST:" + std::to_string(port) + ":" + to_hex_upper(data));
+}
+void Rak3172Sim::on_uplink(std::function<void(const Uplink&)> fn) {
   std::lock_guard lock(mutex_);
-  downlinks_.emplace_back(port, std::move(data));
+  on_uplink_ = std::move(fn);
+}
+void Rak3172Sim::set_rx_window(std::chrono::milliseconds window) {
+  std::lock_guard lock(mutex_);
+  rx_window_ = window;
 }
 void Rak3172Sim::set_network_dr(int dr) {
   std::lock_guard lock(mutex_);
@@ -176,14 +191,25 @@ void Rak3172Sim::run() {
 void Rak3172Sim::on_line(const std::string& line) {
   std::vector<std::string> events;
   std::string status;
+  std::size_t sent = 0;
   {
     std::lock_guard lock(mutex_);
     commands_.push_back(line);
     if (silent_) return;
+    sent = uplinks_.size();
   }
   status = execute(line, events);
   answer(status);
   for (const auto& e : events) answer(e);
+  std::function<void(const Uplink&)> network;
+  Uplink up;
+  {
+    std::lock_guard lock(mutex_);
+    if (uplinks_.size() == sent || !on_uplink_) return;
+    network = on_uplink_;
+    up = uplinks_.back();
+  }
+  network(up);
 }
 
 void Rak3172Sim::answer(const std::string& text) {
@@ -245,6 +271,7 @@ std::string Rak3172Sim::execute(const std::string& line, std::vector<std::string
       return "AT_ERROR";
     }
     ++join_attempts_;
+    fcnt_ = 0;
     if (join_failures_ > 0) {
       --join_failures_;
       events.emplace_back("+EVT:JOIN_FAILED_RX_TIMEOUT");
@@ -266,7 +293,7 @@ std::string Rak3172Sim::execute(const std::string& line, std::vector<std::string
     }
     if (data->size() > max_payload_locked()) return "AT_PARAM_ERROR";
     const bool confirmed = settings_["CFM"] == "1";
-    uplinks_.push_back({*port, std::move(*data), confirmed, to_int(settings_["DR"]).value_or(0)});
+    uplinks_.push_back({*port, std::move(*data), confirmed, to_int(settings_["DR"]).value_or(0), fcnt_++});
     if (confirmed) {
       if (confirm_failures_ > 0) {
         --confirm_failures_;
@@ -282,6 +309,9 @@ std::string Rak3172Sim::execute(const std::string& line, std::vector<std::string
       auto [dport, ddata] = std::move(downlinks_.front());
       downlinks_.pop_front();
       events.push_back("+EVT:RX_1:-70:8:UNICAST:" + std::to_string(dport) + ":" + to_hex_upper(ddata));
+      rx_open_until_ = {};
+    } else {
+      rx_open_until_ = std::chrono::steady_clock::now() + rx_window_;
     }
     if (network_dr_ >= 0 && settings_["ADR"] == "1") {
       settings_["DR"] = std::to_string(network_dr_);

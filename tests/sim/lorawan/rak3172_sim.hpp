@@ -13,8 +13,10 @@
 // sets by ADR, and a module that goes silent (answers nothing) or forgets its session.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -31,6 +33,7 @@ class Rak3172Sim {
     std::vector<std::uint8_t> data;
     bool confirmed = false;
     int dr = 0;
+    std::uint32_t fcnt = 0;  ///< the uplink frame counter, from 0 after each join
   };
 
   Rak3172Sim();
@@ -55,6 +58,14 @@ class Rak3172Sim {
   void set_silent(bool silent);
   /// The module loses its session (a reset): AT+SEND answers AT_NO_NETWORK_JOINED until it joins.
   void forget_session();
+  /// The network behind the gateway: `fn` is called with each uplink the module sent (on the
+  /// simulator's thread, after the module's answer and events; never under its lock). Set it
+  /// before the host sends anything.
+  void on_uplink(std::function<void(const Uplink&)> fn);
+  /// A downlink queued within `window` after an uplink that found none waiting is delivered at
+  /// once (the network server answered within the receive windows; the host hears it late).
+  /// Default 0: only downlinks already queued at the uplink are delivered.
+  void set_rx_window(std::chrono::milliseconds window);
   /// Writes a raw line to the host (a boot banner, line noise).
   void emit(std::string_view line);
 
@@ -92,6 +103,10 @@ class Rak3172Sim {
   std::vector<Uplink> uplinks_;
   std::vector<std::string> commands_;
   std::vector<std::string> outbox_;  ///< lines emit() queued for the thread to write
+  std::function<void(const Uplink&)> on_uplink_;
+  std::chrono::milliseconds rx_window_{0};
+  std::chrono::steady_clock::time_point rx_open_until_{};  ///< the last uplink's window for a late downlink
+  std::uint32_t fcnt_ = 0;
 };
 
 }  // namespace pilecore::sim

@@ -8,7 +8,10 @@
 //   - the credit provider (HTTPS);
 //   - one test CA for both providers' TLS certificates: the plugins' provider_ca_file;
 //   - the pile's 5G modem (a Quectel RM500Q on a pseudo-terminal, answering link-5g's AT
-//     commands), for the demo's uplink.
+//     commands), for the demo's uplink;
+//   - the pile's LoRaWAN module (a RAK3172 with RUI3 on a pseudo-terminal, for link-lorawan) and,
+//     once told where the back end's broker is, the network server behind it (ChirpStack v4's
+//     MQTT integration).
 //
 // It prints one JSON line describing where everything is, then reads one command a line and
 // answers each with one line ("ok", a JSON object, or "error: ..."):
@@ -22,8 +25,12 @@
 //   credit-score USER SCORE            the credit provider's score for a user
 //   modem-registration STAT            the modem's network registration from now on (3GPP
 //                                      +C5GREG stat: 1 home, 5 roaming, 2 searching, 0 idle)
+//   lorawan-joins fail|ok              the LoRaWAN network refuses every join from now on, or accepts
+//   lorawan-reset                      the LoRaWAN module loses its session (a reset): it must join again
+//   network-server PORT CA CERT KEY    the network server connects to the broker on 127.0.0.1:PORT
+//                                      (mutual TLS) and forwards the module's uplinks and downlinks
 //   stats                              {"credit_debits", "credit_debit_attempts", "credit_debited_fen"
-//                                       per scored user, "face_effects", "wallets" balances}
+//                                       per scored user, "face_effects", "wallets" balances, "lorawan"}
 //   quit                               (or end of input)
 #include <chrono>
 #include <filesystem>
@@ -40,6 +47,7 @@
 #include "https_provider.hpp"
 #include "face_module_sim.hpp"
 #include "modem_sim.hpp"
+#include "network_server.hpp"
 #include "pn532_emulator.hpp"
 #include "sm2_pki.hpp"
 #include "test_pki.hpp"
@@ -54,9 +62,11 @@ namespace {
 constexpr const char* kUsage =
     "usage: pilecore-sim-payments --dir DIR [--readers N] [--provider-latency-ms MS]\n"
     "Writes the simulators' certificates into DIR, prints one JSON line (readers' libnfc devices,\n"
-    "the face module's port, the providers' URLs, the CA files, the modem's serial port), then reads commands on stdin:\n"
+    "the face module's port, the providers' URLs, the CA files, the modem's and the LoRaWAN module's serial ports), then reads\n"
+    "commands on stdin:\n"
     "  tap R UID | tap-wallet R WALLET-ID BALANCE-FEN | remove R | enrol-face TOKEN LIMIT-FEN |\n"
-    "  face TOKEN LIVENESS-PERMILLE | credit-score USER SCORE | modem-registration STAT | stats | quit\n";
+    "  face TOKEN LIVENESS-PERMILLE | credit-score USER SCORE | modem-registration STAT |\n"
+    "  lorawan-joins fail|ok | lorawan-reset | network-server PORT CA CERT KEY | stats | quit\n";
 
 std::chrono::system_clock::time_point years_from_now(int years) { return std::chrono::system_clock::now() + std::chrono::hours(24 * 366 * years); }
 
@@ -136,6 +146,11 @@ int main(int argc, char** argv) {
     credit.set_latency(std::chrono::milliseconds(latency_ms));
     FaceModuleSim module;
     ModemSim modem;
+    Rak3172Sim lorawan;
+    // The network server answers within the receive windows when the back end acknowledges an
+    // uplink at once: link-lorawan listens rx_linger_ms for such a late downlink.
+    lorawan.set_rx_window(std::chrono::milliseconds(200));
+    std::unique_ptr<NetworkServer> network;
     std::map<std::string, bool> scored;  // users given a score, for stats
 
     std::cout << json{{"readers", devices},
@@ -144,7 +159,8 @@ int main(int argc, char** argv) {
                       {"credit_provider", credit.url()},
                       {"provider_ca", fs::absolute(pki.ca_cert).string()},
                       {"ecny_root", fs::absolute(wallets.root_file()).string()},
-                      {"modem", modem.path()}}
+                      {"modem", modem.path()},
+                      {"lorawan", lorawan.device()}}
                      .dump()
               << std::endl;
 
@@ -197,6 +213,18 @@ int main(int argc, char** argv) {
             m.stat = stat;
             m.stat_after_reattach = stat == 1 || stat == 5 ? stat : -1;  // a re-attach finds the network as it is
           });
+        } else if (cmd == "lorawan-joins") {
+          std::string what;
+          in >> what;
+          if (what != "fail" && what != "ok") throw std::invalid_argument("lorawan-joins fail|ok");
+          lorawan.fail_joins(what == "fail" ? ~0u : 0u);
+        } else if (cmd == "lorawan-reset") {
+          lorawan.forget_session();
+        } else if (cmd == "network-server") {
+          NetworkServer::Settings ns;
+          if (!(in >> ns.port >> ns.ca >> ns.cert >> ns.key) || ns.port < 1 || ns.port > 65535) throw std::invalid_argument("network-server PORT CA CERT KEY");
+          network.reset();
+          network = std::make_unique<NetworkServer>(lorawan, ns);
         } else if (cmd == "stats") {
           json debited = json::object();
           for (const auto& [user, _] : scored) debited[user] = credit.debited_fen(user);
@@ -204,12 +232,19 @@ int main(int argc, char** argv) {
                             {"credit_debit_attempts", credit.debit_attempts()},
                             {"credit_debited_fen", debited},
                             {"face_effects", face_pay.effects()},
-                            {"wallets", wallets.balances()}}
+                            {"wallets", wallets.balances()},
+                            {"lorawan", {{"uplinks", lorawan.uplinks().size()},
+                                         {"join_attempts", lorawan.join_attempts()},
+                                         {"forwarded", network ? network->forwarded() : 0},
+                                         {"lost", network ? network->lost() : 0},
+                                         {"downlinks", network ? network->downlinks() : 0},
+                                         {"bad_downlinks", network ? network->bad_downlinks() : 0}}}}
                            .dump()
                     << std::endl;
           continue;
         } else {
-          std::cout << "error: unknown command '" << cmd << "': tap, tap-wallet, remove, enrol-face, face, credit-score, modem-registration, stats, quit" << std::endl;
+          std::cout << "error: unknown command '" << cmd
+                    << "': tap, tap-wallet, remove, enrol-face, face, credit-score, modem-registration, lorawan-joins, lorawan-reset, network-server, stats, quit" << std::endl;
           continue;
         }
         std::cout << "ok" << std::endl;
