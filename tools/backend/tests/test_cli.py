@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import unittest
 
+from pilecore_backend import pki
 from tests import support
 
 
@@ -34,12 +35,32 @@ class CommandLine(unittest.TestCase):
             if name.endswith("key") and name != "command_public_key":
                 self.assertEqual(mode, 0o600, name)
         ok = subprocess.run(["openssl", "verify", "-CAfile", files["ca"], files["broker_cert"],
-                             files["backend_cert"], files["device_cert"]], capture_output=True, text=True)
+                             files["backend_cert"], files["device_cert"], files["lns_cert"]],
+                            capture_output=True, text=True)
         self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
         text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", files["broker_cert"]],
                               capture_output=True, text=True).stdout
         self.assertIn("IP Address:127.0.0.1", text)
         self.assertIn("DNS:localhost", text)
+        text = subprocess.run(["openssl", "x509", "-noout", "-subject", "-ext", "extendedKeyUsage", "-in",
+                               files["lns_cert"]], capture_output=True, text=True).stdout
+        self.assertIn("CN = pilecore network server", text)
+        self.assertIn("TLS Web Client Authentication", text)
+
+    def test_ensure_adds_the_network_server_files_to_an_older_directory(self):
+        files = pki.make(self.dir)
+        os.remove(files["lns_cert"])
+        os.remove(files["lns_key"])  # as a directory made before the network server's files
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        before = {name: read(files[name]) for name in ("ca", "device_cert", "command_key")}
+        again = pki.ensure(self.dir)
+        self.assertEqual({name: read(again[name]) for name in before}, before)
+        self.assertEqual(stat.S_IMODE(os.stat(again["lns_key"]).st_mode), 0o600)
+        ok = subprocess.run(["openssl", "verify", "-CAfile", again["ca"], again["lns_cert"]],
+                            capture_output=True, text=True)
+        self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
 
     def test_stack_then_report(self):
         proc = support.backend("stack", "--dir", self.dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
