@@ -79,12 +79,14 @@ def cmd_report(args):
         print(json.dumps({"devices": devices}, indent=2))
         return 0
     for d in devices:
-        print("device %s (%s)" % (d["device"], ", ".join(d["piles"]) or "no pile seen"))
+        print("device %s (%s)" % (d["device"], ", ".join(d["piles"] + ["LoRaWAN " + x for x in d["lorawan"]])
+                                  or "no pile seen"))
         if d["device"] == "unknown":
             print("  refusals: %s" % _counts(d["refusals"]))
             continue
         print("  records: %d (%s)" % (sum(d["records"].values()), _counts(d["records"])))
         print("  duplicates: %d records, %d frames" % (d["record_duplicates"], d["frame_duplicates"]))
+        print("  links: frames %s; records first over %s" % (_counts(d["links"]), _counts(d["records_by_link"])))
         print("  refusals: %s" % _counts(d["refusals"]))
         print("  ledger: highest seq held %s, acked as \"l\" %s" % (d["ledger_highest"], d["ledger_anchor"]))
         print("  compact telemetry frames: %d" % d["compact_telemetry_frames"])
