@@ -139,8 +139,11 @@ def json_to_cbor_args(value):
 
 
 class Server:
-    def __init__(self, args, events=None):
+    def __init__(self, args, events=None, controls=None):
         self.args = args
+        # stdin lines {"<name>": value} handled by controls[name](value) instead of as commands
+        # (the stack's {"broker": "stop"|"start"}).
+        self.controls = controls if controls is not None else {}
         self.events = events or Events()
         self.store = Store(args.db)
         self.command_key = load_private_key(args.command_key) if args.command_key else None
@@ -456,6 +459,21 @@ class Server:
     def _command_line(self, line):
         try:
             request = json.loads(line)
+        except ValueError as exc:
+            self.events("error", what="command", message="not JSON: %s" % exc, line=line.strip())
+            return
+        if isinstance(request, dict) and len(request) == 1 and next(iter(request)) in self.controls:
+            name, value = next(iter(request.items()))
+            try:
+                self.controls[name](value)
+            except (ValueError, RuntimeError, OSError) as exc:
+                self.events("error", what=name, message=str(exc), line=line.strip())
+            return
+        try:
+            if not isinstance(request, dict):
+                raise ValueError("a command line is a JSON object")
+            if "broker" in request and "command" not in request:
+                raise ValueError("broker lines are for pilecore-backend stack, which runs the broker")
             site, pile, name = request["site"], request["pile"], request["command"]
             for ident in (site, pile):
                 if not isinstance(ident, str) or not ident or FORBIDDEN_IN_IDS & set(ident):
