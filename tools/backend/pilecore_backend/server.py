@@ -429,7 +429,7 @@ class Server:
     def _send_lorawan_acks(self, origin, device, keys):
         """3.2 over LoRaWAN: one key per ack frame, each frame at most 51 bytes. "l" goes along
         while the frame still fits; a key whose ack does not fit even without it is not acked
-        here (the pile resends the record, and the other link can carry its ack)."""
+        here: it is acked when the pile resends it over MQTT."""
         ledger = self.store.ledger_anchor(device)
         payloads = []
         for key in keys:

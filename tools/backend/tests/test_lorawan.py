@@ -67,6 +67,17 @@ class LoRaWAN(Base):
         self.assertGreaterEqual(device["records_by_link"]["lorawan"], 1)
         self.assertIn("%s/%s" % (self.lns.application_id, DEV_EUI), device["lorawan"])
 
+    def test_compact_telemetry_is_stored_not_acked(self):
+        example = support.hex_blocks()["compact-telemetry"]  # 23 bytes: CN470 DR1's whole payload
+        frame = self.uplink(example[16:], mtype=5)
+        event = self.event(event="telemetry", link="lorawan")
+        self.assertEqual((len(frame), event["dev_eui"], event["connectors"][0]["power_w"]), (23, DEV_EUI, 7200))
+        self.uplink(record_payload("alarm:500:0", "alarm", {}))
+        self.downlink_ack("alarm:500:0")
+        # Every downlink so far is an ack of one record's key: none for the telemetry.
+        self.assertEqual(len(self.lns.acks()), len(self.lns.downlinks))
+        self.assertTrue(all(len(ack["a"]) == 1 for *_, ack in self.lns.acks()))
+
     def test_a_second_delivery_by_the_network_server_is_dropped(self):
         frame = self.uplink(record_payload("alarm:200:0", "alarm", {"code": "door", "active": True}))
         self.lns.uplink(DEV_EUI, frame)  # delivered twice: same device, sequence and bytes
