@@ -68,3 +68,34 @@ def stop(proc):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class Controlled:
+    """The stack's mosquitto, which its stdin can stop and start again on the same port with the
+    same configuration (an outage for a demo). Mosquitto sets SO_REUSEADDR on its listener, so
+    the port binds again at once, although the closed connections linger in TIME_WAIT."""
+
+    def __init__(self, directory, port, pki_files):
+        self.directory, self.pki_files = directory, pki_files
+        self.proc, self.port = start(directory, port, pki_files)
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self):
+        """Stop it (SIGTERM, waiting until it has exited). Returns False when it was not running."""
+        if self.proc is None:
+            return False
+        was = self.running()
+        stop(self.proc)
+        self.proc = None
+        return was
+
+    def start(self):
+        """Start it again on its port once it accepts connections. Returns False when it was
+        running already. Raises RuntimeError when it cannot start."""
+        if self.running():
+            return False
+        self.proc = None
+        self.proc, _ = start(self.directory, self.port, self.pki_files)
+        return True

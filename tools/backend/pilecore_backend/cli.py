@@ -79,12 +79,14 @@ def cmd_report(args):
         print(json.dumps({"devices": devices}, indent=2))
         return 0
     for d in devices:
-        print("device %s (%s)" % (d["device"], ", ".join(d["piles"]) or "no pile seen"))
+        print("device %s (%s)" % (d["device"], ", ".join(d["piles"] + ["LoRaWAN " + x for x in d["lorawan"]])
+                                  or "no pile seen"))
         if d["device"] == "unknown":
             print("  refusals: %s" % _counts(d["refusals"]))
             continue
         print("  records: %d (%s)" % (sum(d["records"].values()), _counts(d["records"])))
         print("  duplicates: %d records, %d frames" % (d["record_duplicates"], d["frame_duplicates"]))
+        print("  links: frames %s; records first over %s" % (_counts(d["links"]), _counts(d["records_by_link"])))
         print("  refusals: %s" % _counts(d["refusals"]))
         print("  ledger: highest seq held %s, acked as \"l\" %s" % (d["ledger_highest"], d["ledger_anchor"]))
         print("  compact telemetry frames: %d" % d["compact_telemetry_frames"])
@@ -122,19 +124,35 @@ def cmd_broker(args):
 
 
 def cmd_stack(args):
+    from .server import Server
     files = pki.ensure(args.dir)
-    proc, port = broker.start(args.dir, args.port, files)
+    mosquitto = broker.Controlled(args.dir, args.port, files)
     try:
         db = os.path.join(args.dir, "backend.db")
-        print(json.dumps({"event": "stack", "port": port, "ca": files["ca"],
+        print(json.dumps({"event": "stack", "port": mosquitto.port, "ca": files["ca"],
                           "device_cert": files["device_cert"], "device_key": files["device_key"],
+                          "lns_cert": files["lns_cert"], "lns_key": files["lns_key"],
                           "command_public_key": files["command_public_key"], "db": db}), flush=True)
-        args.host, args.port = "127.0.0.1", port
+        args.host, args.port = "127.0.0.1", mosquitto.port
         args.ca, args.cert, args.key = files["ca"], files["backend_cert"], files["backend_key"]
         args.db, args.command_key = db, files["command_key"]
-        return cmd_serve(args)
+        server = Server(args)
+        server.controls["broker"] = lambda value: _broker_line(mosquitto, value, server.events)
+        return server.run()
     finally:
-        broker.stop(proc)
+        mosquitto.stop()
+
+
+def _broker_line(mosquitto, value, events):
+    """The stack's stdin {"broker": "stop"} / {"broker": "start"}: an outage of the broker."""
+    if value == "stop":
+        done = mosquitto.stop()
+        events("broker", state="stopped", **({} if done else {"already": True}))
+    elif value == "start":
+        done = mosquitto.start()
+        events("broker", state="started", port=mosquitto.port, **({} if done else {"already": True}))
+    else:
+        raise ValueError('"broker" must be "stop" or "start"')
 
 
 def main(argv=None):

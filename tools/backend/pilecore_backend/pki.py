@@ -14,6 +14,7 @@ FILES = {
     "broker_cert": "broker.pem", "broker_key": "broker.key",
     "backend_cert": "backend.pem", "backend_key": "backend.key",
     "device_cert": "device.pem", "device_key": "device.key",
+    "lns_cert": "lns.pem", "lns_key": "lns.key",
     "command_key": "command.key", "command_public_key": "command.pub.pem",
 }
 
@@ -57,34 +58,69 @@ def _cert(subject_cn, key, issuer, issuer_key, ca=False, usage=None, sans=()):
     return builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
+# The leaf certificates: stem, common name, extended key usage, subject alternative names.
+LEAVES = [
+    ("broker", "localhost", ExtendedKeyUsageOID.SERVER_AUTH,
+     (x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"))),
+    ("backend", "pilecore-backend", ExtendedKeyUsageOID.CLIENT_AUTH, ()),
+    ("device", "pilecore-device", ExtendedKeyUsageOID.CLIENT_AUTH, ()),
+    # The LoRaWAN network server's MQTT integration (6.2) publishes on the same broker.
+    ("lns", "pilecore network server", ExtendedKeyUsageOID.CLIENT_AUTH, ()),
+]
+
+
+def _paths(directory):
+    return {name: os.path.join(directory, f) for name, f in FILES.items()}
+
+
+def _leaf(path, stem, cn, usage, sans, ca_name, ca_key):
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write(path[stem + "_key"], _key_pem(key), True)
+    _write(path[stem + "_cert"], _cert(cn, key, ca_name, ca_key, usage=usage, sans=sans), False)
+
+
+def _command_key(path, command=None):
+    if command is None:
+        command = ec.generate_private_key(ec.SECP256R1())
+        _write(path["command_key"], _key_pem(command), True)
+    _write(path["command_public_key"], command.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), False)
+
+
 def make(directory):
-    """Write the CA, the broker's, back end's and device's certificates and the command key."""
+    """Write the CA, the broker's, back end's, device's and network server's certificates and
+    the command key."""
     os.makedirs(directory, exist_ok=True)
-    path = {name: os.path.join(directory, f) for name, f in FILES.items()}
+    path = _paths(directory)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("pilecore test CA")
     _write(path["ca_key"], _key_pem(ca_key), True)
     _write(path["ca"], _cert("pilecore test CA", ca_key, ca_name, ca_key, ca=True), False)
-    leaves = [
-        ("broker", "localhost", ExtendedKeyUsageOID.SERVER_AUTH,
-         (x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"))),
-        ("backend", "pilecore-backend", ExtendedKeyUsageOID.CLIENT_AUTH, ()),
-        ("device", "pilecore-device", ExtendedKeyUsageOID.CLIENT_AUTH, ()),
-    ]
-    for stem, cn, usage, sans in leaves:
-        key = ec.generate_private_key(ec.SECP256R1())
-        _write(path[stem + "_key"], _key_pem(key), True)
-        _write(path[stem + "_cert"], _cert(cn, key, ca_name, ca_key, usage=usage, sans=sans), False)
-    command = ec.generate_private_key(ec.SECP256R1())
-    _write(path["command_key"], _key_pem(command), True)
-    _write(path["command_public_key"], command.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), False)
+    for stem, cn, usage, sans in LEAVES:
+        _leaf(path, stem, cn, usage, sans, ca_name, ca_key)
+    _command_key(path)
     return path
 
 
 def ensure(directory):
-    """The PKI in `directory`, made unless every file is already there."""
-    path = {name: os.path.join(directory, f) for name, f in FILES.items()}
+    """The PKI in `directory`. With the CA there, only what is missing is made (signed by that
+    CA), so certificates handed out before stay valid, e.g. a directory made before the network
+    server's certificate existed gains it; without the CA everything is made anew."""
+    path = _paths(directory)
     if all(os.path.exists(p) for p in path.values()):
         return path
-    return make(directory)
+    if not (os.path.exists(path["ca"]) and os.path.exists(path["ca_key"])):
+        return make(directory)
+    with open(path["ca_key"], "rb") as f:
+        ca_key = serialization.load_pem_private_key(f.read(), password=None)
+    with open(path["ca"], "rb") as f:
+        ca_name = x509.load_pem_x509_certificate(f.read()).subject
+    for stem, cn, usage, sans in LEAVES:
+        if not (os.path.exists(path[stem + "_cert"]) and os.path.exists(path[stem + "_key"])):
+            _leaf(path, stem, cn, usage, sans, ca_name, ca_key)
+    if not os.path.exists(path["command_key"]):
+        _command_key(path)
+    elif not os.path.exists(path["command_public_key"]):
+        with open(path["command_key"], "rb") as f:
+            _command_key(path, serialization.load_pem_private_key(f.read(), password=None))
+    return path

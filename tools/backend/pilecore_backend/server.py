@@ -1,15 +1,23 @@
 """`pilecore-backend serve`: the MQTT back end (docs/protocol.md sections 1-6).
 
+Frames come over two links on one broker: the piles' own MQTT topics (6.1) and the LoRaWAN
+network server's MQTT integration (6.2, ChirpStack v4's uplink events and downlink queue).
+Both go through the same decode, de-duplication, reassembly and store; acks go back over the
+link the record came on.
+
 Threads: paho's network thread only queues what arrives; a stdin thread queues command lines;
 the main thread does everything else (decode, reassemble, store, ack, commands), so the SQLite
 connection and the reassembler have one user.
 """
 
+import base64
 import collections
+import dataclasses
 import json
 import logging
 import os
 import queue
+import re
 import signal
 import ssl
 import sys
@@ -28,6 +36,13 @@ from .store import Store
 log = logging.getLogger("pilecore-backend")
 
 UP_FILTER = "pilecore/v1/+/+/up/#"
+# 6.2: the network server's uplink events (ChirpStack v4 MQTT integration) and its downlink queue.
+LNS_FILTER = "application/+/device/+/event/up"
+LNS_DOWN_TOPIC = "application/%s/device/%s/command/down"
+FILTERS = (UP_FILTER, LNS_FILTER)
+# 3.2: "over LoRaWAN a downlink carries 51 bytes at most, so one key per ack there".
+LORAWAN_ACK_MAX = 51
+DEV_EUI = re.compile(r"[0-9A-Fa-f]{16}\Z")
 # 6.1: the class level of an up topic, by message type.
 TOPIC_CLASS = {0x01: "control", 0x02: "transaction", 0x03: "status", 0x04: "telemetry", 0x05: "telemetry"}
 # An ack frame's largest size. 3.2 bounds nothing but a frame's 65535 payload bytes; acks are
@@ -35,6 +50,55 @@ TOPIC_CLASS = {0x01: "control", 0x02: "transaction", 0x03: "status", 0x04: "tele
 ACK_FRAME_MAX = 4096
 BATCH = 256  # up frames handled before the acks they earned are published
 FORBIDDEN_IN_IDS = set("/+#")
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """Where an up frame came from, and so where the acks it earns go: a pile's own MQTT topics
+    (site, pile) or the network server (application id, DevEUI, FPort)."""
+    link: str  # "mqtt" or "lorawan"
+    site: str = None
+    pile: str = None
+    application_id: str = None
+    dev_eui: str = None
+    f_port: int = None
+
+
+class BadEvent(ValueError):
+    """A network server event that does not carry a frame as 6.2 describes."""
+
+
+def parse_lns_event(topic, data):
+    """An uplink event of the network server (ChirpStack v4's `event/up` JSON): the Origin and
+    the frame (the base64 `data`). Raises BadEvent."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[0] != "application" or parts[2] != "device" or parts[4:] != ["event", "up"]:
+        raise BadEvent("not application/<applicationId>/device/<devEui>/event/up")
+    application_id, dev_eui = parts[1], parts[3]
+    try:
+        event = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BadEvent("not JSON: %s" % exc) from exc
+    if not isinstance(event, dict):
+        raise BadEvent("not a JSON object")
+    info = event.get("deviceInfo")
+    if not isinstance(info, dict):
+        raise BadEvent("no deviceInfo object")
+    if info.get("applicationId") != application_id or info.get("devEui") != dev_eui:
+        raise BadEvent("deviceInfo's applicationId and devEui are not the topic's")
+    if not DEV_EUI.match(dev_eui):
+        raise BadEvent("devEui is not 16 hex digits")
+    f_port = event.get("fPort")
+    if not isinstance(f_port, int) or isinstance(f_port, bool) or not 1 <= f_port <= 223:
+        raise BadEvent("fPort must be an integer 1..223")
+    text = event.get("data")
+    if not isinstance(text, str) or not text:
+        raise BadEvent("no data")
+    try:
+        frame = base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise BadEvent("data is not base64: %s" % exc) from exc
+    return Origin("lorawan", application_id=application_id, dev_eui=dev_eui, f_port=f_port), frame
 
 
 class Events:
@@ -75,8 +139,11 @@ def json_to_cbor_args(value):
 
 
 class Server:
-    def __init__(self, args, events=None):
+    def __init__(self, args, events=None, controls=None):
         self.args = args
+        # stdin lines {"<name>": value} handled by controls[name](value) instead of as commands
+        # (the stack's {"broker": "stop"|"start"}).
+        self.controls = controls if controls is not None else {}
         self.events = events or Events()
         self.store = Store(args.db)
         self.command_key = load_private_key(args.command_key) if args.command_key else None
@@ -112,14 +179,15 @@ class Server:
             log.warning("broker refused the connection: %s", mqtt.connack_string(rc))
             return
         log.info("connected to %s:%d", self.args.host, self.args.port)
-        # A clean session: subscribe again on every connection (6.1).
-        client.subscribe(UP_FILTER, qos=1)
+        # A clean session: subscribe again on every connection (6.1), to both links' topics.
+        client.subscribe([(f, 1) for f in FILTERS])
 
     def _on_subscribe(self, client, userdata, mid, granted_qos):
-        if granted_qos and granted_qos[0] == 0x80:
-            log.error("the broker refused the subscription to %s", UP_FILTER)
-            return
-        self.inbox.put(("subscribed",))
+        refused = [f for f, q in zip(FILTERS, granted_qos) if q == 0x80]
+        for f in refused:
+            log.error("the broker refused the subscription to %s", f)
+        if not refused:
+            self.inbox.put(("subscribed",))
 
     def _on_disconnect(self, client, userdata, rc):
         if not self.stopping:
@@ -130,6 +198,14 @@ class Server:
         """Downlink frames go to the pile's down/cmd, QoS 1, retain false (6.1). paho keeps a
         QoS 1 message queued while disconnected and sends it after reconnecting."""
         self.client.publish("pilecore/v1/%s/%s/down/cmd" % (site, pile), data, qos=1, retain=False)
+
+    def publish_lorawan(self, origin, data):
+        """A downlink frame for the network server's queue (6.2): ChirpStack v4's command/down
+        JSON, on the FPort the uplink used; it goes in the receive window after an uplink."""
+        message = {"devEui": origin.dev_eui, "confirmed": False, "fPort": origin.f_port,
+                   "data": base64.b64encode(data).decode("ascii")}
+        self.client.publish(LNS_DOWN_TOPIC % (origin.application_id, origin.dev_eui), json.dumps(message),
+                            qos=1, retain=False)
 
     # Main loop
 
@@ -192,7 +268,8 @@ class Server:
 
     def _handle_ups(self, items):
         """Handle a batch of up frames (those queued now), each committed on its own, then
-        publish the acks they earned: one ack per pile with every key (3.2)."""
+        publish the acks they earned: one ack per pile and link with every key (3.2), one key
+        per ack over LoRaWAN."""
         while len(items) < BATCH:
             try:
                 nxt = self.inbox.get_nowait()
@@ -202,40 +279,87 @@ class Server:
                 self.pushback = nxt  # stop, eof or a command: the main loop's, in its turn
                 break
             items.append(nxt)
-        acks = collections.OrderedDict()  # (site, pile, device) -> keys, in arrival order
+        acks = collections.OrderedDict()  # (origin, device) -> keys, in arrival order
         for _, topic, data in items:
             try:
-                self._handle_up(topic, data, acks)
+                if topic.startswith("application/"):
+                    self._handle_lns_event(topic, data, acks)
+                else:
+                    self._handle_up(topic, data, acks)
             except Exception:  # a bug must cost one frame (rolled back, resent by the pile), not the server
                 log.exception("failed on a message on %s", topic)
-        for (site, pile, device), keys in acks.items():
-            self._send_acks(site, pile, device, keys)
+        for (origin, device), keys in acks.items():
+            if origin.link == "lorawan":
+                self._send_lorawan_acks(origin, device, keys)
+            else:
+                self._send_acks(origin.site, origin.pile, device, keys)
 
     def _handle_up(self, topic, data, acks):
         parts = topic.split("/")
         if len(parts) != 6:
             log.warning("ignored a message on %s: not pilecore/v1/<site>/<pile>/up/<class>", topic)
             return
-        site, pile = parts[2], parts[3]
+        self._handle_frame(Origin("mqtt", site=parts[2], pile=parts[3]), data, acks, topic_class=parts[5])
+
+    def _handle_lns_event(self, topic, data, acks):
+        """6.2: an uplink event of the network server carries one frame in its `data`."""
+        try:
+            origin, frame = parse_lns_event(topic, data)
+        except BadEvent as exc:
+            parts = topic.split("/")
+            application_id, dev_eui = (parts[1], parts[3]) if len(parts) == 6 else (None, None)
+            with self.store.transaction():
+                device = self.store.device_for_lorawan(application_id, dev_eui)
+                self.store.refusal(device, "bad_event")
+            log.warning("refused a network server event on %s: %s", topic, exc)
+            self.events("refused", reason="bad_event", detail=str(exc), link="lorawan",
+                        application_id=application_id, dev_eui=dev_eui, device=device)
+            return
+        self._handle_frame(origin, frame, acks)
+
+    def _where(self, origin, device):
+        """The fields that say where a frame came from, for events. A LoRaWAN frame's site and
+        pile are those the device last used over MQTT (None when it has not)."""
+        if origin.link == "mqtt":
+            return dict(link="mqtt", site=origin.site, pile=origin.pile)
+        site, pile = self.store.pile_of(device) if device is not None else (None, None)
+        return dict(link="lorawan", site=site, pile=pile, application_id=origin.application_id,
+                    dev_eui=origin.dev_eui, f_port=origin.f_port)
+
+    def _origin_device(self, origin):
+        if origin.link == "mqtt":
+            return self.store.device_for(origin.site, origin.pile)
+        return self.store.device_for_lorawan(origin.application_id, origin.dev_eui)
+
+    def _handle_frame(self, origin, data, acks, topic_class=None):
+        """One up frame from either link: decode, drop a second delivery, reassemble, store."""
         with self.store.transaction():
             try:
                 frame = decode_frame(data)
             except Refused as exc:
                 # Counted against the header's device id when its bytes arrived, else against
-                # the device last seen on this topic (section 7 counts by reason only).
-                device = int.from_bytes(data[4:8], "big") if len(data) >= 8 else self.store.device_for(site, pile)
-                return self._refused(exc, site, pile, device)
+                # the device last seen on this topic or DevEUI (section 7 counts by reason only).
+                device = int.from_bytes(data[4:8], "big") if len(data) >= 8 else self._origin_device(origin)
+                if device is not None:
+                    self.store.count_frame(device, origin.link)
+                return self._refused(exc, origin, device)
+            self.store.count_frame(frame.device, origin.link)
+            where = self._where(origin, frame.device)
             if frame.type not in UP_TYPES:
                 # Section 7: a frame of the other direction is ignored and counted apart.
                 self.store.refusal(frame.device, "wrong_direction")
-                self.events("refused", reason="wrong_direction", site=site, pile=pile, device=frame.device,
-                            detail="%s frame on an up topic" % TYPE_NAMES[frame.type])
+                self.events("refused", reason="wrong_direction", device=frame.device,
+                            detail="%s frame on an up topic" % TYPE_NAMES[frame.type], **where)
                 return
-            if TOPIC_CLASS[frame.type] != parts[5]:
-                log.warning("a %s frame of device %d on %s", TYPE_NAMES[frame.type], frame.device, topic)
-            self.store.remember_pile(site, pile, frame.device)
+            if origin.link == "mqtt":
+                if TOPIC_CLASS[frame.type] != topic_class:
+                    log.warning("a %s frame of device %d on %s/%s up/%s", TYPE_NAMES[frame.type], frame.device,
+                                origin.site, origin.pile, topic_class)
+                self.store.remember_pile(origin.site, origin.pile, frame.device)
+            else:
+                self.store.remember_lorawan(origin.application_id, origin.dev_eui, frame.device)
             if self.store.frame_seen(frame.device, frame.seq):
-                self.events("duplicate", level="frame", site=site, pile=pile, device=frame.device, seq=frame.seq)
+                self.events("duplicate", level="frame", device=frame.device, seq=frame.seq, **where)
                 return
             try:
                 if frame.is_fragment:
@@ -246,18 +370,19 @@ class Server:
                     message = fragment.Message(frame.type, frame.device, frame.timestamp, frame.seq, frame.payload)
                 value = decode_payload(message.type, message.payload)
             except Refused as exc:
-                return self._refused(exc, site, pile, frame.device)
+                return self._refused(exc, origin, frame.device)
             if message.type == TELEMETRY_COMPACT:
                 self.store.put_telemetry(message.device, message.timestamp, value)
-                self.events("telemetry", site=site, pile=pile, device=message.device, time=message.timestamp,
+                self.events("telemetry", device=message.device, time=message.timestamp,
                             connectors=[dict(connector=r.connector, status=r.status_name, power_w=r.power_w,
-                                             meter_wh=r.meter_wh) for r in value])
+                                             meter_wh=r.meter_wh) for r in value], **where)
                 return
-            self._record(site, pile, message, value, acks)
+            self._record(origin, where, message, value, acks)
 
-    def _record(self, site, pile, message, record, acks):
-        new = self.store.put_record(message.device, site, pile, message.type, record, message.seq, message.timestamp)
-        common = dict(site=site, pile=pile, device=message.device, key=record.key, kind=record.kind)
+    def _record(self, origin, where, message, record, acks):
+        new = self.store.put_record(message.device, where["site"], where["pile"], message.type, record,
+                                    message.seq, message.timestamp, origin.link)
+        common = dict(device=message.device, key=record.key, kind=record.kind, **where)
         if not new:
             self.events("duplicate", level="record", **common)
         else:
@@ -267,19 +392,20 @@ class Server:
                 matched = self.store.match_result(message.device, record.key, record.body)
                 if matched:
                     q, name = matched
-                    self.events("command_result", site=site, pile=pile, device=message.device, q=q,
-                                command=name, key=record.key, result=cbor.to_json(record.body))
+                    self.events("command_result", site=where["site"], pile=where["pile"], device=message.device,
+                                q=q, command=name, key=record.key, result=cbor.to_json(record.body))
                     if self.in_flight.get(message.device, (None,))[0] == q:
                         del self.in_flight[message.device]
                         self._send_waiting(message.device)
-        # Acknowledged again whether new or not: the pile resends until it sees the key (3.1).
-        keys = acks.setdefault((site, pile, message.device), [])
+        # Acknowledged again whether new or not: the pile resends until it sees the key (3.1),
+        # over the link the record came on.
+        keys = acks.setdefault((origin, message.device), [])
         if record.key not in keys:
             keys.append(record.key)
 
-    def _refused(self, exc, site, pile, device):
+    def _refused(self, exc, origin, device):
         self.store.refusal(device, exc.reason)
-        self.events("refused", reason=exc.reason, detail=exc.detail, site=site, pile=pile, device=device)
+        self.events("refused", reason=exc.reason, detail=exc.detail, device=device, **self._where(origin, device))
 
     def _send_acks(self, site, pile, device, keys):
         """Ack frames with `keys` (after their commit). "l" is the ledger anchor (store.py)."""
@@ -298,13 +424,56 @@ class Server:
         for i, chunk in enumerate(chunks):
             seq = (first + i) & 0xFFFFFFFF
             self.publish(site, pile, encode_frame(Frame(ACK, device, now, seq, encode_ack(Ack(chunk, ledger)))))
-            self.events("ack", site=site, pile=pile, device=device, seq=seq, keys=chunk, l=ledger)
+            self.events("ack", link="mqtt", site=site, pile=pile, device=device, seq=seq, keys=chunk, l=ledger)
+
+    def _send_lorawan_acks(self, origin, device, keys):
+        """3.2 over LoRaWAN: one key per ack frame, each frame at most 51 bytes. "l" goes along
+        while the frame still fits; a key whose ack does not fit even without it is not acked
+        here: it is acked when the pile resends it over MQTT."""
+        ledger = self.store.ledger_anchor(device)
+        payloads = []
+        for key in keys:
+            payload = encode_ack(Ack([key], ledger))
+            if ledger is not None and HEADER_SIZE + len(payload) > LORAWAN_ACK_MAX:
+                payload = encode_ack(Ack([key], None))
+            if HEADER_SIZE + len(payload) > LORAWAN_ACK_MAX:
+                log.warning("not acking %r of device %d over LoRaWAN: its ack is %d bytes, over %d",
+                            key, device, HEADER_SIZE + len(payload), LORAWAN_ACK_MAX)
+                self.events("ack_too_large", device=device, key=key, bytes=HEADER_SIZE + len(payload),
+                            **self._where(origin, device))
+                continue
+            payloads.append((key, payload, ledger if payload == encode_ack(Ack([key], ledger)) else None))
+        if not payloads:
+            return
+        with self.store.transaction():
+            first = self.store.next_down_seq(device, len(payloads))
+        now = int(time.time())
+        where = self._where(origin, device)
+        for i, (key, payload, anchor) in enumerate(payloads):
+            seq = (first + i) & 0xFFFFFFFF
+            self.publish_lorawan(origin, encode_frame(Frame(ACK, device, now, seq, payload)))
+            self.events("ack", device=device, seq=seq, keys=[key], l=anchor, **where)
 
     # Commands
 
     def _command_line(self, line):
         try:
             request = json.loads(line)
+        except ValueError as exc:
+            self.events("error", what="command", message="not JSON: %s" % exc, line=line.strip())
+            return
+        if isinstance(request, dict) and len(request) == 1 and next(iter(request)) in self.controls:
+            name, value = next(iter(request.items()))
+            try:
+                self.controls[name](value)
+            except (ValueError, RuntimeError, OSError) as exc:
+                self.events("error", what=name, message=str(exc), line=line.strip())
+            return
+        try:
+            if not isinstance(request, dict):
+                raise ValueError("a command line is a JSON object")
+            if "broker" in request and "command" not in request:
+                raise ValueError("broker lines are for pilecore-backend stack, which runs the broker")
             site, pile, name = request["site"], request["pile"], request["command"]
             for ident in (site, pile):
                 if not isinstance(ident, str) or not ident or FORBIDDEN_IN_IDS & set(ident):

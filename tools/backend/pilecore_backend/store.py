@@ -1,5 +1,6 @@
 """The back end's durable store (SQLite): records once per (device, key), frame de-duplication,
-the ledger anchor, downlink counters and the commands sent.
+the ledger anchor, downlink counters, the commands sent, and which link (MQTT or LoRaWAN through
+the network server) brought what.
 
 Every change a frame causes is made in one transaction, committed before any ack for it is
 published (docs/protocol.md 3.2: "Send it after the records are committed on your side").
@@ -20,7 +21,9 @@ CREATE TABLE IF NOT EXISTS devices (
     transfer_id INTEGER NOT NULL DEFAULT 0,  -- the last downlink transfer id used
     ledger_anchor INTEGER,                   -- the "l" acked: end of the run of ledger seqs held
     frame_duplicates INTEGER NOT NULL DEFAULT 0,
-    compact_frames INTEGER NOT NULL DEFAULT 0
+    compact_frames INTEGER NOT NULL DEFAULT 0,
+    mqtt_frames INTEGER NOT NULL DEFAULT 0,     -- frames received per link (schema 1)
+    lorawan_frames INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS piles (
     site TEXT NOT NULL, pile TEXT NOT NULL, device INTEGER NOT NULL, last_seen REAL NOT NULL,
@@ -31,10 +34,15 @@ CREATE TABLE IF NOT EXISTS records (
     body BLOB NOT NULL,  -- the record's "b", CBOR as received
     site TEXT NOT NULL, pile TEXT NOT NULL, frame_seq INTEGER NOT NULL, frame_time INTEGER NOT NULL,
     received REAL NOT NULL, duplicates INTEGER NOT NULL DEFAULT 0,
+    link TEXT NOT NULL DEFAULT 'mqtt',  -- the link it first arrived on: mqtt or lorawan (schema 1)
     PRIMARY KEY (device, key)
 );
 CREATE TABLE IF NOT EXISTS ledger (
     device INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (device, seq)
+);
+CREATE TABLE IF NOT EXISTS lorawan (  -- where a device's LoRaWAN uplinks come from (6.2)
+    application_id TEXT NOT NULL, dev_eui TEXT NOT NULL, device INTEGER NOT NULL,
+    last_seen REAL NOT NULL, PRIMARY KEY (application_id, dev_eui)
 );
 CREATE TABLE IF NOT EXISTS frames_seen (
     device INTEGER NOT NULL, seq INTEGER NOT NULL, received REAL NOT NULL,
@@ -60,6 +68,17 @@ CREATE TABLE IF NOT EXISTS commands (
 );
 """
 
+# PRAGMA user_version. 0: before the LoRaWAN link; 1: the columns marked "schema 1" above.
+SCHEMA_VERSION = 1
+# What each version added to a table that existed before it, to migrate an older database.
+ADDED_COLUMNS = {
+    1: [("devices", "mqtt_frames", "INTEGER NOT NULL DEFAULT 0"),
+        ("devices", "lorawan_frames", "INTEGER NOT NULL DEFAULT 0"),
+        # A record stored before version 1 came over MQTT, the only link then.
+        ("records", "link", "TEXT NOT NULL DEFAULT 'mqtt'")],
+}
+LINKS = ("mqtt", "lorawan")
+
 UNKNOWN_DEVICE = -1
 LEDGER_KEY = re.compile(r"ledger:(0|[1-9][0-9]*)\Z")
 ACCEPTED_RESULT_KEY = re.compile(r"cmd:([1-9][0-9]*)\Z")
@@ -73,6 +92,21 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it is acked
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self):
+        """Bring a database made by an older back end to SCHEMA_VERSION. SCHEMA made the tables
+        that were missing (with every column); tables that existed get the columns added since."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        with self.transaction():
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for table, column, decl in ADDED_COLUMNS.get(v, ()):
+                    have = {row[1] for row in self.db.execute("PRAGMA table_info(%s)" % table)}
+                    if column not in have:
+                        self.db.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, decl))
+            self.db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
 
     def close(self):
         self.db.close()
@@ -94,6 +128,29 @@ class Store:
         row = self.db.execute("SELECT device FROM piles WHERE site = ? AND pile = ?", (site, pile)).fetchone()
         return row[0] if row else None
 
+    def pile_of(self, device):
+        """(site, pile) the device was last seen on over MQTT, or (None, None)."""
+        row = self.db.execute("SELECT site, pile FROM piles WHERE device = ? ORDER BY last_seen DESC LIMIT 1",
+                              (device,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def remember_lorawan(self, application_id, dev_eui, device):
+        self._device(device)
+        self.db.execute("INSERT INTO lorawan VALUES (?, ?, ?, ?) ON CONFLICT (application_id, dev_eui) DO UPDATE"
+                        " SET device = excluded.device, last_seen = excluded.last_seen",
+                        (application_id, dev_eui, device, time.time()))
+
+    def device_for_lorawan(self, application_id, dev_eui):
+        row = self.db.execute("SELECT device FROM lorawan WHERE application_id = ? AND dev_eui = ?",
+                              (application_id, dev_eui)).fetchone()
+        return row[0] if row else None
+
+    def count_frame(self, device, link):
+        """One frame received over `link` (mqtt or lorawan) naming this device."""
+        assert link in LINKS, link
+        self._device(device)
+        self.db.execute("UPDATE devices SET %s_frames = %s_frames + 1 WHERE device = ?" % (link, link), (device,))
+
     def frame_seen(self, device, seq):
         """Section 1: drop a second delivery of one frame. Returns True for a duplicate (and
         counts it); otherwise remembers the frame and returns False."""
@@ -113,15 +170,17 @@ class Store:
         self.db.execute("INSERT INTO refusals VALUES (?, ?, 1) ON CONFLICT (device, reason)"
                         " DO UPDATE SET count = count + 1", (device, reason))
 
-    def put_record(self, device, site, pile, mtype, record, frame_seq, frame_time):
-        """Store a record once per (device, key). Returns True when it is new, False when the
-        key was already held (the duplicate is counted)."""
+    def put_record(self, device, site, pile, mtype, record, frame_seq, frame_time, link="mqtt"):
+        """Store a record once per (device, key), whichever link brought it (4: the back end
+        merges both); `link` is kept from its first arrival. Returns True when it is new, False
+        when the key was already held (the duplicate is counted)."""
+        assert link in LINKS, link
         self._device(device)
         cur = self.db.execute(
             "INSERT OR IGNORE INTO records (device, key, type, kind, body, site, pile, frame_seq,"
-            " frame_time, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (device, record.key, mtype, record.kind, cbor.dumps(record.body), site, pile,
-             frame_seq, frame_time, time.time()))
+            " frame_time, received, link) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (device, record.key, mtype, record.kind, cbor.dumps(record.body), site or "", pile or "",
+             frame_seq, frame_time, time.time(), link))
         if not cur.rowcount:
             self.db.execute("UPDATE records SET duplicates = duplicates + 1 WHERE device = ? AND key = ?",
                             (device, record.key))
@@ -207,7 +266,8 @@ class Store:
         return row
 
     def report(self):
-        """Per device: records by kind, duplicates, refusals by reason, the ledger, the keys."""
+        """Per device: records by kind and by the link they first came on, frames per link,
+        duplicates, refusals by reason, the ledger, the keys."""
         devices = {}
 
         def entry(device):
@@ -215,13 +275,17 @@ class Store:
                 "device": device, "piles": [], "records": {}, "record_duplicates": 0,
                 "frame_duplicates": 0, "refusals": {}, "ledger_highest": None,
                 "ledger_anchor": None, "compact_telemetry_frames": 0, "commands": 0,
-                "commands_answered": 0, "keys": []})
+                "commands_answered": 0, "keys": [],
+                "links": {link: 0 for link in LINKS}, "records_by_link": {link: 0 for link in LINKS},
+                "lorawan": []})
 
         q = self.db.execute
-        for device, frame_dups, anchor, compact in q(
-                "SELECT device, frame_duplicates, ledger_anchor, compact_frames FROM devices"):
+        for device, frame_dups, anchor, compact, mqtt, lorawan in q(
+                "SELECT device, frame_duplicates, ledger_anchor, compact_frames, mqtt_frames, lorawan_frames"
+                " FROM devices"):
             d = entry(device)
-            d.update(frame_duplicates=frame_dups, ledger_anchor=anchor, compact_telemetry_frames=compact)
+            d.update(frame_duplicates=frame_dups, ledger_anchor=anchor, compact_telemetry_frames=compact,
+                     links={"mqtt": mqtt, "lorawan": lorawan})
         for site, pile, device in q("SELECT site, pile, device FROM piles ORDER BY site, pile"):
             entry(device)["piles"].append("%s/%s" % (site, pile))
         for device, kind, n, dups in q("SELECT device, kind, COUNT(*), SUM(duplicates) FROM records"
@@ -229,6 +293,11 @@ class Store:
             d = entry(device)
             d["records"][kind] = n
             d["record_duplicates"] += dups
+        for device, link, n in q("SELECT device, link, COUNT(*) FROM records GROUP BY device, link"):
+            entry(device)["records_by_link"][link] = n
+        for application_id, dev_eui, device in q("SELECT application_id, dev_eui, device FROM lorawan"
+                                                 " ORDER BY application_id, dev_eui"):
+            entry(device)["lorawan"].append("%s/%s" % (application_id, dev_eui))
         for device, key in q("SELECT device, key FROM records ORDER BY device, key"):
             entry(device)["keys"].append(key)
         for device, highest in q("SELECT device, MAX(seq) FROM ledger GROUP BY device"):

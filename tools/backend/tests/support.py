@@ -1,5 +1,6 @@
 """Test helpers: the examples of docs/protocol.md, and processes (broker, back end, fake pile)."""
 
+import base64
 import json
 import os
 import queue
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import cbor2
 import paho.mqtt.client as mqtt
@@ -234,3 +236,91 @@ class FakePile:
     def acks_naming(self, key):
         with self.lock:
             return [a for a in self.acks if key in a["a"]]
+
+
+class FakeNetworkServer:
+    """A LoRaWAN network server's MQTT integration, shaped like ChirpStack v4's (docs/protocol.md
+    6.2), with the network server's certificate: it publishes uplink events and collects what
+    the back end queues as downlinks."""
+
+    def __init__(self, pki, port, application_id="a5d1e4b2-0c3f-4d7e-9a61-2f0e8c7b1d42"):
+        self.application_id = application_id
+        self.lock = threading.Condition()
+        self.downlinks = []  # (topic, the command/down JSON)
+        self.f_cnt = 0
+        self.client = mqtt.Client(client_id="lns-%s" % uuid.uuid4().hex[:8], clean_session=True)
+        self.client.tls_set(ca_certs=pki["ca"], certfile=pki["lns_cert"], keyfile=pki["lns_key"],
+                            tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.reconnect_delay_set(1, 2)
+        self.client.on_connect = lambda c, u, f, rc: c.subscribe("application/+/device/+/command/down", 1)
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+        if not self.subscribed.wait(WAIT):
+            raise AssertionError("the fake network server did not subscribe")
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_message(self, client, userdata, msg):
+        with self.lock:
+            self.downlinks.append((msg.topic, json.loads(msg.payload)))
+            self.lock.notify_all()
+
+    def topic(self, dev_eui):
+        return "application/%s/device/%s/event/up" % (self.application_id, dev_eui)
+
+    def event(self, dev_eui, frame, f_port=10):
+        """An uplink event as ChirpStack v4 publishes it, carrying `frame`."""
+        with self.lock:
+            self.f_cnt += 1
+            f_cnt = self.f_cnt
+        return {"deduplicationId": str(uuid.uuid4()),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                "deviceInfo": {"tenantId": "52f14cd4-c6f1-4fbd-8f87-4025e1d49242", "tenantName": "pilecore",
+                               "applicationId": self.application_id, "applicationName": "piles",
+                               "deviceProfileId": "9b6a4f2e-1d3c-4b5a-8e7f-0a1b2c3d4e5f",
+                               "deviceProfileName": "RAK3172 CN470", "deviceName": "pile-" + dev_eui[-4:],
+                               "devEui": dev_eui},
+                "devAddr": "00c4f1a2", "adr": True, "dr": 5, "fCnt": f_cnt, "fPort": f_port, "confirmed": False,
+                "data": base64.b64encode(frame).decode("ascii"),
+                "rxInfo": [{"gatewayId": "0016c001ff10a235", "rssi": -57, "snr": 10.5}],
+                "txInfo": {"frequency": 486300000, "modulation": {"lora": {"bandwidth": 125000,
+                                                                            "spreadingFactor": 7,
+                                                                            "codeRate": "CR_4_5"}}}}
+
+    def uplink(self, dev_eui, frame, f_port=10):
+        self.publish(dev_eui, json.dumps(self.event(dev_eui, frame, f_port)))
+
+    def publish(self, dev_eui, payload):
+        self.client.publish(self.topic(dev_eui), payload, qos=1)
+
+    def wait(self, pred, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while not pred():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("fake network server: condition not met in %ds (downlinks %s)"
+                                         % (timeout, self.downlinks[-5:]))
+                self.lock.wait(left)
+
+    def acks(self, dev_eui=None):
+        """The ack frames queued as downlinks: (topic, message JSON, frame bytes, header, ack map)."""
+        out = []
+        with self.lock:
+            downlinks = list(self.downlinks)
+        for topic, message in downlinks:
+            if dev_eui is not None and message.get("devEui") != dev_eui:
+                continue
+            data = base64.b64decode(message["data"], validate=True)
+            header = HEADER.unpack_from(data)
+            if header[1] == 0x81:
+                out.append((topic, message, data, header, cbor2.loads(data[16:])))
+        return out
+
+    def acks_naming(self, key, dev_eui=None):
+        return [a for a in self.acks(dev_eui) if key in a[4]["a"]]

@@ -202,6 +202,9 @@ class Server(Base):
         self.assertIn("transfer bounds", self.event(event="error", command="firmware")["message"])
         self.server.command(site="s9", pile="p9", device=9, command="status")
         self.assertEqual(self.event(event="command", device=9)["q"], 1)
+        # Only the stack runs its broker: to serve, a broker line is a bad command.
+        self.server.command(broker="stop")
+        self.assertIn("stack", self.event(event="error", line='{"broker": "stop"}')["message"])
 
 
 class Restarts(Base):
