@@ -921,6 +921,10 @@ void Runtime::start_uplink() {
   // The risk layer's emergency guard sees every command frame before its signature is checked.
   downlink->admit = [this] { return admit(risk::Inbound::remote_command); };
   uplink_ = std::make_unique<Uplink>(*clock_, *scheduler_, *store_, std::move(settings), std::move(downlink));
+  // A record a money operation, a ledger append or a close committed leaves at once.
+  store_->on_enqueued([this] {
+    if (uplink_) uplink_->wake();
+  });
   for (const auto& inst : instances_) {
     if (inst->kind() == Kind::link && inst->state() == InstanceState::running) uplink_->add_link(inst->spec().name, inst->as<link::Link>());
   }

@@ -172,7 +172,9 @@ OutboxStats OutboxRepository::stats() {
 std::optional<Enqueued> enqueue_uplink(Database& db, const protocol::Record& record, UplinkClass cls) {
   const auto* uplink = db.uplink();
   if (uplink == nullptr) return std::nullopt;
-  return OutboxRepository(db, uplink->limits).enqueue(record, cls, uplink->clock->now());
+  auto enqueued = OutboxRepository(db, uplink->limits).enqueue(record, cls, uplink->clock->now());
+  db.note_enqueued();
+  return enqueued;
 }
 
 }  // namespace pilecore::core

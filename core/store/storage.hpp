@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <utility>
 
 #include "outbox_limits.hpp"
 #include "pilecore/clock.hpp"
@@ -56,12 +57,18 @@ class Database {
   };
   void enable_uplink(OutboxLimits limits, const Clock& clock) { uplink_ = Uplink{limits, &clock}; }
   [[nodiscard]] const Uplink* uplink() const { return uplink_.clock != nullptr ? &uplink_ : nullptr; }
+  /// A record was enqueued on this connection (enqueue_uplink); the storage thread takes the
+  /// mark after each commit (take_enqueued) and tells the sender, so a record a money operation
+  /// or a ledger append committed leaves at once, not at the sender's next timer.
+  void note_enqueued() { enqueued_ = true; }
+  [[nodiscard]] bool take_enqueued() { return std::exchange(enqueued_, false); }
 
  private:
   std::filesystem::path path_;
   sqlite3* db_ = nullptr;
   std::map<std::string, sqlite3_stmt*, std::less<>> prepared_;
   Uplink uplink_;
+  bool enqueued_ = false;
 };
 
 }  // namespace pilecore::core

@@ -49,6 +49,7 @@ struct StoreWorker::Impl {
   std::condition_variable wake;
   std::deque<Item> queue;
   bool stopping = false;  // under mutex: no more submits are accepted
+  std::function<void()> on_enqueued;  // under mutex
   bool joined = false;
   std::thread thread;
   std::atomic<std::uint64_t> commits{0};
@@ -171,6 +172,14 @@ struct StoreWorker::Impl {
     if (open) {
       if (raw_exec(h, "COMMIT") == SQLITE_OK) {
         ++commits;
+        if (db.take_enqueued()) {
+          std::function<void()> hook;
+          {
+            std::lock_guard lock(mutex);
+            hook = on_enqueued;
+          }
+          if (hook) post(std::move(hook));
+        }
       } else {
         const std::string why = sqlite3_errmsg(h);
         if (sqlite3_get_autocommit(h) == 0) raw_exec(h, "ROLLBACK");
@@ -194,6 +203,11 @@ StoreWorker::StoreWorker(Database& db, Poster post_to_strand, std::chrono::milli
 StoreWorker::~StoreWorker() { stop(); }
 
 void StoreWorker::submit(Work work, Done done) { impl_->enqueue(std::move(work), std::move(done), false); }
+
+void StoreWorker::on_enqueued(std::function<void()> fn) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->on_enqueued = std::move(fn);
+}
 
 void StoreWorker::submit_deferred(Work work, Done done) { impl_->enqueue(std::move(work), std::move(done), true); }
 

@@ -54,6 +54,9 @@ class StoreWorker {
   void submit(Work work, Done done);
   void submit_deferred(Work work, Done done);
   void run_sync(const std::function<void(Database&)>& fn);
+  /// Posted to the strand after a commit in which a work enqueued an uplink record
+  /// (Database::note_enqueued): the uplink sender's wake. Set before the first submit.
+  void on_enqueued(std::function<void()> fn);
   void stop();
 
   /// Commits made and works written, and the commits that held deferred works only (the linger

@@ -47,7 +47,12 @@ Uplink::~Uplink() {
   stop();
 }
 
-void Uplink::add_link(std::string name, link::Link* l) { links_.push_back({std::move(name), l}); }
+void Uplink::add_link(std::string name, link::Link* l) {
+  LinkRef ref;
+  ref.name = std::move(name);
+  ref.link = l;
+  links_.push_back(std::move(ref));
+}
 
 void Uplink::start() {
   running_ = true;
@@ -63,7 +68,10 @@ void Uplink::start() {
 void Uplink::stop() {
   if (!running_) return;
   running_ = false;
-  for (auto& l : links_) l.link->set_receiver({});
+  for (auto& l : links_) {
+    l.link->set_receiver({});
+    l.queue.clear();
+  }
   scheduler_.cancel(timer_);
   scheduler_.cancel(heartbeat_timer_);
   timer_ = heartbeat_timer_ = 0;
@@ -79,12 +87,15 @@ bool Uplink::any_link_up() const {
 
 std::vector<protocol::LinkSnapshot> Uplink::snapshots() const {
   std::vector<protocol::LinkSnapshot> out;
+  const TimePoint now = clock_.now();
   for (const auto& l : links_) {
     const link::Limits lim = l.link->limits();
     // A duty-cycled link (LoRaWAN) carries a record whole or not at all: a fragmented record
     // would hold the air for minutes; the other link takes it.
     const bool duty_cycled = lim.duty_cycle_ppm < 1000000;
-    out.push_back({.name = l.name, .up = l.link->state() == link::State::up, .mtu = lim.mtu, .may_send_now = true,
+    const bool carrying = l.one_at_a_time && (l.in_flight > 0 || !l.queue.empty());
+    const bool resting = l.rest_until && now < *l.rest_until;
+    out.push_back({.name = l.name, .up = l.link->state() == link::State::up, .mtu = lim.mtu, .may_send_now = !carrying && !resting,
                    .max_fragments = duty_cycled ? std::uint16_t{1} : kMaxFragmentsPerRecord});
   }
   return out;
@@ -204,15 +215,55 @@ void Uplink::send_record(const OutboxRecord& record) {
 void Uplink::send_frame(const std::string& name, protocol::Bytes frame, UplinkClass cls) {
   for (auto& l : links_) {
     if (l.name != name) continue;
-    l.link->send(frame, protocol::traffic_class(cls), [this, alive = alive_, name](Status st) {
-      if (!*alive) return;
-      if (st.ok()) {
-        ++stats_.frames_sent;
-      } else {
-        ++stats_.send_failures;
-        spdlog::debug("uplink: link {} did not take a frame: {}", name, st.message());
-      }
+    l.queue.emplace_back(std::move(frame), cls);
+    drain(l);
+    return;
+  }
+}
+
+void Uplink::drain(LinkRef& l) {
+  while (!l.queue.empty() && (!l.one_at_a_time || l.in_flight == 0)) {
+    auto [frame, cls] = std::move(l.queue.front());
+    l.queue.pop_front();
+    ++l.in_flight;
+    // `done` may run inside send() (the SDK allows it): sent() then drains again, which only
+    // pops what this loop has not.
+    l.link->send(frame, protocol::traffic_class(cls), [this, alive = alive_, name = l.name](Status st) {
+      if (*alive) sent(name, st);
     });
+  }
+}
+
+void Uplink::sent(const std::string& name, const Status& st) {
+  for (auto& l : links_) {
+    if (l.name != name) continue;
+    if (l.in_flight > 0) --l.in_flight;
+    if (st.ok()) {
+      ++stats_.frames_sent;
+      l.rest_until.reset();
+      l.rest = Duration{0};
+    } else {
+      ++stats_.send_failures;
+      spdlog::debug("uplink: link {} did not take a frame: {}", name, st.message());
+      if (st.code() == StatusCode::busy) {
+        ++stats_.busy;
+        if (!l.one_at_a_time) spdlog::info("uplink: link {} is busy while it carries a frame; it gets one frame at a time from now on", name);
+        l.one_at_a_time = true;
+        if (l.in_flight == 0) {
+          // Busy with nothing of ours in flight: an off time. Rest, longer while it lasts.
+          l.rest = std::min<Duration>(std::max<Duration>(l.rest * 2, std::chrono::seconds(1)), std::chrono::minutes(1));
+          l.rest_until = clock_.now() + l.rest;
+          schedule_at(*l.rest_until);
+        }
+      } else {
+        // Down or failed: the frames behind it go too (a transfer is all or nothing); their
+        // records are resent after their backoff.
+        l.queue.clear();
+      }
+    }
+    drain(l);
+    // Free again: records that waited for it may go now.
+    if (running_ && l.queue.empty() && l.in_flight == 0 && l.one_at_a_time) wake();
     return;
   }
 }

@@ -9,7 +9,9 @@
 //    link's "sent" is never taken for delivery.
 //  - Each record is framed with the next frame sequence (reserved on disk in blocks, never
 //    reused), sent on the link choose_link() picks for its class among the links that are up,
-//    and fragmented when that link's MTU asks for it. A record no link can carry now waits.
+//    and fragmented when that link's MTU asks for it. A record no link can carry now waits. A
+//    link that refuses a frame as busy while it carries another gets one frame at a time from
+//    then on (queued in order), and the other link takes records meanwhile.
 //  - Down frames: an ack removes the records it names and raises the ledger anchor; a command
 //    goes to the DownlinkHandler (remote_commands.hpp: signature, window, sequence, then the
 //    command), whose answer is a control record; anything refused is counted by reason
@@ -22,6 +24,7 @@
 #include <boost/asio/strand.hpp>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -51,6 +54,7 @@ struct UplinkSettings {
 struct UplinkStats {
   std::uint64_t frames_sent = 0;     ///< handed to a link and accepted by it
   std::uint64_t send_failures = 0;   ///< a link refused or failed a frame (the record is retried)
+  std::uint64_t busy = 0;            ///< of those, refused as busy
   std::uint64_t records_tried = 0;   ///< records handed out by the outbox (each try counts)
   std::uint64_t unroutable = 0;      ///< tries no link could carry at the time
   std::uint64_t acks = 0;            ///< ack frames taken in
@@ -67,6 +71,16 @@ class Uplink {
   struct LinkRef {
     std::string name;
     link::Link* link = nullptr;
+    /// Frames waiting for the link, in order (a record's fragments go one after another).
+    std::deque<std::pair<protocol::Bytes, protocol::UplinkClass>> queue;
+    std::size_t in_flight = 0;  ///< sent, `done` not called yet
+    /// The link answered busy to a frame while it carried another (a LoRaWAN module sends one
+    /// uplink at a time): from then on it gets one frame at a time, and counts as unable to
+    /// send while it carries one, so choose_link() takes the other link meanwhile.
+    bool one_at_a_time = false;
+    /// Busy with nothing in flight (a duty cycle's off time): no frame before then.
+    std::optional<TimePoint> rest_until;
+    Duration rest{0};  ///< the last rest; doubles while the link stays busy
   };
 
   /// `store`'s Database must have the uplink enabled (Database::enable_uplink). No `downlink`:
@@ -105,6 +119,8 @@ class Uplink {
   void schedule_at(std::optional<TimePoint> when);
   void send_record(const OutboxRecord& record);
   void send_frame(const std::string& link, protocol::Bytes frame, protocol::UplinkClass cls);
+  void drain(LinkRef& link);
+  void sent(const std::string& link, const Status& st);
   void on_message(std::uint8_t flags, const protocol::Header& header, protocol::ByteView payload);
   void heartbeat();
   [[nodiscard]] bool any_link_up() const;

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <future>
 #include <map>
+#include <numeric>
 #include <set>
 #include <sstream>
 #include <string>
@@ -21,6 +22,7 @@
 #include "ledger_anchor.hpp"
 #include "ledger_commands.hpp"
 #include "money_operations.hpp"
+#include "rak3172_sim.hpp"
 #include "outbox.hpp"
 #include "runtime.hpp"
 #include "scheduler.hpp"
@@ -317,6 +319,78 @@ TEST(Uplink, MoneyLedgerStatusAndAlarmRecordsAreAcknowledgedAndTheOutboxDrains) 
   std::ostringstream out2, err2;
   EXPECT_EQ(ledger_verify(db, id.cert, out2, err2), 1);
   EXPECT_NE(err2.str().find("total_fen"), std::string::npos) << err2.str();
+}
+
+/// A LoRaWAN module's uplinks, as frames: how many transfers went out whole and in order, and
+/// the position (in order of first fragment) of each that did not.
+struct LoraTransfers {
+  std::size_t whole = 0, single = 0;
+  std::vector<std::size_t> broken;
+};
+LoraTransfers lora_transfers(const std::vector<pilecore::sim::Rak3172Sim::Uplink>& uplinks) {
+  LoraTransfers out;
+  std::vector<std::pair<std::uint16_t, std::vector<std::uint16_t>>> transfers;  // id, indices as sent
+  std::map<std::uint16_t, std::uint16_t> counts;
+  for (const auto& up : uplinks) {
+    auto decoded = protocol::decode(up.data);
+    if (!std::holds_alternative<protocol::FrameView>(decoded)) {
+      out.broken.push_back(transfers.size());
+      continue;
+    }
+    const auto& f = std::get<protocol::FrameView>(decoded);
+    if ((f.header.flags & protocol::flags::fragment) == 0 || f.payload.size() < 6) {
+      ++out.single;
+      continue;
+    }
+    const std::uint16_t id = protocol::get_u16(f.payload.data()), index = protocol::get_u16(f.payload.data() + 2);
+    counts[id] = protocol::get_u16(f.payload.data() + 4);
+    if (transfers.empty() || transfers.back().first != id) transfers.push_back({id, {}});
+    transfers.back().second.push_back(index);
+  }
+  for (std::size_t i = 0; i < transfers.size(); ++i) {
+    std::vector<std::uint16_t> expected(counts[transfers[i].first]);
+    std::iota(expected.begin(), expected.end(), std::uint16_t{0});
+    if (transfers[i].second == expected) {
+      ++out.whole;
+    } else {
+      out.broken.push_back(i);
+    }
+  }
+  return out;
+}
+
+TEST(Uplink, ALoraModuleGetsOneFrameAtATimeAndTransfersGoOutWhole) {
+  // Status records go over LoRaWAN (links.lorawan), at CN470 DR3 whose 115-byte payload makes
+  // them transfers of several uplinks. The module sends one uplink at a time; link-lorawan
+  // refuses a second frame as busy meanwhile. After the first such refusal the uplink gives the
+  // link one frame at a time, so every later transfer goes out whole and in order; meanwhile it
+  // counts as unable to send, so choose_link() gives records to sim-link (the 5G link).
+  TempDir dir;
+  pilecore::sim::Rak3172Sim module;
+  const std::string lora = fmt::format(R"({{latency_ms: 10}}
+  lora:
+    plugin: link-lorawan
+    config: {{device: "{}", region: CN470, data_rate: 3, dev_eui: "70B3D57ED0061126", app_eui: "70B3D57ED0000001",
+             app_key: "2B7E151628AED2A6ABF7158809CF4F3C", rx_linger_ms: 0, join_retry_min_s: 1}})",
+                                       module.device());
+  auto log = test::capture_log("link:sim-link:backend");
+  test::RunningSite site(dir, uplink_site(lora, ", cellular: backend, lorawan: lora, heartbeat_s: 0"), {PILECORE_PLUGIN_DIR}, 1.0,
+                         "2026-03-02T01:50:00Z");
+  ASSERT_TRUE(eventually([&] { return module.joined(); }, 20s));
+  const auto stopped = charge(site);
+  const std::string txn = stopped.value("transaction", "");
+  // No heartbeat here: the capture's records leave because their commit wakes the sender.
+  ASSERT_TRUE(eventually([&] { return arrivals(*log).contains("op:" + txn + "/capture/confirmed"); }, 20s));
+  ASSERT_TRUE(eventually([&] { return lora_transfers(module.uplinks()).whole >= 2; }, 20s))
+      << "status records went over LoRaWAN as whole transfers: " << module.uplinks().size() << " uplinks";
+  const auto t = lora_transfers(module.uplinks());
+  // Only a transfer cut by the first busy refusal, before the uplink knew, may be short.
+  EXPECT_LE(t.broken.size(), 1u) << t.broken.size() << " transfers went out incomplete or interleaved";
+  if (!t.broken.empty()) {
+    EXPECT_EQ(t.broken.front(), 0u) << "a transfer after the first went out incomplete or interleaved";
+  }
+  const auto stats = site.on_strand([&] { return site.runtime().uplink()->stats(); });
+  EXPECT_GE(stats.busy, 1u) << "the uplink learnt the module carries one frame at a time from a busy refusal";
 }
 
 TEST(Uplink, RecordsWaitOutAnOutageAndARestartAndArriveOnceEach) {
