@@ -192,6 +192,12 @@ TEST(Pilectl, DemoPlaysTheDayAndVerifiesTheLedger) {
   EXPECT_NE(r.out.find("the pile answers set_availability #2: ok"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("Back end: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("anchored: the back end holds records up to seq"), std::string::npos) << r.out;
+  // The outage: LoRaWAN through the simulated network server, the broker stopped and started,
+  // and the backup from before it caught by the anchor.
+  EXPECT_NE(r.out.find("uplink: link-lorawan on a simulated RAK3172"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("*** UPLINK OUTAGE"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("the broker is back after"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ledger BROKEN: the ledger ends at seq"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("All checks passed"), std::string::npos) << r.out;
   // The state is left for inspection, and an independent check of the ledger agrees.
   EXPECT_TRUE(fs::exists(state / "pilecore.db"));
