@@ -451,6 +451,9 @@ std::string Isolated::spawn() {
                                                 [this, gen](const std::string& why) {
                                                   if (gen == generation_) on_lost(why);
                                                 }});
+  // The APDU exchanges the core offers this child (a wallet at an in-process reader, for an
+  // isolated payment method) answer over this child's socket.
+  exchanges_.set_peer(peer_);
   peer_->start();
   json init = {{"file", options_.plugin_file.string()},
                {"instance", options_.instance},
