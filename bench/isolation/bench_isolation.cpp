@@ -69,6 +69,10 @@ class BenchHost final : public Host {
   void raise(const Alarm&) noexcept override {}
   void report_state(std::string_view, std::string_view) noexcept override {}
   void present(const identification::Token&) noexcept override {}
+  // The benchmark's plugins upload nothing; were one to, it is told there is no back end.
+  void upload(const UplinkRecord&, UploadCallback done) noexcept override {
+    post([done = std::move(done)] { done(Status(StatusCode::unavailable, "the benchmark host has no back end")); });
+  }
 
  private:
   asio::io_context& io_;

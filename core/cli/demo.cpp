@@ -1260,9 +1260,10 @@ std::string format_event_text(const json& ev, const std::string& zone) {
 namespace {
 
 /// What the pile's database says the back end must hold: a key per ledger record, per money
-/// operation's state and per closed transaction (docs/protocol.md section 4), and the highest
+/// operation's state and per closed transaction (docs/protocol.md section 4), per e-CNY voucher
+/// or refund in payment-dcep's upload queue (`dcep_db`, when there is one), and the highest
 /// ledger seq.
-std::pair<std::set<std::string>, std::int64_t> expected_records(const fs::path& db_path) {
+std::pair<std::set<std::string>, std::int64_t> expected_records(const fs::path& db_path, const fs::path& dcep_db) {
   std::set<std::string> keys;
   std::int64_t highest = 0;
   Database db(db_path, Database::ReadOnly{});
@@ -1274,6 +1275,11 @@ std::pair<std::set<std::string>, std::int64_t> expected_records(const fs::path& 
     keys.insert(fmt::format("op:{}/{}{}", q.text(0), q.text(1), q.text(1) == "pending" ? fmt::format("/{}", q.i64(2)) : ""));
   }
   for (Stmt q(db.handle(), "SELECT id FROM transactions WHERE status = 'closed'"); q.step();) keys.insert(fmt::format("txn:{}/closed", q.text(0)));
+  std::error_code ec;
+  if (fs::exists(dcep_db, ec)) {
+    Database vouchers(dcep_db, Database::ReadOnly{});
+    for (Stmt q(vouchers.handle(), "SELECT operation_id FROM upload_queue"); q.step();) keys.insert(fmt::format("voucher:{}", q.text(0)));
+  }
   return {keys, highest};
 }
 
@@ -1305,13 +1311,26 @@ void uplink_summary(BackEnd& backend, const fs::path& program, const fs::path& d
   out << fmt::format("\nBack end: {} records held ({}); {} resent records and {} repeated frames dropped as duplicates; ledger held to seq {}\n",
                      records, kinds, device.value("record_duplicates", 0), device.value("frame_duplicates", 0),
                      device.value("ledger_anchor", json()).is_number() ? device["ledger_anchor"].dump() : "-");
-  auto [expected, highest] = expected_records(db);
+  const fs::path dcep_db = db.parent_path() / "plugins" / "ecny" / "dcep.db";
+  auto [expected, highest] = expected_records(db, dcep_db);
   std::vector<std::string> missing;
   for (const auto& k : expected) {
     if (!held.count(k)) missing.push_back(k);
   }
-  check(missing.empty(), fmt::format("every ledger record, money operation and closed transaction reached the back end ({} of {} missing{}{})",
-                                     missing.size(), expected.size(), missing.empty() ? "" : ", e.g. ", missing.empty() ? "" : missing.front()));
+  const auto vouchers = std::count_if(expected.begin(), expected.end(), [](const std::string& k) { return k.rfind("voucher:", 0) == 0; });
+  check(missing.empty(), fmt::format("every ledger record, money operation, closed transaction and e-CNY voucher ({}) reached the back end ({} of {} missing{}{})",
+                                     vouchers, missing.size(), expected.size(), missing.empty() ? "" : ", e.g. ", missing.empty() ? "" : missing.front()));
+  check(vouchers > 0, "the e-CNY sessions' vouchers were uploaded");
+  // payment-dcep marks a voucher uploaded when the back end's ack names it: none still queued.
+  std::int64_t queued = -1;
+  try {
+    Database ro(dcep_db, Database::ReadOnly{});
+    Stmt q(ro.handle(), "SELECT count(*) FROM upload_queue WHERE state = 'queued'");
+    if (q.step()) queued = q.i64(0);
+  } catch (const std::exception&) {
+    queued = -1;
+  }
+  check(queued == 0, fmt::format("payment-dcep holds no voucher still waiting for the back end ({} queued)", queued));
   check(highest > 0 && device.value("ledger_anchor", json()) == json(highest) && verified.find(fmt::format("up to seq {},", highest)) != std::string::npos,
         fmt::format("the ledger anchored at its last record, seq {} (the back end holds {}; ledger verify said: {})", highest,
                     device.value("ledger_anchor", json()).dump(), verified));

@@ -24,6 +24,7 @@
 #include "logging.hpp"
 #include "pilecore/pilecore.hpp"
 #include "ledger.hpp"
+#include "plugin_uploads.hpp"
 #include "private_files.hpp"
 #include "statement.hpp"
 #include "storage.hpp"
@@ -118,6 +119,18 @@ class Instance final : public Host {
       if (auto* e = rt_.engine()) e->present(token, spec_.connector);
     } catch (const std::exception& e) {
       logger_->error("a presented token was lost: {}", e.what());
+    }
+  }
+
+  void upload(const UplinkRecord& record, UploadCallback done) noexcept override {
+    // Stopped: no answer, as for post(); the plugin uploads again at its next start.
+    if (!alive_->load()) return;
+    try {
+      rt_.upload(*this, record, [this, alive = alive_, done = std::move(done)](Status st) {
+        if (alive->load()) guarded([&] { done(std::move(st)); }, "an upload's answer");
+      });
+    } catch (const std::exception& e) {
+      logger_->error("an uplink record was lost before the core took it: {}", e.what());
     }
   }
 
@@ -707,6 +720,12 @@ int Runtime::run() {
     routing_buckets_ = routing_stats::load(db_->handle(), clock_->now() - std::chrono::seconds(site_.session.payment.routing.window_s) - std::chrono::hours(1));
     // From here on db_ belongs to the storage thread.
     store_ = std::make_unique<StoreWorker>(*db_, [this](std::function<void()> fn) { asio::post(strand_, std::move(fn)); });
+    // Before the instances: a plugin uploads what is still unacknowledged in its start().
+    plugin_uploads_ = std::make_unique<PluginUploads>(
+        *store_, *clock_, [this](std::function<void()> fn) { asio::post(strand_, std::move(fn)); },
+        [this] {
+          if (uplink_) uplink_->wake();
+        });
     // The signatures are made on the signer thread (a TPM's 50-200 ms never on the strand) and
     // written by a later group commit.
     if (ledger_) ledger_->sign_off_path(*store_);
@@ -925,6 +944,9 @@ void Runtime::start_uplink() {
   store_->on_enqueued([this] {
     if (uplink_) uplink_->wake();
   });
+  uplink_->set_acknowledged([this](const std::vector<std::string>& keys) {
+    if (plugin_uploads_) plugin_uploads_->acknowledged(keys);
+  });
   for (const auto& inst : instances_) {
     if (inst->kind() == Kind::link && inst->state() == InstanceState::running) uplink_->add_link(inst->spec().name, inst->as<link::Link>());
   }
@@ -965,6 +987,14 @@ void Runtime::report_alarm(const AlarmEvent& alarm) {
                       {"time_ms", now_ms}};
   if (connector) body["connector"] = *connector;
   uplink_->report({fmt::format("alarm:{}:{}", now_ms, ++uplink_records_ % 1000), "alarm", std::move(body)}, protocol::UplinkClass::status);
+}
+
+void Runtime::upload(Instance& inst, const UplinkRecord& record, std::function<void(Status)> done) {
+  if (!plugin_uploads_) {
+    asio::post(strand_, [done = std::move(done)] { done(Status(StatusCode::unavailable, "pilecored's storage is not running")); });
+    return;
+  }
+  plugin_uploads_->submit(inst.spec().name, record, std::move(done));
 }
 
 void Runtime::on_instance_failed(Instance& inst, const std::string& reason) {

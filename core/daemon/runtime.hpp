@@ -34,6 +34,7 @@ class StrandScheduler;
 class Ledger;
 class StoreWorker;
 class Uplink;
+class PluginUploads;
 
 struct RuntimeOptions {
   std::filesystem::path state_dir;
@@ -114,6 +115,8 @@ class Runtime {
   void on_sample(Instance& instance, const Sample& sample);
   void on_alarm(Instance& instance, const Alarm& alarm);
   void on_state(Instance& instance, std::string_view state, std::string_view detail);
+  /// Host::upload of an instance (plugin_uploads.hpp): `done` on the strand, never inside.
+  void upload(Instance& instance, const UplinkRecord& record, std::function<void(Status)> done);
   [[nodiscard]] const Clock& clock() const { return *clock_; }
   [[nodiscard]] boost::asio::strand<boost::asio::io_context::executor_type>& strand() { return strand_; }
   [[nodiscard]] const std::filesystem::path& state_dir() const { return options_.state_dir; }
@@ -184,6 +187,7 @@ class Runtime {
   std::unique_ptr<StrandScheduler> scheduler_;
   std::unique_ptr<LowDiskMonitor> disk_;  ///< storage.low_disk
   std::unique_ptr<Uplink> uplink_;
+  std::unique_ptr<PluginUploads> plugin_uploads_;  ///< Host::upload; exists while the storage thread does
   std::uint64_t uplink_records_ = 0;  ///< keeps status and alarm keys unique within one millisecond
   /// Active alarms (the core's and the plugins'), by code and instance or connector: `status` shows them.
   std::map<std::string, ActiveAlarm> active_alarms_;  ///< by alarm_key

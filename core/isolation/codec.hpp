@@ -3,8 +3,11 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <variant>
+#include <vector>
 
 #include "pilecore/pilecore.hpp"
 
@@ -73,6 +76,39 @@ inline identification::Token token_of(const json& j) {
     t.evidence.push_back({e[0].get<std::string>(), e[1].get<std::string>()});
   }
   return t;
+}
+
+// --- uplink records (Host::upload) ---
+inline json to_json(const UplinkRecord& r) {
+  json body = json::array();
+  for (const auto& f : r.body) {
+    json v;
+    if (const auto* i = std::get_if<std::int64_t>(&f.value)) v = *i;
+    else if (const auto* t = std::get_if<std::string>(&f.value)) v = *t;
+    else if (const auto* b = std::get_if<std::vector<std::uint8_t>>(&f.value)) v = json::binary(*b);
+    else v = std::get<bool>(f.value);
+    body.push_back({f.name, std::move(v)});
+  }
+  return {{"key", r.key}, {"kind", r.kind}, {"body", std::move(body)}};
+}
+inline UplinkRecord uplink_record_of(const json& j) {
+  UplinkRecord r;
+  r.key = str(j, "key");
+  r.kind = str(j, "kind");
+  const json& body = member(j, "body");
+  if (!body.is_array()) throw std::invalid_argument("an uplink record's body is not a list");
+  for (const auto& f : body) {
+    if (!f.is_array() || f.size() != 2 || !f[0].is_string()) throw std::invalid_argument("a malformed uplink record field");
+    const json& v = f[1];
+    UplinkValue value;
+    if (v.is_boolean()) value = v.get<bool>();
+    else if (v.is_number_integer() && !(v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))) value = v.get<std::int64_t>();
+    else if (v.is_string()) value = v.get<std::string>();
+    else if (v.is_binary()) value = std::vector<std::uint8_t>(v.get_binary().begin(), v.get_binary().end());
+    else throw std::invalid_argument("an uplink record field is not an integer, text, bytes or a truth value");
+    r.body.push_back({f[0].get<std::string>(), std::move(value)});
+  }
+  return r;
 }
 
 // --- payment ---

@@ -111,7 +111,9 @@ class ExchangeBridge {
         auto peer = bridge_.peer_.lock();
         if (!peer) return false;
         auto r = peer->call({{"m", "x.present"}, {"x", id_}}, std::chrono::milliseconds(500));
-        return r && r->value("present", false);
+        // The answer is {"t":"ret","id":N,"r":{"present":...}}: the result is under "r".
+        if (!r || !r->contains("r") || !(*r)["r"].is_object()) return false;
+        return (*r)["r"].value("present", false);
       } catch (...) {
         return false;
       }

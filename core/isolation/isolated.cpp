@@ -451,6 +451,9 @@ std::string Isolated::spawn() {
                                                 [this, gen](const std::string& why) {
                                                   if (gen == generation_) on_lost(why);
                                                 }});
+  // The APDU exchanges the core offers this child (a wallet at an in-process reader, for an
+  // isolated payment method) answer over this child's socket.
+  exchanges_.set_peer(peer_);
   peer_->start();
   json init = {{"file", options_.plugin_file.string()},
                {"instance", options_.instance},
@@ -734,6 +737,13 @@ void Isolated::on_event(const json& e) {
     auto token = token_of(member(a, "token"));
     token.exchange = exchanges_.proxy(static_cast<std::uint64_t>(integer(a, "x")));
     host.present(token);
+  } else if (m == "upload") {
+    // Host::upload from the child: the answer goes back as "uploaded", to this process only
+    // (a restarted child uploads again what it has not seen acknowledged).
+    const auto id = integer(a, "u");
+    host.upload(uplink_record_of(member(a, "record")), [this, alive = alive_, gen = generation_, id](Status s) {
+      if (*alive && gen == generation_) notify("uploaded", {{"u", id}, {"status", to_json(s)}});
+    });
   } else if (m == "power") {
     const auto ev = enumerated(a, "event", power::Event::fault_cleared);
     const std::string detail = str(a, "detail");

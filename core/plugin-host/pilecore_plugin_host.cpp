@@ -172,6 +172,16 @@ class ChildHost final : public Host {
     } catch (...) {
     }
   }
+  // The core answers with an "uploaded" event naming the upload; stopped first, never.
+  void upload(const UplinkRecord& record, UploadCallback done) noexcept override {
+    if (!running_) return;
+    try {
+      const std::uint64_t id = ++next_upload_;
+      uploads_.emplace(id, std::move(done));
+      emit("upload", {{"u", id}, {"record", to_json(record)}});
+    } catch (...) {
+    }
+  }
 
  private:
   void emit(const char* m, json a) noexcept {
@@ -270,6 +280,7 @@ class ChildHost final : public Host {
       running_ = false;
       for (auto& [id, t] : timers_) t->cancel();
       timers_.clear();
+      uploads_.clear();
       return {{"r", json::object()}};
     }
     if (kind_ == Kind::power) {
@@ -303,6 +314,15 @@ class ChildHost final : public Host {
     }
     if (m == "exit") {
       finish();
+      return;
+    }
+    if (m == "uploaded") {
+      auto it = uploads_.find(static_cast<std::uint64_t>(integer(a, "u")));
+      // Dropped at stop: an answer that comes after it is not the plugin's any more.
+      if (it == uploads_.end()) return;
+      auto done = std::move(it->second);
+      uploads_.erase(it);
+      if (running_) done(status_of(member(a, "status")));
       return;
     }
     if (!plugin_ || !running_) throw std::invalid_argument(fmt::format("'{}' while the plugin is not running", m));
@@ -399,6 +419,8 @@ class ChildHost final : public Host {
   bool running_ = false;
   std::map<TimerId, std::unique_ptr<asio::steady_timer>> timers_;
   TimerId next_timer_ = 0;
+  std::map<std::uint64_t, UploadCallback> uploads_;  ///< Host::upload calls the core has not answered
+  std::uint64_t next_upload_ = 0;
 };
 
 }  // namespace

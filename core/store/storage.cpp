@@ -168,6 +168,16 @@ const char* const migrations[] = {
     // open, its hold neither captured nor released, and the next start resumes it. The row goes
     // with the transaction's close.
     "CREATE TABLE suspended_sessions(txn_id TEXT PRIMARY KEY REFERENCES transactions(id), suspended_ms INTEGER NOT NULL, meter_wh INTEGER NOT NULL);",
+    // 12 -> 13: the uplink records plugins hand the core (Host::upload, SDK 2.4;
+    // plugin_upload_repository.hpp): each key's owner (the instance that uploaded it first) and
+    // whether the back end has acknowledged it, which the outbox forgets with the record.
+    "CREATE TABLE plugin_uploads("
+    " key TEXT PRIMARY KEY,"
+    " instance TEXT NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " state TEXT NOT NULL CHECK(state IN ('waiting','acknowledged')),"
+    " created_ms INTEGER NOT NULL,"
+    " acknowledged_ms INTEGER);",
 };
 }  // namespace
 

@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "ledger_anchor.hpp"
+#include "plugin_upload_repository.hpp"
 
 namespace pilecore::core {
 
@@ -314,15 +315,18 @@ void Uplink::on_message(std::uint8_t, const protocol::Header& header, protocol::
     ++stats_.acks;
     auto decoded = std::get<protocol::Ack>(std::move(ack));
     stats_.acknowledged += decoded.keys.size();
+    auto plugin_keys = std::make_shared<std::vector<std::string>>();
     store_.submit(
-        [a = std::move(decoded)](Database& db) {
+        [a = std::move(decoded), plugin_keys, now = clock_.now()](Database& db) {
           OutboxRepository(db, limits_of(db)).acknowledge(a);
           if (a.ledger_seq) record_anchor(db, *a.ledger_seq);
+          *plugin_keys = PluginUploadRepository(db).acknowledge(a.keys, now);
         },
-                  [](Status st) {
-                    // The records stay and are resent; the back end acknowledges a key it holds again.
-                    if (!st.ok()) spdlog::error("uplink: recording an acknowledgement failed: {}", st.message());
-                  });
+        [this, alive = alive_, plugin_keys](Status st) {
+          // The records stay and are resent; the back end acknowledges a key it holds again.
+          if (!st.ok()) spdlog::error("uplink: recording an acknowledgement failed: {}", st.message());
+          if (st.ok() && *alive && acknowledged_ && !plugin_keys->empty()) acknowledged_(*plugin_keys);
+        });
     return;
   }
   if (header.type == protocol::MessageType::command) {

@@ -12,7 +12,8 @@
 //    and fragmented when that link's MTU asks for it. A record no link can carry now waits. A
 //    link that refuses a frame as busy while it carries another gets one frame at a time from
 //    then on (queued in order), and the other link takes records meanwhile.
-//  - Down frames: an ack removes the records it names and raises the ledger anchor; a command
+//  - Down frames: an ack removes the records it names, raises the ledger anchor and marks the
+//    plugins' records it names acknowledged (their Host::upload answers, after the commit); a command
 //    goes to the DownlinkHandler (remote_commands.hpp: signature, window, sequence, then the
 //    command), whose answer is a control record; anything refused is counted by reason
 //    (protocol::Counters) and shown in status.
@@ -93,6 +94,9 @@ class Uplink {
   /// The running link instances (on the strand, before start()); their receivers point here
   /// until stop().
   void add_link(std::string name, link::Link* link);
+  /// Called on the strand, after an ack is committed, with the keys it named that plugins had
+  /// uploaded and were waiting (PluginUploadRepository::acknowledge): Host::upload's answers.
+  void set_acknowledged(std::function<void(const std::vector<std::string>&)> fn) { acknowledged_ = std::move(fn); }
   /// What a heartbeat carries (may be empty: none).
   void set_heartbeat_body(std::function<nlohmann::json()> body) { heartbeat_body_ = std::move(body); }
   void start();
@@ -134,6 +138,7 @@ class Uplink {
   std::unique_ptr<DownlinkHandler> downlink_;
   std::vector<LinkRef> links_;
   std::function<nlohmann::json()> heartbeat_body_;
+  std::function<void(const std::vector<std::string>&)> acknowledged_;
   protocol::Reassembler reassembler_;
   UplinkStats stats_;
   bool running_ = false;

@@ -9,6 +9,14 @@
 // voucher seen before is refused, also after a restart: every accepted voucher is in dcep.db with
 // its digest, and queued there for upload to the operator's bank.
 //
+// Upload (issue #12): every upload_queue row (the voucher, and each change, void or refund) is an
+// uplink record `voucher:<operation id>` the plugin hands the core with Host::upload (SDK 2.4)
+// right after committing it; the core's outbox takes it to the back end, which settles it with
+// the bank. The row stays 'queued' until the core says the back end acknowledged it, then it is
+// 'uploaded'. start() uploads every row still queued (an ack that came while the instance was
+// not running is answered at once), and a refused upload (outbox full, no link) is tried again
+// with backoff. So the offline limit counts what the back end does not have yet.
+//
 // The end amount is unknown at the start, and a wallet is offline: the pile cannot come back to
 // it. So the method is prepay-and-refund: the voucher is for the whole hold, capture keeps the
 // bill, and the change is a refund queued for the online settlement (docs/payments.md says why
@@ -27,6 +35,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "job_thread.hpp"
@@ -49,7 +58,7 @@ constexpr ConfigKey keys[] = {
     {.key = "per_payment_limit_fen", .type = ConfigType::integer, .default_value = "200000", .min = 1, .max = 4294967295.0,
      .description = "Largest offline payment; a larger hold is declined before the wallet signs", .unit = "fen"},
     {.key = "offline_limit_fen", .type = ConfigType::integer, .default_value = "500000", .min = 0, .max = 1e12,
-     .description = "Most offline money the pile accepts until the next online settlement (queued vouchers less queued refunds)", .unit = "fen"},
+     .description = "Most offline money the pile accepts that the back end does not have yet (vouchers not acknowledged by it, less such refunds)", .unit = "fen"},
     {.key = "token_types", .type = ConfigType::string_list, .default_value = "[wallet]",
      .description = "Token types this method accepts (payment.tokens in the site file routes them here)"},
 };
@@ -102,6 +111,24 @@ Settings read_settings(const ConfigValues& c, const std::function<void(std::stri
 
 using Worker = pilecore::plugins::JobThread;
 
+/// A refused upload is tried again after this, doubling up to kUploadRetryMax.
+constexpr Duration kUploadRetryFirst = std::chrono::seconds(30);
+constexpr Duration kUploadRetryMax = std::chrono::minutes(10);
+
+/// The uplink record of one upload_queue row (docs/protocol.md section 4, `voucher:`).
+UplinkRecord record_of(const dcep::UploadRow& r) {
+  return {.key = "voucher:" + r.operation_id,
+          .kind = "voucher",
+          .body = {{"op", r.operation_id},
+                   {"txn", r.transaction_id},
+                   {"type", r.kind},
+                   {"reason", r.reason},
+                   {"fen", r.amount_fen},
+                   {"digest", r.digest},
+                   {"voucher", r.voucher},
+                   {"time_ms", r.created_ms}}};
+}
+
 /// One authorisation in flight: answered exactly once, by the flow or by stop().
 struct Flight {
   std::string transaction_id;
@@ -150,6 +177,8 @@ class DcepMethod final : public payment::Method {
       const std::string path = (std::filesystem::path(std::string(host_.state_dir())) / "dcep.db").string();
       store_ = std::make_shared<dcep::VoucherStore>(path);
       worker_ = std::make_unique<Worker>();
+      upload_retry_ = kUploadRetryFirst;
+      upload_queued();  // what the back end had not acknowledged when the instance last ran
       host_.report_state("up", fmt::format("offline e-CNY wallet, {} fen a payment, {} fen until settlement", settings_.per_payment_limit_fen,
                                            settings_.offline_limit_fen));
       return Status::success();
@@ -161,6 +190,10 @@ class DcepMethod final : public payment::Method {
   void stop() noexcept override {
     if (worker_) worker_->stop();  // finishes what it has; its posted results are dropped after stop
     worker_.reset();
+    // Uploads waiting for the back end are not answered after stop: the next start uploads them.
+    uploading_.clear();
+    if (retry_timer_ != 0) host_.cancel(retry_timer_);
+    retry_timer_ = 0;
     auto flights = std::move(flights_);
     flights_.clear();
     for (auto& [id, f] : flights) answer(f, declined("the payment method stopped"));
@@ -211,17 +244,17 @@ class DcepMethod final : public payment::Method {
   void capture(const payment::CaptureRequest& r, payment::OperationCallback done) noexcept override {
     operation(std::move(done), [txn = std::string(r.transaction_id), op = std::string(r.operation_id), fen = r.amount_fen](dcep::VoucherStore& s, std::int64_t now) {
       return s.capture(txn, op, fen, now);
-    }, "capture");
+    }, "capture", std::string(r.operation_id));
   }
   void cancel(const payment::VoidRequest& r, payment::OperationCallback done) noexcept override {
     operation(std::move(done), [txn = std::string(r.transaction_id), op = std::string(r.operation_id)](dcep::VoucherStore& s, std::int64_t now) {
       return s.cancel(txn, op, now);
-    }, "void");
+    }, "void", std::string(r.operation_id));
   }
   void refund(const payment::RefundRequest& r, payment::OperationCallback done) noexcept override {
     operation(std::move(done), [txn = std::string(r.transaction_id), op = std::string(r.operation_id), fen = r.amount_fen](dcep::VoucherStore& s, std::int64_t now) {
       return s.refund(txn, op, fen, now);
-    }, "refund");
+    }, "refund", std::string(r.operation_id));
   }
 
  private:
@@ -270,7 +303,7 @@ class DcepMethod final : public payment::Method {
   }
 
   template <class Op>
-  void operation(payment::OperationCallback done, Op op, const char* what) noexcept {
+  void operation(payment::OperationCallback done, Op op, const char* what, std::string operation_id) noexcept {
     auto shared = std::make_shared<payment::OperationCallback>(std::move(done));
     const std::uint64_t key = ++operation_seq_;
     try {
@@ -280,17 +313,21 @@ class DcepMethod final : public payment::Method {
       }
       const std::int64_t now = now_ms();
       operations_[key] = shared;
-      worker_->submit([this, key, op = std::move(op), store = store_, now, what] {
+      worker_->submit([this, key, op = std::move(op), store = store_, now, what, operation_id = std::move(operation_id)] {
         payment::OperationResult r;
+        std::optional<dcep::UploadRow> row;
         try {
           const dcep::Outcome o = op(*store, now);
           r = {.state = o.ok ? payment::OperationState::confirmed : payment::OperationState::failed, .amount_fen = o.amount_fen,
                .reference = o.reference, .reason = o.reason};
+          // The change, void or refund this committed (or a repeat's, still queued).
+          if (o.ok) row = store->queued_upload(operation_id);
         } catch (const std::exception& e) {
           // The disk, not the request: not final, the core asks again.
           r = {.state = payment::OperationState::pending, .amount_fen = 0, .reference = {}, .reason = e.what()};
         }
-        host_.post([this, key, r, what] {
+        host_.post([this, key, r, what, row = std::move(row)] {
+          if (row) upload(*row);
           auto it = operations_.find(key);
           if (it == operations_.end()) return;
           auto callback = std::move(it->second);
@@ -306,6 +343,59 @@ class DcepMethod final : public payment::Method {
       } catch (...) {
       }
     }
+  }
+
+  // --- the upload of the queue's rows (Host::upload) ------------------------------------------
+
+  /// Reads every queued row on the worker and uploads those not already waiting for the back end.
+  void upload_queued() {
+    if (!worker_) return;
+    worker_->submit([this, store = store_] {
+      std::vector<dcep::UploadRow> rows;
+      try {
+        rows = store->queued_uploads();
+      } catch (const std::exception& e) {
+        host_.log().error("the upload queue cannot be read: {}; trying again later", e.what());
+        host_.post([this] { retry_uploads_later(); });
+        return;
+      }
+      host_.post([this, rows = std::move(rows)] {
+        if (!rows.empty()) host_.log().info("{} queued record(s) not yet acknowledged by the back end: uploading", rows.size());
+        for (const auto& r : rows) upload(r);
+      });
+    });
+  }
+
+  /// Hands one row's record to the core; once the back end has it, the row is 'uploaded'.
+  void upload(const dcep::UploadRow& row) {
+    if (!uploading_.insert(row.operation_id).second) return;  // already waiting for the back end
+    host_.upload(record_of(row), [this, op = row.operation_id, fen = row.amount_fen](Status st) {
+      uploading_.erase(op);
+      if (!st.ok()) {
+        host_.log().warn("voucher:{} ({} fen) was not taken for upload ({}): {}; it stays queued", op, fen, to_string(st.code()), st.message());
+        if (st.code() != StatusCode::invalid_argument) retry_uploads_later();
+        return;
+      }
+      upload_retry_ = kUploadRetryFirst;
+      if (!worker_) return;
+      worker_->submit([this, store = store_, op, now = now_ms()] {
+        try {
+          if (store->mark_uploaded(op, now)) host_.log().info("voucher:{} acknowledged by the back end", op);
+        } catch (const std::exception& e) {
+          // Still queued: the next start uploads it again, and the core answers at once.
+          host_.log().error("voucher:{} was acknowledged but could not be marked so: {}", op, e.what());
+        }
+      });
+    });
+  }
+
+  void retry_uploads_later() {
+    if (retry_timer_ != 0 || !worker_) return;
+    retry_timer_ = host_.schedule(upload_retry_, [this] {
+      retry_timer_ = 0;
+      upload_queued();
+    });
+    upload_retry_ = std::min(upload_retry_ * 2, kUploadRetryMax);
   }
 
   // --- the authorisation flow, one step per function ---------------------------------------
@@ -420,9 +510,12 @@ class DcepMethod final : public payment::Method {
           why = *refused;
         }
       }
-      return [why, reference, amount = static_cast<std::int64_t>(v.amount_fen), wallet = mask(v.wallet_id), counter = v.counter](
+      std::optional<dcep::UploadRow> row;
+      if (why.empty()) row = store->queued_upload(f->transaction_id + "/authorize");
+      return [why, reference, amount = static_cast<std::int64_t>(v.amount_fen), wallet = mask(v.wallet_id), counter = v.counter, row = std::move(row)](
                  DcepMethod& self, const std::shared_ptr<Flight>& fl) {
         if (!why.empty()) return self.answer(fl, declined(why));
+        if (row) self.upload(*row);
         self.host_.log().info("{}: voucher {} accepted from wallet {}: {} fen, counter {}; queued for settlement", fl->transaction_id, reference, wallet,
                               amount, counter);
         self.answer(fl, {.decision = payment::Decision::approved, .authorized_fen = amount, .reference = reference, .reason = {}, .challenge = {}});
@@ -440,10 +533,13 @@ class DcepMethod final : public payment::Method {
   std::map<std::uint64_t, std::shared_ptr<payment::OperationCallback>> operations_;  ///< captures, voids, refunds not yet answered
   std::uint64_t operation_seq_ = 0;
   std::uint64_t declines_ = 0;
+  std::set<std::string> uploading_;  ///< operation ids whose record waits for the back end's ack
+  TimerId retry_timer_ = 0;
+  Duration upload_retry_ = kUploadRetryFirst;
 };
 
 }  // namespace
 
 PILECORE_PLUGIN(DcepMethod, {.name = "payment-dcep", .version = "0.1.0", .vendor = "pilecore", .license = "Apache-2.0",
-                             .description = "Offline e-CNY hard wallet over the reader's APDU exchange: SM2/SM3 vouchers, offline limits, upload queue",
+                             .description = "Offline e-CNY hard wallet over the reader's APDU exchange: SM2/SM3 vouchers, offline limits, vouchers uploaded to the back end",
                              .config = keys})

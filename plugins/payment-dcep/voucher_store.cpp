@@ -189,6 +189,37 @@ std::optional<std::string> VoucherStore::accept(const Voucher& v, ByteView diges
   return std::nullopt;
 }
 
+namespace {
+constexpr const char* kUploadColumns =
+    "SELECT q.operation_id, q.kind, q.reason, q.transaction_id, q.digest, q.amount_fen, v.voucher, q.created_ms "
+    "FROM upload_queue q JOIN vouchers v ON v.digest = q.digest WHERE q.state='queued'";
+
+Bytes bytes_of(const std::string& s) { return Bytes(s.begin(), s.end()); }
+
+UploadRow upload_row_of(Stmt& s) {
+  return {s.text(0), s.text(1), s.text(2), s.text(3), bytes_of(s.text(4)), s.i64(5), bytes_of(s.text(6)), s.i64(7)};
+}
+}  // namespace
+
+std::vector<UploadRow> VoucherStore::queued_uploads() {
+  std::vector<UploadRow> out;
+  Stmt s(db_, (std::string(kUploadColumns) + " ORDER BY q.seq").c_str());
+  while (s.step()) out.push_back(upload_row_of(s));
+  return out;
+}
+
+std::optional<UploadRow> VoucherStore::queued_upload(const std::string& operation_id) {
+  Stmt s(db_, (std::string(kUploadColumns) + " AND q.operation_id=?").c_str());
+  s.bind(1, operation_id);
+  if (!s.step()) return std::nullopt;
+  return upload_row_of(s);
+}
+
+bool VoucherStore::mark_uploaded(const std::string& operation_id, std::int64_t now_ms) {
+  Stmt(db_, "UPDATE upload_queue SET state='uploaded', uploaded_ms=? WHERE operation_id=? AND state='queued'").bind(1, now_ms).bind(2, operation_id).step();
+  return sqlite3_changes(db_) > 0;
+}
+
 Outcome VoucherStore::capture(const std::string& transaction_id, const std::string& operation_id, std::int64_t amount_fen, std::int64_t now_ms) {
   Txn txn(db_);
   const auto row = voucher_of(db_, transaction_id);

@@ -14,7 +14,7 @@ The conventions it checks are in docs/writing-docs.md:
 - a command outside a ```sh block, or site YAML outside a ```yaml block, is an error, so that a
   snippet cannot escape the check by its fence;
 - what the prose says of the source tree: every `make TARGET` is a Makefile target, the API
-  version ("now 2.3", "today pilecore-abi-2 (>= 2.3)") is version.hpp's, and packaging.md's
+  version ("now 2.4", "today pilecore-abi-2 (>= 2.4)") is version.hpp's, and packaging.md's
   Lintian section lists exactly the overrides packaging/deb/ has.
 Exit status 0 when everything passed, 1 otherwise; each problem is printed as FILE:LINE: message.
 """

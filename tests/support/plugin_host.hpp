@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -176,6 +177,27 @@ class PluginHost final : public Host {
     presented.push_back(token);
     if (on_present) on_present(token);
   }
+  /// Records the record; `done` waits for acknowledge(key), is posted ok at once for a key
+  /// acknowledged before, and is posted the refusal `refuse_uploads` holds.
+  void upload(const UplinkRecord& record, UploadCallback done) noexcept override {
+    uploads.push_back(record);
+    if (refuse_uploads) {
+      post([done = std::move(done), st = *refuse_uploads] { done(st); });
+    } else if (acknowledged_.count(record.key) != 0) {
+      post([done = std::move(done)] { done(Status::success()); });
+    } else {
+      waiting_.emplace(record.key, std::move(done));
+    }
+  }
+  /// The back end acknowledges `key`: every upload of it waiting is answered (posted). Returns how many.
+  std::size_t acknowledge(const std::string& key) {
+    acknowledged_.insert(key);
+    std::size_t n = 0;
+    auto [first, last] = waiting_.equal_range(key);
+    for (auto it = first; it != last; ++it, ++n) post([done = std::move(it->second)] { done(Status::success()); });
+    waiting_.erase(first, last);
+    return n;
+  }
 
  private:
   class ManualClock final : public Clock {
@@ -231,6 +253,12 @@ class PluginHost final : public Host {
   std::map<std::pair<TimePoint, TimerId>, std::function<void()>> timers_;
   TimerId next_timer_ = 0;
   std::size_t posts_run_ = 0;
+  std::multimap<std::string, UploadCallback> waiting_;
+  std::set<std::string> acknowledged_;
+
+ public:
+  std::vector<UplinkRecord> uploads;
+  std::optional<Status> refuse_uploads;
 };
 
 }  // namespace pilecore::test

@@ -545,7 +545,7 @@ TEST(LedgerMigration, AVersion2LedgerVerifiesBeforeAndAfterMigrationAndTakesMore
   EXPECT_NE(out.str().find("\nnot anchored: "), std::string::npos) << "no ack from a back end in this test";
 
   Database db(file);
-  EXPECT_EQ(db.schema_version(), 12);
+  EXPECT_EQ(db.schema_version(), 13);
   Ledger ledger(db.handle(), SigningKey(key.string()), HashAlgorithm::sm3);
   EXPECT_TRUE(ledger.contains("T-0002"));  // entry = txn_id
   auto refund = make_record(4, "T-0002");

@@ -8,7 +8,10 @@
 #include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <deque>
+#include <map>
+#include <set>
 #include <mutex>
 
 #include "plugin_loader.hpp"
@@ -72,6 +75,33 @@ class TestHost final : public Host {
   void raise(const Alarm&) noexcept override {}
   void report_state(std::string_view state, std::string_view) noexcept override { reported = std::string(state); }
   void present(const identification::Token&) noexcept override {}
+  /// Plays the core's outbox and the back end (`outbox`, which outlives a restart of the
+  /// instance): records each upload; `done` waits for acknowledge(key), is posted ok at once for
+  /// a key acknowledged before, and is posted the refusal while one is set.
+  void upload(const UplinkRecord& record, UploadCallback done) noexcept override {
+    outbox->uploads.push_back(record);
+    if (outbox->refusal) {
+      post([done = std::move(done), st = *outbox->refusal] { done(st); });
+    } else if (outbox->acknowledged.count(record.key) != 0) {
+      post([done = std::move(done)] { done(Status::success()); });
+    } else {
+      outbox->waiting.emplace(record.key, std::move(done));
+    }
+  }
+  /// The back end acknowledges `key`; returns how many uploads of it were waiting.
+  std::size_t acknowledge(const std::string& key) {
+    outbox->acknowledged.insert(key);
+    std::size_t n = 0;
+    auto [first, last] = outbox->waiting.equal_range(key);
+    for (auto it = first; it != last; ++it, ++n) post([done = std::move(it->second)] { done(Status::success()); });
+    outbox->waiting.erase(first, last);
+    return n;
+  }
+  [[nodiscard]] std::size_t waiting_uploads() const { return outbox->waiting.size(); }
+  /// The uploads of `key` so far, over every start (a re-submission counts again).
+  [[nodiscard]] std::size_t uploads_of(const std::string& key) const {
+    return static_cast<std::size_t>(std::count_if(outbox->uploads.begin(), outbox->uploads.end(), [&](const UplinkRecord& r) { return r.key == key; }));
+  }
 
   /// Runs posted work on this (the strand's) thread until `done` holds; false after 10 s.
   bool run_until(const std::function<bool()>& done) {
@@ -88,15 +118,26 @@ class TestHost final : public Host {
       return done();
     });
   }
-  /// Drops what was posted and not run: what the host does once an instance has stopped.
+  /// Drops what was posted and not run, and the uploads still waiting for the back end: what
+  /// the host does once an instance has stopped (their `done` is never called).
   void drop_posted() {
     std::lock_guard lock(mutex_);
     queue_.clear();
+    outbox->waiting.clear();
   }
+
 
   core::ManualScheduler scheduler{kStart};
   CapturingLogger logger;
   std::string reported;
+  /// What the core's outbox and the back end hold: shared by the hosts of successive starts.
+  struct Outbox {
+    std::vector<UplinkRecord> uploads;
+    std::multimap<std::string, UploadCallback> waiting;
+    std::set<std::string> acknowledged;
+    std::optional<Status> refusal;
+  };
+  std::shared_ptr<Outbox> outbox = std::make_shared<Outbox>();
 
  private:
   fs::path state_dir_;
@@ -164,6 +205,7 @@ class DcepTest : public ::testing::Test {
     plugin_info = loaded.plugin;
     auto config = std::make_shared<core::InstanceConfig>(plugin_info->config_fields, YAML::Load(config_yaml(extra)));
     host = std::make_unique<TestHost>(dir.path() / "state", config);
+    host->outbox = outbox;
     if (clock_offset.count() != 0) host->scheduler.advance(clock_offset);
     std::string error;
     instance = plugin_info->descriptor->create(*host, &error);
@@ -248,6 +290,7 @@ class DcepTest : public ::testing::Test {
   core::PluginRegistry registry{{PILECORE_PLUGIN_DIR}};
   std::shared_ptr<const core::LoadedPlugin> plugin_info;
   std::unique_ptr<TestHost> host;
+  std::shared_ptr<TestHost::Outbox> outbox = std::make_shared<TestHost::Outbox>();
   Plugin* instance = nullptr;
   payment::Method* method = nullptr;
   Duration clock_offset{0};
@@ -448,9 +491,155 @@ TEST_F(DcepTest, TheCumulativeOfflineLimitHoldsUntilTheNextSettlement) {
   ASSERT_EQ(capture("T-1", 40000).state, payment::OperationState::confirmed);
   EXPECT_EQ(authorize("T-3", 40000).decision, payment::Decision::approved);  // 40000 + 40000 = the 80000 limit
   EXPECT_EQ(authorize("T-4", 1).decision, payment::Decision::declined);
-  // The settlement uplink marks what the bank took; the limit is free again.
-  query("UPDATE upload_queue SET state='uploaded', uploaded_ms=0");
+  // The back end acknowledges what it holds (to settle with the bank); the limit is free again.
+  for (const char* key : {"voucher:T-1/authorize", "voucher:T-1/capture", "voucher:T-3/authorize"}) EXPECT_EQ(host->acknowledge(key), 1u) << key;
+  ASSERT_TRUE(host->run_until([&] { return query("SELECT COUNT(*) FROM upload_queue WHERE state='queued'") == std::vector<std::string>{"0"}; }));
   EXPECT_EQ(authorize("T-5", 10000).decision, payment::Decision::approved);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The upload of the queue (issue #12): each row is an uplink record the plugin hands the host,
+// marked uploaded once the back end acknowledged it.
+
+namespace {
+const UplinkValue* field(const UplinkRecord& r, const std::string& name) {
+  for (const auto& f : r.body) {
+    if (f.name == name) return &f.value;
+  }
+  return nullptr;
+}
+template <class T>
+T value_of(const UplinkRecord& r, const std::string& name) {
+  const auto* v = field(r, name);
+  if (v == nullptr || !std::holds_alternative<T>(*v)) throw std::runtime_error("no field " + name + " of that type in " + r.key);
+  return std::get<T>(*v);
+}
+std::string hex(const std::vector<std::uint8_t>& b) {
+  std::string out;
+  for (auto c : b) out += fmt::format("{:02X}", c);
+  return out;
+}
+}  // namespace
+
+TEST_F(DcepTest, EveryQueuedRowIsUploadedAsAVoucherRecordAndMarkedOnceTheBackEndHasIt) {
+  start_plugin();
+  ASSERT_EQ(authorize("T-1", 30000).decision, payment::Decision::approved);
+  ASSERT_EQ(capture("T-1", 12345).state, payment::OperationState::confirmed);
+  ASSERT_EQ(refund("T-1", "T-1/refund/1", 2345).state, payment::OperationState::confirmed);
+  ASSERT_EQ(refund("T-1", "T-1/refund/1", 2345).state, payment::OperationState::confirmed) << "a repeat";
+  ASSERT_EQ(outbox->uploads.size(), 3u) << "one upload a row: the repeated refund is already waiting";
+  EXPECT_EQ(host->waiting_uploads(), 3u);
+
+  const auto& voucher = outbox->uploads[0];
+  EXPECT_EQ(voucher.key, "voucher:T-1/authorize");
+  EXPECT_EQ(voucher.kind, "voucher");
+  EXPECT_EQ(value_of<std::string>(voucher, "op"), "T-1/authorize");
+  EXPECT_EQ(value_of<std::string>(voucher, "txn"), "T-1");
+  EXPECT_EQ(value_of<std::string>(voucher, "type"), "voucher");
+  EXPECT_EQ(value_of<std::string>(voucher, "reason"), "payment");
+  EXPECT_EQ(value_of<std::int64_t>(voucher, "fen"), 30000);
+  EXPECT_EQ(value_of<std::int64_t>(voucher, "time_ms"), host->clock().now().time_since_epoch().count());
+  // The digest and the signed voucher exactly as the plugin keeps them: the bank's evidence.
+  EXPECT_EQ(query("SELECT hex(digest), hex(voucher) FROM vouchers"),
+            std::vector<std::string>{hex(value_of<std::vector<std::uint8_t>>(voucher, "digest")) + "|" +
+                                     hex(value_of<std::vector<std::uint8_t>>(voucher, "voucher"))});
+  EXPECT_EQ(value_of<std::vector<std::uint8_t>>(voucher, "digest").size(), 32u) << "SM3";
+  EXPECT_EQ(voucher.body.size(), 8u);
+  EXPECT_EQ(uplink_record_error(voucher), "");
+
+  const auto& change = outbox->uploads[1];
+  EXPECT_EQ(change.key, "voucher:T-1/capture");
+  EXPECT_EQ(change.kind, "voucher");
+  EXPECT_EQ(value_of<std::string>(change, "type"), "refund");
+  EXPECT_EQ(value_of<std::string>(change, "reason"), "change");
+  EXPECT_EQ(value_of<std::int64_t>(change, "fen"), 30000 - 12345);
+  EXPECT_EQ(value_of<std::vector<std::uint8_t>>(change, "voucher"), value_of<std::vector<std::uint8_t>>(voucher, "voucher"))
+      << "a refund names the voucher it refunds";
+  EXPECT_EQ(outbox->uploads[2].key, "voucher:T-1/refund/1");
+  EXPECT_EQ(value_of<std::string>(outbox->uploads[2], "reason"), "refund");
+
+  // Nothing is marked until the back end has it; then each row is, at the host clock's time.
+  EXPECT_EQ(query("SELECT COUNT(*) FROM upload_queue WHERE state='queued'"), std::vector<std::string>{"3"});
+  host->scheduler.advance(5s);
+  ASSERT_EQ(host->acknowledge("voucher:T-1/capture"), 1u);
+  const std::string acked_ms = std::to_string(host->clock().now().time_since_epoch().count());
+  ASSERT_TRUE(host->run_until([&] { return query("SELECT state FROM upload_queue WHERE operation_id='T-1/capture'") == std::vector<std::string>{"uploaded"}; }));
+  EXPECT_EQ(query("SELECT operation_id, state, COALESCE(uploaded_ms, '-') FROM upload_queue ORDER BY seq"),
+            (std::vector<std::string>{"T-1/authorize|queued|-", "T-1/capture|uploaded|" + acked_ms, "T-1/refund/1|queued|-"}));
+  host->acknowledge("voucher:T-1/authorize");
+  host->acknowledge("voucher:T-1/refund/1");
+  ASSERT_TRUE(host->run_until([&] { return query("SELECT COUNT(*) FROM upload_queue WHERE state='queued'") == std::vector<std::string>{"0"}; }));
+  // Payment evidence is never logged: neither the wallet id nor the voucher.
+  const std::string log = host->logger.all();
+  EXPECT_FALSE(contains(log, kWalletId)) << log;
+  EXPECT_FALSE(contains(log, hex(value_of<std::vector<std::uint8_t>>(voucher, "voucher")).substr(0, 40))) << log;
+  EXPECT_TRUE(contains(log, "voucher:T-1/capture acknowledged by the back end")) << log;
+}
+
+TEST_F(DcepTest, ARestartBeforeTheAckUploadsEveryQueuedRowAgain) {
+  start_plugin();
+  ASSERT_EQ(authorize("T-1", 3000).decision, payment::Decision::approved);
+  ASSERT_EQ(authorize("T-2", 4000).decision, payment::Decision::approved);
+  ASSERT_EQ(cancel("T-2").state, payment::OperationState::confirmed);
+  host->acknowledge("voucher:T-2/authorize");
+  ASSERT_TRUE(host->run_until([&] { return query("SELECT state FROM upload_queue WHERE operation_id='T-2/authorize'") == std::vector<std::string>{"uploaded"}; }));
+  stop_plugin();  // T-1's voucher and T-2's void wait for the back end: their answers never come to this instance
+
+  outbox->uploads.clear();
+  start_plugin();
+  ASSERT_TRUE(host->run_until([&] { return outbox->uploads.size() == 2; }));
+  EXPECT_EQ(outbox->uploads[0].key, "voucher:T-1/authorize");
+  EXPECT_EQ(outbox->uploads[1].key, "voucher:T-2/void");
+  EXPECT_EQ(value_of<std::string>(outbox->uploads[1], "reason"), "void");
+  EXPECT_TRUE(contains(host->logger.all(), "2 queued record(s) not yet acknowledged by the back end: uploading")) << host->logger.all();
+  host->acknowledge("voucher:T-1/authorize");
+  host->acknowledge("voucher:T-2/void");
+  ASSERT_TRUE(host->run_until([&] { return query("SELECT COUNT(*) FROM upload_queue WHERE state='queued'") == std::vector<std::string>{"0"}; }));
+}
+
+TEST_F(DcepTest, AKeyTheBackEndAcknowledgedWhileTheInstanceWasStoppedIsMarkedAtOnceAtTheNextStart) {
+  start_plugin();
+  ASSERT_EQ(authorize("T-1", 3000).decision, payment::Decision::approved);
+  stop_plugin();
+  host->acknowledge("voucher:T-1/authorize");  // the core had it in its outbox: the ack comes anyway
+  EXPECT_EQ(query("SELECT state FROM upload_queue"), std::vector<std::string>{"queued"});
+  start_plugin();
+  ASSERT_TRUE(host->run_until([&] { return query("SELECT state FROM upload_queue") == std::vector<std::string>{"uploaded"}; }));
+  EXPECT_EQ(host->uploads_of("voucher:T-1/authorize"), 2u) << "one before the stop, one at this start, answered at once";
+  EXPECT_EQ(host->waiting_uploads(), 0u);
+}
+
+TEST_F(DcepTest, ARefusedUploadKeepsTheRowQueuedAndCountedAndIsTriedAgainWithBackoff) {
+  start_plugin();
+  outbox->refusal = Status(StatusCode::busy, "the uplink outbox is full");
+  ASSERT_EQ(authorize("T-1", 50000).decision, payment::Decision::approved);
+  ASSERT_TRUE(host->run_until([&] { return contains(host->logger.all(), "voucher:T-1/authorize (50000 fen) was not taken for upload (busy)"); }))
+      << host->logger.all();
+  EXPECT_EQ(query("SELECT state FROM upload_queue"), std::vector<std::string>{"queued"});
+  EXPECT_EQ(authorize("T-2", 30001).reason, "the pile's offline limit until the next settlement is reached") << "still not at the back end";
+  EXPECT_EQ(host->uploads_of("voucher:T-1/authorize"), 1u);
+
+  // Tried again after 30 s, then 60 s, while the outbox stays full.
+  auto refusals = [&] {
+    const std::string log = host->logger.all();
+    std::size_t n = 0;
+    for (auto at = log.find("was not taken for upload"); at != std::string::npos; at = log.find("was not taken for upload", at + 1)) ++n;
+    return n;
+  };
+  host->scheduler.advance(29s);
+  host->run_until([] { return true; });
+  EXPECT_EQ(host->uploads_of("voucher:T-1/authorize"), 1u);
+  host->scheduler.advance(1s);
+  ASSERT_TRUE(host->run_until([&] { return host->uploads_of("voucher:T-1/authorize") == 2 && refusals() == 2; }));
+  host->scheduler.advance(59s);
+  host->run_until([] { return true; });
+  EXPECT_EQ(host->uploads_of("voucher:T-1/authorize"), 2u);
+  outbox->refusal.reset();  // room again
+  host->scheduler.advance(1s);
+  ASSERT_TRUE(host->run_until([&] { return host->uploads_of("voucher:T-1/authorize") == 3 && host->waiting_uploads() == 1; }));
+  host->acknowledge("voucher:T-1/authorize");
+  ASSERT_TRUE(host->run_until([&] { return query("SELECT state FROM upload_queue") == std::vector<std::string>{"uploaded"}; }));
+  EXPECT_EQ(authorize("T-2", 30001).decision, payment::Decision::approved);
 }
 
 TEST_F(DcepTest, AWalletThatLeavesTheFieldMidPaymentIsDeclinedAndNothingIsStored) {
@@ -657,4 +846,224 @@ payment:
   sqlite3_close(db);
   EXPECT_EQ(rows, (std::vector<std::string>{"voucher|payment|30000|queued", "refund|change|" + std::to_string(30000 - bill) + "|queued"}));
   EXPECT_FALSE(contains(daemon.stderr_text(), kWalletId));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The vouchers' way to the back end through the real pilecored (issue #12): payment-dcep hands
+// each queued row to Host::upload, the core's outbox takes it over sim-link (which plays the back
+// end and acknowledges), and the row is marked uploaded when the ack is in; in-process and
+// isolated (the call and its answer cross pilecore-plugin-host's socket).
+
+namespace {
+
+struct DcepSite {
+  explicit DcepSite(TempDir& d) : dir(d), state(d.path() / "state") {
+    sim::write_file(dir.path() / "root.pem", sim::to_pem(pki.root));
+    sim::write_file(dir.path() / "issuer.pem", sim::to_pem(pki.issuer));
+    sim::write_file(dir.path() / "wallet.pem", sim::to_pem(pki.wallet));
+    sim::write_file(dir.path() / "wallet.key", sim::to_pem(pki.wallet_key));
+  }
+
+  /// The site: with the wallet at the reader (a session), or without (no vehicle, no wallet);
+  /// `link`: sim-link's config, or empty for a site without links.
+  std::string site(bool session, const std::string& link, bool isolate) const {
+    std::string s = R"(site: {id: DCEP-2, name: e-CNY upload test, location: {lat: 31.2, lon: 121.5}, timezone: Asia/Shanghai}
+connectors:
+  - {id: 1, type: gbt-dc, max_power_w: 60000}
+plugins:
+  power-1:
+    plugin: sim-power
+    connector: 1
+    config: )" + std::string(session ? "{arrive_after_s: 0, ev_ready_delay_ms: 0, battery_capacity_wh: 200000, initial_soc_pct: 10, tick_ms: 1000}"
+                                                      : "{arrive_after_s: -1}") + "\n";
+    if (session) {
+      s += "  reader-1:\n    plugin: test-wallet-reader\n    connector: 1\n    config: {wallet_id: \"" + kWalletId +
+           "\", wallet_key_file: " + (dir.path() / "wallet.key").string() + ", wallet_cert_file: " + (dir.path() / "wallet.pem").string() +
+           ", balance_fen: 100000, present_after_ms: 5000}\n";
+    }
+    // Isolated, it reads the trust anchors from the test's directory.
+    s += "  ecny:\n    plugin: payment-dcep\n" + (isolate ? "    isolate: true\n    isolate_paths: [" + dir.path().string() + "]\n" : std::string()) +
+         "    config: {merchant_id: " + kMerchant +
+         ", root_ca_file: " + (dir.path() / "root.pem").string() + ", issuer_ca_file: " + (dir.path() / "issuer.pem").string() + "}\n";
+    if (!link.empty()) s += "  backend:\n    plugin: sim-link\n    config: " + link + "\n";
+    s += R"(tariffs:
+  decimals: 2
+  plans:
+    all:
+      prices: {flat: {electricity: 69.50, service: 80.00}}
+      periods: [{from: "00:00", to: "24:00", type: flat}]
+  week: {mon: all, tue: all, wed: all, thu: all, fri: all, sat: all, sun: all}
+payment:
+  preauth_fen: 30000
+  tokens:
+    wallet: {method: ecny}
+)";
+    if (!link.empty()) s += "links: {device_id: 4242, heartbeat_s: 0, outbox: {first_retry_s: 5, max_retry_s: 5}}\n";
+    return s;
+  }
+
+  std::unique_ptr<test::Child> start(const std::string& site_text, const std::string& clock_start) {
+    return std::make_unique<test::Child>(std::vector<std::string>{
+        kPilecored, "--config", dir.write("site.yaml", site_text).string(), "--state-dir", state.string(), "--plugin-dir", PILECORE_PLUGIN_DIR,
+        "--plugin-dir", PILECORE_TEST_PLUGIN_DIR, "--status-interval", "0", "--clock-speed", test::time_scale().speed_arg(60), "--clock-start",
+        clock_start});
+  }
+
+  test::ProcessResult ctl(std::vector<std::string> args) const {
+    args.insert(args.begin(), kPilectl);
+    args.insert(args.end(), {"--state-dir", state.string()});
+    return test::run_process(args);
+  }
+
+  /// One session paid with the wallet, stopped and captured; returns its transaction id.
+  std::string charge(test::Child& daemon) const {
+    nlohmann::json connector;
+    EXPECT_TRUE(test::eventually(
+        [&] {
+          const auto r = ctl({"status", "--json"});
+          if (r.exit_code != 0) return false;
+          connector = nlohmann::json::parse(r.out)["connectors"][0];
+          return connector.value("status", "") == "Charging";
+        },
+        30s))
+        << connector.dump() << "\n" << daemon.stderr_text();
+    if (!connector.contains("session")) return {};
+    const std::string txn = connector["session"]["transaction"];
+    EXPECT_TRUE(test::eventually(
+        [&] {
+          const auto r = ctl({"status", "--json"});
+          return r.exit_code == 0 && nlohmann::json::parse(r.out)["connectors"][0]["session"].value("energy_wh", 0) > 0;
+        },
+        30s));
+    EXPECT_EQ(ctl({"session", "stop", "1"}).exit_code, 0);
+    EXPECT_TRUE(test::eventually(
+        [&] {
+          const auto r = ctl({"receipt", txn, "--json"});
+          return r.exit_code == 0 && nlohmann::json::parse(r.out).value("capture_status", "") == "captured";
+        },
+        30s));
+    return txn;
+  }
+
+  /// Rows of a query on a database (read-only: the daemon may be writing it).
+  static std::vector<std::string> rows(const fs::path& file, const std::string& sql) {
+    sqlite3* db = nullptr;
+    std::vector<std::string> out;
+    if (sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+      sqlite3_close(db);
+      return out;
+    }
+    sqlite3_busy_timeout(db, 2000);
+    sqlite3_exec(
+        db, sql.c_str(),
+        [](void* o, int n, char** v, char**) {
+          std::string row;
+          for (int i = 0; i < n; ++i) row += (i ? "|" : "") + std::string(v[i] ? v[i] : "NULL");
+          static_cast<std::vector<std::string>*>(o)->push_back(row);
+          return 0;
+        },
+        &out, nullptr);
+    sqlite3_close(db);
+    return out;
+  }
+  std::vector<std::string> queue() const { return rows(state / "plugins" / "ecny" / "dcep.db", "SELECT operation_id, state FROM upload_queue ORDER BY seq"); }
+  std::vector<std::string> core(const std::string& sql) const { return rows(state / "pilecore.db", sql); }
+
+  TempDir& dir;
+  fs::path state;
+  Pki pki;
+};
+
+/// How often sim-link's back end saw `key` arrive (stored, or again).
+int arrivals(const std::string& log, const std::string& key) {
+  int n = 0;
+  for (const std::string& what : {"back end: stored voucher record " + key + "\n", "back end: " + key + " again, already stored"}) {
+    for (auto at = log.find(what); at != std::string::npos; at = log.find(what, at + 1)) ++n;
+  }
+  return n;
+}
+
+void vouchers_reach_the_back_end(bool isolate) {
+  TempDir dir;
+  DcepSite s(dir);
+  auto daemon = s.start(s.site(true, "{latency_ms: 10, mtu_bytes: 4096}", isolate), "2026-12-01T02:00:00Z");
+  const std::string txn = s.charge(*daemon);
+  ASSERT_FALSE(txn.empty()) << daemon->stderr_text();
+  ASSERT_TRUE(test::eventually([&] { return s.queue() == std::vector<std::string>{txn + "/authorize|uploaded", txn + "/capture|uploaded"}; }, 30s))
+      << ::testing::PrintToString(s.queue()) << "\n" << daemon->stderr_text();
+  // The core remembers the keys, their owner and the acknowledgement; the outbox has let them go.
+  EXPECT_EQ(s.core("SELECT key, instance, kind, state FROM plugin_uploads ORDER BY key"),
+            (std::vector<std::string>{"voucher:" + txn + "/authorize|ecny|voucher|acknowledged", "voucher:" + txn + "/capture|ecny|voucher|acknowledged"}));
+  EXPECT_EQ(s.core("SELECT COUNT(*) FROM outbox WHERE kind='voucher'"), std::vector<std::string>{"0"});
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(), 0) << daemon->stderr_text();
+  const std::string log = daemon->stderr_text();
+  EXPECT_EQ(arrivals(log, "voucher:" + txn + "/authorize"), 1) << log;
+  EXPECT_EQ(arrivals(log, "voucher:" + txn + "/capture"), 1) << log;
+  EXPECT_FALSE(contains(log, kWalletId)) << "payment evidence is never logged";
+}
+
+}  // namespace
+
+TEST(DcepThroughPilecored, TheVoucherAndItsChangeReachTheBackEndOnceAndAreMarkedUploaded) { vouchers_reach_the_back_end(false); }
+
+TEST(DcepThroughPilecored, AnIsolatedInstanceUploadsThroughItsProcessBoundaryAlike) { vouchers_reach_the_back_end(true); }
+
+TEST(DcepThroughPilecored, VouchersWaitOutAnOutageAndARestartAndAnAcknowledgedKeyIsNotSentAgain) {
+  TempDir dir;
+  DcepSite s(dir);
+  std::string txn;
+  {
+    // The link is down for the whole run: the records wait in the outbox, the rows stay queued.
+    auto daemon = s.start(s.site(true, "{start_down: true, mtu_bytes: 4096}", false), "2026-12-01T02:00:00Z");
+    txn = s.charge(*daemon);
+    ASSERT_FALSE(txn.empty()) << daemon->stderr_text();
+    daemon->signal(SIGTERM);
+    ASSERT_EQ(daemon->wait(), 0) << daemon->stderr_text();
+  }
+  const std::string voucher = "voucher:" + txn + "/authorize", change = "voucher:" + txn + "/capture";
+  EXPECT_EQ(s.queue(), (std::vector<std::string>{txn + "/authorize|queued", txn + "/capture|queued"}));
+  EXPECT_EQ(s.core("SELECT key FROM outbox WHERE kind='voucher' ORDER BY key"), (std::vector<std::string>{voucher, change}));
+  {
+    // Back up after a restart: the outbox sends them, the plugin uploads them again at start and
+    // waits for the same acknowledgement; each arrives once.
+    auto daemon = s.start(s.site(false, "{latency_ms: 10, mtu_bytes: 4096}", false), "2026-12-01T03:00:00Z");
+    ASSERT_TRUE(test::eventually([&] { return s.queue() == std::vector<std::string>{txn + "/authorize|uploaded", txn + "/capture|uploaded"}; }, 30s))
+        << ::testing::PrintToString(s.queue()) << "\n" << daemon->stderr_text();
+    daemon->signal(SIGTERM);
+    ASSERT_EQ(daemon->wait(), 0) << daemon->stderr_text();
+    const std::string log = daemon->stderr_text();
+    EXPECT_EQ(arrivals(log, voucher), 1) << log;
+    EXPECT_EQ(arrivals(log, change), 1) << log;
+  }
+  // A crash between the ack and the plugin's mark: the row is queued again. The next start
+  // uploads it, and the core answers from what it remembers: acknowledged, nothing sent.
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open_v2((s.state / "plugins" / "ecny" / "dcep.db").c_str(), &db, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, ("UPDATE upload_queue SET state='queued', uploaded_ms=NULL WHERE operation_id='" + txn + "/authorize'").c_str(), nullptr,
+                           nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto daemon = s.start(s.site(false, "{latency_ms: 10, mtu_bytes: 4096}", false), "2026-12-01T04:00:00Z");
+  ASSERT_TRUE(test::eventually([&] { return s.queue() == std::vector<std::string>{txn + "/authorize|uploaded", txn + "/capture|uploaded"}; }, 30s))
+      << ::testing::PrintToString(s.queue()) << "\n" << daemon->stderr_text();
+  daemon->signal(SIGTERM);
+  ASSERT_EQ(daemon->wait(), 0) << daemon->stderr_text();
+  EXPECT_EQ(arrivals(daemon->stderr_text(), voucher), 0) << daemon->stderr_text();
+}
+
+TEST(DcepThroughPilecored, WithoutALinkTheRowsStayQueuedAndCountAgainstTheOfflineLimit) {
+  TempDir dir;
+  DcepSite s(dir);
+  auto daemon = s.start(s.site(true, "", false), "2026-12-01T02:00:00Z");
+  const std::string txn = s.charge(*daemon);
+  ASSERT_FALSE(txn.empty()) << daemon->stderr_text();
+  ASSERT_TRUE(test::eventually([&] { return contains(daemon->stderr_text(), "voucher:" + txn + "/capture"); }, 30s)) << daemon->stderr_text();
+  daemon->signal(SIGTERM);
+  ASSERT_EQ(daemon->wait(), 0) << daemon->stderr_text();
+  EXPECT_EQ(s.queue(), (std::vector<std::string>{txn + "/authorize|queued", txn + "/capture|queued"}));
+  EXPECT_TRUE(contains(daemon->stderr_text(), "was not taken for upload (unavailable): this pile has no link to a back end")) << daemon->stderr_text();
+  EXPECT_EQ(s.core("SELECT COUNT(*) FROM plugin_uploads"), std::vector<std::string>{"0"});
 }

@@ -117,6 +117,7 @@ class StrandHost final : public Host {
     std::lock_guard lock(mutex_);
     tokens_.push_back(token);
   }
+  void upload(const UplinkRecord&, UploadCallback) noexcept override { ADD_FAILURE() << "a reader uploads no records"; }
 
   /// Runs `fn` on the strand and waits for it.
   template <class F>

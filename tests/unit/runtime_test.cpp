@@ -121,6 +121,6 @@ TEST(Runtime, RefusesADatabaseFromANewerPilecore) {
   Runtime rt(std::move(*outcome.site), options);
   EXPECT_EQ(rt.run(), 3);
   EXPECT_EQ(rt.start_error(), (dir.path() / "state" / "pilecore.db").string() +
-                                  ": database schema version 99 is newer than this pilecore understands (12); "
+                                  ": database schema version 99 is newer than this pilecore understands (13); "
                                   "install the newer pilecore again or restore a backup");
 }

@@ -11,7 +11,7 @@
 //    core's event loop is not the plugin's to run I/O on.
 //  - From any thread: post(), log(), clock(), config(), instance_name(), connector().
 //  - Only on the strand: schedule(), cancel(), publish(), raise(), report_state(), state_dir(),
-//    and every callback the core hands the plugin (a link's `done`, a risk rule's answer, ...).
+//    present(), upload(), and every callback the core hands the plugin (a link's `done`, a risk rule's answer, ...).
 //    From a driver thread, post() a lambda that makes the call.
 //  - A callback the core passes to a plugin (e.g. link::Link::send's `done`) is called exactly
 //    once, on the strand, either before the call returns (synchronously) or later. Never twice,
@@ -31,6 +31,7 @@
 #include "pilecore/events.hpp"
 #include "pilecore/identification.hpp"
 #include "pilecore/log.hpp"
+#include "pilecore/uplink.hpp"
 
 namespace pilecore {
 inline namespace v2 {
@@ -74,6 +75,26 @@ class Host {
   /// the payment method the site binds its type to and starts authentication on its connector.
   /// Call on the core's strand.
   virtual void present(const identification::Token& token) noexcept = 0;
+
+  /// API 2.4. Hands the core one record for the operator's back end (uplink.hpp). Strand only.
+  ///  - The core writes it durably into its outbox, class transaction, under `record.key`,
+  ///    and the outbox sends it until the back end acknowledges that key (docs/protocol.md
+  ///    sections 3.2 and 4): across outages and restarts, never dropped.
+  ///  - Idempotent on the key: a key already waiting is not written twice (the first body stays,
+  ///    a second upload only waits for the same acknowledgement); a key the back end has already
+  ///    acknowledged answers ok at once and is not sent again.
+  ///  - `done` is called once, on the strand, never inside this call: ok when the back end has
+  ///    acknowledged the key; otherwise a refusal, and then nothing was written:
+  ///    `invalid_argument` (the record breaks a rule of uplink.hpp; retrying it will not help),
+  ///    `busy` (the outbox is full of money records the back end has not acknowledged yet),
+  ///    `unavailable` (this pile has no link to a back end, or its database failed). Upload
+  ///    a refused record again later: its state change must not be forgotten.
+  ///  - If the instance stops before the acknowledgement, `done` is not called (as for post());
+  ///    the record stays in the outbox and still goes out. Keep your own "not yet acknowledged"
+  ///    mark and upload those records again at the next start(): that is how an instance learns
+  ///    of an acknowledgement that came while it was not running.
+  ///  - In an isolated instance the call and its answer cross the socket; the same rules hold.
+  virtual void upload(const UplinkRecord& record, UploadCallback done) noexcept = 0;
 };
 
 }  // namespace v2

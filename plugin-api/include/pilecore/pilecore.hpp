@@ -18,4 +18,5 @@
 #include "pilecore/sensor.hpp"
 #include "pilecore/status.hpp"
 #include "pilecore/strategy.hpp"
+#include "pilecore/uplink.hpp"
 #include "pilecore/version.hpp"

@@ -6,7 +6,7 @@
 #pragma once
 
 #define PILECORE_API_MAJOR 2
-#define PILECORE_API_MINOR 3
+#define PILECORE_API_MINOR 4
 
 #define PILECORE_DETAIL_STR2(x) #x
 #define PILECORE_DETAIL_STR(x) PILECORE_DETAIL_STR2(x)

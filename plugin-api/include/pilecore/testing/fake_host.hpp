@@ -3,7 +3,7 @@
 // The test is the core: the thread that creates the FakeHost is the strand, posted functions and
 // timers run only when the test says so (run_posted, run_until, advance), and the clock moves
 // only through advance(). Everything the plugin hands the host (samples, alarms, states, tokens,
-// log lines) is recorded, and so is every call the threading rules forbid (a publish() from a
+// uplink records, log lines) is recorded, and so is every call the threading rules forbid (a publish() from a
 // driver thread, a callback answered twice or off the strand), so a test can assert there were
 // none. It knows nothing of GoogleTest (whose namespace is ::testing, hence testkit); any
 // framework will do.
@@ -39,6 +39,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -295,6 +296,11 @@ struct RecordedState {
   std::string state;
   std::string detail;
 };
+/// One Host::upload() call. The test plays the back end: FakeHost::acknowledge(key).
+struct RecordedUpload {
+  UplinkRecord record;
+  TimePoint time{};
+};
 
 class FakeHost;
 
@@ -433,6 +439,32 @@ class FakeHost final : public Host {
     on_strand("present()");
     record([&] { tokens_.push_back(token); });
   }
+  /// Records the upload. `done` is posted (never called inside): at once with the refusal set by
+  /// refuse_uploads() or with invalid_argument for a record the core would refuse
+  /// (uplink_record_error), at once with ok for a key acknowledged before, else when the test
+  /// calls acknowledge(key). Like the core, a waiting upload of a key is not answered after stop().
+  void upload(const UplinkRecord& r, UploadCallback done) noexcept override {
+    on_strand("upload()");
+    try {
+      std::optional<Status> now;
+      {
+        std::lock_guard lock(mutex_);
+        uploads_.push_back({r, clock_.now()});
+        if (std::string why = uplink_record_error(r); !why.empty()) {
+          now = Status(StatusCode::invalid_argument, std::move(why));
+        } else if (refusal_) {
+          now = *refusal_;
+        } else if (acknowledged_.count(r.key) != 0) {
+          now = Status::success();
+        } else {
+          waiting_.emplace(r.key, std::move(done));
+        }
+      }
+      if (now) post([done = std::move(done), st = *now] { done(st); });
+    } catch (...) {
+      violation("upload() could not be recorded");
+    }
+  }
 
   // --- The test's side (call these on the thread that created the host) ---
 
@@ -492,12 +524,45 @@ class FakeHost final : public Host {
   }
 
   /// What the core does once an instance has stopped: what is still posted or scheduled is
-  /// dropped, and later posts do not run. Instance::stop() calls it.
+  /// dropped, later posts do not run, and uploads still waiting are never answered.
+  /// Instance::stop() calls it.
   void stopped() {
     std::lock_guard lock(mutex_);
     stopped_ = true;
     posted_.clear();
     timers_.clear();
+    waiting_.clear();
+  }
+
+  /// The back end acknowledges `key`: every upload of it still waiting is answered ok (posted:
+  /// run_posted() delivers it), and later uploads of the key are answered ok at once. Returns how
+  /// many uploads were waiting.
+  std::size_t acknowledge(const std::string& key) {
+    std::vector<UploadCallback> dones;
+    {
+      std::lock_guard lock(mutex_);
+      acknowledged_.insert(key);
+      auto [first, last] = waiting_.equal_range(key);
+      for (auto it = first; it != last; ++it) dones.push_back(std::move(it->second));
+      waiting_.erase(first, last);
+    }
+    for (auto& d : dones) post([d = std::move(d)] { d(Status::success()); });
+    return dones.size();
+  }
+  /// From now on every upload is refused with `refusal` (e.g. the core's "outbox full", code
+  /// busy); nullopt: uploads wait for acknowledge() again.
+  void refuse_uploads(std::optional<Status> refusal) {
+    std::lock_guard lock(mutex_);
+    refusal_ = std::move(refusal);
+  }
+  /// Every upload() call, in order (a re-submission is a call of its own).
+  [[nodiscard]] std::vector<RecordedUpload> uploads() const { return copy(uploads_); }
+  /// The keys of uploads waiting for acknowledge(), sorted (a key uploaded twice is there twice).
+  [[nodiscard]] std::vector<std::string> waiting_uploads() const {
+    std::lock_guard lock(mutex_);
+    std::vector<std::string> out;
+    for (const auto& [key, done] : waiting_) out.push_back(key);
+    return out;
   }
 
   /// A recorder for one callback the test hands the plugin.
@@ -589,6 +654,10 @@ class FakeHost final : public Host {
   std::vector<RecordedAlarm> alarms_;
   std::vector<RecordedState> states_;
   std::vector<identification::Token> tokens_;
+  std::vector<RecordedUpload> uploads_;
+  std::multimap<std::string, UploadCallback> waiting_;
+  std::set<std::string> acknowledged_;
+  std::optional<Status> refusal_;
   std::vector<std::string> violations_;
 };
 
