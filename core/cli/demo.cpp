@@ -166,6 +166,18 @@ std::optional<TimePoint> time_of(const json& j) {
 
 std::string yuan(std::int64_t fen) { return format_yuan(fen) + " yuan"; }
 
+/// The one number `sql` selects from the database at `db`, opened read-only (the daemon may be
+/// writing it: WAL lets a reader in); -1 when it cannot be read now.
+std::int64_t read_number(const fs::path& db, const char* sql) {
+  try {
+    Database ro(db, Database::ReadOnly{});
+    Stmt q(ro.handle(), sql);
+    return q.step() ? q.i64(0) : -1;
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
 }  // namespace
 
 std::string describe_event(const json& ev);
@@ -1132,14 +1144,8 @@ class Day {
     const auto deadline = std::chrono::steady_clock::now() + 60s;
     for (;;) {
       from_backend();
-      std::int64_t waiting = -1;
-      try {
-        Database ro(db, Database::ReadOnly{});
-        Stmt q(ro.handle(), "SELECT count(*) FROM outbox WHERE class <= 1 OR kind IN ('status', 'alarm')");
-        if (q.step()) waiting = q.i64(0);
-      } catch (const std::exception&) {
-        waiting = -1;  // busy: the daemon writes; ask again
-      }
+      // -1: busy, the daemon writes; ask again.
+      const std::int64_t waiting = read_number(db, "SELECT count(*) FROM outbox WHERE class <= 1 OR kind IN ('status', 'alarm')");
       if (waiting == 0) {
         line(now_, "back end", fmt::format("every control and transaction record, status change and alarm is acknowledged ({} records received over MQTT, {} over LoRaWAN)", records_,
                                            lorawan_records_));
@@ -1322,14 +1328,7 @@ void uplink_summary(BackEnd& backend, const fs::path& program, const fs::path& d
                                      vouchers, missing.size(), expected.size(), missing.empty() ? "" : ", e.g. ", missing.empty() ? "" : missing.front()));
   check(vouchers > 0, "the e-CNY sessions' vouchers were uploaded");
   // payment-dcep marks a voucher uploaded when the back end's ack names it: none still queued.
-  std::int64_t queued = -1;
-  try {
-    Database ro(dcep_db, Database::ReadOnly{});
-    Stmt q(ro.handle(), "SELECT count(*) FROM upload_queue WHERE state = 'queued'");
-    if (q.step()) queued = q.i64(0);
-  } catch (const std::exception&) {
-    queued = -1;
-  }
+  const std::int64_t queued = read_number(dcep_db, "SELECT count(*) FROM upload_queue WHERE state = 'queued'");
   check(queued == 0, fmt::format("payment-dcep holds no voucher still waiting for the back end ({} queued)", queued));
   check(highest > 0 && device.value("ledger_anchor", json()) == json(highest) && verified.find(fmt::format("up to seq {},", highest)) != std::string::npos,
         fmt::format("the ledger anchored at its last record, seq {} (the back end holds {}; ledger verify said: {})", highest,
@@ -1366,14 +1365,7 @@ void uplink_summary(BackEnd& backend, const fs::path& program, const fs::path& d
     const fs::path copy = day.backup_copy();
     std::error_code ec;
     fs::copy_file(fs::path(db.string() + ".anchor"), fs::path(copy.string() + ".anchor"), fs::copy_options::overwrite_existing, ec);
-    std::int64_t copy_highest = 0;
-    try {
-      Database ro(copy, Database::ReadOnly{});
-      Stmt q(ro.handle(), "SELECT COALESCE(MAX(seq), 0) FROM ledger");
-      if (q.step()) copy_highest = q.i64(0);
-    } catch (const std::exception&) {
-      copy_highest = -1;
-    }
+    const std::int64_t copy_highest = read_number(copy, "SELECT COALESCE(MAX(seq), 0) FROM ledger");
     // The copy was taken while the daemon ran: its newest records may not be signed yet, which
     // ledger verify accepts when told; what it must not accept is a copy the anchor outruns.
     std::ostringstream vo, ve;

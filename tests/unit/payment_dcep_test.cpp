@@ -32,6 +32,19 @@ const std::chrono::sys_days kToday = std::chrono::year{2026} / 12 / 1;
 const TimePoint kStart{std::chrono::duration_cast<Duration>(kToday.time_since_epoch())};
 const std::string kWalletId = "0021000012345678";
 const std::string kMerchant = "M-PILE-0001";
+/// The sites' tariff (one flat price all week) and the wallet token bound to payment-dcep.
+const std::string kFlatTariffWalletToken = R"(tariffs:
+  decimals: 2
+  plans:
+    all:
+      prices: {flat: {electricity: 69.50, service: 80.00}}
+      periods: [{from: "00:00", to: "24:00", type: flat}]
+  week: {mon: all, tue: all, wed: all, thu: all, fri: all, sat: all, sun: all}
+payment:
+  preauth_fen: 30000
+  tokens:
+    wallet: {method: ecny}
+)";
 
 std::chrono::system_clock::time_point years_from_today(int years) { return std::chrono::sys_days(kToday) + std::chrono::days(365 * years); }
 
@@ -765,19 +778,7 @@ plugins:
   ecny:
     plugin: payment-dcep
     config: {merchant_id: )" + kMerchant + ", root_ca_file: " + (dir.path() / "root.pem").string() + ", issuer_ca_file: " +
-                           (dir.path() / "issuer.pem").string() + R"(}
-tariffs:
-  decimals: 2
-  plans:
-    all:
-      prices: {flat: {electricity: 69.50, service: 80.00}}
-      periods: [{from: "00:00", to: "24:00", type: flat}]
-  week: {mon: all, tue: all, wed: all, thu: all, fri: all, sat: all, sun: all}
-payment:
-  preauth_fen: 30000
-  tokens:
-    wallet: {method: ecny}
-)";
+                           (dir.path() / "issuer.pem").string() + "}\n" + kFlatTariffWalletToken;
   test::Child daemon({kPilecored, "--config", dir.write("site.yaml", site).string(), "--state-dir", state.string(), "--plugin-dir", PILECORE_PLUGIN_DIR,
                       "--plugin-dir", PILECORE_TEST_PLUGIN_DIR, "--status-interval", "0", "--clock-speed", test::time_scale().speed_arg(60), "--clock-start", "2026-12-01T02:00:00Z"});
   auto ctl = [&](std::vector<std::string> args) {
@@ -886,18 +887,7 @@ plugins:
          "    config: {merchant_id: " + kMerchant +
          ", root_ca_file: " + (dir.path() / "root.pem").string() + ", issuer_ca_file: " + (dir.path() / "issuer.pem").string() + "}\n";
     if (!link.empty()) s += "  backend:\n    plugin: sim-link\n    config: " + link + "\n";
-    s += R"(tariffs:
-  decimals: 2
-  plans:
-    all:
-      prices: {flat: {electricity: 69.50, service: 80.00}}
-      periods: [{from: "00:00", to: "24:00", type: flat}]
-  week: {mon: all, tue: all, wed: all, thu: all, fri: all, sat: all, sun: all}
-payment:
-  preauth_fen: 30000
-  tokens:
-    wallet: {method: ecny}
-)";
+    s += kFlatTariffWalletToken;
     if (!link.empty()) s += "links: {device_id: 4242, heartbeat_s: 0, outbox: {first_retry_s: 5, max_retry_s: 5}}\n";
     return s;
   }
