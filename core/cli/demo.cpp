@@ -247,8 +247,9 @@ void add_uplink(YAML::Node& root, const json& sims, const json& backend) {
   YAML::Node links = root["links"];
   links["device_id"] = kDeviceId;
   // An hour of simulated time is half a second at 7200x: a record is not resent before its
-  // acknowledgement had time to come back, and the heartbeat comes hourly.
+  // acknowledgement had time to come back, and the heartbeat and the compact telemetry come hourly.
   links["heartbeat_s"] = 3600;
+  links["telemetry_s"] = 3600;
   links["outbox"]["first_retry_s"] = 3600;
   links["outbox"]["max_retry_s"] = 3600;
   if (backend.is_object()) {
@@ -1314,9 +1315,11 @@ void uplink_summary(BackEnd& backend, const fs::path& program, const fs::path& d
     kinds += fmt::format("{}{} {}", kinds.empty() ? "" : ", ", n.get<std::size_t>(), kind);
     records += n.get<std::size_t>();
   }
-  out << fmt::format("\nBack end: {} records held ({}); {} resent records and {} repeated frames dropped as duplicates; ledger held to seq {}\n",
+  out << fmt::format("\nBack end: {} records held ({}); {} resent records and {} repeated frames dropped as duplicates; ledger held to seq {}; "
+                     "{} compact telemetry frames\n",
                      records, kinds, device.value("record_duplicates", 0), device.value("frame_duplicates", 0),
-                     device.value("ledger_anchor", json()).is_number() ? device["ledger_anchor"].dump() : "-");
+                     device.value("ledger_anchor", json()).is_number() ? device["ledger_anchor"].dump() : "-", device.value("compact_telemetry_frames", 0));
+  check(device.value("compact_telemetry_frames", 0) > 0, "the pile's compact telemetry reached the back end");
   const fs::path dcep_db = db.parent_path() / "plugins" / "ecny" / "dcep.db";
   auto [expected, highest] = expected_records(db, dcep_db);
   std::vector<std::string> missing;

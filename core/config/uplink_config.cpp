@@ -46,6 +46,11 @@ Field links_schema() {
        with_default(with_range(field("heartbeat_s", FieldType::integer, "Clock time between status heartbeats (the connectors' states, the outbox's fill); 0: none"),
                                0, 86400, "s"),
                     "300"),
+       with_default(with_range(field("telemetry_s", FieldType::integer,
+                                     "Clock time between compact telemetry frames (each connector's state, power and meter register; not "
+                                     "acknowledged, sent on the telemetry class's link); 0: none"),
+                               0, 86400, "s"),
+                    "300"),
        with_fields(field("commands", FieldType::object,
                          "Signed remote commands from the back end (docs/protocol.md section 3.4); without this section every command is refused"),
                    {field("key", FieldType::string, "The back end's command key: its public half, a PEM file (public key or certificate, P-256 or SM2), absolute path", true),
@@ -158,13 +163,13 @@ UplinkConfig parse_uplink_config(const YAML::Node& links, const std::vector<Inst
     Value v;
     if (!parse_value(outbox_schema.fields[i], n, v) && std::holds_alternative<std::int64_t>(v)) *targets[i] = std::get<std::int64_t>(v);
   }
-  for (auto [index, target] : {std::pair{std::size_t{4}, &cfg.device_id}, std::pair{std::size_t{5}, &cfg.heartbeat_s}}) {
+  for (auto [index, target] : {std::pair{std::size_t{4}, &cfg.device_id}, std::pair{std::size_t{5}, &cfg.heartbeat_s}, std::pair{std::size_t{6}, &cfg.telemetry_s}}) {
     const YAML::Node n = member(links, schema.fields[index].key);
     if (!n.IsDefined() || n.IsNull()) continue;
     Value v;
     if (!parse_value(schema.fields[index], n, v) && std::holds_alternative<std::int64_t>(v)) *target = std::get<std::int64_t>(v);
   }
-  cfg.commands = parse_commands(member(links, "commands"), schema.fields[6], diags);
+  cfg.commands = parse_commands(member(links, "commands"), schema.fields[7], diags);
   if (cfg.first_retry_s > cfg.max_retry_s) {
     diags.error(position_of(member(outbox, "first_retry_s")),
                 fmt::format("'links.outbox.first_retry_s' ({} s) is longer than max_retry_s ({} s)", cfg.first_retry_s, cfg.max_retry_s));

@@ -7,6 +7,7 @@
 //       telemetry: {primary: modem, fallback: lora}
 //     device_id: 123456        # the frames' device id, assigned by the operator
 //     heartbeat_s: 300         # a status heartbeat every 5 minutes (0: none)
+//     telemetry_s: 300         # compact telemetry (state, power, meter) every 5 minutes (0: none)
 //     outbox: {max_records: 20000, max_bytes: 33554432, first_retry_s: 15, max_retry_s: 600}
 //     commands:                # signed remote commands (docs/protocol.md section 3.4); none: refused
 //       key: /etc/pilecore/backend-command.pem
@@ -52,6 +53,7 @@ struct UplinkConfig {
   std::int64_t max_retry_s = 600;
   std::int64_t device_id = 0;     ///< every frame's device id (docs/protocol.md section 1)
   std::int64_t heartbeat_s = 300; ///< 0: no heartbeat
+  std::int64_t telemetry_s = 300; ///< compact telemetry every; 0: none
   /// None: every remote command is refused "commands are not enabled on this pile".
   std::optional<CommandsConfig> commands;
 };

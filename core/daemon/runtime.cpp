@@ -925,6 +925,7 @@ void Runtime::start_uplink() {
   UplinkSettings settings{.device_id = static_cast<std::uint32_t>(site_.uplink.device_id),
                           .routing = site_.uplink.routing,
                           .heartbeat = std::chrono::seconds(site_.uplink.heartbeat_s),
+                          .telemetry = std::chrono::seconds(site_.uplink.telemetry_s),
                           .batch = 32};
   std::optional<RemoteCommandSettings> commands;
   if (const auto& c = site_.uplink.commands) {
@@ -950,6 +951,19 @@ void Runtime::start_uplink() {
   for (const auto& inst : instances_) {
     if (inst->kind() == Kind::link && inst->state() == InstanceState::running) uplink_->add_link(inst->spec().name, inst->as<link::Link>());
   }
+  uplink_->set_telemetry_body([this] {
+    std::vector<protocol::ConnectorTelemetry> out;
+    if (!engine_) return out;
+    for (const auto& c : engine_->status().connectors) {
+      if (c.id > 15) continue;  // the compact layout numbers connectors 0..15
+      const auto clamp = [](std::optional<std::int64_t> v, std::int64_t hi) { return static_cast<std::uint32_t>(std::clamp<std::int64_t>(v.value_or(0), 0, hi)); };
+      out.push_back({.connector = static_cast<std::uint8_t>(c.id),
+                     .status = static_cast<protocol::ConnectorStatus>(c.status),
+                     .power_w = clamp(c.power_w, protocol::kCompactMaxPowerW),
+                     .meter_wh = clamp(c.meter_wh, 0xFFFFFFFFLL)});
+    }
+    return out;
+  });
   uplink_->set_heartbeat_body([this] {
     nlohmann::json connectors = nlohmann::json::object();
     for (const auto& [id, st] : connector_status_) connectors[std::to_string(id)] = std::string(pilecore::to_string(st));

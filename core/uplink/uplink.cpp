@@ -63,6 +63,7 @@ void Uplink::start() {
     });
   }
   if (settings_.heartbeat.count() > 0) heartbeat_timer_ = scheduler_.after(settings_.heartbeat, [this] { heartbeat(); });
+  if (settings_.telemetry.count() > 0) telemetry_timer_ = scheduler_.after(settings_.telemetry, [this] { telemetry(); });
   wake();
 }
 
@@ -75,7 +76,8 @@ void Uplink::stop() {
   }
   scheduler_.cancel(timer_);
   scheduler_.cancel(heartbeat_timer_);
-  timer_ = heartbeat_timer_ = 0;
+  scheduler_.cancel(telemetry_timer_);
+  timer_ = heartbeat_timer_ = telemetry_timer_ = 0;
   timer_at_.reset();
 }
 
@@ -390,6 +392,45 @@ void Uplink::heartbeat() {
         wake();
       });
   heartbeat_timer_ = scheduler_.after(settings_.heartbeat, [this] { heartbeat(); });
+}
+
+void Uplink::telemetry() {
+  telemetry_timer_ = scheduler_.after(settings_.telemetry, [this] { telemetry(); });
+  if (!running_ || !telemetry_body_) return;
+  const std::vector<protocol::ConnectorTelemetry> readings = telemetry_body_();
+  if (readings.empty()) return;
+  // As many connectors per frame as the link's MTU takes (7 bytes each after the header).
+  const auto links = snapshots();
+  const auto choice = protocol::choose_link(settings_.routing, UplinkClass::telemetry, protocol::kHeaderSize + protocol::kCompactRecordSize, links);
+  std::size_t mtu = 0;
+  for (const auto& l : links) {
+    if (choice && l.name == choice->link) mtu = l.mtu;
+  }
+  // No sequence block yet (nothing was sent since the start): a sequence is never reused, so wait.
+  if (!choice || choice->fragmented || mtu < protocol::kHeaderSize + protocol::kCompactRecordSize || seq_left_ == 0) {
+    ++stats_.telemetry_skipped;
+    return;
+  }
+  const std::size_t per_frame = (mtu - protocol::kHeaderSize) / protocol::kCompactRecordSize;
+  for (std::size_t i = 0; i < readings.size(); i += per_frame) {
+    const std::vector<protocol::ConnectorTelemetry> part(readings.begin() + static_cast<std::ptrdiff_t>(i),
+                                                         readings.begin() + static_cast<std::ptrdiff_t>(std::min(readings.size(), i + per_frame)));
+    protocol::Bytes payload;
+    try {
+      payload = protocol::encode_compact_telemetry(part);
+    } catch (const std::exception& e) {
+      spdlog::warn("uplink: compact telemetry not sent: {}", e.what());
+      ++stats_.telemetry_skipped;
+      return;
+    }
+    protocol::Header h;
+    h.type = protocol::MessageType::telemetry_compact;
+    h.device_id = settings_.device_id;
+    h.timestamp = unix_seconds(clock_.now());
+    h.sequence = next_sequence();
+    send_frame(std::string(choice->link), protocol::encode(h, payload), UplinkClass::telemetry);
+    ++stats_.telemetry_sent;
+  }
 }
 
 }  // namespace pilecore::core

@@ -19,6 +19,9 @@
 //    (protocol::Counters) and shown in status.
 //  - Heartbeat: a status record every `heartbeat` of clock time, with what heartbeat_body()
 //    returns (the connectors' states).
+//  - Telemetry: every `telemetry` of clock time, the connectors' state, power and meter register
+//    in the compact layout (protocol.md 3.3), straight to the telemetry class's link: it is not
+//    acknowledged, and one no link can take now is skipped (the next supersedes it).
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -49,6 +52,7 @@ struct UplinkSettings {
   std::uint32_t device_id = 0;
   protocol::LinkRouting routing;
   Duration heartbeat = std::chrono::minutes(5);  ///< 0: no heartbeat
+  Duration telemetry = std::chrono::minutes(5);  ///< compact telemetry (protocol.md 3.3) every; 0: none
   std::size_t batch = 32;                        ///< records read per storage work
 };
 
@@ -63,6 +67,8 @@ struct UplinkStats {
   std::uint64_t commands = 0;        ///< command frames answered by the DownlinkHandler
   std::uint64_t foreign = 0;         ///< down frames addressed to another device id (ignored)
   std::uint64_t enqueue_failures = 0;  ///< status/alarm/heartbeat records whose work failed
+  std::uint64_t telemetry_sent = 0;     ///< compact telemetry frames handed to a link
+  std::uint64_t telemetry_skipped = 0;  ///< compact telemetry no link could take then (the next supersedes it)
   protocol::Counters refusals;       ///< down frames refused, by reason
 };
 
@@ -99,6 +105,8 @@ class Uplink {
   void set_acknowledged(std::function<void(const std::vector<std::string>&)> fn) { acknowledged_ = std::move(fn); }
   /// What a heartbeat carries (may be empty: none).
   void set_heartbeat_body(std::function<nlohmann::json()> body) { heartbeat_body_ = std::move(body); }
+  /// The connectors' readings for compact telemetry (may be empty: none is sent).
+  void set_telemetry_body(std::function<std::vector<protocol::ConnectorTelemetry>()> body) { telemetry_body_ = std::move(body); }
   void start();
   /// Cancels the timers and detaches from the links; a batch in flight is dropped here (its
   /// records were marked attempted and are resent after the next start).
@@ -127,6 +135,7 @@ class Uplink {
   void sent(const std::string& link, const Status& st);
   void on_message(std::uint8_t flags, const protocol::Header& header, protocol::ByteView payload);
   void heartbeat();
+  void telemetry();
   [[nodiscard]] bool any_link_up() const;
   [[nodiscard]] std::vector<protocol::LinkSnapshot> snapshots() const;
   std::uint32_t next_sequence();
@@ -138,6 +147,7 @@ class Uplink {
   std::unique_ptr<DownlinkHandler> downlink_;
   std::vector<LinkRef> links_;
   std::function<nlohmann::json()> heartbeat_body_;
+  std::function<std::vector<protocol::ConnectorTelemetry>()> telemetry_body_;
   std::function<void(const std::vector<std::string>&)> acknowledged_;
   protocol::Reassembler reassembler_;
   UplinkStats stats_;
@@ -147,6 +157,7 @@ class Uplink {
   TimerId timer_ = 0;
   std::optional<TimePoint> timer_at_;
   TimerId heartbeat_timer_ = 0;
+  TimerId telemetry_timer_ = 0;
   std::uint32_t seq_next_ = 0;
   std::uint32_t seq_left_ = 0;
   std::uint16_t transfer_id_ = 0;

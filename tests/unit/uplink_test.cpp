@@ -393,6 +393,57 @@ TEST(Uplink, ALoraModuleGetsOneFrameAtATimeAndTransfersGoOutWhole) {
   EXPECT_GE(stats.busy, 1u) << "the uplink learnt the module carries one frame at a time from a busy refusal";
 }
 
+TEST(Uplink, CompactTelemetryGoesOverLoraWithEachConnectorsStatePowerAndMeter) {
+  // links.telemetry_s: every second of clock time, the connectors in the compact layout
+  // (protocol.md 3.3), on the telemetry class's link (LoRaWAN here), not through the outbox.
+  TempDir dir;
+  pilecore::sim::Rak3172Sim module;
+  const std::string lora = fmt::format(R"({{latency_ms: 10}}
+  lora:
+    plugin: link-lorawan
+    config: {{device: "{}", region: CN470, data_rate: 5, dev_eui: "70B3D57ED0061126", app_eui: "70B3D57ED0000001",
+             app_key: "2B7E151628AED2A6ABF7158809CF4F3C", rx_linger_ms: 0}})",
+                                       module.device());
+  test::RunningSite site(dir, uplink_site(lora, ", cellular: backend, lorawan: lora, heartbeat_s: 0, telemetry_s: 1"), {PILECORE_PLUGIN_DIR}, 1.0,
+                         "2026-03-02T01:50:00Z");
+  ASSERT_TRUE(eventually([&] { return module.joined(); }, 20s));
+  // The latest compact frame's reading of a connector, if any frame was sent.
+  auto latest = [&](std::uint8_t connector) -> std::optional<protocol::ConnectorTelemetry> {
+    std::optional<protocol::ConnectorTelemetry> found;
+    for (const auto& up : module.uplinks()) {
+      auto decoded = protocol::decode(up.data);
+      if (!std::holds_alternative<protocol::FrameView>(decoded)) continue;
+      const auto& f = std::get<protocol::FrameView>(decoded);
+      if (f.header.type != protocol::MessageType::telemetry_compact) continue;
+      EXPECT_EQ(f.header.device_id, 123456u);
+      auto readings = protocol::decode_compact_telemetry(f.payload);
+      if (!std::holds_alternative<std::vector<protocol::ConnectorTelemetry>>(readings)) {
+        ADD_FAILURE() << "a compact frame that does not decode";
+        continue;
+      }
+      for (const auto& r : std::get<std::vector<protocol::ConnectorTelemetry>>(readings)) {
+        if (r.connector == connector) found = r;
+      }
+    }
+    return found;
+  };
+  ASSERT_TRUE(eventually([&] { return latest(2).has_value(); }, 10s)) << "both connectors in the frame";
+  EXPECT_EQ(latest(2)->status, protocol::ConnectorStatus::available);
+  ASSERT_TRUE(eventually([&] { return request(site, {{"cmd", "status"}})["connectors"][0]["status"] == "Preparing"; }));
+  const auto started = request(site, {{"cmd", "session_start"}, {"connector", 1}, {"token", "card:0451"}});
+  ASSERT_TRUE(started.value("ok", false)) << started.dump();
+  // Charging: a power and a meter register that moves.
+  ASSERT_TRUE(eventually([&] {
+    const auto r = latest(1);
+    return r && r->status == protocol::ConnectorStatus::charging && r->power_w > 0 && r->meter_wh > 0;
+  }, 15s));
+  const auto stats = site.on_strand([&] { return site.runtime().uplink()->stats(); });
+  EXPECT_GE(stats.telemetry_sent, 2u);
+  // Not a record: nothing waits in the outbox for an acknowledgement of it.
+  Database ro(dir.path() / "state" / "pilecore.db", Database::ReadOnly{});
+  EXPECT_EQ(count(ro.handle(), "SELECT COUNT(*) FROM outbox WHERE class = 3"), 0);
+}
+
 TEST(Uplink, RecordsWaitOutAnOutageAndARestartAndArriveOnceEach) {
   TempDir dir;
   Identity id(dir);
