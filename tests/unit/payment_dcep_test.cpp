@@ -17,6 +17,7 @@
 #include "plugin_loader.hpp"
 #include "scheduler.hpp"
 #include "site_config.hpp"
+#include "post_queue.hpp"
 #include "test_support.hpp"
 #include "wallet_card.hpp"
 
@@ -65,6 +66,29 @@ class CapturingLogger final : public Logger {
   std::vector<std::string> lines;
 };
 
+/// Rows of a query on a database, each row's columns joined with '|' (read-only: a plugin or
+/// the daemon may be writing it); none when it cannot be opened.
+std::vector<std::string> sql_rows(const fs::path& file, const std::string& sql) {
+  sqlite3* db = nullptr;
+  std::vector<std::string> out;
+  if (sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    sqlite3_close(db);
+    return out;
+  }
+  sqlite3_busy_timeout(db, 2000);
+  sqlite3_exec(
+      db, sql.c_str(),
+      [](void* o, int n, char** v, char**) {
+        std::string row;
+        for (int i = 0; i < n; ++i) row += (i ? "|" : "") + std::string(v[i] ? v[i] : "NULL");
+        static_cast<std::vector<std::string>*>(o)->push_back(row);
+        return 0;
+      },
+      &out, nullptr);
+  sqlite3_close(db);
+  return out;
+}
+
 /// A Host whose strand is the test thread: post() queues, run_until() drains the queue.
 class TestHost final : public Host {
  public:
@@ -78,10 +102,7 @@ class TestHost final : public Host {
   [[nodiscard]] const Clock& clock() const noexcept override { return scheduler; }
   [[nodiscard]] const ConfigValues& config() const noexcept override { return *config_; }
   [[nodiscard]] std::string_view state_dir() noexcept override { return state_text_; }
-  void post(std::function<void()> fn) noexcept override {
-    std::lock_guard lock(mutex_);
-    queue_.push_back(std::move(fn));
-  }
+  void post(std::function<void()> fn) noexcept override { posted_.post(std::move(fn)); }
   TimerId schedule(Duration delay, std::function<void()> fn) noexcept override { return scheduler.after(delay, std::move(fn)); }
   void cancel(TimerId id) noexcept override { scheduler.cancel(id); }
   void publish(const Sample&) noexcept override {}
@@ -117,25 +138,11 @@ class TestHost final : public Host {
   }
 
   /// Runs posted work on this (the strand's) thread until `done` holds; false after 10 s.
-  bool run_until(const std::function<bool()>& done) {
-    return test::eventually([&] {
-      for (;;) {
-        std::deque<std::function<void()>> now;
-        {
-          std::lock_guard lock(mutex_);
-          now.swap(queue_);
-        }
-        if (now.empty()) break;
-        for (auto& fn : now) fn();
-      }
-      return done();
-    });
-  }
+  bool run_until(const std::function<bool()>& done) { return posted_.run_until(done); }
   /// Drops what was posted and not run, and the uploads still waiting for the back end: what
   /// the host does once an instance has stopped (their `done` is never called).
   void drop_posted() {
-    std::lock_guard lock(mutex_);
-    queue_.clear();
+    posted_.clear();
     outbox->waiting.clear();
   }
 
@@ -156,8 +163,7 @@ class TestHost final : public Host {
   fs::path state_dir_;
   std::string state_text_;
   std::shared_ptr<const ConfigValues> config_;
-  std::mutex mutex_;
-  std::deque<std::function<void()>> queue_;
+  test::PostQueue posted_;
 };
 
 /// The reader's side of a wallet in the field: each APDU goes to the card, the answer comes
@@ -280,22 +286,7 @@ class DcepTest : public ::testing::Test {
   }
 
   /// Rows of a query on the plugin's database, each row's columns joined with '|'.
-  std::vector<std::string> query(const std::string& sql) const {
-    sqlite3* db = nullptr;
-    std::vector<std::string> rows;
-    EXPECT_EQ(sqlite3_open_v2((dir.path() / "state" / "dcep.db").c_str(), &db, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
-    sqlite3_exec(
-        db, sql.c_str(),
-        [](void* out, int n, char** values, char**) {
-          std::string row;
-          for (int i = 0; i < n; ++i) row += (i ? "|" : "") + std::string(values[i] ? values[i] : "NULL");
-          static_cast<std::vector<std::string>*>(out)->push_back(row);
-          return 0;
-        },
-        &rows, nullptr);
-    sqlite3_close(db);
-    return rows;
-  }
+  std::vector<std::string> query(const std::string& sql) const { return sql_rows(dir.path() / "state" / "dcep.db", sql); }
 
   TempDir dir;
   Pki pki;
@@ -935,29 +926,8 @@ plugins:
     return txn;
   }
 
-  /// Rows of a query on a database (read-only: the daemon may be writing it).
-  static std::vector<std::string> rows(const fs::path& file, const std::string& sql) {
-    sqlite3* db = nullptr;
-    std::vector<std::string> out;
-    if (sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-      sqlite3_close(db);
-      return out;
-    }
-    sqlite3_busy_timeout(db, 2000);
-    sqlite3_exec(
-        db, sql.c_str(),
-        [](void* o, int n, char** v, char**) {
-          std::string row;
-          for (int i = 0; i < n; ++i) row += (i ? "|" : "") + std::string(v[i] ? v[i] : "NULL");
-          static_cast<std::vector<std::string>*>(o)->push_back(row);
-          return 0;
-        },
-        &out, nullptr);
-    sqlite3_close(db);
-    return out;
-  }
-  std::vector<std::string> queue() const { return rows(state / "plugins" / "ecny" / "dcep.db", "SELECT operation_id, state FROM upload_queue ORDER BY seq"); }
-  std::vector<std::string> core(const std::string& sql) const { return rows(state / "pilecore.db", sql); }
+  std::vector<std::string> queue() const { return sql_rows(state / "plugins" / "ecny" / "dcep.db", "SELECT operation_id, state FROM upload_queue ORDER BY seq"); }
+  std::vector<std::string> core(const std::string& sql) const { return sql_rows(state / "pilecore.db", sql); }
 
   TempDir& dir;
   fs::path state;

@@ -20,6 +20,7 @@
 #include "statement.hpp"
 #include "storage.hpp"
 #include "store_worker.hpp"
+#include "post_queue.hpp"
 #include "test_support.hpp"
 #include "uplink.hpp"
 
@@ -33,34 +34,8 @@ namespace fs = std::filesystem;
 
 const TimePoint kStart = TimePoint{} + std::chrono::hours(24 * 20500);
 
-/// The core's strand, played by the test thread: what the storage thread posts waits in a queue
-/// until the test drains it.
-class Strand {
- public:
-  void post(std::function<void()> fn) {
-    std::lock_guard lock(mutex_);
-    queue_.push_back(std::move(fn));
-  }
-  /// Runs what is queued until `done` holds (false after 10 s).
-  bool run_until(const std::function<bool()>& done) {
-    return eventually([&] {
-      for (;;) {
-        std::deque<std::function<void()>> now;
-        {
-          std::lock_guard lock(mutex_);
-          now.swap(queue_);
-        }
-        if (now.empty()) break;
-        for (auto& fn : now) fn();
-      }
-      return done();
-    });
-  }
-
- private:
-  std::mutex mutex_;
-  std::deque<std::function<void()>> queue_;
-};
+/// The core's strand, played by the test thread.
+using Strand = test::PostQueue;
 
 /// One answer to an upload.
 struct Answer {

@@ -321,6 +321,17 @@ TEST(Uplink, MoneyLedgerStatusAndAlarmRecordsAreAcknowledgedAndTheOutboxDrains) 
   EXPECT_NE(err2.str().find("total_fen"), std::string::npos) << err2.str();
 }
 
+/// uplink_site()'s link configuration for sim-link (`backend`), then a second link instance,
+/// `lora`: link-lorawan on `module`, CN470 at `data_rate`, with `extra` config keys.
+std::string sim_link_and_lora(const pilecore::sim::Rak3172Sim& module, int data_rate, const std::string& extra = "") {
+  return fmt::format(R"({{latency_ms: 10}}
+  lora:
+    plugin: link-lorawan
+    config: {{device: "{}", region: CN470, data_rate: {}, dev_eui: "70B3D57ED0061126", app_eui: "70B3D57ED0000001",
+             app_key: "2B7E151628AED2A6ABF7158809CF4F3C", rx_linger_ms: 0{}}})",
+                     module.device(), data_rate, extra);
+}
+
 /// A LoRaWAN module's uplinks, as frames: how many transfers went out whole and in order, the
 /// position (in order of first fragment) of each that did not, and how many went out whole after
 /// the last that did not.
@@ -370,12 +381,7 @@ TEST(Uplink, ALoraModuleGetsOneFrameAtATimeAndTransfersGoOutWhole) {
   // counts as unable to send, so choose_link() gives records to sim-link (the 5G link).
   TempDir dir;
   pilecore::sim::Rak3172Sim module;
-  const std::string lora = fmt::format(R"({{latency_ms: 10}}
-  lora:
-    plugin: link-lorawan
-    config: {{device: "{}", region: CN470, data_rate: 3, dev_eui: "70B3D57ED0061126", app_eui: "70B3D57ED0000001",
-             app_key: "2B7E151628AED2A6ABF7158809CF4F3C", rx_linger_ms: 0, join_retry_min_s: 1}})",
-                                       module.device());
+  const std::string lora = sim_link_and_lora(module, 3, ", join_retry_min_s: 1");
   // A heartbeat (a status record of several uplinks here) every second, and a charge's status
   // changes: records that find the module free go over it, the others over sim-link.
   test::RunningSite site(dir, uplink_site(lora, ", cellular: backend, lorawan: lora, heartbeat_s: 1"), {PILECORE_PLUGIN_DIR}, 1.0,
@@ -398,12 +404,7 @@ TEST(Uplink, CompactTelemetryGoesOverLoraWithEachConnectorsStatePowerAndMeter) {
   // Then a capture's records, woken by their own commit.
   TempDir dir;
   pilecore::sim::Rak3172Sim module;
-  const std::string lora = fmt::format(R"({{latency_ms: 10}}
-  lora:
-    plugin: link-lorawan
-    config: {{device: "{}", region: CN470, data_rate: 5, dev_eui: "70B3D57ED0061126", app_eui: "70B3D57ED0000001",
-             app_key: "2B7E151628AED2A6ABF7158809CF4F3C", rx_linger_ms: 0}})",
-                                       module.device());
+  const std::string lora = sim_link_and_lora(module, 5);
   auto log = test::capture_log("link:sim-link:backend");
   test::RunningSite site(dir, uplink_site(lora, ", cellular: backend, lorawan: lora, heartbeat_s: 0, telemetry_s: 1"), {PILECORE_PLUGIN_DIR}, 1.0,
                          "2026-03-02T01:50:00Z");
