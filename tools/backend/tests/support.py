@@ -149,6 +149,24 @@ def make_frame(mtype, device, seq, payload, flags=0, timestamp=None):
     return HEADER.pack(0x10 | flags, mtype, len(payload), device, ts, seq) + payload
 
 
+def subscribed_client(client_id, ca, cert, key, port, topic, on_message, who):
+    """A clean-session MQTT client with mutual TLS to the broker on 127.0.0.1:`port`, subscribed
+    (again on every connection) to `topic` at QoS 1. Returns once the first subscription holds:
+    the client, and the event each later subscription sets again."""
+    client = mqtt.Client(client_id=client_id, clean_session=True)
+    client.tls_set(ca_certs=ca, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.reconnect_delay_set(1, 2)
+    client.on_connect = lambda c, u, f, rc: c.subscribe(topic, 1)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_message = on_message
+    client.connect_async("127.0.0.1", port)
+    client.loop_start()
+    if not subscribed.wait(WAIT):
+        raise AssertionError("%s did not subscribe" % who)
+    return client, subscribed
+
+
 class FakePile:
     """A pile's MQTT link and outbox: records resent (new frame, new sequence, same payload)
     every `retry` seconds until an ack names their key (3.1, 4)."""
@@ -160,18 +178,8 @@ class FakePile:
         self.outbox = {}  # key -> (type, payload)
         self.acks = []  # decoded ack maps, with "seq"
         self.commands = []  # (header tuple, payload) of 0x82 frames
-        self.client = mqtt.Client(client_id="pile-%s-%s" % (site, pile), clean_session=True)
-        self.client.tls_set(ca_certs=pki["ca"], certfile=pki["device_cert"], keyfile=pki["device_key"],
-                            tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.client.reconnect_delay_set(1, 2)
-        self.client.on_connect = lambda c, u, f, rc: c.subscribe("pilecore/v1/%s/%s/down/cmd" % (site, pile), 1)
-        self.subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect_async("127.0.0.1", port)
-        self.client.loop_start()
-        if not self.subscribed.wait(WAIT):
-            raise AssertionError("the fake pile did not subscribe")
+        self.client, self.subscribed = subscribed_client("pile-%s-%s" % (site, pile), pki["ca"], pki["device_cert"], pki["device_key"], port,
+                                                         "pilecore/v1/%s/%s/down/cmd" % (site, pile), self._on_message, "the fake pile")
         self.stopping = threading.Event()
         threading.Thread(target=self._resend, daemon=True).start()
 
@@ -248,18 +256,9 @@ class FakeNetworkServer:
         self.lock = threading.Condition()
         self.downlinks = []  # (topic, the command/down JSON)
         self.f_cnt = 0
-        self.client = mqtt.Client(client_id="lns-%s" % uuid.uuid4().hex[:8], clean_session=True)
-        self.client.tls_set(ca_certs=pki["ca"], certfile=pki["lns_cert"], keyfile=pki["lns_key"],
-                            tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.client.reconnect_delay_set(1, 2)
-        self.client.on_connect = lambda c, u, f, rc: c.subscribe("application/+/device/+/command/down", 1)
-        self.subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect_async("127.0.0.1", port)
-        self.client.loop_start()
-        if not self.subscribed.wait(WAIT):
-            raise AssertionError("the fake network server did not subscribe")
+        self.client, self.subscribed = subscribed_client("lns-%s" % uuid.uuid4().hex[:8], pki["ca"], pki["lns_cert"], pki["lns_key"], port,
+                                                         "application/+/device/+/command/down", self._on_message,
+                                                         "the fake network server")
 
     def close(self):
         self.client.disconnect()
