@@ -721,11 +721,7 @@ int Runtime::run() {
     // From here on db_ belongs to the storage thread.
     store_ = std::make_unique<StoreWorker>(*db_, [this](std::function<void()> fn) { asio::post(strand_, std::move(fn)); });
     // Before the instances: a plugin uploads what is still unacknowledged in its start().
-    plugin_uploads_ = std::make_unique<PluginUploads>(
-        *store_, *clock_, [this](std::function<void()> fn) { asio::post(strand_, std::move(fn)); },
-        [this] {
-          if (uplink_) uplink_->wake();
-        });
+    plugin_uploads_ = std::make_unique<PluginUploads>(*store_, *clock_, [this](std::function<void()> fn) { asio::post(strand_, std::move(fn)); });
     // The signatures are made on the signer thread (a TPM's 50-200 ms never on the strand) and
     // written by a later group commit.
     if (ledger_) ledger_->sign_off_path(*store_);

@@ -19,8 +19,7 @@ protocol::Record to_protocol(const UplinkRecord& record) {
   return {record.key, record.kind, std::move(body)};
 }
 
-PluginUploads::PluginUploads(StoreWorker& store, const Clock& clock, Poster post, std::function<void()> wake)
-    : store_(store), clock_(clock), post_(std::move(post)), wake_(std::move(wake)) {}
+PluginUploads::PluginUploads(StoreWorker& store, const Clock& clock, Poster post) : store_(store), clock_(clock), post_(std::move(post)) {}
 
 PluginUploads::~PluginUploads() { *alive_ = false; }
 
@@ -58,7 +57,6 @@ void PluginUploads::submit(const std::string& instance, const UplinkRecord& reco
         switch (outcome->state) {
           case State::waiting:
             waiting_.emplace(key, std::move(done));
-            if (wake_) wake_();
             return;
           case State::acknowledged: return done(Status::success());
           case State::taken: return done(Status(StatusCode::invalid_argument, outcome->message));

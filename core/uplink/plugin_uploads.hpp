@@ -36,8 +36,9 @@ class PluginUploads {
   using Done = std::function<void(Status)>;
   using Poster = std::function<void(std::function<void()>)>;
 
-  /// `post` runs a function on the strand later; `wake` tells the sender a record was written.
-  PluginUploads(StoreWorker& store, const Clock& clock, Poster post, std::function<void()> wake);
+  /// `post` runs a function on the strand later. The sender learns of a written record as of any
+  /// other: its commit wakes it (StoreWorker::on_enqueued).
+  PluginUploads(StoreWorker& store, const Clock& clock, Poster post);
   ~PluginUploads();
   PluginUploads(const PluginUploads&) = delete;
   PluginUploads& operator=(const PluginUploads&) = delete;
@@ -52,7 +53,6 @@ class PluginUploads {
   StoreWorker& store_;
   const Clock& clock_;
   Poster post_;
-  std::function<void()> wake_;
   std::multimap<std::string, Done> waiting_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

@@ -58,7 +58,8 @@ class PluginUploadsTest : public ::testing::Test {
     db = std::make_unique<Database>(dir.path() / "pilecore.db");
     if (uplink) db->enable_uplink(limits, clock);
     worker = std::make_unique<StoreWorker>(*db, [this](std::function<void()> fn) { strand.post(std::move(fn)); });
-    uploads = std::make_unique<PluginUploads>(*worker, clock, [this](std::function<void()> fn) { strand.post(std::move(fn)); }, [this] { ++wakes; });
+    worker->on_enqueued([this] { ++wakes; });  // the sender's wake, as the daemon sets it
+    uploads = std::make_unique<PluginUploads>(*worker, clock, [this](std::function<void()> fn) { strand.post(std::move(fn)); });
   }
   void close() {
     uploads.reset();
