@@ -53,6 +53,14 @@ constexpr int kOutageMinutes = 10;
 constexpr const char* kPriceChange = "17:40";
 constexpr const char* kOldService = "service: 80.00";
 constexpr const char* kNewService = "service: 60.00";
+/// Planned restarts of pilecored (`systemctl restart`, as a package upgrade does) while cars
+/// charge: SIGTERM, and the next pilecored a simulated minute after the old one has stopped. The
+/// sessions are suspended and resumed, the same transactions with the same holds: at 07:05 a
+/// member card (connector 1) and a face (connector 2), at 09:55 an e-CNY wallet (connector 1), at
+/// 17:50 a credit session that keeps the price it started with before the 17:40 reload.
+const std::vector<const char*> kRestarts = {"07:05", "09:55", "17:50"};
+/// How long a driver whose car is plugged in waits while the pile restarts (sim-power).
+constexpr int kDriverWaitsS = 1800;
 constexpr const char* kEnd = "23:50";        // the day ends once no session is open
 constexpr std::uint32_t kCutConnector = 1;
 
@@ -322,6 +330,7 @@ std::string scenario_yaml(const fs::path& site_file, const json& sims, const jso
     cfg["tick_ms"] = 5000;
     cfg["arrive_after_s"] = -1;
     cfg["depart_after_full_s"] = kDepartAfterS;
+    cfg["driver_waits_s"] = kDriverWaitsS;
     YAML::Node arrive_at(YAML::NodeType::Sequence);
     if (auto a = kArrivals.find(connector); a != kArrivals.end()) {
       for (const char* t : a->second) arrive_at.push_back(instant(t));
@@ -354,6 +363,10 @@ std::string scenario_yaml(const fs::path& site_file, const json& sims, const jso
   ch["setpoint_interval_s"] = 60;
   ch["meter_timeout_ms"] = 600000;
   ch["meter_stall_ms"] = 3600000;
+  // A planned restart's stop takes a few hundred milliseconds of wall time: half a simulated
+  // hour. The suspended sessions are resumed by a start up to a simulated hour after it.
+  ch["resume_within_s"] = 3600;
+  ch["resume_plug_wait_s"] = 3600;
   root["charging"] = ch;
   // The same for the risk rules' answer (2 simulated seconds would be 0.3 ms of wall time) and
   // the payment method's (30 s would be 4 ms: the declined card was sometimes timed out).
@@ -691,6 +704,7 @@ class Day {
         collect_replies();
         if (backend_) from_backend();
         if (!cut_done_ && now_ >= cut_at && open_.count(kCutConnector)) power_cut();
+        if (restarts_done_ < kRestarts.size() && now_ >= utc_of(kRestarts[restarts_done_])) planned_restart();
         if (!price_changed_ && now_ >= utc_of(kPriceChange)) price_change();
         if (now_ < end_at || !open_.empty() || !starts_.empty()) continue;
         if (!refund_done_) refund();
@@ -726,6 +740,16 @@ class Day {
   bool reload_applied() const { return reload_applied_; }
   const std::set<std::string>& charging_at_reload() const { return charging_at_reload_; }
   const std::string& cut_transaction() const { return cut_txn_; }
+  std::size_t restarts_done() const { return restarts_done_; }
+  /// The transactions charging at a planned restart: their energy then, and whether the next
+  /// pilecored showed each of them on its connector again.
+  struct Restarted {
+    std::string at;          ///< the restart's time, "07:05"
+    std::uint32_t connector = 0;
+    std::int64_t energy_wh = 0;
+    bool resumed = false;
+  };
+  const std::map<std::string, Restarted>& restarted() const { return restarted_; }
   std::size_t tap_starts() const { return tap_starts_; }
   bool step_up_answered() const { return !step_up_txn_.empty(); }
   const std::string& step_up_transaction() const { return step_up_txn_; }
@@ -853,6 +877,7 @@ class Day {
   /// A driver plugs in: the one scheduled for the latest arrival at this connector so far (a
   /// vehicle back after the power cut is its driver's again).
   void driver_arrives(TimePoint t, std::uint32_t connector) {
+    if (open_.count(connector)) return;  // a session resumed after a restart: its vehicle is back, not a new one
     const auto arrivals = kArrivals.find(connector);
     const auto drivers = kDrivers.find(connector);
     if (arrivals == kArrivals.end() || drivers == kDrivers.end()) return;
@@ -1037,6 +1062,56 @@ class Day {
     }
   }
 
+  /// The charging sessions in a status answer: transaction -> (connector, energy so far).
+  static std::map<std::string, std::pair<std::uint32_t, std::int64_t>> sessions_of(const json& st) {
+    std::map<std::string, std::pair<std::uint32_t, std::int64_t>> out;
+    for (const auto& c : st.value("connectors", json::array())) {
+      if (c.contains("session")) out[c["session"].value("transaction", "")] = {c.value("id", 0u), c["session"].value("energy_wh", std::int64_t{0})};
+    }
+    return out;
+  }
+
+  /// A planned restart (kRestarts): SIGTERM, as systemd stops the service for a restart or a
+  /// package upgrade, and the next pilecored. The sessions charging are suspended and must come
+  /// back as the same transactions.
+  void planned_restart() {
+    const char* at = kRestarts[restarts_done_++];
+    for (auto& f : starts_) f.wait();  // an app's start in flight is answered first
+    collect_replies();
+    const json st = daemon_->request({{"cmd", "status"}});
+    if (auto tt = time_of(st)) now_ = std::max(now_, *tt);
+    const auto before = sessions_of(st);
+    std::string what;
+    for (const auto& [txn, cs] : before) {
+      restarted_[txn] = Restarted{.at = at, .connector = cs.first, .energy_wh = cs.second};
+      what += fmt::format("{}{} on connector {} ({} kWh)", what.empty() ? "" : ", ", txn, cs.first, format_kwh(cs.second));
+    }
+    line(now_, "", fmt::format("*** planned restart (systemctl restart, as a package upgrade does): SIGTERM while {} charge{}",
+                               what.empty() ? std::string("no session") : what, before.size() == 1 ? "s" : ""));
+    watch_.reset();
+    const auto wall = std::chrono::steady_clock::now();
+    const int rc = daemon_->stop();
+    daemon_.reset();
+    if (rc != 0) throw std::runtime_error(fmt::format("pilecored exited with status {} on the planned restart's SIGTERM", rc));
+    // The old pilecored's clock ran on while it stopped: the next one starts a minute after it.
+    const auto stopping = std::chrono::duration_cast<Duration>((std::chrono::steady_clock::now() - wall) * o_.speed);
+    now_ = now_ + stopping + std::chrono::minutes(1);
+    for (const auto& [connector, a] : attempts_) {
+      if (a.in_field) sims_.must(fmt::format("remove {}", connector));
+    }
+    attempts_.clear();
+    status_.clear();
+    daemon_ = std::make_unique<Daemon>(o_, site_, state_, socket_, now_, log_);
+    subscribe();
+    const auto after = sessions_of(daemon_->request({{"cmd", "status"}}));
+    for (const auto& [txn, cs] : before) {
+      const auto it = after.find(txn);
+      restarted_[txn].resumed = it != after.end() && it->second.first == cs.first;
+      line(now_, who(cs.first), restarted_[txn].resumed ? fmt::format("{} resumed: the same transaction, hold and price, {} kWh so far", txn, format_kwh(it->second.second))
+                                                        : fmt::format("{} did not resume", txn));
+    }
+  }
+
   /// The back end's events: records as they arrive (counted), and the answers to its remote
   /// commands (shown). Then the operator's inspection of connector 1, from the back end.
   void from_backend() {
@@ -1186,6 +1261,8 @@ class Day {
   std::size_t declined_ = 0;
   std::size_t tap_starts_ = 0;
   bool cut_done_ = false;
+  std::size_t restarts_done_ = 0;
+  std::map<std::string, Restarted> restarted_;  ///< by transaction
   bool price_changed_ = false;
   bool reload_applied_ = false;
   std::set<std::string> charging_at_reload_;  ///< the sessions that keep their price
@@ -1607,6 +1684,25 @@ int run_demo(const DemoOptions& options, std::ostream& out, std::ostream& err) {
   check(split >= 4, fmt::format("sessions split at tariff boundaries ({} were)", split));
   check(faulted >= 1, "a session stopped by the fault");
   check(day.power_cut_done() && recovered == 1, fmt::format("one session recovered after the power cut ({} were)", recovered));
+  // The planned restarts: each session charging then was suspended and resumed as the same
+  // transaction, charged on after it, and was closed once, not as a shutdown or a recovery.
+  std::set<std::string> methods_resumed;
+  std::size_t resumed_ok = 0;
+  for (const auto& [txn, rs] : day.restarted()) {
+    const auto r = std::find_if(day.receipts().begin(), day.receipts().end(), [&](const json& x) { return x.value("transaction", "") == txn; });
+    const bool ok = rs.resumed && r != day.receipts().end() && r->value("status", "") == "closed" && r->value("outcome", "") != "recovered" &&
+                    r->value("stop_reason", "") != "Shutdown" && r->value("stop_reason", "") != "EVDisconnected" &&
+                    r->value("energy_wh", std::int64_t{0}) > rs.energy_wh && r->value("captured_fen", std::int64_t{-1}) == r->value("total_fen", std::int64_t{0});
+    if (!ok) continue;
+    ++resumed_ok;
+    methods_resumed.insert(r->value("method", ""));
+  }
+  std::string resumed_methods;
+  for (const auto& m : methods_resumed) resumed_methods += (resumed_methods.empty() ? "" : ", ") + m;
+  check(day.restarts_done() == kRestarts.size() && !day.restarted().empty() && resumed_ok == day.restarted().size() && methods_resumed.size() >= 4,
+        fmt::format("the sessions charging at the {} planned restarts resumed as the same transactions, charged on and were paid in full ({} of {}; "
+                    "methods {})",
+                    kRestarts.size(), resumed_ok, day.restarted().size(), resumed_methods));
   check(day.declined() >= 1, "a declined card");
   check(billed == paid, fmt::format("every fen billed was paid (billed {}, paid {})", billed, paid));
   for (const char* m : {"card", "ecny", "face", "credit"}) check(methods.count(m) > 0, fmt::format("a session paid with {}", m));

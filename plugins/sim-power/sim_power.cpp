@@ -31,6 +31,14 @@
 // the tests and the demo, that is seconds of charging between the reading and the publication.)
 // A new register file is created with temp file, fsync, rename and fsync of the directory. The
 // fdatasync after each write runs on a small syncer thread, off the strand, and at stop.
+//
+// A vehicle stays plugged in while the pile restarts. When the stage is stopped (pilecored's
+// planned stop: a restart or an upgrade) with a vehicle plugged in, the vehicle (its state, its
+// battery's energy and temperature, the instant) is written to vehicle.state in the instance's
+// state directory. The next start plugs it in again if it comes within driver_waits_s of that
+// instant: the vehicle does its handshake again and asks for energy as before. Later, or after
+// a crash (no stop, so nothing written), the driver has left. The file goes when the vehicle
+// leaves.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -99,6 +107,11 @@ constexpr ConfigKey keys[] = {
      .description = "Time from plugged to ev_ready (the vehicle's handshake)", .unit = "ms"},
     {.key = "depart_after_full_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
      .description = "Seconds after ev_full (or after a fault clears with the vehicle still plugged in) until the driver unplugs; -1 = the vehicle stays", .unit = "s"},
+    {.key = "driver_waits_s", .type = ConfigType::integer, .default_value = "0", .min = 0, .max = kYear,
+     .description = "How long the driver of a vehicle plugged in when the stage stops (pilecored's planned stop: a restart or an upgrade) "
+                    "waits for the pile: the next start within this many seconds finds the vehicle still plugged in; 0 = the driver leaves "
+                    "at the stop",
+     .unit = "s"},
     {.key = "fault_after_s", .type = ConfigType::integer, .default_value = "-1", .min = kNever, .max = kYear,
      .description = "Host-clock seconds after start at which a fault is injected (contactor opens, fault event); -1 = never",
      .unit = "s"},
@@ -119,6 +132,7 @@ constexpr ConfigKey keys[] = {
 };
 
 constexpr const char* kRegisterFile = "energy_import.register";
+constexpr const char* kVehicleFile = "vehicle.state";
 constexpr off_t kSlotOffset[2] = {0, 4096};
 
 /// One record of the register file: fixed length, checksummed.
@@ -217,6 +231,7 @@ class SimPower final : public power::PowerStage {
         arrive_after_s_(host.config().integer("arrive_after_s")),
         ready_delay_(host.config().integer("ev_ready_delay_ms")),
         depart_after_s_(host.config().integer("depart_after_full_s")),
+        driver_waits_s_(host.config().integer("driver_waits_s")),
         arrive_every_s_(host.config().integer("arrive_every_s")),
         fault_after_s_(host.config().integer("fault_after_s")),
         fault_detail_(host.config().string("fault_detail")),
@@ -237,6 +252,7 @@ class SimPower final : public power::PowerStage {
       if (Status s = load_register(); !s.ok()) return s;
       syncer_ = std::thread([this] { sync_loop(); });
       last_ = host_.clock().now();
+      restore_vehicle();
       host_.report_state("up", describe());
       if (arrive_after_s_ >= 0) arrive_timer_ = at(std::chrono::seconds(arrive_after_s_), [this] { arrive(); });
       if (fault_after_s_ >= 0) fault_timer_ = at(std::chrono::seconds(fault_after_s_), [this] { inject_fault(); });
@@ -263,6 +279,7 @@ class SimPower final : public power::PowerStage {
       } catch (...) {
       }
       persist(true);  // with the energy below 1 Wh
+      save_vehicle();
     }
     stop_syncer();  // after its last fsync
     contactor_closed_ = false;
@@ -456,12 +473,17 @@ class SimPower final : public power::PowerStage {
   void arrive() {
     arrive_timer_ = 0;
     if (vehicle_ != VehicleState::absent) return;
+    plug_in(std::llround(initial_soc_ / 100.0 * static_cast<double>(capacity_wh_)), ambient_c_, "vehicle plugged in");
+  }
+
+  /// A vehicle with this much energy in its battery plugs in; its handshake follows.
+  void plug_in(std::int64_t battery_wh, double battery_c, std::string_view how) {
     accrue(host_.clock().now());
     vehicle_ = VehicleState::connected;
-    battery_wh_ = std::llround(initial_soc_ / 100.0 * static_cast<double>(capacity_wh_));
-    battery_c_ = ambient_c_;
+    battery_wh_ = battery_wh;
+    battery_c_ = battery_c;
     host_.report_state("up", describe());
-    emit(power::Event::plugged, fmt::format("vehicle plugged in at {:.1f}% SoC", soc()));
+    emit(power::Event::plugged, fmt::format("{} at {:.1f}% SoC", how, soc()));
     ready_timer_ = at(ready_delay_, [this] {
       ready_timer_ = 0;
       if (vehicle_ != VehicleState::connected) return;
@@ -527,6 +549,81 @@ class SimPower final : public power::PowerStage {
           depart_timer_ = at(std::chrono::seconds(depart_after_s_), [this] { depart(); });
         }
       });
+    }
+  }
+
+  // --- the vehicle across a restart ---
+
+  [[nodiscard]] std::string vehicle_path() const { return (std::filesystem::path(std::string(host_.state_dir())) / kVehicleFile).string(); }
+
+  void remove_vehicle_file() noexcept {
+    std::error_code ec;
+    std::filesystem::remove(vehicle_path(), ec);
+  }
+
+  /// At the stop: the instant, and the vehicle plugged in now, for the next start (temp file,
+  /// fsync, rename).
+  void save_vehicle() noexcept {
+    try {
+      if (driver_waits_s_ == 0) {
+        remove_vehicle_file();
+        return;
+      }
+      const std::int64_t at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(host_.clock().now().time_since_epoch()).count();
+      const std::string text = fmt::format("pilecore-vehicle v1 state={} battery_wh={} battery_mc={} at_ms={}\n", static_cast<int>(vehicle_), battery_wh_,
+                                           std::llround(battery_c_ * 1000.0), at_ms);
+      const std::string path = vehicle_path(), tmp = path + ".tmp";
+      const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      const bool ok = fd >= 0 && ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+      if (fd >= 0) ::close(fd);
+      if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+        host_.log().warn("cannot keep the plugged-in vehicle for the next start ({}): {}", path, std::strerror(errno));
+        return;
+      }
+      if (vehicle_ != VehicleState::absent) {
+        host_.log().info("the vehicle stays plugged in ({} at {:.1f}%): its driver waits {} s for the pile", to_string(vehicle_), soc(), driver_waits_s_);
+      }
+    } catch (...) {
+    }
+  }
+
+  /// At the start, after a stop (the file is read once: after a crash the next start knows
+  /// nothing of that stop): the vehicle still plugged in since, if its driver waited; else the
+  /// vehicle of the latest arrive_at instant while the pile was down, if its driver waits still.
+  void restore_vehicle() {
+    const std::string path = vehicle_path();
+    std::string text;
+    {
+      std::ifstream in(path);
+      if (!in) return;
+      std::getline(in, text);
+    }
+    remove_vehicle_file();
+    int state = 0;
+    long long wh = 0, mc = 0, at_ms = 0;
+    int used = 0;
+    if (std::sscanf(text.c_str(), "pilecore-vehicle v1 state=%d battery_wh=%lld battery_mc=%lld at_ms=%lld%n", &state, &wh, &mc, &at_ms, &used) != 4 ||
+        used != static_cast<int>(text.size()) || state < static_cast<int>(VehicleState::absent) || state > static_cast<int>(VehicleState::full) ||
+        wh < 0 || wh > capacity_wh_) {
+      host_.log().warn("{} is not a vehicle this stage wrote ('{}'); no vehicle is plugged in", path, text.substr(0, 80));
+      return;
+    }
+    if (driver_waits_s_ == 0) return;
+    const TimePoint now = host_.clock().now(), stopped{std::chrono::milliseconds(at_ms)};
+    const auto waits = std::chrono::seconds(driver_waits_s_);
+    // (A clock that went back cannot say how long the pile was down: the driver counts as waiting.)
+    if (state != static_cast<int>(VehicleState::absent)) {
+      if (now - stopped <= waits) {
+        plug_in(wh, static_cast<double>(mc) / 1000.0, "the vehicle plugged in before the restart is still there");
+        return;
+      }
+      host_.log().info("the vehicle plugged in at the last stop has left (the pile was stopped {} s; its driver waits {} s)",
+                       std::chrono::duration_cast<std::chrono::seconds>(now - stopped).count(), driver_waits_s_);
+    }
+    const auto came = std::find_if(arrivals_.rbegin(), arrivals_.rend(), [&](TimePoint t) { return t > stopped && t < now; });
+    if (came != arrivals_.rend() && now - *came <= waits) {
+      host_.log().info("a vehicle came while the pile was stopped ({} s ago) and waited", std::chrono::duration_cast<std::chrono::seconds>(now - *came).count());
+      arrive();
     }
   }
 
@@ -689,6 +786,7 @@ class SimPower final : public power::PowerStage {
   std::int64_t arrive_after_s_;
   Duration ready_delay_;
   std::int64_t depart_after_s_;
+  std::int64_t driver_waits_s_;
   std::int64_t arrive_every_s_;
   std::vector<TimePoint> arrivals_;  ///< arrive_at, sorted
   std::size_t next_arrival_ = 0;

@@ -175,6 +175,8 @@ TEST(Pilectl, DemoPlaysTheDayAndVerifiesTheLedger) {
   EXPECT_NE(r.out.find("completed (Fault)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("*** POWER CUT"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("recovered from the meter"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("*** planned restart (systemctl restart"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("resumed: the same transaction, hold and price"), std::string::npos) << r.out;
   // The 18:10 session bills sharp energy, crossing into the period or started in it (the PIN
   // check's time under a sanitizer decides which).
   EXPECT_NE(r.out.find("sharp  尖"), std::string::npos) << r.out;  // a receipt line

@@ -78,7 +78,8 @@ class SimSite {
  public:
   /// A site in a fresh directory, removed afterwards; or in `keep`, which is neither emptied
   /// nor removed (so a second site can start on the first one's state).
-  explicit SimSite(const std::string& plugins_yaml, const fs::path& keep = {}) : keep_(!keep.empty()) {
+  /// The site's clock starts at `start` (default 2026-03-01T08:00:00Z).
+  explicit SimSite(const std::string& plugins_yaml, const fs::path& keep = {}, std::optional<TimePoint> start = std::nullopt) : keep_(!keep.empty()) {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     dir_ = keep_ ? keep : fs::temp_directory_path() / fmt::format("pilecore-sim-{}-{}-{}", info->test_suite_name(), info->name(), ::getpid());
     if (!keep_) fs::remove_all(dir_);
@@ -100,7 +101,7 @@ class SimSite {
       ADD_FAILURE() << "the test site is invalid:\n" << outcome.diagnostics.format();
       return;
     }
-    start_ = TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}} + 8h;
+    start_ = start.value_or(TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}} + 8h);
     RuntimeOptions options;
     options.state_dir = dir_ / "state";
     options.clock = std::make_shared<ScaledClock>(start_, kSpeed);
@@ -1097,6 +1098,104 @@ TEST(SimPower, VehiclesComeOnScheduleAndOneAfterAnother) {
   ASSERT_GE(kinds.size(), expected.size());
   EXPECT_TRUE(std::equal(expected.begin(), expected.end(), kinds.begin())) << "the 09:01:20 vehicle did not replace the first one";
   EXPECT_GE(site.now(), start + 3740s) << "the next vehicle came arrive_every_s after the first left";
+}
+
+TEST(SimPower, APluggedVehicleWaitsForThePileAcrossAStop) {
+  const fs::path dir = fs::temp_directory_path() / fmt::format("pilecore-sim-vehicle-stays-{}", ::getpid());
+  fs::remove_all(dir);
+  const fs::path file = dir / "state" / "plugins" / "pv" / "vehicle.state";
+  const auto yaml = [](int waits_s, int arrive_after_s, const std::string& arrive_at = "[]") {
+    return fmt::format(R"(  pv:
+    plugin: sim-power
+    connector: 1
+    config:
+      arrive_after_s: {}
+      arrive_at: {}
+      ev_ready_delay_ms: 0
+      battery_capacity_wh: 60000
+      initial_soc_pct: 20
+      driver_waits_s: {}
+)",
+                       arrive_after_s, arrive_at, waits_s);
+  };
+  const TimePoint t0 = TimePoint{std::chrono::sys_days{std::chrono::year{2026} / 3 / 1}} + 8h;
+  double soc_at_stop = 0;
+  {  // a vehicle arrives and charges; the stage stops with it plugged in
+    SimSite site(yaml(600, 0), dir, t0);
+    ASSERT_TRUE(site.ok());
+    Events ev;
+    site.on_strand([&] { site.plugin<power::PowerStage>("pv")->set_event_sink(ev.sink()); });
+    ASSERT_TRUE(ev.wait_for(power::Event::ev_ready));
+    site.on_strand([&] { EXPECT_TRUE(site.plugin<power::PowerStage>("pv")->close_contactor().ok()); });
+    ASSERT_TRUE(eventually([&] { return site.on_strand([&] { return *site.plugin<power::PowerStage>("pv")->vehicle().soc_percent; }) > 21.0; }));
+  }
+  {
+    std::ifstream in(file);
+    std::string text;
+    ASSERT_TRUE(std::getline(in, text)) << "the stop kept the vehicle in " << file;
+    long long wh = 0;
+    ASSERT_EQ(std::sscanf(text.c_str(), "pilecore-vehicle v1 state=%*d battery_wh=%lld", &wh), 1) << text;
+    soc_at_stop = 100.0 * static_cast<double>(wh) / 60000.0;
+    EXPECT_GT(soc_at_stop, 21.0);
+  }
+  {  // the pile is back 5 minutes later: the same vehicle, its battery as it was, asks again
+    auto log = capture_log("power:sim-power:pv");
+    SimSite site(yaml(600, -1), dir, t0 + 5min);
+    ASSERT_TRUE(site.ok());
+    Events ev;
+    site.on_strand([&] { site.plugin<power::PowerStage>("pv")->set_event_sink(ev.sink()); });
+    ASSERT_TRUE(ev.wait_for(power::Event::ev_ready));
+    EXPECT_EQ(ev.kinds().front(), power::Event::plugged);
+    const auto lines = log->lines();
+    EXPECT_TRUE(std::any_of(lines.begin(), lines.end(), [](const std::string& l) { return l.find("plugged: the vehicle plugged in before the restart is still there") != std::string::npos; }));
+    const double soc = site.on_strand([&] { return *site.plugin<power::PowerStage>("pv")->vehicle().soc_percent; });
+    EXPECT_NEAR(soc, soc_at_stop, 1e-9) << "a new vehicle would be at 20 %";
+    spdlog::drop("power:sim-power:pv");
+  }
+  ASSERT_TRUE(fs::exists(file)) << "stopped again with the vehicle plugged in";
+  {  // back after 20 minutes, longer than the driver waits: nobody is there
+    SimSite site(yaml(600, -1), dir, t0 + 30min);
+    ASSERT_TRUE(site.ok());
+    Events ev;
+    site.on_strand([&] { site.plugin<power::PowerStage>("pv")->set_event_sink(ev.sink()); });
+    std::this_thread::sleep_for(50ms);  // 50 s of the site's time: far past ev_ready_delay_ms
+    EXPECT_TRUE(ev.kinds().empty());
+    EXPECT_FALSE(site.on_strand([&] { return site.plugin<power::PowerStage>("pv")->vehicle().soc_percent.has_value(); }));
+    EXPECT_FALSE(fs::exists(file)) << "read once, at the start";
+  }
+  // A file the stage did not write plugs nothing in.
+  fs::create_directories(file.parent_path());
+  std::ofstream(file) << "pilecore-vehicle v1 state=9 battery_wh=1 battery_mc=0 at_ms=0\n";
+  {
+    SimSite site(yaml(600, -1), dir, t0 + 31min);
+    ASSERT_TRUE(site.ok());
+    EXPECT_FALSE(site.on_strand([&] { return site.plugin<power::PowerStage>("pv")->vehicle().soc_percent.has_value(); }));
+    EXPECT_FALSE(fs::exists(file));
+  }
+  // Stopped at 08:40 with no vehicle; a vehicle due at 08:45 comes while the pile is down and
+  // its driver waits: the 08:50 start finds it plugged in. One due at 08:35, before the stop, came
+  // and went while the pile ran.
+  const auto instant = [](std::chrono::minutes m) { return fmt::format("2026-03-01T08:{:02}:00Z", m.count()); };  // t0 + m
+  { SimSite site(yaml(600, -1), dir, t0 + 40min); }
+  ASSERT_TRUE(fs::exists(file)) << "the stop's instant is kept with no vehicle too";
+  {
+    SimSite site(yaml(600, -1, fmt::format("[\"{}\", \"{}\"]", instant(35min), instant(45min))), dir, t0 + 50min);
+    ASSERT_TRUE(site.ok());
+    Events ev;
+    site.on_strand([&] { site.plugin<power::PowerStage>("pv")->set_event_sink(ev.sink()); });
+    ASSERT_TRUE(ev.wait_for(power::Event::ev_ready));
+    EXPECT_NEAR(site.on_strand([&] { return *site.plugin<power::PowerStage>("pv")->vehicle().soc_percent; }), 20.0, 1e-9) << "a new vehicle";
+  }
+  // After a crash (no stop, so no file), the 08:45 vehicle is not made up.
+  fs::remove(file);
+  {
+    SimSite site(yaml(600, -1, fmt::format("[\"{}\"]", instant(45min))), dir, t0 + 50min);
+    ASSERT_TRUE(site.ok());
+    std::this_thread::sleep_for(50ms);
+    EXPECT_FALSE(site.on_strand([&] { return site.plugin<power::PowerStage>("pv")->vehicle().soc_percent.has_value(); }));
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
 }
 
 /// Runs the site in `dir`/site.yaml once, expecting the start-up to fail: its start error.
