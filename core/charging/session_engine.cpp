@@ -225,6 +225,10 @@ void SessionEngine::apply(Connector& c, ConnectorEvent e, const std::string& why
 }
 
 void SessionEngine::attach() {
+  // Until recover() has seen what the last run left open or suspended, no session starts: the
+  // stage replays a plugged vehicle at once, and its autostart would open a second transaction on
+  // a connector whose suspended one is about to resume (or whose open one is about to be closed).
+  for (auto& [id, c] : connectors_) ++c->recovering;
   for (auto& [id, c] : connectors_) {
     auto* stage = c->cfg.power.empty() ? nullptr : power_stage(*c);
     if (!stage) continue;
@@ -1246,6 +1250,13 @@ void SessionEngine::recover(std::function<void()> done) {
     open.push_back({t.id, t.connector, t.method, t.authorized_fen, t.next_start_wh, t.mode, std::move(tariff)});
   }
   if (unpriced > 0) spdlog::error("{} open transaction(s) without a stored tariff and no tariffs in the site file: they stay open until it has tariffs", unpriced);
+  // The connectors with a transaction to resume or close keep their starts held until it is
+  // done; the others are free now (attach() held them all).
+  for (auto& [connector_id, r] : resumable) ++connector(connector_id)->recovering;
+  for (const auto& o : open) {
+    if (Connector* c = connector(o.connector)) ++c->recovering;
+  }
+  for (auto& [id, c] : connectors_) recovered(*c);
   if (open.empty() && resumable.empty()) {
     done();
     return;
@@ -1253,8 +1264,7 @@ void SessionEngine::recover(std::function<void()> done) {
   auto remaining = std::make_shared<std::size_t>(open.size() + resumable.size());
   auto done_ptr = std::make_shared<std::function<void()>>(std::move(done));
   for (auto& [connector_id, r] : resumable) {
-    Connector& c = *connector(connector_id);
-    ++c.recovering;  // no start (autostart of the vehicle plugged in again) while it resumes
+    Connector& c = *connector(connector_id);  // (held: no autostart of the vehicle plugged in again while it resumes)
     spdlog::info("connector {}: {}: resuming the session a planned stop suspended ({} Wh so far, hold {} fen)", c.cfg.id, r.txn,
                  r.readings.back().wh - r.readings.front().wh, r.authorized_fen);
     c.charging->resume(r, [this, &c, txn = r.txn, remaining, done_ptr, alive = alive_](const Status& st) {
@@ -1274,9 +1284,6 @@ void SessionEngine::recover(std::function<void()> done) {
     events::Recovering ev;
     for (const auto& o : open) ev.transactions.push_back(o.id);
     emit(std::move(ev));
-  }
-  for (const auto& o : open) {
-    if (Connector* c = connector(o.connector)) ++c->recovering;
   }
   for (const auto& o : open) {
     Connector* c = connector(o.connector);
@@ -1299,15 +1306,7 @@ void SessionEngine::recover(std::function<void()> done) {
         readings.push_back(readings.back());
       }
       closer_->close(o.id, o.connector, o.method, readings, "recovered", o.authorized, o.mode, *o.tariff, [this, o, remaining, done_ptr](const StopOutcome&) {
-        // The connector is free again: start the session autostart held back for a vehicle
-        // that plugged in meanwhile (see Connector::recovering).
-        Connector* cp = connector(o.connector);
-        if (cp && --cp->recovering == 0 && !cp->charging->active() && !cp->starting && site_.session.payment.autostart &&
-            cp->fsm.status() == ConnectorStatus::preparing) {
-          start(cp->cfg.id, site_.session.payment.default_method, fmt::format("autostart:{}", cp->cfg.id), [id = cp->cfg.id](const StartOutcome& r) {
-            if (!r.ok) spdlog::warn("connector {}: autostart failed: {}", id, r.error);
-          });
-        }
+        if (Connector* cp = connector(o.connector)) recovered(*cp);
         if (--*remaining == 0) (*done_ptr)();
       });
     };
@@ -1316,6 +1315,16 @@ void SessionEngine::recover(std::function<void()> done) {
     } else {
       close(std::nullopt);
     }
+  }
+}
+
+void SessionEngine::recovered(Connector& c) {
+  // The connector is free again: start the session autostart held back for a vehicle that
+  // plugged in meanwhile (see Connector::recovering).
+  if (--c.recovering == 0 && !c.charging->active() && !c.starting && site_.session.payment.autostart && c.fsm.status() == ConnectorStatus::preparing) {
+    start(c.cfg.id, site_.session.payment.default_method, fmt::format("autostart:{}", c.cfg.id), [id = c.cfg.id](const StartOutcome& r) {
+      if (!r.ok) spdlog::warn("connector {}: autostart failed: {}", id, r.error);
+    });
   }
 }
 

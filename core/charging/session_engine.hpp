@@ -176,6 +176,9 @@ class SessionEngine {
   /// A suspended session runs again (ChargingSession::resume done): the state machine as at a
   /// start, the contactor once the vehicle asks, and a deadline for the vehicle to be plugged in.
   void resume_session(Connector& c);
+  /// One hold of recover() on the connector is over (Connector::recovering); with none left, the
+  /// autostart held back for a vehicle plugged in meanwhile.
+  void recovered(Connector& c);
   /// The strategy's setpoint, clamped to the connector's and what the site leaves it.
   void update_setpoint(Connector& c);
   /// A checkpoint's (or a close's) commit outcome: the storage.checkpoint_failed alarm, and

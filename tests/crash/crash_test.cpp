@@ -20,6 +20,13 @@
 // readings; the money checks and the ledger are as above. A lie long enough to fault a session
 // stops it billed to its last honest reading, so there the meter may have moved between two
 // transactions (energy not billed, never billed twice); that is counted and printed.
+// A third variant stops as a restart or an upgrade does (on_planned_stop: suspend): a share of
+// the runs end with SIGTERM, some of them killed during the suspension, the others left to finish
+// it, and the vehicle stays plugged in (sim-power's driver_waits_s). After every run, a
+// transaction marked suspended is never closed, and one suspended at the end of a run is at the
+// end of the next resumed (open, unmarked, charging on), closed, or still suspended (the kill
+// came before the recovery); some must have resumed. The last run stops the sessions
+// (on_planned_stop: stop), so that the checks above apply to every transaction.
 // The seed is printed; PILECORE_CRASH_SEED=<seed> replays the same kill delays (the instants they
 // land on still depend on the machine's load). On failure the state directory and the daemons'
 // logs are kept under /tmp/pilecore-crash-<seed>.
@@ -70,11 +77,15 @@ struct Variant {
   double clock_speed;                   // simulated seconds per real second
   std::chrono::seconds kill_loop_budget;  // the kill loop gives up (and fails) after this much wall time
   bool lying_meter;                     // bill from a Modbus meter that lies now and then
+  bool suspend = false;                 // SIGTERM suspends the sessions (a restart), the vehicles stay
 };
 // The issue asks for at least 100 sessions.
 constexpr Variant kHonest{"honest meter", 100, 1200, 70s, false};
 // Slower: sensor-modbus polls on the simulated clock (poll_ms 2000 is 8 ms of real time at 240x).
 constexpr Variant kLying{"lying meter", 30, 240, 60s, true};
+constexpr Variant kSuspending{"suspension", 40, 1200, 60s, false, true};
+constexpr double kStoppedBySuspendVariant = 0.5;  // the suspension variant: share of runs after READY that get SIGTERM
+constexpr double kSuspendLeftToFinish = 0.4;      //   ...of which the stop is left to finish (exit 0), not killed
 constexpr double kKilledInStartUp = 0.15;     // share of kills timed from the spawn: start-up and recovery
 constexpr double kStartUpKillMaxMs = 150;     //   ...uniform in [1, this] ms after the spawn
 constexpr double kKillMinMs = 2, kKillMaxMs = 1500;  // other kills: log-uniform after READY=1
@@ -137,8 +148,11 @@ std::string tariffs_yaml() {
 /// faults 100 s into each run of the daemon (Fault).
 /// `meter_ports` empty: each connector is billed from its sim-power register; else from a
 /// sensor-modbus meter on 127.0.0.1:meter_ports[c-1] read with `map_file`.
-std::string site_yaml(const std::vector<int>& meter_ports = {}, const fs::path& map_file = {}) {
+/// `on_planned_stop`: "stop" (the sessions end on SIGTERM) or "suspend" (they are suspended, and
+/// the vehicles wait an hour for the pile: sim-power's driver_waits_s).
+std::string site_yaml(const std::vector<int>& meter_ports = {}, const fs::path& map_file = {}, const std::string& on_planned_stop = "stop") {
   const bool modbus = !meter_ports.empty();
+  const bool suspend = on_planned_stop == "suspend";
   std::string y =
       "site:\n"
       "  id: CRASH-1\n"
@@ -177,9 +191,9 @@ std::string site_yaml(const std::vector<int>& meter_ports = {}, const fs::path& 
         "      arrive_every_s: {3}\n"
         "      depart_after_full_s: 20\n"
         "      meter_start_wh: {4}\n"
-        "{5}",
+        "{5}{6}",
         c, c == 1 ? 60000 : 45000, c == 1 ? 6000 : 4500, c == 1 ? 30 : 45, c * 1000000,
-        c == 2 ? "      fault_after_s: 100\n      fault_clear_after_s: 30\n" : "");
+        c == 2 ? "      fault_after_s: 100\n      fault_clear_after_s: 30\n" : "", suspend ? "      driver_waits_s: 3600\n" : "");
   }
   y += "  acquirer:\n"
        "    plugin: sim-payment\n"
@@ -187,8 +201,8 @@ std::string site_yaml(const std::vector<int>& meter_ports = {}, const fs::path& 
   y += tariffs_yaml();
   y += "payment: {default_method: acquirer, preauth_fen: 500, autostart: true}\n"
        // A clean stop ends the sessions (on_planned_stop: stop), as the checks below expect of the
-       // final run's; suspension across a restart is suspend_resume_test.cpp's.
-       "charging: {checkpoint_interval_s: 20, checkpoint_wh: 400, meter_timeout_ms: 20000, setpoint_interval_s: 10, on_planned_stop: stop" +
+       // final run's; the suspension variant's other runs suspend them.
+       "charging: {checkpoint_interval_s: 20, checkpoint_wh: 400, meter_timeout_ms: 20000, setpoint_interval_s: 10, on_planned_stop: " + on_planned_stop +
        std::string(modbus ? ", meter_fault_after: 5, meter_stall_ms: 600000" : "") +
        "}\n"
        "identity: {operator: Crash Test}\n";
@@ -523,7 +537,9 @@ void crash_injection(const Variant& v) {
   auto register_of = [&](int c) { return state / "plugins" / fmt::format("power-{}", c) / "energy_import.register"; };
   std::unique_ptr<LyingMeters> meters;
   if (v.lying_meter) meters = std::make_unique<LyingMeters>(dir.path(), register_of, seed, scale);
-  const fs::path file = dir.write("site.yaml", meters ? site_yaml(meters->ports(), meters->map_file()) : site_yaml());
+  const fs::path file = dir.write("site.yaml", meters ? site_yaml(meters->ports(), meters->map_file()) : site_yaml({}, {}, v.suspend ? "suspend" : "stop"));
+  // The last run ends every session (the suspension variant's other runs suspend them).
+  const fs::path final_file = v.suspend ? dir.write("final.yaml", site_yaml()) : file;
   const fs::path socket = dir.path() / "ctl.sock";
   const fs::path db_file = state / "pilecore.db";
   const fs::path journal_file = state / "plugins" / "acquirer" / "acquirer.journal";
@@ -542,9 +558,9 @@ void crash_injection(const Variant& v) {
   ASSERT_TRUE(loaded.site->session.tariff);
   const Tariff& tariff = *loaded.site->session.tariff;
 
-  auto daemon_args = [&](const std::string& clock_start, double speed = -1) {
+  auto daemon_args = [&](const std::string& clock_start, double speed = -1, const fs::path& site = {}) {
     if (speed < 0) speed = clock_speed;
-    return std::vector<std::string>{bin + "/pilecored", "--config", file.string(), "--state-dir", state.string(), "--clock-speed",
+    return std::vector<std::string>{bin + "/pilecored", "--config", (site.empty() ? file : site).string(), "--state-dir", state.string(), "--clock-speed",
                                     fmt::format("{}", speed), "--clock-start", clock_start, "--socket", socket.string(),
                                     "--status-interval", "0"};
   };
@@ -557,6 +573,10 @@ void crash_injection(const Variant& v) {
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   std::map<int, std::int64_t> last_register;
   int runs = 0, startup_kills = 0, stop_kills = 0, kills_with_open = 0, kills_capture_in_flight = 0, kills_stopping = 0;
+  // The suspension variant: clean stops that left suspended transactions, and what became of
+  // those by the end of the next run.
+  int clean_suspends = 0, suspended_resumed = 0, suspended_completed = 0, suspended_closed = 0, suspended_still = 0;
+  std::map<std::string, std::int64_t> suspended_before;  // txn -> suspended_ms, at the end of the previous run
   std::int64_t transactions = 0;
   // Start-up kills aim at the start-up and the recovery: the window is kStartUpKillMaxMs (scaled),
   // or the longest spawn-to-READY seen so far when that is longer. On an idle machine start-up
@@ -598,13 +618,18 @@ void crash_injection(const Variant& v) {
       const double ms = scale.ms(kKillMinMs * std::pow(kKillMaxMs / kKillMinMs, unit(rng)));
       std::this_thread::sleep_for(std::chrono::microseconds(static_cast<std::int64_t>(ms * 1000)));
       when = fmt::format("{:.1f} ms after READY", ms);
-      if (unit(rng) < kKilledInStop) {
+      if (unit(rng) < (v.suspend ? kStoppedBySuspendVariant : kKilledInStop)) {
         daemon.signal(SIGTERM);
-        const double stop_ms = scale.ms(unit(rng) * kStopKillMaxMs);
-        std::this_thread::sleep_for(std::chrono::microseconds(static_cast<std::int64_t>(stop_ms * 1000)));
-        when += fmt::format(", then SIGTERM and {:.1f} ms later", stop_ms);
         sigterms = true;
-        ++stop_kills;
+        if (v.suspend && unit(rng) < kSuspendLeftToFinish) {
+          when += ", then SIGTERM, left to finish";
+          if (!daemon.wait_for_exit(ready_timeout)) when += " (it did not: killed)";
+        } else {
+          const double stop_ms = scale.ms(unit(rng) * kStopKillMaxMs);
+          std::this_thread::sleep_for(std::chrono::microseconds(static_cast<std::int64_t>(stop_ms * 1000)));
+          when += fmt::format(", then SIGTERM and {:.1f} ms later", stop_ms);
+          ++stop_kills;
+        }
       }
     }
     daemon.signal(SIGKILL);
@@ -644,6 +669,39 @@ void crash_injection(const Variant& v) {
     kills_with_open += open;
     kills_stopping += stopping;
     kills_capture_in_flight += in_flight;
+
+    if (v.suspend) {
+      // A suspended transaction is open; a closed one carries no mark.
+      std::map<std::string, std::int64_t> suspended;
+      db.each("SELECT s.txn_id, s.suspended_ms, t.status FROM suspended_sessions s JOIN transactions t ON t.id = s.txn_id", [&](sqlite3_stmt* st) {
+        EXPECT_NE(text(st, 2), "closed") << "run " << runs << ": " << text(st, 0) << " is closed and still marked suspended";
+        suspended[text(st, 0)] = sqlite3_column_int64(st, 1);
+      });
+      // Those suspended at the end of the run before: resumed, closed, or (killed before the
+      // recovery got to them) still suspended, from the same instant.
+      for (const auto& [txn, since] : suspended_before) {
+        SCOPED_TRACE(fmt::format("run {}: {} (suspended at the end of the run before)", runs, txn));
+        std::string status, outcome;
+        db.each(fmt::format("SELECT status, COALESCE(outcome, '') FROM transactions WHERE id = '{}'", txn), [&](sqlite3_stmt* st) {
+          status = text(st, 0);
+          outcome = text(st, 1);
+        });
+        if (status == "closed" && outcome == "completed") {
+          ++suspended_completed;  // it resumed, and ran to its end
+        } else if (status == "closed") {
+          ++suspended_closed;
+        } else if (auto still = suspended.find(txn); still != suspended.end()) {
+          ++suspended_still;
+          EXPECT_GE(still->second, since) << "a suspension's instant went back";
+        } else {
+          // Resumed: not closed, unmarked (it may be stopping when the kill came).
+          EXPECT_TRUE(status == "open" || status == "stopping") << status;
+          ++suspended_resumed;
+        }
+      }
+      if (sigterms && rc == 0 && !suspended.empty()) ++clean_suspends;
+      suspended_before = std::move(suspended);
+    }
   }
 
   // ---- the last run: recover what the last kill left, let sessions complete, stop cleanly ----
@@ -651,7 +709,7 @@ void crash_injection(const Variant& v) {
     ++runs;
     const std::string start_arg = clock_arg(sim);
     NotifyListener notify(dir.path() / "final.sock");
-    Child daemon(daemon_args(start_arg, scale.speed(kFinalClockSpeed)), {notify.env()});
+    Child daemon(daemon_args(start_arg, scale.speed(kFinalClockSpeed), final_file), {notify.env()});
     const bool ready = notify.wait_for("READY=1", ready_timeout);
     if (ready) std::this_thread::sleep_for(scale(kFinalRun));
     daemon.signal(SIGTERM);
@@ -936,6 +994,14 @@ void crash_injection(const Variant& v) {
     EXPECT_GT(crossed, 0) << "no session crossed a tariff boundary";
   }
 
+  if (v.suspend) {
+    EXPECT_GT(clean_suspends, 0) << "no planned stop left a suspended session";
+    EXPECT_GT(suspended_resumed + suspended_completed, 0) << "no suspended session resumed";
+    std::printf("crash injection, suspension: %d clean stops left sessions suspended; of the sessions suspended at the end of a run, by the end of "
+                "the next %d were resumed and charging, %d resumed and completed, %d closed by a recovery, %d still suspended (killed before "
+                "the recovery)\n",
+                clean_suspends, suspended_resumed, suspended_completed, suspended_closed, suspended_still);
+  }
   if (meters) {
     EXPECT_GT(meters->lies(), 0) << "the meters never lied";
     // The daemons' logs: how many lies reached the core's guard and were refused there.
@@ -962,3 +1028,5 @@ void crash_injection(const Variant& v) {
 TEST(CrashInjection, KilledAtRandomInstantsNothingIsLostDuplicatedOrMisbilled) { crash_injection(kHonest); }
 
 TEST(CrashInjection, AMeterThatLiesNowAndThenIsBilledOnlyItsHonestReadingsThroughTheKills) { crash_injection(kLying); }
+
+TEST(CrashInjection, SessionsSuspendedByAPlannedStopAndKilledMidSuspensionAreResumedOrClosedOnce) { crash_injection(kSuspending); }

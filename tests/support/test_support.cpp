@@ -117,7 +117,20 @@ Child::~Child() {
   std::filesystem::remove(err_file_, ec);
 }
 
-void Child::signal(int signo) const { ::kill(pid_, signo); }
+void Child::signal(int signo) const {
+  if (status_ < 0) ::kill(pid_, signo);
+}
+
+bool Child::wait_for_exit(std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (status_ < 0) {
+    if (::waitpid(pid_, &status_, WNOHANG) == pid_) break;
+    status_ = -1;
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
 
 int Child::wait() {
   if (status_ < 0) ::waitpid(pid_, &status_, 0);

@@ -130,9 +130,12 @@ class Child {
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;
   [[nodiscard]] pid_t pid() const { return pid_; }
+  /// Sends `signo`; nothing once the exit has been collected (the pid may be another's by then).
   void signal(int signo) const;
   /// Waits for the exit; returns the exit code, or 128+signal when killed by a signal.
   int wait();
+  /// Waits up to `timeout` for the exit; whether it came (then wait() returns at once).
+  bool wait_for_exit(std::chrono::milliseconds timeout);
   /// What it wrote to stderr (complete after wait()).
   [[nodiscard]] std::string stderr_text() const;
 

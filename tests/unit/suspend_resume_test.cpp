@@ -195,6 +195,43 @@ TEST(SuspendResume, AResumedSessionWhoseVehicleLeftStopsAfterThePlugWait) {
   EXPECT_EQ(s.transactions, 1u);
 }
 
+TEST(SuspendResume, WithAutostartTheVehicleStillPluggedInResumesItsSessionAndStartsNoOther) {
+  // The vehicle stays plugged in across the restart (sim-power's driver_waits_s): the stage
+  // reports it the moment the engine attaches, before recover() has looked at the suspended
+  // transaction. Autostart must wait for the recovery, else a second transaction opens on the
+  // connector beside the one that resumes.
+  TempDir dir;
+  std::string yaml = site_yaml("{resume_within_s: 300}");
+  for (const auto& [from, to] : {std::pair<std::string, std::string>{"tick_ms: 1000}", "tick_ms: 1000, driver_waits_s: 600}"},
+                                 {"payment: {default_method: sim,", "payment: {autostart: true, default_method: sim,"}}) {
+    ASSERT_NE(yaml.find(from), std::string::npos) << from;
+    yaml.replace(yaml.find(from), from.size(), to);
+  }
+  std::string txn, clock;
+  {
+    RunningSite site(dir, yaml, {PILECORE_PLUGIN_DIR}, 60.0, "2026-03-02T02:00:00Z");
+    ASSERT_TRUE(eventually([&] { return energy(site) >= 500; })) << connector1(site).dump();
+    txn = connector1(site)["session"].value("transaction", "");
+    ASSERT_EQ(site.stop(), 0);
+    clock = clock_text(site, std::chrono::seconds(5));
+  }
+  ASSERT_TRUE(stored(dir, txn).suspension.has_value());
+  {
+    RunningSite site(dir, yaml, {PILECORE_PLUGIN_DIR}, 60.0, clock);
+    ASSERT_TRUE(eventually([&] { return site.runtime().ready(); }));
+    const std::int64_t resumed_from = energy(site);
+    ASSERT_TRUE(eventually([&] { return energy(site) >= resumed_from + 300; })) << connector1(site).dump();
+    EXPECT_EQ(connector1(site)["session"].value("transaction", ""), txn);
+    EXPECT_EQ(stored(dir, txn).transactions, 1u) << "autostart opened another transaction beside the resumed one";
+    const json stopped = site.request({{"cmd", "session_stop"}, {"connector", 1}});
+    EXPECT_EQ(stopped.value("transaction", ""), txn) << stopped.dump();
+  }
+  const Stored s = stored(dir, txn);
+  EXPECT_EQ(s.transactions, 1u);
+  EXPECT_EQ(s.row.outcome, "completed");
+  EXPECT_EQ(count(s, OperationKind::capture), 1u);
+}
+
 TEST(SuspendResume, WithOnPlannedStopStopTheSessionEndsAsShutdown) {
   TempDir dir;
   const Suspended before = charge_then_stop(dir, site_yaml("{on_planned_stop: stop}"));
