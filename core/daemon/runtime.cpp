@@ -347,6 +347,30 @@ void Runtime::reload(std::function<void(ReloadReply)> done) {
     site_.log_level = next.log_level;
     r.applied.push_back(fmt::format("log level: {}", next.log_level));
   }
+  // Settings read when a session starts, or when the pile stops or starts (applies_on_reload):
+  // the engine reads them from site_, so the new values serve from now on, and a session in
+  // progress keeps its hold.
+  auto& pay = site_.session.payment;
+  const auto& next_pay = next.session.payment;
+  if (next_pay.preauth_fen != pay.preauth_fen) {
+    pay.preauth_fen = next_pay.preauth_fen;
+    r.applied.push_back(fmt::format("payment.preauth_fen: {} fen held for sessions that start from now on", pay.preauth_fen));
+  }
+  if (next_pay.autostart != pay.autostart) {
+    pay.autostart = next_pay.autostart;
+    r.applied.push_back(fmt::format("payment.autostart: {}", pay.autostart ? "a vehicle plugged in from now on starts a session" : "off"));
+  }
+  auto& ch = site_.session.charging;
+  const auto& next_ch = next.session.charging;
+  if (next_ch.suspend_on_stop != ch.suspend_on_stop) {
+    ch.suspend_on_stop = next_ch.suspend_on_stop;
+    r.applied.push_back(fmt::format("charging.on_planned_stop: {} at the next planned stop", ch.suspend_on_stop ? "suspend" : "stop"));
+  }
+  if (next_ch.resume_within_s != ch.resume_within_s || next_ch.resume_plug_wait_s != ch.resume_plug_wait_s) {
+    ch.resume_within_s = next_ch.resume_within_s;
+    ch.resume_plug_wait_s = next_ch.resume_plug_wait_s;
+    r.applied.push_back(fmt::format("charging.resume_within_s {} s, resume_plug_wait_s {} s: at the next start", ch.resume_within_s, ch.resume_plug_wait_s));
+  }
   spdlog::info("reload: {}: {}", site_.file.string(), r.applied.empty() ? std::string("nothing to apply") : fmt::format("applied {}", fmt::join(r.applied, "; ")));
   if (!r.restart_needed.empty()) {
     spdlog::warn("reload: changed settings that take effect at the next restart (systemctl restart pilecore): {}", fmt::join(r.restart_needed, ", "));

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 namespace pilecore::core {
 namespace {
@@ -25,6 +26,10 @@ std::vector<std::pair<std::string, YAML::Node>> entries(const YAML::Node& map) {
   return out;
 }
 
+// The sections named key by key: plugins by instance, and payment and charging, some of whose
+// keys a reload applies.
+bool by_key(const std::string& section) { return section == "plugins" || section == "payment" || section == "charging"; }
+
 void compare(const YAML::Node& before, const YAML::Node& after, const std::string& prefix, bool per_key, std::vector<std::string>& out) {
   const auto old_entries = entries(before), new_entries = entries(after);
   std::map<std::string, YAML::Node> old_by_key(old_entries.begin(), old_entries.end());
@@ -32,16 +37,16 @@ void compare(const YAML::Node& before, const YAML::Node& after, const std::strin
   for (const auto& [key, value] : new_entries) {
     const auto it = old_by_key.find(key);
     const std::string name = prefix + key;
-    if (per_key && key == "plugins") {
-      compare(it == old_by_key.end() ? YAML::Node() : it->second, value, "plugins.", false, out);
+    if (per_key && by_key(key)) {
+      compare(it == old_by_key.end() ? YAML::Node() : it->second, value, key + ".", false, out);
       continue;
     }
     if (it == old_by_key.end() || canonical(it->second) != canonical(value)) out.push_back(name);
   }
   for (const auto& [key, value] : old_entries) {
     if (new_by_key.count(key) != 0) continue;
-    if (per_key && key == "plugins") {
-      compare(value, YAML::Node(), "plugins.", false, out);
+    if (per_key && by_key(key)) {
+      compare(value, YAML::Node(), key + ".", false, out);
       continue;
     }
     out.push_back(prefix + key);
@@ -56,6 +61,17 @@ std::vector<std::string> changed_settings(const std::string& old_text, const std
   return out;
 }
 
-bool applies_on_reload(const std::string& setting) { return setting == "tariffs" || setting == "log"; }
+bool applies_on_reload(const std::string& setting) {
+  // Read when a session starts, or when the pile stops or starts: a new value never changes a
+  // session in progress (Runtime::reload).
+  static const std::set<std::string> applied = {"tariffs",
+                                                "log",
+                                                "payment.preauth_fen",
+                                                "payment.autostart",
+                                                "charging.on_planned_stop",
+                                                "charging.resume_within_s",
+                                                "charging.resume_plug_wait_s"};
+  return applied.count(setting) > 0;
+}
 
 }  // namespace pilecore::core

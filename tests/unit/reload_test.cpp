@@ -141,12 +141,29 @@ TEST(Reload, ANewTariffAppliesToNewSessionsWhileOneInProgressKeepsItsPrice) {
   ASSERT_TRUE(eventually([&] { return d.charged(1); }));
   EXPECT_EQ(prices_of(d.stop(1)), (std::set<std::int64_t>{20000})) << "the last valid file's tariff still applies";
 
-  // The same file again: nothing to apply, and `charging` is still named (it is not applied yet).
+  // The same file again: nothing to apply, and the checkpoint interval is still named (it is
+  // not applied yet).
   dir.write("site.yaml", site("200.00", "{checkpoint_interval_s: 60, checkpoint_wh: 1000}"));
   const auto same = d.ask({{"cmd", "reload"}});
   EXPECT_TRUE(same.value("ok", false)) << same.dump(2);
   EXPECT_TRUE(same["applied"].empty()) << same.dump(2);
-  EXPECT_EQ(same["restart_needed"], nlohmann::json::array({"charging"})) << same.dump(2);
+  EXPECT_EQ(same["restart_needed"], nlohmann::json::array({"charging.checkpoint_interval_s"})) << same.dump(2);
+
+  // A new hold: the session charging keeps its own, the next one is held the new amount; a
+  // payment setting read while sessions run waits for the restart.
+  const std::string held_before = d.start(1);
+  ASSERT_FALSE(held_before.empty());
+  std::string higher = site("200.00", "{checkpoint_interval_s: 60, checkpoint_wh: 1000}");
+  higher.replace(higher.find("preauth_fen: 30000"), std::string("preauth_fen: 30000").size(), "preauth_fen: 45000, max_hold_fen: 90000");
+  dir.write("site.yaml", higher);
+  const auto held = d.ask({{"cmd", "reload"}});
+  EXPECT_TRUE(held.value("ok", false)) << held.dump(2);
+  EXPECT_NE(held["applied"].dump().find("payment.preauth_fen: 45000 fen"), std::string::npos) << held.dump(2);
+  EXPECT_EQ(held["restart_needed"], nlohmann::json::array({"payment.max_hold_fen", "charging.checkpoint_interval_s"})) << held.dump(2);
+  const std::string held_after = d.start(2);
+  ASSERT_FALSE(held_after.empty());
+  EXPECT_EQ(d.stop(1).value("authorized_fen", 0), 30000);
+  EXPECT_EQ(d.stop(2).value("authorized_fen", 0), 45000);
   d.child.signal(SIGTERM);
   EXPECT_EQ(d.child.wait(), 0) << d.child.stderr_text();
 }
@@ -192,6 +209,14 @@ TEST(Reload, ChangedSettingsAreNamedAsInTheFileAndCommentsDoNotCount) {
   EXPECT_EQ(changed_settings(added, before), (std::vector<std::string>{"plugins.spare"}));
   EXPECT_TRUE(applies_on_reload("tariffs"));
   EXPECT_TRUE(applies_on_reload("log"));
+  EXPECT_TRUE(applies_on_reload("payment.preauth_fen"));
+  EXPECT_TRUE(applies_on_reload("charging.on_planned_stop"));
+  EXPECT_FALSE(applies_on_reload("payment.max_hold_fen"));
+  EXPECT_FALSE(applies_on_reload("payment"));
+  // payment and charging are named key by key, as plugins are by instance.
+  std::string held = before;
+  held.replace(held.find("preauth_fen: 30000"), std::string("preauth_fen: 30000").size(), "preauth_fen: 40000");
+  EXPECT_EQ(changed_settings(before, held), (std::vector<std::string>{"payment.preauth_fen"}));
   EXPECT_FALSE(applies_on_reload("plugins.power-2"));
   EXPECT_FALSE(applies_on_reload("connectors"));
 }
