@@ -8,13 +8,15 @@
 
 namespace pilecore::core {
 
-/// The sections (and, under `plugins`, the instances) whose contents differ between two site
+/// The sections (and, under `plugins`, the instances; under `payment` and `charging`, the keys) whose contents differ between two site
 /// files, in the new file's order, then those only the old one has. Comments and layout do not
 /// count. Both texts must be YAML (they passed load_site).
 [[nodiscard]] std::vector<std::string> changed_settings(const std::string& old_text, const std::string& new_text);
 
 /// Settings a reload applies to the running pile: the tariffs (to sessions that start from now
-/// on) and the log level. Every other change takes effect at the next restart.
+/// on), the log level, and the payment and charging keys read when a session starts or when the
+/// pile stops or starts (the hold, autostart, the planned-stop settings). Every other change
+/// takes effect at the next restart.
 [[nodiscard]] bool applies_on_reload(const std::string& setting);
 
 }  // namespace pilecore::core
