@@ -59,8 +59,11 @@ constexpr const char* kNewService = "service: 60.00";
 /// member card (connector 1) and a face (connector 2), at 09:55 an e-CNY wallet (connector 1), at
 /// 17:50 a credit session that keeps the price it started with before the 17:40 reload.
 const std::vector<const char*> kRestarts = {"07:05", "09:55", "17:50"};
-/// How long a driver whose car is plugged in waits while the pile restarts (sim-power).
-constexpr int kDriverWaitsS = 1800;
+/// How long a driver whose car is plugged in (or who arrives) waits while the pile restarts
+/// (sim-power), and how old a suspension the next start still resumes: a restart's stop takes a
+/// few hundred milliseconds of wall time, half a simulated hour at 7200x, more on a loaded
+/// machine.
+constexpr int kDriverWaitsS = 3 * 3600;
 constexpr const char* kEnd = "23:50";        // the day ends once no session is open
 constexpr std::uint32_t kCutConnector = 1;
 
@@ -364,8 +367,8 @@ std::string scenario_yaml(const fs::path& site_file, const json& sims, const jso
   ch["meter_timeout_ms"] = 600000;
   ch["meter_stall_ms"] = 3600000;
   // A planned restart's stop takes a few hundred milliseconds of wall time: half a simulated
-  // hour. The suspended sessions are resumed by a start up to a simulated hour after it.
-  ch["resume_within_s"] = 3600;
+  // hour. The suspended sessions are resumed by a start up to kDriverWaitsS after it.
+  ch["resume_within_s"] = kDriverWaitsS;
   ch["resume_plug_wait_s"] = 3600;
   root["charging"] = ch;
   // The same for the risk rules' answer (2 simulated seconds would be 0.3 ms of wall time) and

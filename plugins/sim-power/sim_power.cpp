@@ -268,6 +268,7 @@ class SimPower final : public power::PowerStage {
   }
 
   void stop() noexcept override {
+    const bool arrival_armed = scheduled_arrival_timer_ != 0;
     for (TimerId* t : {&tick_timer_, &arrive_timer_, &ready_timer_, &fault_timer_, &clear_timer_, &depart_timer_, &scheduled_arrival_timer_,
                        &scheduled_fault_timer_}) {
       if (*t != 0) host_.cancel(*t);
@@ -279,7 +280,7 @@ class SimPower final : public power::PowerStage {
       } catch (...) {
       }
       persist(true);  // with the energy below 1 Wh
-      save_vehicle();
+      save_vehicle(arrival_armed);
     }
     stop_syncer();  // after its last fsync
     contactor_closed_ = false;
@@ -562,16 +563,21 @@ class SimPower final : public power::PowerStage {
   }
 
   /// At the stop: the instant, and the vehicle plugged in now, for the next start (temp file,
-  /// fsync, rename).
-  void save_vehicle() noexcept {
+  /// fsync, rename). `arrival_armed`: an arrive_at instant was armed and has not come yet.
+  void save_vehicle(bool arrival_armed) noexcept {
     try {
       if (driver_waits_s_ == 0) {
         remove_vehicle_file();
         return;
       }
       const std::int64_t at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(host_.clock().now().time_since_epoch()).count();
-      const std::string text = fmt::format("pilecore-vehicle v1 state={} battery_wh={} battery_mc={} at_ms={}\n", static_cast<int>(vehicle_), battery_wh_,
-                                           std::llround(battery_c_ * 1000.0), at_ms);
+      // The arrival armed but not come yet (the strand may have been too busy with the stop to
+      // run its timer): it is still due, at the next start.
+      const std::int64_t due_ms = arrival_armed && next_arrival_ > 0
+                                      ? std::chrono::duration_cast<std::chrono::milliseconds>(arrivals_[next_arrival_ - 1].time_since_epoch()).count()
+                                      : at_ms;
+      const std::string text = fmt::format("pilecore-vehicle v1 state={} battery_wh={} battery_mc={} at_ms={} due_ms={}\n", static_cast<int>(vehicle_),
+                                           battery_wh_, std::llround(battery_c_ * 1000.0), at_ms, due_ms);
       const std::string path = vehicle_path(), tmp = path + ".tmp";
       const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
       const bool ok = fd >= 0 && ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
@@ -600,9 +606,10 @@ class SimPower final : public power::PowerStage {
     }
     remove_vehicle_file();
     int state = 0;
-    long long wh = 0, mc = 0, at_ms = 0;
+    long long wh = 0, mc = 0, at_ms = 0, due_ms = 0;
     int used = 0;
-    if (std::sscanf(text.c_str(), "pilecore-vehicle v1 state=%d battery_wh=%lld battery_mc=%lld at_ms=%lld%n", &state, &wh, &mc, &at_ms, &used) != 4 ||
+    if (std::sscanf(text.c_str(), "pilecore-vehicle v1 state=%d battery_wh=%lld battery_mc=%lld at_ms=%lld due_ms=%lld%n", &state, &wh, &mc, &at_ms, &due_ms,
+                    &used) != 5 ||
         used != static_cast<int>(text.size()) || state < static_cast<int>(VehicleState::absent) || state > static_cast<int>(VehicleState::full) ||
         wh < 0 || wh > capacity_wh_) {
       host_.log().warn("{} is not a vehicle this stage wrote ('{}'); no vehicle is plugged in", path, text.substr(0, 80));
@@ -620,7 +627,9 @@ class SimPower final : public power::PowerStage {
       host_.log().info("the vehicle plugged in at the last stop has left (the pile was stopped {} s; its driver waits {} s)",
                        std::chrono::duration_cast<std::chrono::seconds>(now - stopped).count(), driver_waits_s_);
     }
-    const auto came = std::find_if(arrivals_.rbegin(), arrivals_.rend(), [&](TimePoint t) { return t > stopped && t < now; });
+    // The arrivals from the first one still due at the stop (or after the stop) until now.
+    const TimePoint due{std::chrono::milliseconds(std::min(due_ms, at_ms))};
+    const auto came = std::find_if(arrivals_.rbegin(), arrivals_.rend(), [&](TimePoint t) { return t >= due && t < now; });
     if (came != arrivals_.rend() && now - *came <= waits) {
       host_.log().info("a vehicle came while the pile was stopped ({} s ago) and waited", std::chrono::duration_cast<std::chrono::seconds>(now - *came).count());
       arrive();

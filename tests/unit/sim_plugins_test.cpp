@@ -1165,7 +1165,7 @@ TEST(SimPower, APluggedVehicleWaitsForThePileAcrossAStop) {
   }
   // A file the stage did not write plugs nothing in.
   fs::create_directories(file.parent_path());
-  std::ofstream(file) << "pilecore-vehicle v1 state=9 battery_wh=1 battery_mc=0 at_ms=0\n";
+  std::ofstream(file) << "pilecore-vehicle v1 state=9 battery_wh=1 battery_mc=0 at_ms=0 due_ms=0\n";
   {
     SimSite site(yaml(600, -1), dir, t0 + 31min);
     ASSERT_TRUE(site.ok());
@@ -1176,8 +1176,18 @@ TEST(SimPower, APluggedVehicleWaitsForThePileAcrossAStop) {
   // its driver waits: the 08:50 start finds it plugged in. One due at 08:35, before the stop, came
   // and went while the pile ran.
   const auto instant = [](std::chrono::minutes m) { return fmt::format("2026-03-01T08:{:02}:00Z", m.count()); };  // t0 + m
-  { SimSite site(yaml(600, -1), dir, t0 + 40min); }
+  // (The 08:45 arrival is armed at the stop: the stop keeps it as still due, which it is also
+  // when a stop keeps the strand too busy to run a timer that is already due.)
+  { SimSite site(yaml(600, -1, fmt::format("[\"{}\"]", instant(45min))), dir, t0 + 40min); }
   ASSERT_TRUE(fs::exists(file)) << "the stop's instant is kept with no vehicle too";
+  {
+    std::ifstream in(file);
+    std::string text;
+    std::getline(in, text);
+    EXPECT_NE(text.find(fmt::format("due_ms={}", std::chrono::duration_cast<std::chrono::milliseconds>((t0 + 45min).time_since_epoch()).count())),
+              std::string::npos)
+        << text;
+  }
   {
     SimSite site(yaml(600, -1, fmt::format("[\"{}\", \"{}\"]", instant(35min), instant(45min))), dir, t0 + 50min);
     ASSERT_TRUE(site.ok());
