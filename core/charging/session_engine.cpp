@@ -247,10 +247,8 @@ void SessionEngine::on_power_event(Connector& c, power::Event e, std::string_vie
       if (charging_now(c) && c.fsm.status() == ConnectorStatus::preparing) {
         apply(c, ConnectorEvent::authorized_start, "vehicle plugged in after authorisation");
         begin_charging(c);
-      } else if (!c.charging->active() && !c.starting && c.recovering == 0 && site_.session.payment.autostart && c.fsm.status() == ConnectorStatus::preparing) {
-        start(c.cfg.id, site_.session.payment.default_method, fmt::format("autostart:{}", c.cfg.id), [id = c.cfg.id](const StartOutcome& r) {
-          if (!r.ok) spdlog::warn("connector {}: autostart failed: {}", id, r.error);
-        });
+      } else {
+        autostart(c);
       }
       break;
     case power::Event::unplugged:
@@ -1321,11 +1319,15 @@ void SessionEngine::recover(std::function<void()> done) {
 void SessionEngine::recovered(Connector& c) {
   // The connector is free again: start the session autostart held back for a vehicle that
   // plugged in meanwhile (see Connector::recovering).
-  if (--c.recovering == 0 && !c.charging->active() && !c.starting && site_.session.payment.autostart && c.fsm.status() == ConnectorStatus::preparing) {
-    start(c.cfg.id, site_.session.payment.default_method, fmt::format("autostart:{}", c.cfg.id), [id = c.cfg.id](const StartOutcome& r) {
-      if (!r.ok) spdlog::warn("connector {}: autostart failed: {}", id, r.error);
-    });
-  }
+  --c.recovering;
+  autostart(c);
+}
+
+void SessionEngine::autostart(Connector& c) {
+  if (c.recovering > 0 || c.charging->active() || c.starting || !site_.session.payment.autostart || c.fsm.status() != ConnectorStatus::preparing) return;
+  start(c.cfg.id, site_.session.payment.default_method, fmt::format("autostart:{}", c.cfg.id), [id = c.cfg.id](const StartOutcome& r) {
+    if (!r.ok) spdlog::warn("connector {}: autostart failed: {}", id, r.error);
+  });
 }
 
 void SessionEngine::stop_all(std::function<void()> done) {

@@ -179,6 +179,9 @@ class SessionEngine {
   /// One hold of recover() on the connector is over (Connector::recovering); with none left, the
   /// autostart held back for a vehicle plugged in meanwhile.
   void recovered(Connector& c);
+  /// With payment.autostart, a session for the vehicle waiting on the connector (Preparing, no
+  /// session, nothing held by recover()), paid by the default method.
+  void autostart(Connector& c);
   /// The strategy's setpoint, clamped to the connector's and what the site leaves it.
   void update_setpoint(Connector& c);
   /// A checkpoint's (or a close's) commit outcome: the storage.checkpoint_failed alarm, and
