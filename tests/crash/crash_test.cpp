@@ -85,7 +85,7 @@ constexpr Variant kHonest{"honest meter", 100, 1200, 70s, false};
 constexpr Variant kLying{"lying meter", 30, 240, 60s, true};
 constexpr Variant kSuspending{"suspension", 40, 1200, 60s, false, true};
 constexpr double kStoppedBySuspendVariant = 0.5;  // the suspension variant: share of runs after READY that get SIGTERM
-constexpr double kSuspendLeftToFinish = 0.4;      //   ...of which the stop is left to finish (exit 0), not killed
+constexpr double kSuspendLeftToFinish = 0.5;      //   ...of which the stop is left to finish (exit 0), not killed
 constexpr double kKilledInStartUp = 0.15;     // share of kills timed from the spawn: start-up and recovery
 constexpr double kStartUpKillMaxMs = 150;     //   ...uniform in [1, this] ms after the spawn
 constexpr double kKillMinMs = 2, kKillMaxMs = 1500;  // other kills: log-uniform after READY=1
@@ -619,9 +619,22 @@ void crash_injection(const Variant& v) {
       std::this_thread::sleep_for(std::chrono::microseconds(static_cast<std::int64_t>(ms * 1000)));
       when = fmt::format("{:.1f} ms after READY", ms);
       if (unit(rng) < (v.suspend ? kStoppedBySuspendVariant : kKilledInStop)) {
+        const bool left_to_finish = v.suspend && unit(rng) < kSuspendLeftToFinish;
+        if (left_to_finish) {
+          // A restart while a car charges: a stop with nothing to suspend would test nothing.
+          const bool charging = eventually(
+              [&] {
+                if (!fs::exists(db_file)) return false;
+                Db db(db_file);
+                return db.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'transactions'") == 1 &&
+                       db.scalar("SELECT COUNT(*) FROM transactions WHERE status = 'open'") > 0;
+              },
+              scale(1s));
+          if (charging) when += ", once a session was open";
+        }
         daemon.signal(SIGTERM);
         sigterms = true;
-        if (v.suspend && unit(rng) < kSuspendLeftToFinish) {
+        if (left_to_finish) {
           when += ", then SIGTERM, left to finish";
           if (!daemon.wait_for_exit(ready_timeout)) when += " (it did not: killed)";
         } else {
