@@ -14,6 +14,7 @@
 #include "inflight.hpp"
 #include "money_operations.hpp"
 #include "receipt.hpp"
+#include "remote_settings.hpp"
 #include "reading_repository.hpp"
 #include "risk_repository.hpp"
 #include "tariff_repository.hpp"
@@ -91,6 +92,9 @@ struct SessionEngine::Connector {
   int recovering = 0;
   /// set_available(false) during a session: Unavailable when it ends (OCPP ChangeAvailability).
   bool unavailable_after_session = false;
+  /// Taken out of service by set_available(false) (at once or after its session), until
+  /// set_available(true): kept across a restart (RemoteSettings).
+  bool remote_unavailable = false;
   std::optional<std::int64_t> remote_cap_w;  ///< set_power_limit() on this connector
   struct RefusedStart {
     std::string method, token, mode;
@@ -1146,10 +1150,14 @@ SessionEngine::AvailabilityOutcome SessionEngine::set_available(std::uint32_t id
   if (available) {
     c->unavailable_after_session = false;
     if (c->fsm.status() == ConnectorStatus::unavailable) apply(*c, ConnectorEvent::set_available, "made available by a remote command");
+    c->remote_unavailable = false;
+    save_remote_settings();
     return {.ok = true, .scheduled = false, .error = {}};
   }
   if (c->charging->active() || c->starting) {
     c->unavailable_after_session = true;
+    c->remote_unavailable = true;
+    save_remote_settings();
     return {.ok = true, .scheduled = true, .error = {}};
   }
   const auto t = c->fsm.check(ConnectorEvent::set_unavailable);
@@ -1157,6 +1165,8 @@ SessionEngine::AvailabilityOutcome SessionEngine::set_available(std::uint32_t id
     return {.ok = false, .scheduled = false, .error = fmt::format("connector {} is {}: {}", id, pilecore::to_string(c->fsm.status()), t.refusal)};
   }
   apply(*c, ConnectorEvent::set_unavailable, "made unavailable by a remote command");
+  c->remote_unavailable = true;
+  save_remote_settings();
   return {.ok = true, .scheduled = false, .error = {}};
 }
 
@@ -1169,11 +1179,45 @@ Status SessionEngine::set_power_limit(std::optional<std::uint32_t> id, std::opti
   } else {
     remote_site_cap_w_ = watts;
   }
+  save_remote_settings();
   // Lowered caps first free the power the raised ones may then take.
   for (auto& [cid, c] : connectors_) {
     if (c->charging->running() && !c->charging->running()->stopping) update_setpoint(*c);
   }
   return Status::success();
+}
+
+void SessionEngine::save_remote_settings() {
+  RemoteSettings r;
+  r.site_cap_w = remote_site_cap_w_;
+  for (const auto& [id, c] : connectors_) {
+    if (c->remote_cap_w) r.cap_w[id] = *c->remote_cap_w;
+    if (c->remote_unavailable) r.unavailable.insert(id);
+  }
+  submit_logged(store_, "the remote power caps and availability", [r](Database& db) { core::save_remote_settings(db, r); });
+}
+
+void SessionEngine::restore_remote_settings(const std::set<std::uint32_t>& resuming) {
+  const RemoteSettings r = load_remote_settings(*reader_db_);
+  remote_site_cap_w_ = r.site_cap_w;
+  if (r.site_cap_w) spdlog::info("the back end's power cap for the site, {} W, still applies", *r.site_cap_w);
+  for (const auto& [id, w] : r.cap_w) {
+    if (Connector* c = connector(id)) {
+      c->remote_cap_w = w;
+      spdlog::info("connector {}: the back end's power cap, {} W, still applies", id, w);
+    }
+  }
+  for (const auto id : r.unavailable) {
+    Connector* c = connector(id);
+    if (!c) continue;
+    c->remote_unavailable = true;
+    // A session that resumes ends first; otherwise out of service at once, as it was.
+    if (resuming.count(id) > 0 || !c->fsm.check(ConnectorEvent::set_unavailable).allowed) {
+      c->unavailable_after_session = true;
+    } else {
+      apply(*c, ConnectorEvent::set_unavailable, "made unavailable by a remote command (kept across the restart)");
+    }
+  }
 }
 
 void SessionEngine::retry_last_start(std::uint32_t id, Duration window, StartDone done) {
@@ -1248,6 +1292,11 @@ void SessionEngine::recover(std::function<void()> done) {
     open.push_back({t.id, t.connector, t.method, t.authorized_fen, t.next_start_wh, t.mode, std::move(tariff)});
   }
   if (unpriced > 0) spdlog::error("{} open transaction(s) without a stored tariff and no tariffs in the site file: they stay open until it has tariffs", unpriced);
+  {
+    std::set<std::uint32_t> resuming;
+    for (const auto& [connector_id, r] : resumable) resuming.insert(connector_id);
+    restore_remote_settings(resuming);
+  }
   // The connectors with a transaction to resume or close keep their starts held until it is
   // done; the others are free now (attach() held them all).
   for (auto& [connector_id, r] : resumable) ++connector(connector_id)->recovering;

@@ -36,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -182,6 +183,11 @@ class SessionEngine {
   /// With payment.autostart, a session for the vehicle waiting on the connector (Preparing, no
   /// session, nothing held by recover()), paid by the default method.
   void autostart(Connector& c);
+  /// The remote power caps and availability, as they are now, to the database (RemoteSettings).
+  void save_remote_settings();
+  /// At the start: the remote power caps and availability saved before; a connector out of
+  /// service whose session resumes (`resuming`) goes out of service when it ends.
+  void restore_remote_settings(const std::set<std::uint32_t>& resuming);
   /// The strategy's setpoint, clamped to the connector's and what the site leaves it.
   void update_setpoint(Connector& c);
   /// A checkpoint's (or a close's) commit outcome: the storage.checkpoint_failed alarm, and

@@ -439,6 +439,36 @@ TEST(RemoteCommands, ThePowerLimitCapsTheSetpoints) {
   EXPECT_EQ(p.run(backend, "set_power_limit", {{"watts", -5}}, 5)["result"], "failed");
 }
 
+TEST(RemoteCommands, PowerCapsAndAvailabilitySurviveARestart) {
+  // A restart or an upgrade must not undo what the back end set: a connector out of service
+  // stays so (OCPP's ChangeAvailability persists across a reboot), and a cap keeps capping.
+  TempDir dir;
+  Backend backend(dir);
+  const std::string yaml = site_yaml(commands_section(backend));
+  {
+    Pile p(dir, yaml);
+    ASSERT_TRUE(eventually([&] { return p.connector(1)["status"] == "Available"; }));
+    EXPECT_EQ(p.run(backend, "set_availability", {{"connector", 2}, {"available", false}}, 1)["status"], "accepted");
+    EXPECT_EQ(p.run(backend, "set_power_limit", {{"connector", 1}, {"watts", 7000}}, 2)["result"], "ok");
+    EXPECT_EQ(p.run(backend, "set_power_limit", {{"watts", 5000}}, 3)["result"], "ok");
+  }
+  {
+    Pile p(dir, yaml);
+    ASSERT_TRUE(eventually([&] { return p.connector(1)["status"] == "Unavailable"; })) << p.connector(1).dump();
+    EXPECT_FALSE(p.request({{"cmd", "session_start"}, {"connector", 2}, {"token", "card:1"}}).value("ok", true));
+    charge(p);
+    EXPECT_EQ(p.connector(0)["session"]["setpoint_w"], 5000) << "the site's cap, under the connector's";
+    EXPECT_EQ(p.run(backend, "set_power_limit", {{"watts", nullptr}}, 4)["result"], "ok");
+    EXPECT_EQ(p.connector(0)["session"]["setpoint_w"], 7000) << "the connector's cap";
+    EXPECT_EQ(p.run(backend, "set_availability", {{"connector", 2}, {"available", true}}, 5)["status"], "accepted");
+    EXPECT_TRUE(p.request({{"cmd", "session_stop"}, {"connector", 1}}).value("ok", false));
+  }
+  Pile p(dir, yaml);
+  ASSERT_TRUE(eventually([&] { return p.connector(1)["status"] == "Available"; })) << "put back in service before the restart";
+  charge(p);
+  EXPECT_EQ(p.connector(0)["session"]["setpoint_w"], 7000) << "the site's cap was lifted, the connector's still holds";
+}
+
 TEST(RemoteCommands, StatusAnswersWithTheStatusBody) {
   TempDir dir;
   Backend backend(dir);
