@@ -1030,11 +1030,7 @@ class Day {
     cut_txn_ = open_[kCutConnector];
     const json st = daemon_->request({{"cmd", "status"}});
     std::string meter;
-    for (const auto& c : st.value("connectors", json::array())) {
-      if (c.value("id", 0u) == kCutConnector && c.contains("session")) {
-        meter = fmt::format(", {} kWh so far", format_kwh(c["session"].value("energy_wh", std::int64_t{0})));
-      }
-    }
+    if (const auto sessions = sessions_of(st); sessions.count(cut_txn_) > 0) meter = fmt::format(", {} kWh so far", format_kwh(sessions.at(cut_txn_).second));
     if (auto tt = time_of(st)) now_ = std::max(now_, *tt);
     line(now_, "", fmt::format("*** POWER CUT: pilecored is killed (SIGKILL) while {} charges on connector {}{}", cut_txn_, kCutConnector, meter));
     watch_.reset();
@@ -1044,15 +1040,8 @@ class Day {
     daemon_.reset();
     const TimePoint back = now_ + std::chrono::minutes(kOutageMinutes);
     line(back, "", fmt::format("*** power is back after {} minutes: pilecored restarts and recovers what was open", kOutageMinutes));
-    now_ = back;
     open_.clear();
-    status_.clear();
-    for (const auto& [connector, a] : attempts_) {
-      if (a.in_field) sims_.must(fmt::format("remove {}", connector));
-    }
-    attempts_.clear();
-    daemon_ = std::make_unique<Daemon>(o_, site_, state_, socket_, back, log_);
-    subscribe();
+    start_again(back);
     const json r = daemon_->request({{"cmd", "receipt"}, {"transaction", cut_txn_}});
     if (r.value("status", "") == "closed") {
       closed_.insert(cut_txn_);
@@ -1063,6 +1052,20 @@ class Day {
     } else {
       line(now_, who(kCutConnector), fmt::format("{} is {} after the restart", cut_txn_, r.value("status", "unknown")));
     }
+  }
+
+  /// The next pilecored, its clock starting at `at`, after a power cut or a planned restart:
+  /// drivers who were still presenting a card or wallet put it away (they present it again
+  /// when the new daemon shows them waiting).
+  void start_again(TimePoint at) {
+    now_ = at;
+    status_.clear();
+    for (const auto& [connector, a] : attempts_) {
+      if (a.in_field) sims_.must(fmt::format("remove {}", connector));
+    }
+    attempts_.clear();
+    daemon_ = std::make_unique<Daemon>(o_, site_, state_, socket_, at, log_);
+    subscribe();
   }
 
   /// The charging sessions in a status answer: transaction -> (connector, energy so far).
@@ -1098,14 +1101,7 @@ class Day {
     if (rc != 0) throw std::runtime_error(fmt::format("pilecored exited with status {} on the planned restart's SIGTERM", rc));
     // The old pilecored's clock ran on while it stopped: the next one starts a minute after it.
     const auto stopping = std::chrono::duration_cast<Duration>((std::chrono::steady_clock::now() - wall) * o_.speed);
-    now_ = now_ + stopping + std::chrono::minutes(1);
-    for (const auto& [connector, a] : attempts_) {
-      if (a.in_field) sims_.must(fmt::format("remove {}", connector));
-    }
-    attempts_.clear();
-    status_.clear();
-    daemon_ = std::make_unique<Daemon>(o_, site_, state_, socket_, now_, log_);
-    subscribe();
+    start_again(now_ + stopping + std::chrono::minutes(1));
     const auto after = sessions_of(daemon_->request({{"cmd", "status"}}));
     for (const auto& [txn, cs] : before) {
       const auto it = after.find(txn);

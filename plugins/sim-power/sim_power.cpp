@@ -133,6 +133,24 @@ constexpr ConfigKey keys[] = {
 
 constexpr const char* kRegisterFile = "energy_import.register";
 constexpr const char* kVehicleFile = "vehicle.state";
+
+/// Writes `bytes` as the file `path`, complete or not at all: a temporary file, fsync, rename,
+/// fsync of the directory. The error text, empty on success.
+std::string replace_file(const std::string& path, std::string_view bytes) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const bool ok = fd >= 0 && ::write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()) && ::fsync(fd) == 0;
+  const int e = errno;
+  if (fd >= 0) ::close(fd);
+  if (!ok) return std::strerror(e);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return std::strerror(errno);
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return {};
+}
 constexpr off_t kSlotOffset[2] = {0, 4096};
 
 /// One record of the register file: fixed length, checksummed.
@@ -578,12 +596,8 @@ class SimPower final : public power::PowerStage {
                                       : at_ms;
       const std::string text = fmt::format("pilecore-vehicle v1 state={} battery_wh={} battery_mc={} at_ms={} due_ms={}\n", static_cast<int>(vehicle_),
                                            battery_wh_, std::llround(battery_c_ * 1000.0), at_ms, due_ms);
-      const std::string path = vehicle_path(), tmp = path + ".tmp";
-      const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      const bool ok = fd >= 0 && ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
-      if (fd >= 0) ::close(fd);
-      if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
-        host_.log().warn("cannot keep the plugged-in vehicle for the next start ({}): {}", path, std::strerror(errno));
+      if (const std::string error = replace_file(vehicle_path(), text); !error.empty()) {
+        host_.log().warn("cannot keep the plugged-in vehicle for the next start ({}): {}", vehicle_path(), error);
         return;
       }
       if (vehicle_ != VehicleState::absent) {
@@ -650,20 +664,11 @@ class SimPower final : public power::PowerStage {
     std::error_code ec;
     if (!std::filesystem::exists(register_path_, ec)) {
       // A new meter: the file appears complete or not at all.
-      const std::string tmp = register_path_ + ".tmp";
       std::string image(static_cast<std::size_t>(kSlotOffset[1]) + kRecordSize, '\0');
       const std::string rec = register_record(1, meter_wh_, remainder_wms_);
       image.replace(static_cast<std::size_t>(kSlotOffset[1]), rec.size(), rec);  // seq 1 lives in slot 1
-      const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      const bool ok = fd >= 0 && ::write(fd, image.data(), image.size()) == static_cast<ssize_t>(image.size()) && ::fsync(fd) == 0;
-      const int e = errno;
-      if (fd >= 0) ::close(fd);
-      if (!ok || ::rename(tmp.c_str(), register_path_.c_str()) != 0) {
-        return Status::error(StatusCode::failed, fmt::format("cannot create the meter register {}: {}", register_path_, std::strerror(ok ? errno : e)));
-      }
-      if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
-        ::fsync(dfd);
-        ::close(dfd);
+      if (const std::string error = replace_file(register_path_, image); !error.empty()) {
+        return Status::error(StatusCode::failed, fmt::format("cannot create the meter register {}: {}", register_path_, error));
       }
       seq_ = 1;
       host_.log().info("new meter: register {} Wh in {}", meter_wh_, register_path_);
